@@ -1,0 +1,119 @@
+"""Finding inputs, reading them into Volumes and writing protected outputs. Only this package opens image files."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from medue.errors import ExportError, IngestError
+from medue.io import dicom, itk, nifti
+from medue.registry import Registry
+from medue.volume import Volume
+
+READERS: Registry[Callable[..., Volume]] = Registry("reader")
+READERS.add("dicom", dicom.read_dicom_series)
+READERS.add("nifti", nifti.read_nifti)
+READERS.add("itk", itk.read_itk)
+
+IGNORED_NAMES = {"DICOMDIR", ".DS_Store", "Thumbs.db"}
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One unit of work: a DICOM series or one image file.
+
+    ``item_id`` is a PHI-free stable id (hash of the format and relative paths) used for output names,
+    completion markers and sharding. ``paths`` stay on the site: they may contain PHI.
+    """
+
+    kind: str
+    paths: tuple[str, ...]
+    item_id: str
+    problem: str = ""
+
+    @property
+    def is_quarantined(self) -> bool:
+        return bool(self.problem)
+
+
+def _item_id(kind: str, rel_paths: list[str]) -> str:
+    return hashlib.sha256(("\n".join([kind, *sorted(rel_paths)])).encode()).hexdigest()[:16]
+
+
+def discover_inputs(root: str | Path) -> list[InputItem]:
+    """Walk ``root`` and return work items sorted by ``item_id`` (a stable order for ``--shard``).
+
+    DICOM files are grouped into series; files that are neither DICOM, NIfTI nor an ITK format become items
+    with ``problem`` set, so they are quarantined with a reason rather than silently skipped.
+
+    Raises:
+        IngestError: ``root`` does not exist.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise IngestError(f"input folder {root} does not exist", source=str(root), reason="missing")
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    base = root.parent if root.is_file() else root
+    items: list[InputItem] = []
+    headers = []
+    for path in files:
+        if path.name in IGNORED_NAMES or path.name.startswith("."):
+            continue
+        rel = str(path.relative_to(base))
+        if nifti.is_nifti(path):
+            items.append(InputItem("nifti", (str(path),), _item_id("nifti", [rel])))
+        elif itk.is_itk(path):
+            items.append(InputItem("itk", (str(path),), _item_id("itk", [rel])))
+        elif path.suffix.lower() in (".raw", ".zraw", ".img", ".json", ".txt", ".md", ".csv"):
+            continue  # sidecars and notes beside images
+        else:
+            header = dicom.read_header(path)
+            if header is None:
+                items.append(InputItem("unknown", (str(path),), _item_id("unknown", [rel]),
+                                       problem="not DICOM, NIfTI or an ITK image format (unreadable header)"))
+            else:
+                headers.append(header)
+    for group in dicom.group_series(headers):
+        rels = [str(p.relative_to(base)) for p in group]
+        items.append(InputItem("dicom", tuple(str(p) for p in group), _item_id("dicom", rels)))
+    return sorted(items, key=lambda it: it.item_id)
+
+
+def read_item(item: InputItem, *, root: str | Path | None = None, deidentification: str = "refuse") -> Volume:
+    """Read one discovered item with the reader its kind names; the reader key is recorded in the history."""
+    if item.problem:
+        raise IngestError(item.problem, source=item.item_id, reason="unrecognized")
+    root_path = Path(root) if root is not None else None
+    reader = READERS.get(item.kind)
+    if item.kind == "dicom":
+        return reader(item.paths, deidentification=deidentification, root=root_path)
+    return reader(item.paths[0], root=root_path)
+
+
+def output_name(volume: Volume, item_id: str) -> str:
+    """PHI-free output name for a volume: a folder for DICOM, a file for the others."""
+    fmt = volume.source.format
+    if fmt == "dicom":
+        return item_id
+    if fmt == "nifti":
+        src = volume.header.get("nifti_file", "")
+        return f"{item_id}.nii.gz" if str(src).lower().endswith(".gz") else f"{item_id}.nii"
+    src = str(volume.header.get("itk_file", "")).lower()
+    return f"{item_id}.nrrd" if src.endswith((".nrrd", ".nhdr")) else f"{item_id}.mha"
+
+
+def write_volume(volume: Volume, out_path: str | Path, *, derivation: str, uid_key: str | None = None) -> list[Path]:
+    """Write ``volume`` in its source format, atomically, verified by re-reading. Returns the written files."""
+    fmt = volume.source.format
+    if fmt == "dicom":
+        return dicom.write_dicom_series(volume, out_path, derivation=derivation, uid_key=uid_key)
+    if fmt == "nifti":
+        return [nifti.write_nifti(volume, out_path)]
+    if fmt == "itk":
+        return [itk.write_itk(volume, out_path)]
+    raise ExportError(f"no writer for source format {fmt!r}; expected dicom, nifti or itk")
+
+
+__all__ = ["READERS", "InputItem", "discover_inputs", "output_name", "read_item", "write_volume"]

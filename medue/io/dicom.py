@@ -1,0 +1,433 @@
+"""DICOM series <-> Volume.
+
+Reading keeps pixels in stored units (``pixel_array`` without the modality LUT) and records rescale
+slope/intercept. Writing produces a *derived* series: new Series/SOP Instance UIDs, ImageType
+DERIVED\\SECONDARY, DerivationDescription, SourceImageSequence and ContributingEquipmentSequence naming medue,
+with the source's SOP class, bit layout, rescale and window. Output is always uncompressed Explicit VR Little
+Endian, so no lossy compression is ever introduced.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from medue.errors import DeidentificationError, ExportError, IngestError
+from medue.io.atomic import atomic_folder
+from medue.provenance import StepRecord, sha256_file
+from medue.volume import Geometry, SourceRef, Volume
+
+#: Root under which medue makes UIDs (pydicom's registered prefix; a site may pass its own org root).
+UID_PREFIX = "1.2.826.0.1.3680043.8.498."
+
+DEID_POLICIES = ("refuse", "warn", "ignore")
+
+# SOP classes medue can write a derived copy of (single-frame image storage and their enhanced kin).
+IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4": "MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.128": "PET Image Storage",
+    "1.2.840.10008.5.1.4.1.1.1": "CR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray Image Storage - For Presentation",
+    "1.2.840.10008.5.1.4.1.1.20": "NM Image Storage",
+}
+
+
+@dataclass(frozen=True)
+class DicomHeaderSummary:
+    """What discovery needs from one file, read without pixel data."""
+
+    path: Path
+    series_uid: str
+    rows: int
+    columns: int
+    orientation: tuple[float, ...]
+
+
+def read_header(path: Path) -> DicomHeaderSummary | None:
+    """Parse ``path`` as DICOM without pixels; ``None`` if it is not DICOM at all."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # not DICOM (or unreadable header): discovery quarantines it with its reason
+        return None
+    if "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
+        return None
+    iop = tuple(round(float(v), 4) for v in ds.get("ImageOrientationPatient", []) or ())
+    return DicomHeaderSummary(
+        path=path,
+        series_uid=str(ds.get("SeriesInstanceUID", "")),
+        rows=int(ds.get("Rows", 0) or 0),
+        columns=int(ds.get("Columns", 0) or 0),
+        orientation=iop,
+    )
+
+
+def group_series(headers: Sequence[DicomHeaderSummary]) -> list[list[Path]]:
+    """Group files by SeriesInstanceUID, splitting a series whose files disagree on size or orientation."""
+    groups: dict[tuple[Any, ...], list[Path]] = {}
+    for h in headers:
+        groups.setdefault((h.series_uid, h.rows, h.columns, h.orientation), []).append(h.path)
+    return [sorted(paths) for _, paths in sorted(groups.items(), key=lambda kv: str(kv[0]))]
+
+
+def check_deidentified(ds: Dataset, *, policy: str, source: str) -> str | None:
+    """Apply the de-identification policy; returns a warning text for ``warn`` or ``None``."""
+    removed = str(ds.get("PatientIdentityRemoved", "")).upper() == "YES"
+    if removed or "DeidentificationMethod" in ds or policy == "ignore":
+        return None
+    msg = (
+        "input does not declare de-identification (PatientIdentityRemoved is not YES and no "
+        "DeidentificationMethod); run the site de-identifier first, or set deidentification: warn"
+    )
+    if policy == "refuse":
+        raise DeidentificationError(msg, source=source)
+    return msg
+
+
+def _decode(ds: Dataset, source: str) -> np.ndarray:
+    try:
+        return np.asarray(ds.pixel_array)
+    except Exception as exc:  # pydicom raises several types; each becomes a reasoned quarantine
+        ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+        text = str(exc)
+        if ts is not None and ts.is_compressed and ("handler" in text.lower() or "plugin" in text.lower()):
+            raise IngestError(
+                f"cannot decode compressed transfer syntax {ts.name}: no decoder available ({text.splitlines()[0]}); "
+                "install pylibjpeg with pylibjpeg-openjpeg (JPEG 2000) or pylibjpeg-libjpeg (JPEG, JPEG-LS)",
+                source=source,
+                reason="missing_decoder",
+            ) from exc
+        raise IngestError(f"pixel data could not be decoded: {text.splitlines()[0]}", source=source,
+                          reason="bad_pixel_data") from exc
+
+
+def _valid_range(ds: Dataset) -> tuple[int, int]:
+    bits = int(ds.BitsStored)
+    if int(ds.PixelRepresentation) == 1:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def _affine(first: Dataset, positions: np.ndarray, n: int) -> tuple[np.ndarray, list[str]]:
+    warnings: list[str] = []
+    affine = np.eye(4)
+    iop = first.get("ImageOrientationPatient")
+    spacing = first.get("PixelSpacing")
+    if iop is None or spacing is None or len(positions) == 0:
+        warnings.append("no ImageOrientationPatient/PixelSpacing/ImagePositionPatient: identity geometry used")
+        return affine, warnings
+    row_dir = np.asarray(iop[:3], dtype=float)
+    col_dir = np.asarray(iop[3:], dtype=float)
+    affine[:3, 0] = row_dir * float(spacing[1])
+    affine[:3, 1] = col_dir * float(spacing[0])
+    affine[:3, 3] = positions[0]
+    if n > 1:
+        steps = np.diff(positions, axis=0)
+        step = (positions[-1] - positions[0]) / (n - 1)
+        affine[:3, 2] = step
+        lengths = np.linalg.norm(steps, axis=1)
+        if lengths.max() - lengths.min() > 0.01 * max(float(lengths.mean()), 1e-6):
+            warnings.append(
+                f"non-uniform slice spacing ({lengths.min():.3f}-{lengths.max():.3f} mm): the affine uses the mean; "
+                "DICOM export keeps each slice's own position"
+            )
+    else:
+        normal = np.cross(row_dir, col_dir)
+        affine[:3, 2] = normal * float(first.get("SliceThickness", 1.0) or 1.0)
+    return affine, warnings
+
+
+def read_dicom_series(paths: Sequence[str | Path], *, deidentification: str = "refuse", root: Path | None = None) -> Volume:
+    """Read one series (single-frame files or one multi-frame file) into a :class:`Volume`.
+
+    Args:
+        paths: Files of one series, any order.
+        deidentification: ``"refuse"`` (raise on identified input), ``"warn"`` or ``"ignore"``.
+        root: Folder the recorded paths are made relative to.
+
+    Raises:
+        IngestError: with a ``reason`` code: ``truncated``, ``no_pixel_data``, ``not_an_image``,
+            ``missing_decoder``, ``inconsistent_series``, ``unsupported``…
+    """
+    paths = [Path(p) for p in paths]
+    label = _rel(paths[0], root)
+    if not paths:
+        raise IngestError("empty series", source=label, reason="empty")
+    datasets: list[Dataset] = []
+    warnings: list[str] = []
+    for p in paths:
+        try:
+            ds = pydicom.dcmread(p)
+        except Exception as exc:  # truncated or corrupt files
+            raise IngestError(f"{_rel(p, root)}: not readable as DICOM ({exc})", source=label, reason="truncated") from exc
+        sop = str(ds.get("SOPClassUID", ""))
+        if "PixelData" not in ds:
+            reason = "not_an_image" if sop and sop not in IMAGE_SOP_CLASSES else "no_pixel_data"
+            raise IngestError(
+                f"{_rel(p, root)}: no PixelData (SOP class {getattr(ds.get('SOPClassUID'), 'name', sop) or 'unknown'}); "
+                "medue protects image series only",
+                source=label,
+                reason=reason,
+            )
+        if sop and sop not in IMAGE_SOP_CLASSES:
+            raise IngestError(
+                f"{_rel(p, root)}: SOP class {ds.SOPClassUID.name} is not an image storage class medue can derive "
+                f"(supported: {', '.join(sorted(set(IMAGE_SOP_CLASSES.values())))})",
+                source=label,
+                reason="not_an_image",
+            )
+        if int(ds.get("SamplesPerPixel", 1)) != 1:
+            raise IngestError(f"{_rel(p, root)}: {ds.SamplesPerPixel} samples per pixel; only grayscale is supported",
+                              source=label, reason="unsupported")
+        w = check_deidentified(ds, policy=deidentification, source=label)
+        if w and w not in warnings:
+            warnings.append(w)
+        datasets.append(ds)
+
+    layout = {(int(d.Rows), int(d.Columns), int(d.BitsAllocated), int(d.BitsStored), int(d.PixelRepresentation),
+               float(d.get("RescaleSlope", 1) or 1), float(d.get("RescaleIntercept", 0) or 0)) for d in datasets}
+    if len(layout) > 1:
+        raise IngestError(
+            f"series mixes {len(layout)} pixel layouts (rows, columns, bits, representation, rescale): {sorted(layout)}; "
+            "split the series or re-export it consistently",
+            source=label,
+            reason="inconsistent_series",
+        )
+
+    multiframe = len(datasets) == 1 and int(datasets[0].get("NumberOfFrames", 1) or 1) > 1
+    if multiframe:
+        ds = datasets[0]
+        array = _decode(ds, label)
+        positions = _frame_positions(ds)
+        ordered = [ds]
+        order_paths = [paths[0]]
+        if positions is None:
+            warnings.append("multi-frame without per-frame positions: identity geometry used")
+            positions = np.zeros((0, 3))
+    else:
+        if len(datasets) > 1:
+            positions_list = [d.get("ImagePositionPatient") for d in datasets]
+            if all(p is not None for p in positions_list):
+                iop = np.asarray(datasets[0].ImageOrientationPatient, dtype=float)
+                normal = np.cross(iop[:3], iop[3:])
+                keys = [float(np.dot(normal, np.asarray(p, dtype=float))) for p in positions_list]
+                if len(set(round(k, 4) for k in keys)) != len(keys):
+                    raise IngestError("two or more slices share one position; the series holds duplicates or several "
+                                      "acquisitions", source=label, reason="inconsistent_series")
+            else:
+                keys = [float(d.get("InstanceNumber", i)) for i, d in enumerate(datasets)]
+                warnings.append("slices without ImagePositionPatient: sorted by InstanceNumber")
+            order = np.argsort(keys, kind="stable")
+        else:
+            order = np.array([0])
+        ordered = [datasets[i] for i in order]
+        order_paths = [paths[i] for i in order]
+        slices = [_decode(d, label) for d in ordered]
+        array = np.stack(slices)
+        positions = np.asarray([[float(v) for v in d.get("ImagePositionPatient", [0, 0, 0])] for d in ordered])
+    if array.ndim == 2:
+        array = array[None]
+    first = ordered[0]
+    affine, geo_warnings = _affine(first, positions, array.shape[0])
+    warnings += geo_warnings
+
+    header: dict[str, Any] = {
+        "rescale_slope": float(first.get("RescaleSlope", 1) or 1),
+        "rescale_intercept": float(first.get("RescaleIntercept", 0) or 0),
+        "rescale_type": str(first.get("RescaleType", "HU" if first.get("Modality") == "CT" else "US")),
+        "valid_range": _valid_range(first),
+        "bits_allocated": int(first.BitsAllocated),
+        "bits_stored": int(first.BitsStored),
+        "pixel_representation": int(first.PixelRepresentation),
+        "photometric": str(first.get("PhotometricInterpretation", "MONOCHROME2")),
+        "sop_class_uid": str(first.get("SOPClassUID", "")),
+        "transfer_syntax": str(first.file_meta.get("TransferSyntaxUID", "")),
+        "multiframe": multiframe,
+        "dicom_files": [str(p) for p in order_paths],
+    }
+    if "WindowCenter" in first and "WindowWidth" in first:
+        header["window"] = (_first_float(first.WindowCenter), _first_float(first.WindowWidth))
+    hashes = tuple(sha256_file(p) for p in order_paths)
+    rel = tuple(_rel(p, root) for p in order_paths)
+    source = SourceRef(paths=rel, sha256=hashes, format="dicom", series_uid=str(first.get("SeriesInstanceUID", "")))
+    vol = Volume(
+        array=array,
+        geometry=Geometry(affine=affine, frame_of_reference_uid=str(first.get("FrameOfReferenceUID", ""))),
+        modality=str(first.get("Modality", "OT")),
+        source=source,
+        header=header,
+    )
+    return vol.with_step(StepRecord(name="read:dicom", params={"files": len(order_paths), "multiframe": multiframe},
+                                    output_fingerprint=vol.fingerprint, warnings=tuple(warnings)))
+
+
+def _first_float(value: Any) -> float:
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        value = value[0]
+    return float(value)
+
+
+def _frame_positions(ds: Dataset) -> np.ndarray | None:
+    frames = ds.get("PerFrameFunctionalGroupsSequence")
+    if not frames:
+        return None
+    try:
+        return np.asarray([[float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient] for f in frames])
+    except (AttributeError, IndexError, KeyError):
+        return None
+
+
+def _rel(path: Path, root: Path | None) -> str:
+    if root is not None:
+        try:
+            return str(Path(path).resolve().relative_to(Path(root).resolve()))
+        except ValueError:
+            pass
+    return Path(path).name
+
+
+def derived_uid(key: str | None, original: str, purpose: str) -> str:
+    """New UID for ``original``: random without a key, else deterministic from (key, purpose, original).
+
+    Keyed remapping makes re-runs reproduce the same UIDs, so references between releases stay consistent.
+    """
+    if key is None:
+        return generate_uid(prefix=UID_PREFIX)
+    return generate_uid(prefix=UID_PREFIX, entropy_srcs=[key, purpose, original])
+
+
+def _equipment_item(version: str, description: str, now: _dt.datetime) -> Dataset:
+    code = Dataset()
+    code.CodeValue = "109103"
+    code.CodingSchemeDesignator = "DCM"
+    code.CodeMeaning = "Modifying Equipment"
+    item = Dataset()
+    item.Manufacturer = "medue"
+    item.ManufacturerModelName = "medue"
+    item.SoftwareVersions = version
+    item.ContributionDateTime = now.strftime("%Y%m%d%H%M%S")
+    item.ContributionDescription = description[:64]
+    item.PurposeOfReferenceCodeSequence = DicomSequence([code])
+    return item
+
+
+def write_dicom_series(
+    volume: Volume,
+    out_dir: str | Path,
+    *,
+    derivation: str,
+    uid_key: str | None = None,
+) -> list[Path]:
+    """Write ``volume`` as a derived copy of its source series into ``out_dir`` (atomically) and verify it.
+
+    Args:
+        volume: A volume read by :func:`read_dicom_series` (its header names the source files).
+        out_dir: Folder that will hold ``slice_0000.dcm``…; replaced as a whole in one rename.
+        derivation: Text for DerivationDescription (what was done, method, budget).
+        uid_key: Secret for deterministic UID remapping; ``None`` makes random UIDs.
+
+    Returns:
+        The written files, in slice order.
+
+    Raises:
+        ExportError: when the source files are gone, or the re-read output differs from what was written.
+    """
+    from medue import __version__
+
+    files = [Path(p) for p in volume.header.get("dicom_files", [])]
+    if not files:
+        raise ExportError("volume has no DICOM source files to derive from; export it as NIfTI instead")
+    now = _dt.datetime.now(_dt.timezone.utc)
+    sources = [pydicom.dcmread(f) for f in files]
+    new_series = derived_uid(uid_key, str(sources[0].get("SeriesInstanceUID", "")), "series")
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    expected: list[np.ndarray] = []
+    with atomic_folder(out_dir) as tmp:
+        for i, src in enumerate(sources):
+            ds = _derive_dataset(src, i, volume, new_series, derivation, uid_key, __version__, now)
+            pixels = volume.array if volume.header.get("multiframe") else volume.array[i]
+            pixels = np.ascontiguousarray(pixels.astype(volume.array.dtype, copy=False))
+            ds.PixelData = pixels.tobytes()
+            ds["PixelData"].VR = "OB" if int(src.BitsAllocated) <= 8 else "OW"
+            ds["PixelData"].is_undefined_length = False
+            for tag in ("SmallestImagePixelValue", "LargestImagePixelValue"):
+                if tag in ds:
+                    del ds[tag]
+            name = f"slice_{i:04d}.dcm"
+            ds.save_as(tmp / name, enforce_file_format=True)
+            written.append(out_dir / name)
+            expected.append(pixels)
+        verify_dicom_series(sorted(tmp.iterdir()), sources, expected, new_series)
+    return written
+
+
+def _derive_dataset(src: Dataset, index: int, volume: Volume, new_series: str, derivation: str,
+                    uid_key: str | None, version: str, now: _dt.datetime) -> Dataset:
+    ds = copy.deepcopy(src)
+    old_sop = str(src.SOPInstanceUID)
+    new_sop = derived_uid(uid_key, old_sop, "instance")
+    ds.file_meta = src.file_meta.copy()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPInstanceUID = new_sop
+    ds.file_meta.MediaStorageSOPClassUID = src.SOPClassUID
+    ds.file_meta.ImplementationVersionName = f"MEDUE_{version}"[:16]
+    ds.SOPInstanceUID = new_sop
+    ds.SeriesInstanceUID = new_series
+    image_type = list(src.get("ImageType", ["ORIGINAL", "PRIMARY"]))
+    while len(image_type) < 2:
+        image_type.append("")
+    ds.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
+    ds.DerivationDescription = derivation[:1024]
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = src.SOPClassUID
+    ref.ReferencedSOPInstanceUID = old_sop
+    ds.SourceImageSequence = DicomSequence([ref])
+    equipment = list(src.get("ContributingEquipmentSequence", []))
+    equipment.append(_equipment_item(version, "unlearnable-example perturbation", now))
+    ds.ContributingEquipmentSequence = DicomSequence(equipment)
+    ds.InstanceCreationDate = now.strftime("%Y%m%d")
+    ds.InstanceCreationTime = now.strftime("%H%M%S")
+    desc = str(src.get("SeriesDescription", ""))
+    ds.SeriesDescription = ("PROTECTED " + desc).strip()[:64]
+    if "LossyImageCompression" not in src and src.file_meta.TransferSyntaxUID.is_compressed:
+        ds.LossyImageCompression = "00"
+    return ds
+
+
+def verify_dicom_series(written: Sequence[Path], sources: Sequence[Dataset], expected: Sequence[np.ndarray],
+                        series_uid: str) -> None:
+    """Re-read written files and check pixels, UIDs and the derived-image tags; raise ExportError on any miss."""
+    problems = []
+    for path, src, pixels in zip(written, sources, expected):
+        ds = pydicom.dcmread(path)
+        if not np.array_equal(np.asarray(ds.pixel_array), pixels):
+            problems.append(f"{path.name}: pixels differ from the protected array")
+        if ds.SOPInstanceUID != ds.file_meta.MediaStorageSOPInstanceUID or ds.SOPInstanceUID == src.SOPInstanceUID:
+            problems.append(f"{path.name}: SOP Instance UID not new or not equal to the file meta")
+        if ds.SeriesInstanceUID != series_uid:
+            problems.append(f"{path.name}: Series Instance UID not the new one")
+        if ds.SOPClassUID != src.SOPClassUID:
+            problems.append(f"{path.name}: SOP class changed")
+        if list(ds.ImageType)[:2] != ["DERIVED", "SECONDARY"]:
+            problems.append(f"{path.name}: ImageType is {list(ds.ImageType)}")
+        for tag in ("BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "Rows", "Columns",
+                    "RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
+            if src.get(tag) != ds.get(tag):
+                problems.append(f"{path.name}: {tag} {ds.get(tag)!r} != source {src.get(tag)!r}")
+        if ds.file_meta.TransferSyntaxUID != ExplicitVRLittleEndian:
+            problems.append(f"{path.name}: transfer syntax {ds.file_meta.TransferSyntaxUID.name}")
+    if problems:
+        raise ExportError("DICOM verification failed: " + "; ".join(problems))

@@ -1,0 +1,135 @@
+"""NIfTI <-> Volume. The only place RAS (NIfTI) is converted to LPS (medue, DICOM).
+
+Export never goes through ``nibabel.save`` of a new image: that path recomputes ``scl_slope``/``scl_inter``
+and can rescale every voxel. Instead the source header bytes (and extensions) are kept verbatim and only the
+voxel block is replaced, in the header's own dtype and byte order, so only perturbed voxels change.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from medue.errors import ExportError, IngestError
+from medue.io.atomic import atomic_file
+from medue.provenance import StepRecord, sha256_file
+from medue.volume import Geometry, SourceRef, Volume
+
+#: RAS <-> LPS: flip the first two world axes.
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+SUFFIXES = (".nii", ".nii.gz")
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(SUFFIXES)
+
+
+def read_nifti(path: str | Path, *, root: Path | None = None) -> Volume:
+    """Read a single-file NIfTI-1/2 image with an integer on-disk dtype.
+
+    The array is the raw stored data (``dataobj.get_unscaled()``) transposed to ``(z, y, x)``; ``scl_slope`` and
+    ``scl_inter`` go to the header as rescale slope/intercept.
+
+    Raises:
+        IngestError: ``truncated`` (unreadable), ``nan_values``, ``unsupported`` (float data, 4D with more than
+            one volume, 1D).
+    """
+    path = Path(path)
+    label = _rel(path, root)
+    try:
+        img = nib.load(str(path))
+        raw = np.asanyarray(img.dataobj.get_unscaled())
+    except Exception as exc:  # nibabel raises many types for truncated / corrupt files
+        raise IngestError(f"{label}: not readable as NIfTI ({exc})", source=label, reason="truncated") from exc
+    if np.issubdtype(raw.dtype, np.floating):
+        if np.isnan(raw).any():
+            raise IngestError(f"{label}: {int(np.isnan(raw).sum())} NaN voxels; fix or mask them before release",
+                              source=label, reason="nan_values")
+        raise IngestError(
+            f"{label}: stored dtype {raw.dtype} is floating point; medue perturbs whole stored integer units, "
+            "so convert the image to an integer dtype with scl_slope/scl_inter first",
+            source=label, reason="unsupported")
+    if raw.ndim == 4 and raw.shape[3] == 1:
+        raw = raw[..., 0]
+    if raw.ndim == 2:
+        raw = raw[..., None]
+    if raw.ndim != 3:
+        raise IngestError(f"{label}: shape {raw.shape}; expected a 3D volume (split 4D series first)",
+                          source=label, reason="unsupported")
+    hdr = img.header
+    slope, inter = hdr.get_slope_inter()
+    array = np.ascontiguousarray(raw.transpose(2, 1, 0))
+    affine = RAS_TO_LPS @ img.affine
+    info = np.iinfo(array.dtype)
+    header: dict[str, Any] = {
+        "rescale_slope": 1.0 if slope is None else float(slope),
+        "rescale_intercept": 0.0 if inter is None else float(inter),
+        "valid_range": (int(info.min), int(info.max)),
+        "nifti_file": str(path),
+        "nifti_dtype": str(hdr.get_data_dtype()),
+        "qform_code": int(hdr["qform_code"]),
+        "sform_code": int(hdr["sform_code"]),
+    }
+    source = SourceRef(paths=(label,), sha256=(sha256_file(path),), format="nifti")
+    vol = Volume(array=array, geometry=Geometry(affine=affine), modality="OT", source=source, header=header)
+    return vol.with_step(StepRecord(name="read:nifti", params={"nibabel": nib.__version__},
+                                    output_fingerprint=vol.fingerprint))
+
+
+def write_nifti(volume: Volume, path: str | Path) -> Path:
+    """Write ``volume`` as a copy of its source NIfTI file with only the voxel block replaced, then verify."""
+    src_path = Path(volume.header.get("nifti_file", ""))
+    if not src_path.is_file():
+        raise ExportError(f"source NIfTI {src_path.name or '(none)'} is not available to copy the header from")
+    src = nib.load(str(src_path))
+    hdr = src.header
+    offset = int(src.dataobj.offset)  # vox_offset may read 0 in older files; the proxy knows the real one
+    opener = gzip.open if src_path.name.lower().endswith(".gz") else open
+    with opener(src_path, "rb") as fh:
+        head = fh.read(offset)
+    if len(head) != offset:
+        raise ExportError(f"source NIfTI header is shorter than vox_offset {offset}")
+    dtype = hdr.get_data_dtype()
+    data = volume.array.transpose(2, 1, 0).reshape(src.dataobj.shape)
+    if data.dtype.kind != dtype.kind or data.dtype.itemsize != dtype.itemsize:
+        raise ExportError(f"protected dtype {data.dtype} does not match the source's stored dtype {dtype}")
+    body = np.asarray(data, dtype=dtype).tobytes(order="F")
+    path = Path(path)
+    out_opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with atomic_file(path) as tmp:
+        with out_opener(tmp, "wb") as fh:
+            fh.write(head)
+            fh.write(body)
+        verify_nifti(tmp, src, data)
+    return path
+
+
+def verify_nifti(path: Path, src: Any, expected: np.ndarray) -> None:
+    """Re-read ``path`` and check stored voxels, dtype, scaling and both transforms against ``src``."""
+    out = nib.load(str(path))
+    problems = []
+    if not np.array_equal(np.asanyarray(out.dataobj.get_unscaled()), expected):
+        problems.append("stored voxels differ from the protected array")
+    a, b = out.header, src.header
+    if a.get_data_dtype() != b.get_data_dtype():
+        problems.append(f"dtype {a.get_data_dtype()} != source {b.get_data_dtype()}")
+    for field in ("scl_slope", "scl_inter", "qform_code", "sform_code", "pixdim", "srow_x", "srow_y", "srow_z",
+                  "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z"):
+        if not np.array_equal(np.asarray(a[field]), np.asarray(b[field]), equal_nan=True):
+            problems.append(f"{field} changed")
+    if problems:
+        raise ExportError("NIfTI verification failed: " + "; ".join(problems))
+
+
+def _rel(path: Path, root: Path | None) -> str:
+    if root is not None:
+        try:
+            return str(path.resolve().relative_to(root.resolve()))
+        except ValueError:
+            pass
+    return path.name
