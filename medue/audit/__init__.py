@@ -1,0 +1,1 @@
+"""Provenance and audit: manifest, protection report and tracking sinks."""

@@ -1,0 +1,49 @@
+"""The release manifest: SHA-256 of every input and output, one entry per item, written atomically."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from typing import Any, Sequence
+
+from medue import __version__
+from medue.io.atomic import write_text_atomic
+from medue.pipeline.config import PipelineConfig
+from medue.pipeline.job import DONE, OutputLayout
+
+MANIFEST_SCHEMA = "medue.manifest/1"
+
+
+def write_manifest(layout: OutputLayout, config: PipelineConfig, markers: Sequence[dict[str, Any]],
+                   fit_info: dict[str, Any], key_fingerprint: str) -> dict[str, Any]:
+    """Write ``release/manifest.json`` and ``release/SHA256SUMS`` (``sha256sum -c`` compatible)."""
+    items = []
+    sums = []
+    for m in sorted(markers, key=lambda m: m["item_id"]):
+        entry = {"item_id": m["item_id"], "status": m.get("status"), "input_sha256": m.get("input_sha256", []),
+                 "outputs": m.get("outputs", [])}
+        if "fidelity" in m:
+            f = m["fidelity"]
+            entry["fidelity"] = {k: f.get(k) for k in ("psnr_db", "ssim", "max_abs_units", "max_abs_physical",
+                                                       "fraction_changed", "data_range", "passed")}
+        if m.get("override"):
+            entry["override"] = m["override"]
+        if m.get("status") != DONE:
+            entry["reason"] = m.get("reason", "")
+        items.append(entry)
+        sums += [f"{o['sha256']}  {o['path']}" for o in m.get("outputs", [])]
+    manifest = {
+        "schema": MANIFEST_SCHEMA,
+        "release": config.name,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "medue_version": __version__,
+        "config_hash": config.config_hash(),
+        "method": config.protect.method,
+        "key_fingerprint": key_fingerprint,
+        "protector_state_fingerprint": fit_info.get("state_fingerprint", ""),
+        "items": items,
+    }
+    layout.release.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(layout.release / "manifest.json", json.dumps(manifest, indent=2))
+    write_text_atomic(layout.release / "SHA256SUMS", "\n".join(sorted(sums)) + ("\n" if sums else ""))
+    return manifest

@@ -1,0 +1,276 @@
+"""The protection report: a JSON document validated against a versioned schema, and a self-contained HTML page
+(before | after | amplified |delta| | mask pictures, fidelity plots, efficacy chart, conformance, limitations).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from medue.io.atomic import write_text_atomic
+from medue.pipeline.config import PipelineConfig
+from medue.pipeline.job import DONE, FAILED, GATE_FAILED, QUARANTINED, OutputLayout
+
+REPORT_SCHEMA = "medue.report/1"
+
+LIMITATIONS = [
+    "Unlearnable-example protection is empirical: it lowers what a model learns from the released images under "
+    "the training recipes and countermeasures evaluated, not under every possible attack.",
+    "Protection strength depends on the L-inf budget; a budget small enough to be clinically invisible may be "
+    "weakened by strong preprocessing (see the countermeasure table of the efficacy audit).",
+    "Fidelity metrics (PSNR, SSIM, max |delta|) measure numerical change, not diagnostic equivalence; a reader "
+    "study is out of scope of this report.",
+    "The protector is fitted to this release; a different surrogate or much more data may change its effect.",
+]
+
+
+def load_schema() -> dict[str, Any]:
+    return json.loads(resources.files("medue.audit").joinpath("report.schema.json").read_text())
+
+
+def validate_report(report: dict[str, Any]) -> None:
+    """Raise ``jsonschema.ValidationError`` when ``report`` does not follow the shipped schema."""
+    import jsonschema
+
+    jsonschema.validate(report, load_schema())
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _panel(original: np.ndarray, protected: np.ndarray, title: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    diff = np.abs(protected.astype(np.int64) - original.astype(np.int64))
+    lo, hi = np.percentile(original, [0.5, 99.5])
+    fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
+    axes[0].imshow(original, cmap="gray", vmin=lo, vmax=hi)
+    axes[0].set_title("before")
+    axes[1].imshow(protected, cmap="gray", vmin=lo, vmax=hi)
+    axes[1].set_title("after")
+    im = axes[2].imshow(diff, cmap="inferno", vmin=0, vmax=max(int(diff.max()), 1))
+    axes[2].set_title(f"|delta| (amplified, max {int(diff.max())})")
+    fig.colorbar(im, ax=axes[2], fraction=0.046)
+    axes[3].imshow(diff > 0, cmap="gray", vmin=0, vmax=1)
+    axes[3].set_title(f"mask ({100 * float((diff > 0).mean()):.1f}% changed)")
+    for a in axes:
+        a.set_xticks([])
+        a.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    return _png(fig)
+
+
+def _fidelity_plot(items: Sequence[dict[str, Any]]) -> str | None:
+    fids = [(i["item_id"][:8], i["fidelity"]) for i in items if "fidelity" in i]
+    if not fids:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    names = [n for n, _ in fids]
+    psnr = [f["psnr_db"] if f["psnr_db"] is not None else 0 for _, f in fids]
+    axes[0].bar(names, psnr, color="#4477aa")
+    axes[0].set_title("PSNR (dB) per volume")
+    axes[1].bar(names, [f["ssim"] for _, f in fids], color="#228833")
+    axes[1].set_title("SSIM per volume")
+    axes[1].set_ylim(min(0.9, min(f["ssim"] for _, f in fids)), 1.0)
+    slices = [v for _, f in fids for v in f.get("per_slice_psnr_db", []) if v is not None]
+    axes[2].hist(slices, bins=20, color="#aa3377")
+    axes[2].set_title("per-slice PSNR histogram (dB)")
+    for a in axes[:2]:
+        a.tick_params(axis="x", rotation=60, labelsize=7)
+    return _png(fig)
+
+
+def _efficacy_plot(efficacy: dict[str, Any]) -> str | None:
+    results = efficacy.get("results") or {}
+    if not results:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    archs = list(results)
+    names = list(next(iter(results.values())).keys())
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    width = 0.8 / len(archs)
+    for k, arch in enumerate(archs):
+        ax.bar(np.arange(len(names)) + k * width, [results[arch][n]["test_accuracy"] for n in names], width,
+               label=arch)
+    chance = efficacy.get("dataset", {}).get("majority_class_accuracy")
+    if chance is not None:
+        ax.axhline(chance, color="black", linestyle="--", linewidth=1, label="majority class")
+    ax.set_xticks(np.arange(len(names)) + width * (len(archs) - 1) / 2, names)
+    ax.set_ylabel("clean-test accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title("Unauthorised training: models trained on clean vs protected training sets")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _conformance(markers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    done = [m for m in markers if m.get("status") == DONE]
+    budget_ok = all(m["protection"]["stats"]["linf_units"] <= m["protection"]["params"]["epsilon"]
+                    for m in done if "protection" in m)
+    return [
+        {"check": "every exported file re-read and verified (pixels, UIDs, derived-image tags, header fields)",
+         "result": "pass" if done else "n/a", "items": len(done)},
+        {"check": "perturbation within the L-inf budget in whole stored units", "result": "pass" if budget_ok else "fail"},
+        {"check": "fidelity gate passed or override recorded",
+         "result": "pass" if all(m.get("fidelity", {}).get("passed") or m.get("override") for m in done) else "fail"},
+        {"check": "inputs that could not be protected were quarantined with a reason",
+         "result": "pass", "items": sum(1 for m in markers if m.get("status") == QUARANTINED)},
+    ]
+
+
+def build_report(layout: OutputLayout, config: PipelineConfig, markers: Sequence[dict[str, Any]],
+                 fit_info: dict[str, Any], key_fingerprint: str, env: dict[str, Any],
+                 manifest: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``release/report.json`` (schema-validated) and ``release/report.html``; return their paths."""
+    efficacy = None
+    if config.report.efficacy_results:
+        path = config.resolve(config.report.efficacy_results)
+        if path.is_file():
+            efficacy = json.loads(path.read_text())
+    items = []
+    for m in sorted(markers, key=lambda m: m["item_id"]):
+        entry = {k: m[k] for k in ("item_id", "status", "format", "modality", "shape", "reason", "message",
+                                   "fidelity", "override", "outputs", "warnings") if k in m}
+        if "fidelity" in entry:
+            entry["fidelity"] = {k: v for k, v in entry["fidelity"].items() if k != "per_slice_psnr_db"}
+        items.append(entry)
+    counts = {s: sum(1 for m in markers if m.get("status") == s) for s in (DONE, QUARANTINED, GATE_FAILED, FAILED)}
+    report = {
+        "schema": REPORT_SCHEMA,
+        "release": config.name,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "medue_version": str(env.get("medue", "")),
+        "method": config.protect.method,
+        "key_fingerprint": key_fingerprint,
+        "config_hash": config.config_hash(),
+        "protector": {"params": fit_info.get("params", {}), "state_fingerprint": fit_info.get("state_fingerprint", ""),
+                      "fit_slices": fit_info.get("slices"), "fit_seconds": fit_info.get("fit_seconds"),
+                      "surrogate_accuracy_per_round": fit_info.get("surrogate_accuracy_per_round", [])},
+        "policy": config.to_dict()["fidelity"],
+        "summary": {"items": len(markers), **counts},
+        "items": items,
+        "conformance": _conformance(markers),
+        "efficacy": efficacy,
+        "limitations": LIMITATIONS,
+        "environment": env,
+    }
+    validate_report(report)
+    json_path = layout.release / "report.json"
+    write_text_atomic(json_path, json.dumps(report, indent=2, default=str))
+    html_path = layout.release / "report.html"
+    write_text_atomic(html_path, render_html(report, markers, layout, config.report.max_items_pictured))
+    return json_path, html_path
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "identical"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def render_html(report: dict[str, Any], markers: Sequence[dict[str, Any]], layout: OutputLayout,
+                max_pictures: int) -> str:
+    """A single HTML file with every picture inlined as a data URI (opens offline, can be e-mailed)."""
+    s = report["summary"]
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>medue protection report: {html.escape(report['release'])}</title>",
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #bbb;padding:3px 8px}"
+        "th{background:#eee}.pass{color:#176}.fail{color:#b00}img{max-width:100%}</style></head><body>",
+        f"<h1>Protection report: {html.escape(report['release'])}</h1>",
+        f"<p>Created {html.escape(report['created'])} by medue {html.escape(report['medue_version'])}. "
+        f"Method <b>{html.escape(report['method'])}</b>; key fingerprint <code>{report['key_fingerprint']}</code>; "
+        f"config hash <code>{report['config_hash']}</code>; protector state "
+        f"<code>{html.escape(report['protector']['state_fingerprint'][:16])}</code>.</p>",
+        "<h2>Summary</h2>",
+        _table(["items", "exported", "quarantined", "failed fidelity gate", "failed"],
+               [[s["items"], s["done"], s["quarantined"], s["gate_failed"], s["failed"]]]),
+        "<h2>Clinical utility (fidelity)</h2>",
+        "<p>PSNR and SSIM use an explicit data range (the original volume's max - min in stored units, given per "
+        "row). |delta| is in stored units and in physical units (HU for CT) after rescale.</p>",
+        _table(["item", "status", "modality", "shape", "PSNR dB", "SSIM", "max |delta| units", "max |delta| physical",
+                "fraction changed", "data range", "gate"],
+               [[i["item_id"], i["status"], i.get("modality", ""), "x".join(map(str, i.get("shape", []))),
+                 _fmt(i["fidelity"]["psnr_db"], 2), _fmt(i["fidelity"]["ssim"], 4), i["fidelity"]["max_abs_units"],
+                 _fmt(i["fidelity"]["max_abs_physical"], 2), _fmt(i["fidelity"]["fraction_changed"], 4),
+                 _fmt(i["fidelity"]["data_range"], 0),
+                 "pass" if i["fidelity"]["passed"] else ("override" if i.get("override") else "FAIL")]
+                for i in report["items"] if "fidelity" in i]),
+        f"<p>Policy: <code>{html.escape(json.dumps(report.get('policy', {})))}</code></p>",
+    ]
+    plot = _fidelity_plot(report["items"])
+    if plot:
+        parts.append(f"<img alt='fidelity plots' src='{plot}'>")
+    parts.append("<h2>Before / after / |delta| / mask (middle slice)</h2>")
+    pictured = 0
+    for m in sorted(markers, key=lambda m: m["item_id"]):
+        preview = layout.private / "previews" / f"{m['item_id']}.npz"
+        if pictured >= max_pictures or not preview.exists():
+            continue
+        with np.load(preview) as p:
+            title = f"{m['item_id']} ({m.get('modality', '')}, {m.get('status')})"
+            parts.append(f"<img alt='preview {m['item_id']}' src='{_panel(p['original'], p['protected'], title)}'>")
+        pictured += 1
+    bad = [i for i in report["items"] if i["status"] != DONE]
+    parts.append("<h2>Quarantined and failed inputs</h2>")
+    parts.append(_table(["item", "status", "reason", "message"],
+                        [[i["item_id"], i["status"], i.get("reason", ""), i.get("message", "")[:300]] for i in bad])
+                 if bad else "<p>None.</p>")
+    parts.append("<h2>Efficacy audit</h2>")
+    eff = report.get("efficacy")
+    if eff:
+        chart = _efficacy_plot(eff)
+        if chart:
+            parts.append(f"<img alt='efficacy chart' src='{chart}'>")
+        names = list(next(iter(eff["results"].values())).keys()) if eff.get("results") else []
+        rows = []
+        for cm, e in eff.get("countermeasures", {}).items():
+            rows.append([cm, *(f"{e['results'][n]['test_accuracy']:.3f}" if e.get("status") == "tested"
+                               else "not tested" for n in names)])
+        parts.append("<p>Clean-test accuracy under countermeasures (training set transformed before training):</p>")
+        parts.append(_table(["countermeasure", *names], rows))
+    else:
+        parts.append("<p>No efficacy results attached (set report.efficacy_results to the JSON written by "
+                     "<code>medue evaluate</code>).</p>")
+    parts.append("<h2>Conformance</h2>")
+    parts.append(_table(["check", "result", "items"], [[c["check"], c["result"], c.get("items", "")]
+                                                       for c in report["conformance"]]))
+    parts.append("<h2>Limitations</h2><ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in report["limitations"])
+                 + "</ul>")
+    parts.append("<h2>Environment</h2>" + _table(["component", "version / setting"],
+                                                  [[k, v] for k, v in report["environment"].items()]))
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,124 @@
+"""Tracking sinks. ``MlflowSink`` records one parent run per release job (embedded SQLite store by default)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from medue.errors import MissingDependencyError
+from medue.pipeline.config import PipelineConfig
+from medue.pipeline.job import DONE, OutputLayout
+
+
+def default_tracking_uri(layout: OutputLayout) -> str:
+    """``sqlite:///<output>/mlflow/mlflow.db``: an embedded store, no server needed."""
+    db = (layout.root / "mlflow" / "mlflow.db").resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = value
+
+
+#: Config fields never logged as params: paths may carry PHI (folder names), the key source is site detail.
+PRIVATE_PARAMS = ("input", "output", "key.env", "key.file", "report.efficacy_results")
+
+
+class MlflowSink:
+    """Logs a release to MLflow: params (resolved config), metrics, input dataset, artifacts, tags. No PHI, no key."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path) -> None:
+        try:
+            import mlflow
+        except ImportError as exc:
+            raise MissingDependencyError("MLflow tracking requires `pip install mlflow`") from exc
+        self.mlflow = mlflow
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.artifact_root = artifact_root
+
+    def _experiment_id(self) -> str:
+        client = self.mlflow.tracking.MlflowClient(tracking_uri=self.tracking_uri)
+        exp = client.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self.tracking_uri.startswith("sqlite:"):
+            self.artifact_root.mkdir(parents=True, exist_ok=True)
+            location = self.artifact_root.resolve().as_uri()
+        return client.create_experiment(self.experiment, artifact_location=location)
+
+    def log_release(self, *, config: PipelineConfig, markers: Sequence[dict[str, Any]], summary_counts: dict[str, int],
+                    fit_info: dict[str, Any], key_fingerprint: str, env: dict[str, Any], manifest: dict[str, Any],
+                    report_paths: tuple[Path | None, Path | None], seconds: float) -> tuple[str, str]:
+        mlflow = self.mlflow
+        mlflow.set_tracking_uri(self.tracking_uri)
+        exp_id = self._experiment_id()
+        params: dict[str, Any] = {}
+        _flatten("", config.to_dict(), params)
+        params = {k: v for k, v in params.items() if k not in PRIVATE_PARAMS}
+        params["protector.state_fingerprint"] = fit_info.get("state_fingerprint", "")
+        params["items"] = len(markers)
+        done = [m for m in markers if m.get("status") == DONE]
+        metrics: dict[str, float] = {f"count_{k}": float(v) for k, v in summary_counts.items()}
+        fids = [m["fidelity"] for m in markers if "fidelity" in m]
+        if fids:
+            psnrs = [f["psnr_db"] for f in fids if f.get("psnr_db") is not None]
+            if psnrs:
+                metrics.update(psnr_db_min=float(np.min(psnrs)), psnr_db_mean=float(np.mean(psnrs)))
+            metrics.update(ssim_min=float(min(f["ssim"] for f in fids)),
+                           max_abs_units=float(max(f["max_abs_units"] for f in fids)),
+                           max_abs_physical=float(max(f["max_abs_physical"] for f in fids)),
+                           fraction_changed_mean=float(np.mean([f["fraction_changed"] for f in fids])),
+                           gate_pass_rate=float(np.mean([bool(f["passed"]) for f in fids])))
+        metrics["fit_seconds"] = float(fit_info.get("fit_seconds", 0.0))
+        metrics["run_seconds"] = float(seconds)
+        tags = {"medue.version": env.get("medue", ""), "medue.config_hash": config.config_hash(),
+                "medue.key_fingerprint": key_fingerprint, "medue.method": config.protect.method,
+                "medue.release": config.name, "torch.version": str(env.get("torch", ""))}
+        with mlflow.start_run(experiment_id=exp_id, run_name=f"release-{config.name}") as run:
+            mlflow.set_tags(tags)
+            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            mlflow.log_metrics(metrics)
+            import pandas as pd
+
+            rows = [{"item_id": m["item_id"], "status": m.get("status"),
+                     "input_sha256": ",".join(m.get("input_sha256", []))} for m in markers]
+            frame = pd.DataFrame(rows or [{"item_id": "", "status": "", "input_sha256": ""}])
+            dataset = mlflow.data.from_pandas(frame, name=f"{config.name}-inputs")
+            mlflow.log_input(dataset, context="release-input")
+            with tempfile.TemporaryDirectory() as tmp:
+                t = Path(tmp)
+                (t / "config.resolved.json").write_text(json.dumps(
+                    {k: v for k, v in params.items()}, indent=2, default=str))
+                (t / "items.jsonl").write_text("\n".join(json.dumps(_public_marker(m), default=str) for m in markers))
+                (t / "environment.json").write_text(json.dumps(env, indent=2, default=str))
+                (t / "fit.json").write_text(json.dumps(fit_info, indent=2, default=str))
+                for f in t.iterdir():
+                    mlflow.log_artifact(str(f))
+            mlflow.log_artifact(str(OutputLayout(config.output_path).release / "manifest.json"))
+            for p in report_paths:
+                if p is not None and p.exists():
+                    mlflow.log_artifact(str(p), artifact_path="report")
+            run_id = run.info.run_id
+        return run_id, self.tracking_uri
+
+
+def _public_marker(m: dict[str, Any]) -> dict[str, Any]:
+    """A marker without anything path-like from the input side (warnings and messages are PHI-free by design)."""
+    drop = {"traceback", "quarantine"}
+    return {k: v for k, v in m.items() if k not in drop}
+
+
+def open_sink(config: PipelineConfig, layout: OutputLayout) -> MlflowSink:
+    uri = config.tracking.uri or default_tracking_uri(layout)
+    return MlflowSink(uri, config.tracking.experiment, layout.root / "mlflow" / "artifacts")

@@ -1,0 +1,239 @@
+"""``medue`` command line: run | protect | check | report | evaluate | inspect | restore | methods.
+
+Exit codes: 0 ok, 1 unexpected error, 2 invalid config or arguments, 3 fidelity gate failed,
+4 partial batch (some inputs quarantined or failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_GATE, EXIT_PARTIAL = 0, 1, 2, 3, 4
+
+EPILOG = """exit codes: 0 ok, 1 unexpected error, 2 invalid config/arguments, 3 fidelity gate failed,
+4 partial batch (some inputs quarantined or failed; see <output>/quarantine)"""
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", type=Path, help="pipeline YAML (see pipelines/)")
+    p.add_argument("--shard", metavar="i/N", help="process only shard i of N (stable split by item id)")
+    p.add_argument("--resume", action="store_true", help="skip items whose completion marker exists")
+    p.add_argument("--workers", type=int, help="override execution.workers")
+    p.add_argument("--backend", choices=["local", "ray"], help="override execution.backend")
+    p.add_argument("--device", help="override execution.device (auto, cpu, cuda, cuda:N)")
+    p.add_argument("--output", help="override the config's output folder")
+    p.add_argument("--input", help="override the config's input folder")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from medue import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="medue", description="Make medical imaging releases unlearnable, check clinical utility, export and audit.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"medue {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+
+    p = sub.add_parser("run", help="run a whole release job from a pipeline config", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_run_args(p)
+    p = sub.add_parser("protect", help="same as run (protect + check + export + report + tracking)", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_run_args(p)
+
+    p = sub.add_parser("check", help="validate a pipeline config and list its inputs, without protecting anything")
+    p.add_argument("config", type=Path)
+
+    p = sub.add_parser("report", help="print the summary of a finished run's report.json")
+    p.add_argument("output", type=Path, help="the run's output folder")
+
+    p = sub.add_parser("evaluate", help="efficacy audit: train models on protected vs clean data, with countermeasures")
+    p.add_argument("--dataset", default="sample_data/classification/br35h_64.npz")
+    p.add_argument("--methods", nargs="+", default=["salm", "em", "sem", "conv", "uc"])
+    p.add_argument("--architectures", nargs="+", default=["resnet18", "monai_classifier"])
+    p.add_argument("--countermeasures", nargs="*", default=None, help="default: all")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, default=Path("efficacy"), help="writes OUT.json and OUT.md")
+
+    p = sub.add_parser("inspect", help="list what medue finds in a folder and whether each item is readable")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--deidentification", choices=["refuse", "warn", "ignore"], default="refuse")
+
+    p = sub.add_parser("restore", help="restore original stored values from a protected file and its delta")
+    p.add_argument("protected", type=Path, help="protected NIfTI file")
+    p.add_argument("delta", type=Path, help="private/deltas/<item_id>.npz")
+    p.add_argument("out", type=Path)
+
+    sub.add_parser("methods", help="list protection methods and their parameters")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from medue.pipeline.config import load_config
+    from medue.pipeline.executor import parse_shard
+    from medue.pipeline.runner import run_pipeline
+
+    overrides: dict = {}
+    if args.output:
+        overrides["output"] = args.output
+    if args.input:
+        overrides["input"] = args.input
+    config = load_config(args.config, overrides=overrides)
+    execution = {}
+    if args.workers:
+        execution["workers"] = args.workers
+    if args.backend:
+        execution["backend"] = args.backend
+    if args.device:
+        execution["device"] = args.device
+    import dataclasses
+
+    if execution:
+        config = dataclasses.replace(config, execution=dataclasses.replace(config.execution, **execution))
+    if args.no_tracking:
+        config = dataclasses.replace(config, tracking=dataclasses.replace(config.tracking, enabled=False))
+    shard = parse_shard(args.shard)
+    say = (lambda s: None) if args.quiet else (lambda s: print(f"medue: {s}", file=sys.stderr, flush=True))
+    summary = run_pipeline(config, shard=shard, resume=args.resume, progress=say, show_bar=not args.quiet)
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items()) if v)
+    print(f"release {config.name}: {counts or 'nothing to do'} in {summary.seconds:.1f} s")
+    print(f"  output:  {summary.output / 'release'}")
+    if summary.report_html:
+        print(f"  report:  {summary.report_html}")
+    if summary.mlflow_run_id:
+        print(f"  mlflow:  run {summary.mlflow_run_id} in {summary.tracking_uri}")
+        print(f"           view with: mlflow ui --backend-store-uri {summary.tracking_uri}")
+    return summary.exit_code
+
+
+def _check(args: argparse.Namespace) -> int:
+    from medue.io import discover_inputs
+    from medue.pipeline.config import load_config
+
+    config = load_config(args.config)
+    config.read_key()
+    items = discover_inputs(config.input_path)
+    print(f"config OK: {config.name}, method {config.protect.method}, {len(items)} item(s) under {config.input}")
+    for it in items:
+        print(f"  {it.item_id}  {it.kind:7s} {len(it.paths):4d} file(s) {('  PROBLEM: ' + it.problem) if it.problem else ''}")
+    return EXIT_OK
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from medue.errors import IngestError
+    from medue.io import discover_inputs, read_item
+
+    status = EXIT_OK
+    for it in discover_inputs(args.folder):
+        try:
+            v = read_item(it, root=args.folder, deidentification=args.deidentification)
+            warn = "; ".join(w for s in v.history for w in s.warnings)
+            print(f"{it.item_id}  {it.kind:6s} {v.modality:3s} {'x'.join(map(str, v.array.shape)):>12s} "
+                  f"{v.array.dtype} slope {v.rescale[0]:g} intercept {v.rescale[1]:g} {warn}")
+        except IngestError as exc:
+            status = EXIT_PARTIAL
+            print(f"{it.item_id}  {it.kind:6s} QUARANTINE [{exc.reason}] {exc}")
+    return status
+
+
+def _report(args: argparse.Namespace) -> int:
+    path = args.output / "release" / "report.json"
+    if not path.is_file():
+        print(f"medue: no report at {path}; run `medue run` first", file=sys.stderr)
+        return EXIT_CONFIG
+    r = json.loads(path.read_text())
+    print(f"release {r['release']} ({r['method']}, key {r['key_fingerprint']}): {r['summary']}")
+    for i in r["items"]:
+        f = i.get("fidelity")
+        line = f"  {i['item_id']} {i['status']:12s}"
+        if f:
+            line += f" PSNR {f['psnr_db']} dB SSIM {f['ssim']:.4f} max|d| {f['max_abs_units']} changed {f['fraction_changed']:.4f}"
+        print(line)
+    print(f"HTML: {args.output / 'release' / 'report.html'}")
+    return EXIT_OK
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from medue.efficacy import EfficacyConfig, results_markdown, run_efficacy
+    from medue.efficacy.countermeasures import ALL
+    from medue.efficacy.train import TrainSettings
+
+    config = EfficacyConfig(dataset=args.dataset, methods={m: {} for m in args.methods},
+                            architectures=tuple(args.architectures),
+                            countermeasures=tuple(ALL if args.countermeasures is None else args.countermeasures),
+                            train=TrainSettings(epochs=args.epochs), image_size=args.image_size, device=args.device)
+    res = run_efficacy(config, log=lambda s: print(s, file=sys.stderr, flush=True))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str))
+    args.out.with_suffix(".md").write_text(results_markdown(res))
+    print(results_markdown(res))
+    return EXIT_OK
+
+
+def _restore(args: argparse.Namespace) -> int:
+    import nibabel as nib
+    import numpy as np
+
+    from medue.io.delta import restore_original
+    from medue.io.nifti import read_nifti, write_nifti
+
+    vol = read_nifti(args.protected)
+    original = restore_original(vol.array, args.delta)
+    write_nifti(vol.with_array(original, vol.history[-1]), args.out)
+    print(f"restored {args.out} ({int(np.count_nonzero(original != vol.array))} voxels changed back; "
+          f"nibabel {nib.__version__})")
+    return EXIT_OK
+
+
+def _methods(_: argparse.Namespace) -> int:
+    from medue.protect import PROTECTORS
+
+    for key in PROTECTORS.keys():
+        cls = PROTECTORS.get(key)
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{key:6s} {cls.__name__:15s} {doc}")
+        print(f"       defaults: {cls().params()}")
+    return EXIT_OK
+
+
+COMMANDS = {"run": _run, "protect": _run, "check": _check, "inspect": _inspect, "report": _report,
+            "evaluate": _evaluate, "restore": _restore, "methods": _methods}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (also usable in-process: ``main(["run", "cfg.yaml"])``)."""
+    from medue.errors import FidelityCheckFailed, IngestError, InvalidConfigError, MedueError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_CONFIG
+    logging.basicConfig(level=logging.WARNING, format="medue: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except InvalidConfigError as exc:
+        print(f"medue: invalid configuration\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except FidelityCheckFailed as exc:
+        print(f"medue: fidelity gate failed: {exc}", file=sys.stderr)
+        return EXIT_GATE
+    except IngestError as exc:
+        print(f"medue: input problem [{exc.reason}]: {exc}", file=sys.stderr)
+        return EXIT_PARTIAL
+    except MedueError as exc:
+        print(f"medue: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Train an unauthorised classifier on (protected) images and measure clean-test accuracy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medue.protect.surrogate import SmallResNet, resnet18
+
+ARCHITECTURES = ("resnet18", "monai_classifier", "small")
+
+
+def build_classifier(arch: str, num_classes: int, *, image_size: int, width: int = 16) -> nn.Module:
+    """An attacker's model: our ResNet-18 layout, MONAI's ``Classifier`` CNN, or the small ResNet."""
+    if arch == "resnet18":
+        return resnet18(num_classes, width=width)
+    if arch == "monai_classifier":
+        from monai.networks.nets import Classifier
+
+        return Classifier(in_shape=(1, image_size, image_size), classes=num_classes,
+                          channels=(width, 2 * width, 4 * width), strides=(2, 2, 2))
+    if arch == "small":
+        return SmallResNet(num_classes)
+    raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 0.05
+    width: int = 16
+    augmentation: bool = False
+    adversarial_epsilon: float = 0.0  # in [0, 1] model units (e.g. 4/255); 0 disables PGD training
+    adversarial_steps: int = 3
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip and random crop with 4-px reflect padding."""
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    padded = F.pad(x, (4, 4, 4, 4), mode="reflect")
+    dy, dx = torch.randint(0, 9, (2,), generator=gen).tolist()
+    return padded[:, :, dy:dy + h, dx:dx + w]
+
+
+def _pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int) -> torch.Tensor:
+    """Error-maximising PGD examples (Madry et al.) for adversarial training."""
+    alpha = 2.5 * eps / steps
+    delta = torch.zeros_like(x).uniform_(-eps, eps)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model(torch.clamp(x + delta, 0, 1)), y)
+        (grad,) = torch.autograd.grad(loss, delta)
+        delta = torch.clamp(delta.detach() + alpha * grad.sign(), -eps, eps)
+    return torch.clamp(x + delta, 0, 1).detach()
+
+
+def train_classifier(arch: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                     *, settings: TrainSettings, seed: int, device: torch.device) -> dict[str, float]:
+    """Train ``arch`` on uint8 ``(N, H, W)`` images and return train and clean-test accuracy."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    model = build_classifier(arch, num_classes, image_size=x_train.shape[-1], width=settings.width).to(device)
+    xt = torch.from_numpy(x_train.astype(np.float32) / 255.0).unsqueeze(1)
+    yt = torch.from_numpy(y_train.astype(np.int64))
+    opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9, weight_decay=5e-4)
+    steps_per_epoch = max(1, -(-len(xt) // settings.batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch)
+    for _ in range(settings.epochs):
+        model.train()
+        perm = torch.randperm(len(xt), generator=gen)
+        for i in range(0, len(xt), settings.batch_size):
+            idx = perm[i:i + settings.batch_size]
+            xb, yb = xt[idx], yt[idx]
+            if settings.augmentation:
+                xb = _augment(xb, gen)
+            xb, yb = xb.to(device), yb.to(device)
+            if settings.adversarial_epsilon > 0:
+                model.eval()
+                xb = _pgd(model, xb, yb, settings.adversarial_epsilon, settings.adversarial_steps)
+                model.train()
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return {"train_accuracy": evaluate(model, x_train, y_train, device),
+            "test_accuracy": evaluate(model, x_test, y_test, device)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device, batch_size: int = 256) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        xb = torch.from_numpy(x[i:i + batch_size].astype(np.float32) / 255.0).unsqueeze(1).to(device)
+        correct += int((model(xb).argmax(1).cpu().numpy() == y[i:i + batch_size]).sum())
+    return correct / len(x)

@@ -1,0 +1,1 @@
+"""Clinical-utility metrics and the release gate."""

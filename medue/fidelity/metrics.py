@@ -1,0 +1,53 @@
+"""Fidelity metrics between an original and a protected image. Pure numpy; ``data_range`` is always explicit.
+
+PSNR and SSIM are scikit-image's implementations (``peak_signal_noise_ratio``, ``structural_similarity``);
+medue only insists that the caller states the data range instead of letting it be guessed from the dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+
+def _check(image_true: np.ndarray, image_test: np.ndarray, data_range: float) -> None:
+    if image_true.shape != image_test.shape:
+        raise ValueError(f"images must have the same shape, got {image_true.shape} and {image_test.shape}")
+    if not data_range > 0:
+        raise ValueError(f"data_range must be > 0 (the span of valid values, e.g. 255 or a HU window), not {data_range}")
+
+
+def compute_psnr(image_true: np.ndarray, image_test: np.ndarray, *, data_range: float) -> float:
+    """PSNR in dB; ``inf`` for identical images."""
+    _check(image_true, image_test, data_range)
+    a = image_true.astype(np.float64)
+    b = image_test.astype(np.float64)
+    if np.array_equal(a, b):
+        return float("inf")
+    return float(peak_signal_noise_ratio(a, b, data_range=data_range))
+
+
+def compute_ssim(image_true: np.ndarray, image_test: np.ndarray, *, data_range: float) -> float:
+    """Mean SSIM over 2D slices (Gaussian-free 7x7 window, or the largest odd size that fits small images)."""
+    _check(image_true, image_test, data_range)
+    a = np.atleast_3d(image_true.astype(np.float64)) if image_true.ndim == 2 else image_true.astype(np.float64)
+    b = np.atleast_3d(image_test.astype(np.float64)) if image_test.ndim == 2 else image_test.astype(np.float64)
+    if image_true.ndim == 2:
+        a, b = a[None, ..., 0], b[None, ..., 0]
+    win = min(7, *a.shape[-2:])
+    win = win if win % 2 == 1 else win - 1
+    if win < 3:
+        return 1.0 if np.array_equal(a, b) else 0.0
+    return float(np.mean([structural_similarity(s, t, data_range=data_range, win_size=win) for s, t in zip(a, b)]))
+
+
+def max_abs_diff(image_true: np.ndarray, image_test: np.ndarray) -> int:
+    """Largest absolute difference in stored units."""
+    if image_true.size == 0:
+        return 0
+    return int(np.abs(image_true.astype(np.int64) - image_test.astype(np.int64)).max())
+
+
+def fraction_changed(image_true: np.ndarray, image_test: np.ndarray) -> float:
+    """Fraction of voxels whose stored value changed."""
+    return float(np.count_nonzero(image_true != image_test) / max(image_true.size, 1))

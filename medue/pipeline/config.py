@@ -1,0 +1,246 @@
+"""Pipeline configuration: declarative YAML parsed once into frozen dataclasses; every problem reported at once.
+
+Only registry keys and plain values are allowed: nothing in a config is imported or evaluated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from medue.errors import InvalidConfigError
+from medue.io.dicom import DEID_POLICIES
+
+CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class KeyConfig:
+    """Where the secret protection key comes from: ``env`` variable first, then ``file``."""
+
+    env: str = "MEDUE_KEY"
+    file: str | None = None
+
+
+@dataclass(frozen=True)
+class ProtectConfig:
+    method: str = "salm"
+    params: Mapping[str, Any] = field(default_factory=dict)
+    fit_max_slices: int = 256
+    fit_size: int = 64
+    reversible: bool = False
+
+
+@dataclass(frozen=True)
+class FidelityPolicy:
+    """Release thresholds. ``None`` disables a threshold."""
+
+    min_psnr_db: float | None = 40.0
+    min_ssim: float | None = 0.95
+    max_abs_units: int | None = None
+    max_abs_physical: float | None = None
+    max_fraction_changed: float | None = None
+    override_reason: str | None = None
+    override_by: str | None = None
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    device: str = "auto"
+    workers: int = 1
+    backend: str = "local"
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str = "medue"
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    enabled: bool = True
+    efficacy_results: str | None = None
+    max_items_pictured: int = 8
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    name: str
+    input: str
+    output: str
+    version: int = CONFIG_VERSION
+    deidentification: str = "refuse"
+    uid_mode: str = "keyed"
+    key: KeyConfig = KeyConfig()
+    protect: ProtectConfig = ProtectConfig()
+    fidelity: FidelityPolicy = FidelityPolicy()
+    execution: ExecutionConfig = ExecutionConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    report: ReportConfig = ReportConfig()
+    base_dir: str = "."
+
+    def resolve(self, path: str) -> Path:
+        """Resolve a config-relative path (relative to the current folder, as the CLI user typed it)."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    @property
+    def input_path(self) -> Path:
+        return self.resolve(self.input)
+
+    @property
+    def output_path(self) -> Path:
+        return self.resolve(self.output)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["protect"]["params"] = dict(self.protect.params)
+        d.pop("base_dir")
+        return d
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def read_key(self) -> str:
+        """The secret key from ``key.env`` or ``key.file``; raises InvalidConfigError saying how to provide one."""
+        value = os.environ.get(self.key.env, "") if self.key.env else ""
+        if value:
+            return value
+        if self.key.file:
+            path = self.resolve(self.key.file)
+            if path.is_file():
+                text = path.read_text().strip()
+                if text:
+                    return text
+            raise InvalidConfigError([f"key.file {self.key.file!r} is missing or empty; put the site's secret "
+                                      f"protection key there or set ${self.key.env}"])
+        raise InvalidConfigError([f"no protection key: set the environment variable {self.key.env} or key.file "
+                                  "in the config"])
+
+
+_SECTIONS = {
+    "key": KeyConfig,
+    "protect": ProtectConfig,
+    "fidelity": FidelityPolicy,
+    "execution": ExecutionConfig,
+    "tracking": TrackingConfig,
+    "report": ReportConfig,
+}
+
+
+def _fields(cls: type) -> set[str]:
+    return {f for f in cls.__dataclass_fields__ if f != "base_dir"}
+
+
+def _check_type(problems: list[str], where: str, value: Any, types: tuple[type, ...], expect: str) -> None:
+    if value is not None and (not isinstance(value, types) or isinstance(value, bool) and bool not in types):
+        problems.append(f"{where}: expected {expect}, got {type(value).__name__} {value!r}")
+
+
+def parse_config(data: Any, *, source: str = "config", base_dir: str | Path = ".") -> PipelineConfig:
+    """Validate a loaded mapping and build a :class:`PipelineConfig`, raising with *all* problems found."""
+    from medue.protect import PROTECTORS, build_protector
+
+    problems: list[str] = []
+    if not isinstance(data, Mapping):
+        raise InvalidConfigError([f"top level must be a mapping of settings, got {type(data).__name__}"], source=source)
+    top = _fields(PipelineConfig)
+    for k in data:
+        if k not in top:
+            problems.append(f"unknown key {k!r} at top level; allowed: {', '.join(sorted(top))}")
+    for required in ("name", "input", "output"):
+        if not data.get(required):
+            problems.append(f"{required}: required, e.g. {required}: {'my-release' if required == 'name' else 'path/to/folder'}")
+        else:
+            _check_type(problems, required, data.get(required), (str,), "a string")
+    if data.get("version", CONFIG_VERSION) != CONFIG_VERSION:
+        problems.append(f"version: this medue reads config version {CONFIG_VERSION}, got {data.get('version')!r}")
+    if data.get("deidentification", "refuse") not in DEID_POLICIES:
+        problems.append(f"deidentification: expected one of {', '.join(DEID_POLICIES)}, got {data.get('deidentification')!r}")
+    if data.get("uid_mode", "keyed") not in ("keyed", "random"):
+        problems.append(f"uid_mode: expected 'keyed' or 'random', got {data.get('uid_mode')!r}")
+
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        raw = data.get(name, {}) or {}
+        if not isinstance(raw, Mapping):
+            problems.append(f"{name}: expected a mapping, got {type(raw).__name__}")
+            continue
+        allowed = _fields(cls)
+        for k in raw:
+            if k not in allowed:
+                problems.append(f"unknown key {k!r} in {name}; allowed: {', '.join(sorted(allowed))}")
+        sections[name] = {k: v for k, v in raw.items() if k in allowed}
+
+    p = sections.get("protect", {})
+    method = p.get("method", "salm")
+    params = p.get("params", {}) or {}
+    if method not in PROTECTORS:
+        try:
+            PROTECTORS.get(str(method))
+        except Exception as exc:  # UnknownComponentError text carries the did-you-mean
+            problems.append(f"protect.method: {exc}")
+    elif not isinstance(params, Mapping):
+        problems.append(f"protect.params: expected a mapping, got {type(params).__name__}")
+    else:
+        try:
+            build_protector(method, **params)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"protect.params for {method!r}: {exc}")
+    for k, lo in (("fit_max_slices", 1), ("fit_size", 8)):
+        v = p.get(k)
+        _check_type(problems, f"protect.{k}", v, (int,), "an integer")
+        if isinstance(v, int) and v < lo:
+            problems.append(f"protect.{k}: must be >= {lo}, got {v}")
+
+    f = sections.get("fidelity", {})
+    for k in ("min_psnr_db", "min_ssim", "max_abs_physical", "max_fraction_changed"):
+        _check_type(problems, f"fidelity.{k}", f.get(k), (int, float), "a number or null")
+    _check_type(problems, "fidelity.max_abs_units", f.get("max_abs_units"), (int,), "an integer or null")
+    if isinstance(f.get("min_ssim"), (int, float)) and not -1 <= f["min_ssim"] <= 1:
+        problems.append(f"fidelity.min_ssim: must be in [-1, 1], got {f['min_ssim']}")
+    if isinstance(f.get("max_fraction_changed"), (int, float)) and not 0 <= f["max_fraction_changed"] <= 1:
+        problems.append(f"fidelity.max_fraction_changed: must be in [0, 1], got {f['max_fraction_changed']}")
+    for k in ("min_psnr_db", "max_abs_units", "max_abs_physical"):
+        if isinstance(f.get(k), (int, float)) and f[k] < 0:
+            problems.append(f"fidelity.{k}: must be >= 0, got {f[k]}")
+    if bool(f.get("override_reason")) != bool(f.get("override_by")):
+        problems.append("fidelity: an override needs both override_reason and override_by")
+
+    e = sections.get("execution", {})
+    if e.get("backend", "local") not in ("local", "ray"):
+        problems.append(f"execution.backend: expected 'local' or 'ray', got {e.get('backend')!r}")
+    _check_type(problems, "execution.workers", e.get("workers"), (int,), "an integer")
+    if isinstance(e.get("workers"), int) and e["workers"] < 1:
+        problems.append(f"execution.workers: must be >= 1, got {e['workers']}")
+    dev = e.get("device", "auto")
+    if not (dev in ("auto", "cpu", "cuda") or (isinstance(dev, str) and dev.startswith("cuda:") and dev[5:].isdigit())):
+        problems.append(f"execution.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {dev!r}")
+
+    if problems:
+        raise InvalidConfigError(problems, source=source)
+    built = {name: cls(**sections.get(name, {})) for name, cls in _SECTIONS.items()}
+    top_values = {k: data[k] for k in ("name", "input", "output", "version", "deidentification", "uid_mode") if k in data}
+    return PipelineConfig(**top_values, **built, base_dir=str(base_dir))
+
+
+def load_config(path: str | Path, *, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
+    """Read a YAML pipeline config; relative paths in it are taken from the current folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidConfigError([f"config file {path} not found"], source=str(path))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InvalidConfigError([f"not valid YAML: {exc}"], source=str(path)) from exc
+    if overrides and isinstance(data, dict):
+        data = {**data, **overrides}
+    return parse_config(data, source=str(path), base_dir=".")

@@ -1,0 +1,203 @@
+"""The per-volume job: one pure, idempotent function from an input item to outputs plus a completion marker.
+
+``process_item(item, ctx)`` reads, protects, checks and exports one item. Its only side effects are files
+under ``ctx.out`` written atomically, and the marker ``markers/<item_id>.json`` is written last: an item is
+done exactly when its marker exists. Any executor (a loop, a process pool, Ray) can call it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medue.device import derive_seed
+from medue.errors import ExportError, IngestError, MedueError
+from medue.fidelity.checks import FidelityThresholds, check_fidelity
+from medue.io import InputItem, output_name, read_item, write_volume
+from medue.io.atomic import atomic_file, write_text_atomic
+from medue.io.delta import write_delta
+from medue.provenance import sha256_file
+
+#: Marker statuses.
+DONE, QUARANTINED, GATE_FAILED, FAILED = "done", "quarantined", "gate_failed", "failed"
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """Folders under the job's output root.
+
+    ``release/`` is what gets published; ``private/`` stays at the site (protector state, deltas, the
+    input index with original paths, previews); ``markers/`` and ``quarantine/`` drive resume and triage.
+    """
+
+    root: Path
+
+    @property
+    def release(self) -> Path:
+        return self.root / "release"
+
+    @property
+    def private(self) -> Path:
+        return self.root / "private"
+
+    @property
+    def markers(self) -> Path:
+        return self.root / "markers"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    def marker(self, item_id: str) -> Path:
+        return self.markers / f"{item_id}.json"
+
+    @property
+    def protector_state(self) -> Path:
+        return self.private / "protector.pt"
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """Everything ``process_item`` needs; picklable, so it travels to worker processes and Ray actors."""
+
+    out: str
+    input_root: str
+    key: str
+    key_fingerprint: str
+    method: str
+    thresholds: FidelityThresholds
+    override_reason: str | None = None
+    override_by: str | None = None
+    deidentification: str = "refuse"
+    uid_mode: str = "keyed"
+    reversible: bool = False
+    device: str = "cpu"
+
+    @property
+    def layout(self) -> OutputLayout:
+        return OutputLayout(Path(self.out))
+
+    def with_device(self, device: str) -> JobContext:
+        return dataclasses.replace(self, device=device)
+
+
+_PROTECTOR_CACHE: dict[str, Any] = {}
+
+
+def load_protector(path: Path, device: str) -> Any:
+    """Load the fitted protector once per process (and device)."""
+    import torch
+
+    cache_key = f"{path}:{path.stat().st_mtime_ns}:{device}"
+    if cache_key not in _PROTECTOR_CACHE:
+        protector = torch.load(path, map_location=device, weights_only=False)  # site-local file medue wrote
+        model = getattr(protector, "model", None)
+        if model is not None:
+            model.to(device)
+        _PROTECTOR_CACHE.clear()
+        _PROTECTOR_CACHE[cache_key] = protector
+    return _PROTECTOR_CACHE[cache_key]
+
+
+def read_marker(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _quarantine(item: InputItem, ctx: JobContext, reason: str, message: str) -> dict[str, Any]:
+    folder = ctx.layout.quarantine / item.item_id
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for i, src in enumerate(item.paths):
+        src_path = Path(src)
+        if src_path.is_file():
+            suffix = "".join(src_path.suffixes)[-12:]
+            dst = folder / f"input_{i:04d}{suffix}"
+            with atomic_file(dst) as tmp:
+                shutil.copyfile(src_path, tmp)
+            copies.append(dst.name)
+    info = {"item_id": item.item_id, "kind": item.kind, "reason": reason, "message": message, "copies": copies}
+    write_text_atomic(folder / "reason.json", json.dumps(info, indent=2))
+    return info
+
+
+def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True) -> dict[str, Any]:
+    """Protect and export one item; return (and write) its completion marker.
+
+    With ``resume`` an item whose marker exists is skipped and its marker returned (``"skipped": True``).
+    """
+    layout = ctx.layout
+    marker_path = layout.marker(item.item_id)
+    if resume and marker_path.exists():
+        previous = read_marker(marker_path)
+        if previous is not None:
+            return {**previous, "skipped": True}
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {"item_id": item.item_id, "kind": item.kind, "skipped": False}
+    try:
+        volume = read_item(item, root=ctx.input_root, deidentification=ctx.deidentification)
+    except IngestError as exc:
+        result.update(status=QUARANTINED, reason=exc.reason, message=str(exc))
+        result["quarantine"] = _quarantine(item, ctx, exc.reason, str(exc))
+        return _finish(result, marker_path, t0)
+
+    result.update(format=volume.source.format, modality=volume.modality, shape=list(volume.array.shape),
+                  dtype=str(volume.array.dtype), input_sha256=list(volume.source.sha256),
+                  warnings=[w for s in volume.history for w in s.warnings])
+    try:
+        protector = load_protector(layout.protector_state, ctx.device)
+        protected = protector.protect(volume, label=None, seed=derive_seed(ctx.key, "volume", item.item_id),
+                                      device=ctx.device, key_fingerprint=ctx.key_fingerprint)
+        step = protected.history[-1]
+        result["protection"] = step.to_dict()
+        slope, _ = volume.rescale
+        fid = check_fidelity(volume.array, protected.array, ctx.thresholds, rescale_slope=slope)
+        result["fidelity"] = fid.to_dict()
+        _save_preview(layout.private / "previews" / f"{item.item_id}.npz", volume.array, protected.array)
+        if not fid.passed and not ctx.override_reason:
+            result.update(status=GATE_FAILED, message="; ".join(fid.failures))
+            return _finish(result, marker_path, t0)
+        if not fid.passed:
+            result["override"] = {"reason": ctx.override_reason, "by": ctx.override_by, "failures": fid.failures}
+        name = output_name(volume, item.item_id)
+        derivation = (f"medue {step.medue_version} {ctx.method}: unlearnable-example perturbation, "
+                      f"max |delta| {fid.max_abs_units} stored units ({fid.max_abs_physical:g} "
+                      f"{volume.header.get('rescale_type', 'units')}), {100 * fid.fraction_changed:.2f}% of voxels "
+                      f"changed; key fingerprint {ctx.key_fingerprint}")
+        files = write_volume(protected, layout.release / name, derivation=derivation,
+                             uid_key=ctx.key if ctx.uid_mode == "keyed" else None)
+        result["outputs"] = [{"path": str(f.relative_to(layout.release)), "sha256": sha256_file(f),
+                              "bytes": f.stat().st_size} for f in files]
+        if ctx.reversible:
+            delta_path = write_delta(volume.array, protected.array, layout.private / "deltas" / f"{item.item_id}.npz")
+            result["delta"] = {"path": str(delta_path.relative_to(layout.root)), "sha256": sha256_file(delta_path)}
+        result["status"] = DONE
+    except (MedueError, ValueError, RuntimeError) as exc:
+        reason = "export_failed" if isinstance(exc, ExportError) else type(exc).__name__
+        result.update(status=FAILED, reason=reason, message=str(exc),
+                      traceback=traceback.format_exc(limit=3))
+    return _finish(result, marker_path, t0)
+
+
+def _save_preview(path: Path, original: np.ndarray, protected: np.ndarray) -> None:
+    z = original.shape[0] // 2
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, original=original[z], protected=protected[z])
+
+
+def _finish(result: dict[str, Any], marker_path: Path, t0: float) -> dict[str, Any]:
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    write_text_atomic(marker_path, json.dumps(result, indent=2, default=str))
+    return result

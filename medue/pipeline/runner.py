@@ -1,0 +1,208 @@
+"""``run_pipeline``: the only place stages are sequenced and a tracked run is opened.
+
+discover -> shard -> fit the protector once (or reuse it on resume) -> per-volume jobs (local or Ray) ->
+manifest -> report -> MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medue.device import derive_seed, make_generator, resolve_device
+from medue.errors import IngestError, InvalidConfigError
+from medue.fidelity.checks import FidelityThresholds
+from medue.io import InputItem, discover_inputs, read_item
+from medue.io.atomic import remove_partials, write_text_atomic
+from medue.pipeline.config import PipelineConfig
+from medue.pipeline.executor import execute_local, select_shard
+from medue.pipeline.job import DONE, FAILED, GATE_FAILED, QUARANTINED, JobContext, read_marker
+from medue.protect import UnitSpace, build_protector
+from medue.provenance import capture_environment, key_fingerprint, sha256_file
+
+log = logging.getLogger("medue")
+
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_GATE, EXIT_PARTIAL = 0, 1, 2, 3, 4
+
+
+@dataclass
+class RunSummary:
+    """What a run did; ``exit_code`` follows the CLI's convention."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    markers: list[dict[str, Any]] = field(default_factory=list)
+    output: Path = Path(".")
+    report_html: Path | None = None
+    report_json: Path | None = None
+    mlflow_run_id: str | None = None
+    tracking_uri: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        if self.counts.get(GATE_FAILED):
+            return EXIT_GATE
+        if self.counts.get(QUARANTINED) or self.counts.get(FAILED):
+            return EXIT_PARTIAL
+        return EXIT_OK
+
+
+def _fit_samples(items: list[InputItem], config: PipelineConfig) -> tuple[torch.Tensor, UnitSpace]:
+    """Up to ``fit_max_slices`` slices spread over the items, area-resized to ``fit_size``, in stored units."""
+    size, budget = config.protect.fit_size, config.protect.fit_max_slices
+    per_item = max(1, -(-budget // max(len(items), 1)))
+    xs, offsets, scales, lo, hi = [], [], [], np.inf, -np.inf
+    for item in items:
+        if len(xs) >= budget:
+            break
+        try:
+            vol = read_item(item, root=config.input_path, deidentification=config.deidentification)
+        except IngestError:
+            continue  # the job quarantines it with its reason
+        space = UnitSpace.for_volume(vol)
+        z = vol.array.shape[0]
+        picks = np.unique(np.linspace(0, z - 1, min(per_item, z)).round().astype(int))
+        t = torch.from_numpy(vol.array[picks].astype(np.float32)).unsqueeze(1)
+        t = torch.round(F.interpolate(t, size=(size, size), mode="area"))
+        xs.append(t)
+        offsets += [space.offset] * len(picks)
+        scales += [space.scale] * len(picks)
+        lo, hi = min(lo, space.lo), max(hi, space.hi)
+    if not xs:
+        raise IngestError("no readable input to fit the protector on", reason="empty")
+    x = torch.cat(xs)[:budget]
+    n = x.shape[0]
+    space = UnitSpace(torch.tensor(offsets[:n]).view(-1, 1, 1, 1), torch.tensor(scales[:n]).view(-1, 1, 1, 1),
+                      float(lo), float(hi))
+    return x, space
+
+
+def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, device: torch.device,
+                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Fit the configured protector on a sample of the release and save it under ``private/``."""
+    from medue.pipeline.job import OutputLayout
+
+    layout = OutputLayout(config.output_path)
+    protector = build_protector(config.protect.method, **dict(config.protect.params))
+    if protector.needs_labels:
+        raise InvalidConfigError([f"protect.method {config.protect.method!r} is class-wise and needs a label per "
+                                  "volume, which volume pipelines do not have; use salm, em, sem or uc (or "
+                                  "`medue evaluate` for labelled 2D sets)"])
+    x, space = _fit_samples(items, config)
+    if hasattr(protector, "progress"):
+        protector.progress = progress
+    t0 = time.perf_counter()
+    protector.fit(x.to(device), None, space.to(device), generator=make_generator(derive_seed(key, "fit", config.name)))
+    if hasattr(protector, "progress"):
+        protector.progress = None
+    model = getattr(protector, "model", None)
+    if model is not None:
+        model.to("cpu")
+    layout.private.mkdir(parents=True, exist_ok=True)
+    tmp = layout.protector_state.with_suffix(".tmp")
+    torch.save(protector, tmp)
+    tmp.replace(layout.protector_state)
+    info = {"method": config.protect.method, "config_hash": config.config_hash(), "slices": int(x.shape[0]),
+            "fit_seconds": round(time.perf_counter() - t0, 2), "state_fingerprint": protector.state_fingerprint(),
+            "state_sha256": sha256_file(layout.protector_state), "params": protector.params(),
+            "surrogate_accuracy_per_round": list(getattr(protector, "history", []) or [])}
+    write_text_atomic(layout.private / "protector.json", json.dumps(info, indent=2))
+    return info
+
+
+def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), resume: bool = False,
+                 progress: Callable[[str], None] | None = None, show_bar: bool = False) -> RunSummary:
+    """Run a whole release job. Returns a :class:`RunSummary`; nothing is raised for per-item problems."""
+    from medue.audit.manifest import write_manifest
+    from medue.audit.report import build_report
+    from medue.audit.sinks import open_sink
+    from medue.pipeline.job import OutputLayout
+
+    say = progress or (lambda s: log.info(s))
+    t_start = time.perf_counter()
+    key = config.read_key()
+    fingerprint = key_fingerprint(key)
+    device = resolve_device(config.execution.device)
+    layout = OutputLayout(config.output_path)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    removed = remove_partials(layout.root)
+    if removed:
+        say(f"removed {len(removed)} partial output(s) left by an interrupted run")
+    items = discover_inputs(config.input_path)
+    mine = select_shard(items, shard)
+    say(f"found {len(items)} item(s) under {config.input}; shard {shard[0]}/{shard[1]} has {len(mine)}")
+    index = {it.item_id: {"kind": it.kind, "paths": list(it.paths)} for it in items}
+    write_text_atomic(layout.private / "inputs.local.json", json.dumps(index, indent=2))
+
+    state_info_path = layout.private / "protector.json"
+    previous = json.loads(state_info_path.read_text()) if state_info_path.exists() else None
+    if resume and previous and previous.get("config_hash") == config.config_hash() and layout.protector_state.exists():
+        fit_info = previous
+        say(f"reusing fitted {config.protect.method} protector (state {fit_info['state_fingerprint'][:12]})")
+    elif shard != (0, 1) and previous and previous.get("config_hash") == config.config_hash():
+        fit_info = previous
+    else:
+        say(f"fitting {config.protect.method} on up to {config.protect.fit_max_slices} slices …")
+        fit_info = fit_protector([it for it in items if not it.problem], config, key, device=device, progress=say)
+
+    fp = config.fidelity
+    ctx = JobContext(
+        out=str(layout.root), input_root=str(config.input_path), key=key, key_fingerprint=fingerprint,
+        method=config.protect.method,
+        thresholds=FidelityThresholds(fp.min_psnr_db, fp.min_ssim, fp.max_abs_units, fp.max_abs_physical,
+                                      fp.max_fraction_changed),
+        override_reason=fp.override_reason, override_by=fp.override_by, deidentification=config.deidentification,
+        uid_mode=config.uid_mode, reversible=config.protect.reversible, device=str(device),
+    )
+    workers = config.execution.workers
+    if config.execution.backend == "ray":
+        from medue.pipeline.ray_backend import execute_ray
+
+        stream = execute_ray(mine, ctx, workers=workers, resume=resume,
+                             gpus_per_worker=1.0 if device.type == "cuda" else 0.0)
+    else:
+        stream = execute_local(mine, ctx, workers=workers, resume=resume)
+    bar = None
+    if show_bar:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(mine), unit="volume", desc="protect", dynamic_ncols=True)
+    markers = []
+    for marker in stream:
+        markers.append(marker)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(marker.get("status", ""))
+        if marker.get("status") != DONE and not marker.get("skipped"):
+            say(f"{marker['item_id']}: {marker.get('status')} ({marker.get('reason', '')}) {marker.get('message', '')[:200]}")
+    if bar is not None:
+        bar.close()
+    summary = RunSummary(output=layout.root)
+    for m in markers:
+        summary.counts[m.get("status", FAILED)] = summary.counts.get(m.get("status", FAILED), 0) + 1
+    summary.counts["skipped"] = sum(1 for m in markers if m.get("skipped"))
+    summary.markers = sorted(markers, key=lambda m: m["item_id"])
+
+    all_markers = [m for p in sorted(layout.markers.glob("*.json")) if (m := read_marker(p)) is not None]
+    manifest = write_manifest(layout, config, all_markers, fit_info, fingerprint)
+    env = capture_environment()
+    if config.report.enabled:
+        summary.report_json, summary.report_html = build_report(layout, config, all_markers, fit_info, fingerprint,
+                                                                env, manifest)
+    summary.seconds = round(time.perf_counter() - t_start, 2)
+    if config.tracking.enabled:
+        sink = open_sink(config, layout)
+        summary.mlflow_run_id, summary.tracking_uri = sink.log_release(
+            config=config, markers=all_markers, summary_counts=summary.counts, fit_info=fit_info,
+            key_fingerprint=fingerprint, env=env, manifest=manifest, report_paths=(summary.report_json,
+                                                                                  summary.report_html),
+            seconds=summary.seconds)
+    return summary

@@ -1,0 +1,184 @@
+"""The Protector interface: dataset-level ``fit``, per-sample ``perturb``, and the ``protect`` template for volumes.
+
+All perturbations live in *stored units*: a tensor ``x`` holds the stored integer values as float32, the model
+sees ``(x - offset) / scale`` (see :class:`UnitSpace`), and every delta is an integer number of units with
+``|delta| <= epsilon`` and ``lo <= x + delta <= hi``. Integer sign steps keep deltas integral throughout, so
+nothing is lost when the result is cast back to int16/uint16.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from medue.device import make_generator
+from medue.errors import InvalidVolumeError, ProtectionError
+from medue.provenance import StepRecord, fingerprint_array
+from medue.volume import Volume
+
+
+@dataclass(frozen=True)
+class UnitSpace:
+    """How stored units map to the model's input, and which stored values are valid.
+
+    ``offset`` and ``scale`` may be floats or tensors shaped ``(N, 1, 1, 1)`` (one per sample).
+    """
+
+    offset: Any
+    scale: Any
+    lo: float
+    hi: float
+
+    def to_model(self, x_units: torch.Tensor) -> torch.Tensor:
+        return (x_units - self.offset) / self.scale
+
+    def select(self, index: Any) -> UnitSpace:
+        """The space for ``x[index]`` when offset/scale are per-sample tensors."""
+        pick = (lambda v: v[index] if isinstance(v, torch.Tensor) and v.ndim > 0 else v)
+        return UnitSpace(pick(self.offset), pick(self.scale), self.lo, self.hi)
+
+    def to(self, device: torch.device) -> UnitSpace:
+        move = (lambda v: v.to(device) if isinstance(v, torch.Tensor) else v)
+        return UnitSpace(move(self.offset), move(self.scale), self.lo, self.hi)
+
+    @classmethod
+    def for_volume(cls, volume: Volume) -> UnitSpace:
+        """Map a volume's 0.5-99.5 percentile intensity span to [0, 1]; valid range from its stored dtype."""
+        arr = np.asarray(volume.array, dtype=np.float32)
+        lo_p, hi_p = np.percentile(arr, [0.5, 99.5])
+        lo, hi = volume.valid_range
+        return cls(offset=float(lo_p), scale=float(max(hi_p - lo_p, 1.0)), lo=float(lo), hi=float(hi))
+
+
+def project(delta: torch.Tensor, x_units: torch.Tensor, space: UnitSpace, epsilon: int) -> torch.Tensor:
+    """Round to whole units, clip to the L-inf budget, then to the valid stored range."""
+    delta = torch.clamp(torch.round(delta), -epsilon, epsilon)
+    return torch.clamp(x_units + delta, space.lo, space.hi) - x_units
+
+
+class Protector(ABC):
+    """Base class of all protection methods.
+
+    Args:
+        epsilon: L-inf budget in whole stored units (``0`` returns the input unchanged).
+        step: Step size of sign-gradient updates, whole stored units (``>= 1``).
+        batch_size: Samples per optimisation batch.
+        foreground_only: Perturb only the body/foreground (see :func:`medue.protect.masks.foreground_mask`).
+
+    Subclasses implement :meth:`perturb` and, when they learn dataset-level state, :meth:`fit`.
+    """
+
+    key: ClassVar[str] = ""
+    needs_labels: ClassVar[bool] = False
+
+    def __init__(self, *, epsilon: int = 8, step: int = 1, batch_size: int = 64, foreground_only: bool = False) -> None:
+        if not isinstance(epsilon, (int, np.integer)) or isinstance(epsilon, bool) or epsilon < 0:
+            raise ValueError(f"epsilon must be a whole number of stored units >= 0, not {epsilon!r}")
+        if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 1:
+            raise ValueError(f"step must be a whole number of stored units >= 1, not {step!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}")
+        self.epsilon = int(epsilon)
+        self.step = int(step)
+        self.batch_size = batch_size
+        self.foreground_only = bool(foreground_only)
+        self.fitted = False
+
+    # --- dataset level -------------------------------------------------------------------------------------
+    def fit(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
+            generator: torch.Generator) -> torch.Tensor:
+        """Learn dataset-level state from ``x_units`` ``(N, 1, H, W)``; return the deltas for these samples.
+
+        The default learns nothing and perturbs each sample with :meth:`perturb`.
+        """
+        self.fitted = True
+        return self.perturb(x_units, labels, space, generator=generator)
+
+    @abstractmethod
+    def perturb(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
+                generator: torch.Generator) -> torch.Tensor:
+        """Return integer deltas for ``x_units`` ``(N, 1, H, W)``, same shape, device and dtype."""
+
+    def params(self) -> dict[str, Any]:
+        """Resolved constructor parameters, recorded in provenance (never the key)."""
+        return {"epsilon": self.epsilon, "step": self.step, "batch_size": self.batch_size,
+                "foreground_only": self.foreground_only}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Learned state (surrogate weights, filters, cluster noise). Empty when nothing is learned."""
+        return {}
+
+    def state_fingerprint(self) -> str:
+        """SHA-256 of the serialised learned state, recorded so an auditor can match releases to a fit."""
+        state = self.state_dict()
+        if not state:
+            return ""
+        buf = io.BytesIO()
+        torch.save({k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in sorted(state.items())}, buf)
+        return hashlib.sha256(buf.getvalue()).hexdigest()
+
+    def _check_fitted(self) -> None:
+        if not self.fitted:
+            raise ProtectionError(f"{type(self).__name__} must be fitted first: call fit() on the release's samples")
+
+    # --- volume template ------------------------------------------------------------------------------------
+    def protect(self, volume: Volume, *, label: int | None = None, seed: int = 0,
+                device: torch.device | str = "cpu", key_fingerprint: str = "") -> Volume:
+        """Protect every slice of ``volume`` and return a new Volume with a StepRecord appended.
+
+        The array keeps its dtype; the delta is whole stored units within ``epsilon`` and the valid range.
+        """
+        device = torch.device(device)
+        if self.needs_labels and label is None and not getattr(self, "label_free_apply", False):
+            raise ProtectionError(f"{self.key} needs a label for each volume; give labels in the config "
+                                  "or use a label-agnostic method (uc, salm, sem, em with pseudo-labels)")
+        array = volume.array
+        if array.size == 0:
+            raise InvalidVolumeError("cannot protect an empty volume")
+        space = UnitSpace.for_volume(volume)
+        x = torch.from_numpy(np.asarray(array, dtype=np.float32)).unsqueeze(1).to(device)
+        labels = None if label is None else torch.full((x.shape[0],), int(label), dtype=torch.long, device=device)
+        generator = make_generator(seed)
+        if self.epsilon == 0:
+            delta = torch.zeros_like(x)
+        else:
+            delta = self.perturb(x, labels, space, generator=generator)
+        delta = project(delta, x, space, self.epsilon)
+        protected = (x + delta).squeeze(1).cpu().numpy()
+        info = np.iinfo(array.dtype)
+        protected = np.clip(np.rint(protected), info.min, info.max).astype(array.dtype)
+        diff = protected.astype(np.int64) - array.astype(np.int64)
+        linf = int(np.abs(diff).max()) if diff.size else 0
+        if linf > self.epsilon:
+            raise ProtectionError(f"{self.key}: |delta| {linf} exceeds the budget {self.epsilon} after projection")
+        slope, _ = volume.rescale
+        stats = {
+            "linf_units": linf,
+            "linf_physical": float(linf * abs(slope)),
+            "fraction_changed": float(np.count_nonzero(diff) / diff.size),
+            "l2_units": float(np.sqrt((diff.astype(np.float64) ** 2).sum())),
+        }
+        from medue import __version__
+
+        step = StepRecord(
+            name=self.key,
+            params={**self.params(), "seed": int(seed), "key_fingerprint": key_fingerprint,
+                    "state_fingerprint": self.state_fingerprint(), "label": label},
+            device=str(device),
+            input_fingerprint=fingerprint_array(array),
+            output_fingerprint=fingerprint_array(protected),
+            stats=stats,
+            medue_version=__version__,
+            torch_version=torch.__version__,
+        )
+        return volume.with_array(protected, step)
+
+
+def batches(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]

@@ -1,0 +1,165 @@
+"""Error-minimising noise (EM) and stable error-minimising noise (SEM).
+
+EM: Huang, Ma, Erfani, Bailey, Wang, "Unlearnable Examples: Making Personal Data Unexploitable", ICLR 2021.
+Sample-wise and class-wise noise from the min-min loop in :mod:`medue.protect.minmin`; defaults follow the
+paper's CIFAR settings scaled to stored units (epsilon 8 units = 8/255 for 8-bit data, 20 inner steps,
+10 surrogate steps per round, stop at 99 % surrogate accuracy on perturbed data). The step size is one stored
+unit (the paper's 0.8/255 is below one unit and would vanish when rounded).
+
+SEM: Liu et al., "Stable Unlearnable Example: Enhancing the Robustness of Unlearnable Examples via Stable
+Error-Minimizing Noise", AAAI 2024. Same loop, but the surrogate and the noise update both see an extra
+*random* perturbation of radius ``rho`` (instead of REM's adversarial one), so the noise stays error-minimising
+under perturbation. Ours: ``rho`` defaults to ``epsilon // 2`` and is drawn uniformly and rounded to units.
+
+Labels: without labels, ``fit`` uses pseudo-labels from K-means on surrogate features (ours, so the method
+also works label-agnostically); ``perturb`` on new samples uses the given label or the surrogate's prediction.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from medue.protect.base import Protector, UnitSpace, batches, project
+from medue.protect.clusters import kmeans, surrogate_features
+from medue.protect.masks import foreground_mask
+from medue.protect.minmin import (
+    MaskFn,
+    MinMinSettings,
+    bilevel_classwise,
+    bilevel_samplewise,
+    error_minimizing_delta,
+    tile_to,
+)
+from medue.protect.surrogate import make_surrogate
+
+MODES = ("samplewise", "classwise")
+
+
+class EMProtector(Protector):
+    """Error-minimising noise (Huang et al., ICLR 2021), sample-wise or class-wise.
+
+    Args:
+        mode: ``"samplewise"`` or ``"classwise"``.
+        inner_steps: Sign steps per noise update.
+        train_steps: Surrogate optimiser steps per round.
+        max_rounds: Upper bound on min-min rounds.
+        stop_accuracy: Stop once the surrogate reaches this accuracy on perturbed data.
+        surrogate: ``"small"`` (fast) or ``"resnet18"``.
+        lr: Surrogate learning rate (SGD, momentum 0.9).
+        num_clusters: Pseudo-label count when ``fit`` gets no labels.
+        **kwargs: :class:`~medue.protect.base.Protector` arguments (``epsilon``, ``step``…).
+    """
+
+    key = "em"
+    rho_default: Callable[[int], int] = staticmethod(lambda eps: 0)  # type: ignore[assignment]
+
+    def __init__(self, *, mode: str = "samplewise", inner_steps: int = 20, train_steps: int = 10,
+                 max_rounds: int = 10, stop_accuracy: float = 0.99, surrogate: str = "small", lr: float = 0.1,
+                 num_clusters: int = 2, rho: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        for name, value in (("inner_steps", inner_steps), ("train_steps", train_steps), ("max_rounds", max_rounds),
+                            ("num_clusters", num_clusters)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        if not 0.0 < stop_accuracy <= 1.0:
+            raise ValueError(f"stop_accuracy must be in (0, 1], not {stop_accuracy}")
+        if surrogate not in ("small", "resnet18"):
+            raise ValueError(f"surrogate must be 'small' or 'resnet18', not {surrogate!r}")
+        rho = self.rho_default(self.epsilon) if rho is None else rho
+        if not isinstance(rho, int) or rho < 0:
+            raise ValueError(f"rho must be a whole number of stored units >= 0, not {rho!r}")
+        self.mode = mode
+        self.surrogate_arch = surrogate
+        self.num_clusters = num_clusters
+        self.settings = MinMinSettings(epsilon=self.epsilon, step=self.step, inner_steps=inner_steps,
+                                       train_steps=train_steps, max_rounds=max_rounds, stop_accuracy=stop_accuracy,
+                                       batch_size=self.batch_size, lr=lr, rho=rho)
+        self.model: torch.nn.Module | None = None
+        self.class_noise: torch.Tensor | None = None
+        self.centroids: torch.Tensor | None = None
+        self.history: list[float] = []
+        self.progress: Callable[[str], None] | None = None
+
+    def params(self) -> dict[str, Any]:
+        s = self.settings
+        return {**super().params(), "mode": self.mode, "inner_steps": s.inner_steps, "train_steps": s.train_steps,
+                "max_rounds": s.max_rounds, "stop_accuracy": s.stop_accuracy, "surrogate": self.surrogate_arch,
+                "lr": s.lr, "rho": s.rho, "num_clusters": self.num_clusters}
+
+    def mask_fn(self) -> MaskFn | None:
+        return None
+
+    def _allowed(self, x: torch.Tensor, space: UnitSpace) -> torch.Tensor | None:
+        return foreground_mask(space.to_model(x)) if self.foreground_only else None
+
+    def fit(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
+            generator: torch.Generator) -> torch.Tensor:
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        if labels is None:
+            feats = surrogate_features(x_units, space, seed=seed, batch_size=self.batch_size)
+            labels, self.centroids = kmeans(feats, self.num_clusters, generator=generator)
+        labels = labels.to(x_units.device)
+        num_classes = int(labels.max()) + 1 if labels.numel() else 1
+        self.model = make_surrogate(self.surrogate_arch, max(num_classes, 2), seed=seed, device=x_units.device)
+        if self.epsilon == 0:
+            self.fitted = True
+            return torch.zeros_like(x_units)
+        if self.mode == "classwise":
+            self.class_noise, self.history = bilevel_classwise(
+                self.model, x_units, labels, num_classes, space, settings=self.settings, generator=generator,
+                progress=self.progress)
+            delta = project(self.class_noise[labels], x_units, space, self.epsilon)
+        else:
+            delta, self.history = bilevel_samplewise(
+                self.model, x_units, labels, space, settings=self.settings, generator=generator,
+                mask_fn=self.mask_fn(), allowed=self._allowed(x_units, space), progress=self.progress)
+        self.fitted = True
+        return delta
+
+    @torch.no_grad()
+    def _predict(self, x: torch.Tensor, space: UnitSpace) -> torch.Tensor:
+        assert self.model is not None
+        self.model.eval()
+        return torch.cat([self.model(space.select(sl).to_model(x[sl])).argmax(1)
+                          for sl in batches(x.shape[0], self.batch_size)])
+
+    def perturb(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
+                generator: torch.Generator) -> torch.Tensor:
+        self._check_fitted()
+        assert self.model is not None
+        self.model.to(x_units.device)
+        labels = self._predict(x_units, space) if labels is None else labels
+        if self.mode == "classwise":
+            assert self.class_noise is not None
+            noise = tile_to(self.class_noise.to(x_units.device), *x_units.shape[-2:])
+            labels = labels.clamp(0, noise.shape[0] - 1)
+            return project(noise[labels], x_units, space, self.epsilon)
+        delta = torch.zeros_like(x_units)
+        allowed = self._allowed(x_units, space)
+        for sl in batches(x_units.shape[0], self.batch_size):
+            delta[sl] = error_minimizing_delta(self.model, x_units[sl], labels[sl], delta[sl], space.select(sl),
+                                               settings=self.settings, steps=self.settings.inner_steps,
+                                               generator=generator, mask_fn=self.mask_fn(),
+                                               allowed=None if allowed is None else allowed[sl])
+        return delta
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
+        if self.model is not None:
+            state.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
+        if self.class_noise is not None:
+            state["class_noise"] = self.class_noise
+        if self.centroids is not None:
+            state["centroids"] = self.centroids
+        return state
+
+
+class SEMProtector(EMProtector):
+    """Stable error-minimising noise (Liu et al., AAAI 2024): EM trained under random noise of radius ``rho``."""
+
+    key = "sem"
+    rho_default = staticmethod(lambda eps: max(eps // 2, 1))  # type: ignore[assignment]

@@ -1,0 +1,45 @@
+"""Masks shared by protectors: body/foreground and sparse top-k saliency."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def foreground_mask(x_model: torch.Tensor, *, threshold: float = 0.1, dilate: int = 1) -> torch.Tensor:
+    """Body/foreground mask of model-space images ``(N, 1, H, W)``: above ``threshold``, dilated by ``dilate`` px.
+
+    Returns a float tensor of 0/1 with the input's shape, device and dtype.
+    """
+    mask = (x_model > threshold).to(x_model.dtype)
+    if dilate > 0:
+        k = 2 * dilate + 1
+        mask = F.max_pool2d(mask, kernel_size=k, stride=1, padding=dilate)
+    return mask
+
+
+def topk_mask(scores: torch.Tensor, ratio: float, *, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample mask of the ``ratio`` fraction of pixels with the largest ``scores``.
+
+    Args:
+        scores: ``(N, C, H, W)`` saliency (e.g. ``|dL/dx|``).
+        ratio: Fraction of pixels kept per sample, in ``(0, 1]``; ``k = max(1, floor(ratio * C*H*W))``.
+        allowed: Optional 0/1 mask; pixels outside it are never selected (and ``k`` never exceeds its size).
+
+    Returns:
+        0/1 float mask with exactly ``k`` ones per sample (fewer only if ``allowed`` has fewer pixels).
+    """
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"mask ratio must be in (0, 1], not {ratio}")
+    n = scores.shape[0]
+    flat = scores.reshape(n, -1).clone()
+    k = max(1, int(ratio * flat.shape[1]))
+    if allowed is not None:
+        allowed_flat = allowed.reshape(n, -1) > 0
+        flat[~allowed_flat] = -torch.inf
+    idx = torch.topk(flat, k, dim=1).indices
+    mask = torch.zeros_like(flat)
+    mask.scatter_(1, idx, 1.0)
+    if allowed is not None:
+        mask = mask * allowed_flat.to(mask.dtype)
+    return mask.reshape(scores.shape)

@@ -1,0 +1,54 @@
+"""Unlearnable Clusters (Zhang et al., "Unlearnable Clusters: Towards Label-agnostic Unlearnable Examples",
+CVPR 2023): label-agnostic, cluster-wise noise.
+
+Follows the paper: no labels are used; samples are grouped by K-means on a surrogate's features and every
+cluster gets one shared perturbation, so the noise is a shortcut tied to clusters rather than classes.
+
+Our choices: the paper clusters CLIP features and trains a noise generator; nothing may be downloaded here, so
+the features come from a seeded, randomly initialised surrogate trained on nothing, and each cluster's noise is
+optimised as class-wise error-minimising noise against a surrogate trained on the cluster pseudo-labels (the
+min-min loop of :mod:`medue.protect.minmin`). New samples are assigned to the nearest centroid.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from medue.protect.base import UnitSpace, project
+from medue.protect.clusters import assign, kmeans, surrogate_features
+from medue.protect.em import EMProtector
+from medue.protect.minmin import tile_to
+
+
+class UCProtector(EMProtector):
+    """Cluster-wise, label-agnostic noise. Labels passed to ``fit``/``perturb`` are ignored.
+
+    Args:
+        num_clusters: K for K-means (paper: a few to tens of clusters).
+        **kwargs: :class:`~medue.protect.em.EMProtector` arguments.
+    """
+
+    key = "uc"
+
+    def __init__(self, *, num_clusters: int = 4, **kwargs: Any) -> None:
+        kwargs["mode"] = "classwise"
+        super().__init__(num_clusters=num_clusters, **kwargs)
+        self.feature_seed: int | None = None
+
+    def fit(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
+            generator: torch.Generator) -> torch.Tensor:
+        self.feature_seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        feats = surrogate_features(x_units, space, seed=self.feature_seed, batch_size=self.batch_size)
+        clusters, self.centroids = kmeans(feats, self.num_clusters, generator=generator)
+        return super().fit(x_units, clusters, space, generator=generator)
+
+    def perturb(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
+                generator: torch.Generator) -> torch.Tensor:
+        self._check_fitted()
+        assert self.class_noise is not None and self.centroids is not None and self.feature_seed is not None
+        feats = surrogate_features(x_units, space, seed=self.feature_seed, batch_size=self.batch_size)
+        clusters = assign(feats, self.centroids)
+        noise = tile_to(self.class_noise.to(x_units.device), *x_units.shape[-2:])
+        return project(noise[clusters], x_units, space, self.epsilon)
