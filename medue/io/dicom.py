@@ -97,10 +97,16 @@ def check_deidentified(ds: Dataset, *, policy: str, source: str) -> str | None:
 
 
 def _decode(ds: Dataset, source: str) -> np.ndarray:
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if ts is not None and not ts.is_compressed:
+        expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1)
+                    * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8)
+        if len(ds.PixelData) < expected:
+            raise IngestError(f"pixel data holds {len(ds.PixelData)} bytes, {expected} expected: the file is truncated",
+                              source=source, reason="truncated")
     try:
         return np.asarray(ds.pixel_array)
     except Exception as exc:  # pydicom raises several types; each becomes a reasoned quarantine
-        ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
         text = str(exc)
         if ts is not None and ts.is_compressed and ("handler" in text.lower() or "plugin" in text.lower()):
             raise IngestError(

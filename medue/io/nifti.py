@@ -62,13 +62,14 @@ def read_nifti(path: str | Path, *, root: Path | None = None) -> Volume:
         raise IngestError(f"{label}: shape {raw.shape}; expected a 3D volume (split 4D series first)",
                           source=label, reason="unsupported")
     hdr = img.header
-    slope, inter = hdr.get_slope_inter()
+    # nibabel moves scl_slope/scl_inter into the array proxy on load (the header then reads nan)
+    slope, inter = float(img.dataobj.slope), float(img.dataobj.inter)
     array = np.ascontiguousarray(raw.transpose(2, 1, 0))
     affine = RAS_TO_LPS @ img.affine
     info = np.iinfo(array.dtype)
     header: dict[str, Any] = {
-        "rescale_slope": 1.0 if slope is None else float(slope),
-        "rescale_intercept": 0.0 if inter is None else float(inter),
+        "rescale_slope": slope,
+        "rescale_intercept": inter,
         "valid_range": (int(info.min), int(info.max)),
         "nifti_file": str(path),
         "nifti_dtype": str(hdr.get_data_dtype()),
@@ -105,14 +106,21 @@ def write_nifti(volume: Volume, path: str | Path) -> Path:
         with out_opener(tmp, "wb") as fh:
             fh.write(head)
             fh.write(body)
-        verify_nifti(tmp, src, data)
+        verify_nifti(tmp, src, data, head)
     return path
 
 
-def verify_nifti(path: Path, src: Any, expected: np.ndarray) -> None:
-    """Re-read ``path`` and check stored voxels, dtype, scaling and both transforms against ``src``."""
+def verify_nifti(path: Path, src: Any, expected: np.ndarray, head: bytes) -> None:
+    """Re-read ``path`` and check stored voxels, the verbatim header bytes, dtype, scaling and transforms."""
     out = nib.load(str(path))
     problems = []
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        if fh.read(len(head)) != head:
+            problems.append("header bytes differ from the source header")
+    if (out.dataobj.slope, out.dataobj.inter) != (src.dataobj.slope, src.dataobj.inter):
+        problems.append(f"scaling {(out.dataobj.slope, out.dataobj.inter)} != source "
+                        f"{(src.dataobj.slope, src.dataobj.inter)}")
     if not np.array_equal(np.asanyarray(out.dataobj.get_unscaled()), expected):
         problems.append("stored voxels differ from the protected array")
     a, b = out.header, src.header

@@ -1,0 +1,109 @@
+import numpy as np
+import pydicom
+import pytest
+
+from medue.errors import DeidentificationError, ExportError, IngestError
+from medue.io import discover_inputs, read_item, write_volume
+from medue.io.dicom import read_dicom_series, write_dicom_series
+from medue.provenance import StepRecord
+from medue.testing import make_dicom_series
+
+
+def test_read_sorts_by_position_and_keeps_stored_units(tmp_path):
+    paths = make_dicom_series(tmp_path / "s", slices=5, size=16, seed=3)
+    vol = read_dicom_series(paths)
+    z = [float(pydicom.dcmread(p).ImagePositionPatient[2]) for p in paths]
+    expected = np.stack([pydicom.dcmread(p).pixel_array for p in np.asarray(paths)[np.argsort(z)]])
+    assert vol.array.dtype == np.int16 and np.array_equal(vol.array, expected)
+    assert vol.rescale == (1.0, -1024.0)
+    assert vol.modality == "CT" and vol.source.format == "dicom"
+    np.testing.assert_allclose(vol.geometry.spacing_mm, (0.7, 0.7, 2.5), rtol=1e-6)
+    assert vol.header["valid_range"] == (-32768, 32767)
+
+
+def test_roundtrip_derived_series(tmp_path):
+    paths = make_dicom_series(tmp_path / "s", slices=3, size=16)
+    vol = read_dicom_series(paths)
+    arr = vol.array.copy()
+    arr[1, 4, 5] += 3
+    files = write_dicom_series(vol.with_array(arr, StepRecord(name="t")), tmp_path / "out", derivation="unit test",
+                               uid_key="k")
+    srcs = [pydicom.dcmread(p) for p in vol.header["dicom_files"]]
+    outs = [pydicom.dcmread(f) for f in files]
+    assert np.array_equal(np.stack([o.pixel_array for o in outs]), arr)
+    assert len({o.SeriesInstanceUID for o in outs}) == 1 and outs[0].SeriesInstanceUID != srcs[0].SeriesInstanceUID
+    for s, o in zip(srcs, outs):
+        assert o.SOPInstanceUID != s.SOPInstanceUID and o.SOPInstanceUID == o.file_meta.MediaStorageSOPInstanceUID
+        assert list(o.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]
+        assert o.DerivationDescription == "unit test"
+        assert o.SourceImageSequence[0].ReferencedSOPInstanceUID == s.SOPInstanceUID
+        assert o.ContributingEquipmentSequence[-1].Manufacturer == "medue"
+        assert o.ContributingEquipmentSequence[-1].PurposeOfReferenceCodeSequence[0].CodeValue == "109103"
+        for tag in ("SOPClassUID", "BitsAllocated", "BitsStored", "PixelRepresentation", "RescaleSlope",
+                    "RescaleIntercept", "WindowCenter", "WindowWidth", "StudyInstanceUID", "FrameOfReferenceUID",
+                    "ImagePositionPatient"):
+            assert o.get(tag) == s.get(tag), tag
+    # keyed UIDs are deterministic: a second export gives the same UIDs
+    again = write_dicom_series(vol.with_array(arr, StepRecord(name="t")), tmp_path / "out2", derivation="x", uid_key="k")
+    assert [pydicom.dcmread(f).SOPInstanceUID for f in again] == [o.SOPInstanceUID for o in outs]
+
+
+def test_deidentification_policy(tmp_path):
+    paths = make_dicom_series(tmp_path / "s", slices=2, size=8, deidentified=False)
+    with pytest.raises(DeidentificationError, match="does not declare de-identification"):
+        read_dicom_series(paths, deidentification="refuse")
+    vol = read_dicom_series(paths, deidentification="warn")
+    assert any("de-identification" in w for w in vol.history[-1].warnings)
+
+
+def test_series_grouping_splits_two_series(tmp_path):
+    make_dicom_series(tmp_path / "a", slices=3, size=8, seed=1)
+    make_dicom_series(tmp_path / "b", slices=2, size=8, seed=2)
+    items = discover_inputs(tmp_path)
+    assert sorted(len(i.paths) for i in items) == [2, 3] and all(i.kind == "dicom" for i in items)
+
+
+def test_compressed_input_decoded_and_written_uncompressed(tmp_path):
+    import pydicom.data
+
+    src = pydicom.data.get_testdata_file("MR_small_jp2klossless.dcm")
+    if src is None:
+        pytest.skip("pydicom test file not available")
+    vol = read_dicom_series([src], deidentification="ignore")
+    ref = pydicom.dcmread(pydicom.data.get_testdata_file("MR_small.dcm")).pixel_array
+    assert np.array_equal(vol.array[0], ref)  # lossless JPEG 2000 decoded exactly
+    files = write_volume(vol, tmp_path / "o", derivation="x")
+    out = pydicom.dcmread(files[0])
+    assert out.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert np.array_equal(out.pixel_array, ref)
+
+
+def test_missing_decoder_gives_clear_reason(tmp_path, monkeypatch):
+    import pydicom.data
+
+    src = pydicom.data.get_testdata_file("MR_small_jp2klossless.dcm")
+    ds = pydicom.dcmread(src)
+
+    def fail(self):
+        raise RuntimeError("Unable to decompress 'JPEG 2000 Lossless' pixel data because all plugins are missing "
+                           "dependencies")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(fail))
+    with pytest.raises(IngestError, match="pylibjpeg-openjpeg") as info:
+        read_dicom_series([src], deidentification="ignore")
+    assert info.value.reason == "missing_decoder"
+    assert ds.file_meta.TransferSyntaxUID.is_compressed
+
+
+def test_export_refuses_volume_without_sources(tmp_path):
+    from medue.testing import make_volume
+
+    with pytest.raises(ExportError, match="no DICOM source files"):
+        write_dicom_series(make_volume(), tmp_path / "o", derivation="x")
+
+
+def test_read_item_records_reader(tmp_path):
+    make_dicom_series(tmp_path / "s", slices=2, size=8)
+    vol = read_item(discover_inputs(tmp_path)[0], root=tmp_path)
+    assert vol.history[0].name == "read:dicom"
+    assert all(not p.startswith("/") for p in vol.source.paths)  # relative, no absolute site paths
