@@ -119,8 +119,10 @@ def make_nifti(path: str | Path, *, shape: tuple[int, int, int] = (24, 20, 6), d
     img.header["scl_slope"] = slope
     img.header["scl_inter"] = inter
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     # nibabel would rescale on save; write raw so the stored ints and scaling are exactly as given
     img.header.set_slope_inter(slope, inter)
+    img.header["vox_offset"] = 352
     header_bytes = img.header.binaryblock + b"\x00" * 4
     body = np.asarray(data, dtype=img.header.get_data_dtype()).tobytes(order="F")
     import gzip

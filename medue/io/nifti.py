@@ -90,6 +90,9 @@ def write_nifti(volume: Volume, path: str | Path) -> Path:
     src = nib.load(str(src_path))
     hdr = src.header
     offset = int(src.dataobj.offset)  # vox_offset may read 0 in older files; the proxy knows the real one
+    if offset < hdr.sizeof_hdr:
+        raise ExportError(f"source NIfTI data offset {offset} lies inside its {hdr.sizeof_hdr}-byte header; "
+                          "the file is malformed (fix vox_offset) and cannot be rewritten safely")
     opener = gzip.open if src_path.name.lower().endswith(".gz") else open
     with opener(src_path, "rb") as fh:
         head = fh.read(offset)
@@ -101,11 +104,16 @@ def write_nifti(volume: Volume, path: str | Path) -> Path:
         raise ExportError(f"protected dtype {data.dtype} does not match the source's stored dtype {dtype}")
     body = np.asarray(data, dtype=dtype).tobytes(order="F")
     path = Path(path)
-    out_opener = gzip.open if path.name.lower().endswith(".gz") else open
     with atomic_file(path) as tmp:
-        with out_opener(tmp, "wb") as fh:
-            fh.write(head)
-            fh.write(body)
+        with open(tmp, "wb") as raw:
+            if path.name.lower().endswith(".gz"):
+                # no file name and a fixed mtime in the gzip header: identical pixels give identical bytes
+                with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as fh:
+                    fh.write(head)
+                    fh.write(body)
+            else:
+                raw.write(head)
+                raw.write(body)
         verify_nifti(tmp, src, data, head)
     return path
 

@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from medue.fidelity.checks import FidelityThresholds, check_fidelity
+from medue.fidelity.metrics import compute_psnr, compute_ssim, fraction_changed, max_abs_diff
+
+
+def test_psnr_reference_value():
+    """PSNR = 10 log10(R^2 / MSE): a uniform error of 1 with R = 255 gives 48.1308 dB (closed form)."""
+    a = np.zeros((8, 8), np.uint8)
+    assert compute_psnr(a, a + 1, data_range=255) == pytest.approx(10 * np.log10(255**2), abs=1e-4)
+    assert compute_psnr(a, a, data_range=255) == float("inf")
+
+
+def test_ssim_identity_and_decrease():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 200, (2, 32, 32)).astype(np.int16)
+    assert compute_ssim(a, a, data_range=200) == pytest.approx(1.0)
+    assert compute_ssim(a, a + rng.integers(-20, 20, a.shape).astype(np.int16), data_range=200) < 0.99
+
+
+def test_explicit_data_range_required():
+    with pytest.raises(ValueError, match="data_range must be > 0"):
+        compute_psnr(np.zeros(3), np.ones(3), data_range=0)
+    with pytest.raises(ValueError, match="same shape"):
+        compute_ssim(np.zeros((8, 8)), np.zeros((8, 9)), data_range=1)
+
+
+def test_counts():
+    a = np.zeros((2, 4, 4), np.int16)
+    b = a.copy()
+    b[0, 0, :2] = [3, -5]
+    assert max_abs_diff(a, b) == 5 and fraction_changed(a, b) == pytest.approx(2 / 32)
+
+
+def test_gate_passes_and_fails_with_every_reason():
+    a = np.full((2, 16, 16), 100, np.int16)
+    a[:, 4:12, 4:12] = 900
+    b = a.copy()
+    b[0, 5, 5] += 4
+    ok = check_fidelity(a, b, FidelityThresholds(min_psnr_db=40, min_ssim=0.9), rescale_slope=2.0)
+    assert ok.passed and ok.max_abs_units == 4 and ok.max_abs_physical == 8.0 and ok.data_range == 800
+    strict = FidelityThresholds(min_psnr_db=80, min_ssim=0.99999, max_abs_units=3, max_abs_physical=7,
+                                max_fraction_changed=0.001)
+    bad = check_fidelity(a, b, strict, rescale_slope=2.0)
+    assert not bad.passed and len(bad.failures) == 5
+    assert bad.to_dict()["passed"] is False and bad.to_dict()["psnr_db"] is not None

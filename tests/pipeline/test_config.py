@@ -1,0 +1,59 @@
+import pytest
+import yaml
+
+from medue.errors import InvalidConfigError
+from medue.pipeline.config import load_config, parse_config
+
+
+def test_all_problems_reported_at_once(tmp_path):
+    bad = {
+        "name": "x", "input": "in", "output": "out", "colour": "blue",
+        "deidentification": "maybe",
+        "protect": {"method": "slam", "typo": 1},
+        "fidelity": {"min_ssim": 3, "max_fraction_changed": -0.1, "min_psnr_db": "high", "override_reason": "r"},
+        "execution": {"workers": 0, "backend": "spark", "device": "tpu"},
+    }
+    with pytest.raises(InvalidConfigError) as info:
+        parse_config(bad)
+    problems = "\n".join(info.value.problems)
+    for needle in ["unknown key 'colour'", "deidentification: expected one of refuse, warn, ignore",
+                   "did you mean 'salm'", "unknown key 'typo' in protect", "min_ssim: must be in [-1, 1]",
+                   "max_fraction_changed: must be in [0, 1]", "min_psnr_db: expected a number",
+                   "override needs both", "workers: must be >= 1", "backend: expected 'local' or 'ray'",
+                   "device: expected 'auto'"]:
+        assert needle in problems, needle
+    assert len(info.value.problems) >= 11
+
+
+def test_protector_params_validated_by_constructor():
+    with pytest.raises(InvalidConfigError, match=r"protect.params for 'salm': mask_ratio must be in \(0, 1\]"):
+        parse_config({"name": "x", "input": "i", "output": "o", "protect": {"method": "salm", "params": {"mask_ratio": 2}}})
+    with pytest.raises(InvalidConfigError, match="unexpected keyword argument 'colour'"):
+        parse_config({"name": "x", "input": "i", "output": "o", "protect": {"params": {"colour": 1}}})
+
+
+def test_missing_required_and_file_errors(tmp_path):
+    with pytest.raises(InvalidConfigError, match="name: required"):
+        parse_config({"input": "i", "output": "o"})
+    with pytest.raises(InvalidConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("name: [unclosed")
+    with pytest.raises(InvalidConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_key_sources(tmp_path, monkeypatch):
+    cfg = parse_config({"name": "x", "input": "i", "output": "o", "key": {"env": "MEDUE_T_KEY", "file": None}})
+    monkeypatch.delenv("MEDUE_T_KEY", raising=False)
+    with pytest.raises(InvalidConfigError, match="no protection key: set the environment variable MEDUE_T_KEY"):
+        cfg.read_key()
+    monkeypatch.setenv("MEDUE_T_KEY", "s3cret")
+    assert cfg.read_key() == "s3cret"
+
+
+def test_shipped_pipelines_are_valid():
+    from pathlib import Path
+
+    for path in sorted(Path("pipelines").glob("*.yaml")):
+        cfg = load_config(path)
+        assert cfg.name and yaml.safe_load(path.read_text())["version"] == 1

@@ -1,0 +1,145 @@
+import numpy as np
+import pytest
+import torch
+
+from medue.device import make_generator
+from medue.errors import ProtectionError
+from medue.protect import PROTECTORS, UnitSpace, build_protector, salm_perturb
+from medue.protect.surrogate import make_surrogate
+from medue.testing import make_volume
+
+FAST = {"max_rounds": 1, "inner_steps": 3, "train_steps": 2}
+
+
+def _data(n=16, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 1, size, size), generator=g).float()
+    y = torch.arange(n) % 2
+    return x, y, UnitSpace(0.0, 255.0, 0.0, 255.0)
+
+
+def _make(method, **kw):
+    params = {} if method == "conv" else dict(FAST)
+    params.update(kw)
+    return build_protector(method, **params)
+
+
+@pytest.mark.parametrize("method", PROTECTORS.keys())
+def test_budget_integer_units_valid_range_and_shape(method, device):
+    x, y, space = _data()
+    x, y = x.to(device), y.to(device)
+    p = _make(method, epsilon=5)
+    delta = p.fit(x, y, space, generator=make_generator(0))
+    assert delta.shape == x.shape and delta.device.type == torch.device(device).type
+    assert float(delta.abs().max()) <= 5
+    assert torch.equal(delta, torch.round(delta))
+    assert float((x + delta).min()) >= 0 and float((x + delta).max()) <= 255
+    assert float(delta.abs().sum()) > 0
+    d2 = p.perturb(x[:4], y[:4], space, generator=make_generator(1))
+    assert float(d2.abs().max()) <= 5 and torch.equal(d2, torch.round(d2))
+
+
+@pytest.mark.parametrize("method", PROTECTORS.keys())
+def test_epsilon_zero_returns_input(method):
+    vol = make_volume((2, 16, 16))
+    p = _make(method, epsilon=0)
+    x = torch.from_numpy(vol.array.astype(np.float32)).unsqueeze(1)
+    p.fit(x, torch.zeros(2, dtype=torch.long), UnitSpace.for_volume(vol), generator=make_generator(0))
+    out = p.protect(vol, label=0, seed=3)
+    assert np.array_equal(out.array, vol.array) and out.history[-1].stats["linf_units"] == 0
+
+
+@pytest.mark.parametrize("method", PROTECTORS.keys())
+def test_same_seed_same_output(method):
+    x, y, space = _data()
+    a = _make(method, epsilon=4).fit(x, y, space, generator=make_generator(7))
+    b = _make(method, epsilon=4).fit(x, y, space, generator=make_generator(7))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("method", ["salm", "em", "sem", "uc"])
+def test_volume_protect_record_and_replay(method):
+    vol = make_volume((3, 24, 24), dtype="uint16")
+    x = torch.from_numpy(vol.array.astype(np.float32)).unsqueeze(1)
+    p = _make(method, epsilon=6)
+    p.fit(x, None, UnitSpace.for_volume(vol), generator=make_generator(0))
+    out = p.protect(vol, seed=11, key_fingerprint="abcd")
+    step = out.history[-1]
+    assert out.array.dtype == np.uint16 and step.name == method and step.params["seed"] == 11
+    assert step.params["key_fingerprint"] == "abcd" and "key" not in step.params
+    assert 0 < step.stats["linf_units"] <= 6 and step.output_fingerprint == out.fingerprint
+    again = p.protect(vol, seed=step.params["seed"])  # replay from the recorded seed
+    assert np.array_equal(again.array, out.array)
+
+
+def test_salm_changes_nothing_outside_mask_and_respects_ratio():
+    x, y, space = _data(n=8, size=20)
+    model = make_surrogate("small", 2, seed=0, device=torch.device("cpu"))
+    for ratio in (0.05, 0.2):
+        delta = salm_perturb(model, x, y, space, epsilon=8, steps=5, mask_ratio=ratio, generator=make_generator(0))
+        k = int(ratio * 20 * 20)
+        nonzero = (delta != 0).reshape(8, -1).sum(1)
+        assert int(nonzero.max()) <= k and int(nonzero.min()) > 0
+        allowed = torch.zeros_like(x)
+        allowed[..., :10, :] = 1
+        masked = salm_perturb(model, x, y, space, epsilon=8, steps=5, mask_ratio=ratio, generator=make_generator(0),
+                              allowed=allowed)
+        assert float(masked[..., 10:, :].abs().sum()) == 0
+
+
+def test_salm_fit_is_sparse():
+    x, y, space = _data(n=16, size=16)
+    delta = _make("salm", epsilon=8, mask_ratio=0.1).fit(x, y, space, generator=make_generator(0))
+    assert int((delta != 0).reshape(16, -1).sum(1).max()) <= int(0.1 * 256)
+
+
+def test_foreground_only_leaves_background():
+    vol = make_volume((2, 24, 24))
+    x = torch.from_numpy(vol.array.astype(np.float32)).unsqueeze(1)
+    p = _make("em", epsilon=4, foreground_only=True)
+    p.fit(x, None, UnitSpace.for_volume(vol), generator=make_generator(0))
+    out = p.protect(vol, seed=1)
+    air = vol.array == vol.array.min()
+    from scipy.ndimage import binary_erosion
+
+    deep_air = binary_erosion(air, iterations=3, structure=np.ones((1, 3, 3)))
+    assert np.array_equal(out.array[deep_air], vol.array[deep_air])
+
+
+@pytest.mark.parametrize("method,kwargs,match", [
+    ("salm", {"epsilon": -1}, "epsilon must be a whole number"),
+    ("salm", {"epsilon": 2.5}, "epsilon must be a whole number"),
+    ("salm", {"mask_ratio": 0}, r"mask_ratio must be in \(0, 1\]"),
+    ("salm", {"mask_ratio": 1.5}, r"mask_ratio must be in \(0, 1\]"),
+    ("em", {"mode": "pixelwise"}, "mode must be one of"),
+    ("em", {"step": 0}, "step must be a whole number"),
+    ("sem", {"rho": -2}, "rho must be"),
+    ("conv", {"kernel_size": 4}, "kernel_size must be a positive odd integer"),
+    ("conv", {"blur": 0}, r"blur must be in \(0, 1\]"),
+    ("uc", {"num_clusters": 0}, "num_clusters must be a positive integer"),
+    ("em", {"surrogate": "vgg"}, "surrogate must be"),
+])
+def test_bad_arguments_raise(method, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_protector(method, **kwargs)
+
+
+def test_unfitted_and_label_errors():
+    x, y, space = _data(n=4)
+    with pytest.raises(ProtectionError, match="must be fitted first"):
+        _make("salm").perturb(x, y, space, generator=make_generator(0))
+    with pytest.raises(ValueError, match="needs labels"):
+        _make("conv").fit(x, None, space, generator=make_generator(0))
+    p = _make("conv")
+    p.fit(x, y, space, generator=make_generator(0))
+    with pytest.raises(ProtectionError, match="needs a label"):
+        p.protect(make_volume((1, 8, 8)))
+
+
+def test_cpu_and_cuda_agree():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    x, y, space = _data()
+    cpu = _make("conv").fit(x, y, space, generator=make_generator(0))
+    gpu = _make("conv").fit(x.cuda(), y.cuda(), space, generator=make_generator(0))
+    assert float((cpu - gpu.cpu()).abs().max()) <= 1
