@@ -1,0 +1,50 @@
+import json
+
+import jsonschema
+import pytest
+
+from medue.audit.report import load_schema, validate_report
+from medue.pipeline.config import load_config
+from medue.pipeline.runner import run_pipeline
+
+
+def test_report_json_follows_schema_and_html_is_self_contained(tiny_config):
+    cfg = load_config(tiny_config())
+    summary = run_pipeline(cfg)
+    report = json.loads(summary.report_json.read_text())
+    validate_report(report)
+    assert report["schema"] == "medue.report/1" and report["summary"]["done"] == 2
+    assert len(report["key_fingerprint"]) == 16
+    html = summary.report_html.read_text()
+    assert html.count("data:image/png;base64,") >= 3  # fidelity plot + one panel per volume
+    assert "src='http" not in html and "test-key-123" not in html
+    for heading in ("Clinical utility", "Before / after", "Efficacy audit", "Conformance", "Limitations"):
+        assert heading in html
+    broken = dict(report, schema="medue.report/0")
+    with pytest.raises(jsonschema.ValidationError):
+        validate_report(broken)
+    assert load_schema()["$id"].endswith("/report/1")
+
+
+def test_mlflow_run_has_params_metrics_artifacts_and_no_phi(tiny_config, tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    cfg = load_config(tiny_config(tracking={"enabled": True, "uri": uri, "experiment": "medue-test"}))
+    summary = run_pipeline(cfg)
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    run = client.get_run(summary.mlflow_run_id)
+    assert run.data.params["protect.method"] == "salm" and run.data.params["protect.params.epsilon"] == "4"
+    assert run.data.metrics["count_done"] == 2 and run.data.metrics["max_abs_units"] <= 4
+    assert run.data.tags["medue.key_fingerprint"] == json.loads(summary.report_json.read_text())["key_fingerprint"]
+    blob = json.dumps([run.data.params, run.data.tags])
+    assert "test-key-123" not in blob and str(cfg.input_path) not in blob and "series_a" not in blob
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"manifest.json", "items.jsonl", "config.resolved.json", "report"} <= names
+    assert len(run.inputs.dataset_inputs) == 1
+
+
+def test_mlflow_embedded_default_store(tiny_config):
+    pytest.importorskip("mlflow")
+    cfg = load_config(tiny_config(tracking={"enabled": True}))
+    summary = run_pipeline(cfg)
+    assert summary.tracking_uri.startswith("sqlite:///") and (cfg.output_path / "mlflow" / "mlflow.db").exists()

@@ -1,0 +1,69 @@
+import json
+
+import pytest
+
+from medue.cli import EXIT_CONFIG, EXIT_OK, EXIT_PARTIAL, main
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("run", "protect", "check", "report", "evaluate", "inspect", "restore", "methods", "exit codes"):
+        assert cmd in out
+
+
+def test_run_check_report_inspect(tiny_config, capsys):
+    cfg = tiny_config()
+    assert main(["check", str(cfg)]) == EXIT_OK
+    assert "config OK" in capsys.readouterr().out
+    assert main(["run", str(cfg), "--quiet"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "done 2" in out and "report.html" in out
+    import yaml
+
+    output = yaml.safe_load(cfg.read_text())["output"]
+    assert main(["report", output]) == EXIT_OK
+    assert "PSNR" in capsys.readouterr().out
+    assert main(["run", str(cfg), "--quiet", "--resume"]) == EXIT_OK
+    assert "skipped 2" in capsys.readouterr().out
+    assert main(["inspect", yaml.safe_load(cfg.read_text())["input"]]) == EXIT_OK
+
+
+def test_invalid_config_exit_code_lists_problems(tmp_path, capsys):
+    p = tmp_path / "c.yaml"
+    p.write_text("name: x\ninput: i\noutput: o\nprotect: {method: slam}\nexecution: {workers: 0}\n")
+    assert main(["run", str(p)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "did you mean 'salm'" in err and "workers: must be >= 1" in err and "2 problem(s)" in err
+
+
+def test_partial_batch_exit_code(tiny_config, tmp_path):
+    cfg = tiny_config()
+    import yaml
+
+    (tmp_path / "in" / "junk.bin").write_bytes(b"not an image")
+    assert main(["run", str(cfg), "--quiet"]) == EXIT_PARTIAL
+
+
+def test_methods_lists_all(capsys):
+    assert main(["methods"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert all(k in out for k in ("salm", "em", "sem", "conv", "uc"))
+
+
+def test_restore_command(tiny_config, tmp_path, capsys):
+    import yaml
+
+    cfg = tiny_config()
+    main(["run", str(cfg), "--quiet"])
+    out = tmp_path / "out"
+    marker = next(json.loads(p.read_text()) for p in (out / "markers").glob("*.json")
+                  if json.loads(p.read_text()).get("format") == "nifti")
+    restored = tmp_path / "restored.nii.gz"
+    assert main(["restore", str(out / "release" / marker["outputs"][0]["path"]), str(out / marker["delta"]["path"]),
+                 str(restored)]) == EXIT_OK
+    from medue.io.nifti import read_nifti
+
+    assert (read_nifti(restored).array == read_nifti(tmp_path / "in" / "vol.nii.gz").array).all()
