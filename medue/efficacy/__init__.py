@@ -171,6 +171,10 @@ def run_efficacy(config: EfficacyConfig, *, log: Callable[[str], None] = print) 
     }
 
 
+def _cell(r: dict[str, float]) -> str:
+    return f"{r['test_accuracy']:.3f} ({r['train_accuracy']:.2f})"
+
+
 def results_markdown(res: dict[str, Any]) -> str:
     """Human-readable tables of a :func:`run_efficacy` result."""
     lines = [f"# Efficacy audit ({res['device']})", "",
@@ -181,16 +185,18 @@ def results_markdown(res: dict[str, Any]) -> str:
     for m, s in res["protection"].items():
         lines.append(f"| {m} | {s['psnr_db']} | {s['ssim']} | {s['linf_units']} | {s['fraction_changed']} | "
                      f"{s['images_per_second']} |")
-    lines += ["", "## Clean-test accuracy of models trained on each training set", ""]
+    lines += ["", "## Clean-test accuracy of models trained on each training set", "",
+              "Each cell is clean-test accuracy (training accuracy in brackets). A training accuracy near the "
+              "majority-class rate means that model failed to train at all, which says nothing about protection.", ""]
     names = list(next(iter(res["results"].values())).keys()) if res["results"] else []
     lines += ["| architecture | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for arch, r in res["results"].items():
-        lines.append(f"| {arch} | " + " | ".join(f"{r[n]['test_accuracy']:.3f}" for n in names) + " |")
+        lines.append(f"| {arch} | " + " | ".join(_cell(r[n]) for n in names) + " |")
     lines += ["", "## Countermeasures (clean-test accuracy)", ""]
     lines += ["| countermeasure | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for cm, e in res["countermeasures"].items():
         if e["status"] != "tested":
             lines.append(f"| {cm} | " + " | ".join("not tested" for _ in names) + " |")
         else:
-            lines.append(f"| {cm} | " + " | ".join(f"{e['results'][n]['test_accuracy']:.3f}" for n in names) + " |")
+            lines.append(f"| {cm} | " + " | ".join(_cell(e["results"][n]) for n in names) + " |")
     return "\n".join(lines) + "\n"
