@@ -13,6 +13,9 @@ from medue.protect.surrogate import SmallResNet, resnet18
 
 ARCHITECTURES = ("resnet18", "monai_classifier", "small")
 
+#: SGD learning rate per architecture when TrainSettings.lr is None (MONAI's Classifier diverges at 0.05).
+DEFAULT_LR = {"resnet18": 0.05, "monai_classifier": 0.01, "small": 0.05}
+
 
 def build_classifier(arch: str, num_classes: int, *, image_size: int, width: int = 16) -> nn.Module:
     """An attacker's model: our ResNet-18 layout, MONAI's ``Classifier`` CNN, or the small ResNet."""
@@ -32,7 +35,7 @@ def build_classifier(arch: str, num_classes: int, *, image_size: int, width: int
 class TrainSettings:
     epochs: int = 15
     batch_size: int = 64
-    lr: float = 0.05
+    lr: float | None = None  # None: DEFAULT_LR of the architecture
     width: int = 16
     augmentation: bool = False
     adversarial_epsilon: float = 0.0  # in [0, 1] model units (e.g. 4/255); 0 disables PGD training
@@ -70,9 +73,10 @@ def train_classifier(arch: str, x_train: np.ndarray, y_train: np.ndarray, x_test
     model = build_classifier(arch, num_classes, image_size=x_train.shape[-1], width=settings.width).to(device)
     xt = torch.from_numpy(x_train.astype(np.float32) / 255.0).unsqueeze(1)
     yt = torch.from_numpy(y_train.astype(np.int64))
-    opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9, weight_decay=5e-4)
+    lr = DEFAULT_LR[arch] if settings.lr is None else settings.lr
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     steps_per_epoch = max(1, -(-len(xt) // settings.batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=settings.epochs * steps_per_epoch)
     for _ in range(settings.epochs):
         model.train()
         perm = torch.randperm(len(xt), generator=gen)
