@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import yaml
 
 from medue.errors import InvalidConfigError
+from medue.fidelity.checks import FidelityThresholds
 from medue.io.dicom import DEID_POLICIES
 
 CONFIG_VERSION = 1
@@ -48,6 +49,12 @@ class FidelityPolicy:
     max_fraction_changed: float | None = None
     override_reason: str | None = None
     override_by: str | None = None
+
+    @property
+    def thresholds(self) -> FidelityThresholds:
+        return FidelityThresholds(min_psnr_db=self.min_psnr_db, min_ssim=self.min_ssim,
+                                  max_abs_units=self.max_abs_units, max_abs_physical=self.max_abs_physical,
+                                  max_fraction_changed=self.max_fraction_changed)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 
 from medue.device import derive_seed, make_generator, resolve_device
 from medue.errors import IngestError, InvalidConfigError
-from medue.fidelity.checks import FidelityThresholds
 from medue.io import InputItem, discover_inputs, read_item
 from medue.io.atomic import remove_partials, write_text_atomic
 from medue.pipeline.config import PipelineConfig
@@ -157,8 +156,7 @@ def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), res
     ctx = JobContext(
         out=str(layout.root), input_root=str(config.input_path), key=key, key_fingerprint=fingerprint,
         method=config.protect.method,
-        thresholds=FidelityThresholds(fp.min_psnr_db, fp.min_ssim, fp.max_abs_units, fp.max_abs_physical,
-                                      fp.max_fraction_changed),
+        thresholds=fp.thresholds,
         override_reason=fp.override_reason, override_by=fp.override_by, deidentification=config.deidentification,
         uid_mode=config.uid_mode, reversible=config.protect.reversible, device=str(device),
     )
