@@ -21,11 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="+", default=["salm", "em", "sem", "conv", "uc"])
     p.add_argument("--countermeasures", nargs="*", default=list(ALL))
+    p.add_argument("--architectures", nargs="+", default=["resnet18", "monai_classifier"])
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/efficacy_cpu"))
     args = p.parse_args(argv)
     config = EfficacyConfig(methods={m: {} for m in args.methods}, countermeasures=tuple(args.countermeasures),
-                            device=args.device)
+                            architectures=tuple(args.architectures), device=args.device)
     res = run_efficacy(config, log=lambda s: print(s, flush=True))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str))
