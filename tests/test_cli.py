@@ -41,7 +41,6 @@ def test_invalid_config_exit_code_lists_problems(tmp_path, capsys):
 
 def test_partial_batch_exit_code(tiny_config, tmp_path):
     cfg = tiny_config()
-    import yaml
 
     (tmp_path / "in" / "junk.bin").write_bytes(b"not an image")
     assert main(["run", str(cfg), "--quiet"]) == EXIT_PARTIAL
@@ -54,7 +53,6 @@ def test_methods_lists_all(capsys):
 
 
 def test_restore_command(tiny_config, tmp_path, capsys):
-    import yaml
 
     cfg = tiny_config()
     main(["run", str(cfg), "--quiet"])

@@ -11,7 +11,7 @@ import numpy as np
 
 from medue.errors import MissingDependencyError
 from medue.pipeline.config import PipelineConfig
-from medue.pipeline.job import DONE, OutputLayout
+from medue.pipeline.job import OutputLayout
 
 
 def default_tracking_uri(layout: OutputLayout) -> str:
@@ -68,7 +68,6 @@ class MlflowSink:
         params = {k: v for k, v in params.items() if k not in PRIVATE_PARAMS}
         params["protector.state_fingerprint"] = fit_info.get("state_fingerprint", "")
         params["items"] = len(markers)
-        done = [m for m in markers if m.get("status") == DONE]
         metrics: dict[str, float] = {f"count_{k}": float(v) for k, v in summary_counts.items()}
         fids = [m["fidelity"] for m in markers if "fidelity" in m]
         if fids:
