@@ -22,6 +22,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from medue.errors import DeidentificationError, ExportError, IngestError
+from medue.io.paths import relative_label
 from medue.io.atomic import atomic_folder
 from medue.provenance import StepRecord, sha256_file
 from medue.volume import Geometry, SourceRef, Volume
@@ -168,34 +169,34 @@ def read_dicom_series(paths: Sequence[str | Path], *, deidentification: str = "r
             ``missing_decoder``, ``inconsistent_series``, ``unsupported``…
     """
     paths = [Path(p) for p in paths]
-    label = _rel(paths[0], root)
     if not paths:
-        raise IngestError("empty series", source=label, reason="empty")
+        raise IngestError("empty series: no files given", source="", reason="empty")
+    label = relative_label(paths[0], root)
     datasets: list[Dataset] = []
     warnings: list[str] = []
     for p in paths:
         try:
             ds = pydicom.dcmread(p)
         except Exception as exc:  # truncated or corrupt files
-            raise IngestError(f"{_rel(p, root)}: not readable as DICOM ({exc})", source=label, reason="truncated") from exc
+            raise IngestError(f"{relative_label(p, root)}: not readable as DICOM ({exc})", source=label, reason="truncated") from exc
         sop = str(ds.get("SOPClassUID", ""))
         if "PixelData" not in ds:
             reason = "not_an_image" if sop and sop not in IMAGE_SOP_CLASSES else "no_pixel_data"
             raise IngestError(
-                f"{_rel(p, root)}: no PixelData (SOP class {getattr(ds.get('SOPClassUID'), 'name', sop) or 'unknown'}); "
+                f"{relative_label(p, root)}: no PixelData (SOP class {getattr(ds.get('SOPClassUID'), 'name', sop) or 'unknown'}); "
                 "medue protects image series only",
                 source=label,
                 reason=reason,
             )
         if sop and sop not in IMAGE_SOP_CLASSES:
             raise IngestError(
-                f"{_rel(p, root)}: SOP class {ds.SOPClassUID.name} is not an image storage class medue can derive "
+                f"{relative_label(p, root)}: SOP class {ds.SOPClassUID.name} is not an image storage class medue can derive "
                 f"(supported: {', '.join(sorted(set(IMAGE_SOP_CLASSES.values())))})",
                 source=label,
                 reason="not_an_image",
             )
         if int(ds.get("SamplesPerPixel", 1)) != 1:
-            raise IngestError(f"{_rel(p, root)}: {ds.SamplesPerPixel} samples per pixel; only grayscale is supported",
+            raise IngestError(f"{relative_label(p, root)}: {ds.SamplesPerPixel} samples per pixel; only grayscale is supported",
                               source=label, reason="unsupported")
         w = check_deidentified(ds, policy=deidentification, source=label)
         if w and w not in warnings:
@@ -266,7 +267,7 @@ def read_dicom_series(paths: Sequence[str | Path], *, deidentification: str = "r
     if "WindowCenter" in first and "WindowWidth" in first:
         header["window"] = (_first_float(first.WindowCenter), _first_float(first.WindowWidth))
     hashes = tuple(sha256_file(p) for p in order_paths)
-    rel = tuple(_rel(p, root) for p in order_paths)
+    rel = tuple(relative_label(p, root) for p in order_paths)
     source = SourceRef(paths=rel, sha256=hashes, format="dicom", series_uid=str(first.get("SeriesInstanceUID", "")))
     vol = Volume(
         array=array,
@@ -294,14 +295,6 @@ def _frame_positions(ds: Dataset) -> np.ndarray | None:
     except (AttributeError, IndexError, KeyError):
         return None
 
-
-def _rel(path: Path, root: Path | None) -> str:
-    if root is not None:
-        try:
-            return str(Path(path).resolve().relative_to(Path(root).resolve()))
-        except ValueError:
-            pass
-    return Path(path).name
 
 
 def derived_uid(key: str | None, original: str, purpose: str) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from medue.errors import ExportError, IngestError
+from medue.io.paths import relative_label
 from medue.io.atomic import atomic_file
 from medue.provenance import StepRecord, sha256_file
 from medue.volume import Geometry, SourceRef, Volume
@@ -28,7 +29,7 @@ def read_itk(path: str | Path, *, root: Path | None = None) -> Volume:
     """Read a scalar integer image with SimpleITK; ``(z, y, x)`` array, LPS affine from origin/spacing/direction."""
     sitk = _sitk()
     path = Path(path)
-    label = path.name if root is None else str(path.resolve().relative_to(root.resolve()))
+    label = relative_label(path, root)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:

@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from medue.errors import ExportError, IngestError
+from medue.io.paths import relative_label
 from medue.io.atomic import atomic_file
 from medue.provenance import StepRecord, sha256_file
 from medue.volume import Geometry, SourceRef, Volume
@@ -40,7 +41,7 @@ def read_nifti(path: str | Path, *, root: Path | None = None) -> Volume:
             one volume, 1D).
     """
     path = Path(path)
-    label = _rel(path, root)
+    label = relative_label(path, root)
     try:
         img = nib.load(str(path))
         raw = np.asanyarray(img.dataobj.get_unscaled())
@@ -141,11 +142,3 @@ def verify_nifti(path: Path, src: Any, expected: np.ndarray, head: bytes) -> Non
     if problems:
         raise ExportError("NIfTI verification failed: " + "; ".join(problems))
 
-
-def _rel(path: Path, root: Path | None) -> str:
-    if root is not None:
-        try:
-            return str(path.resolve().relative_to(root.resolve()))
-        except ValueError:
-            pass
-    return path.name
