@@ -73,7 +73,7 @@ def _panel(original: np.ndarray, protected: np.ndarray, title: str) -> str:
     for a in axes:
         a.set_xticks([])
         a.set_yticks([])
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, y=1.04)
     return _png(fig)
 
 
@@ -94,9 +94,10 @@ def _fidelity_plot(items: Sequence[dict[str, Any]]) -> str | None:
     axes[1].bar(names, [f["ssim"] for _, f in fids], color="#228833")
     axes[1].set_title("SSIM per volume")
     axes[1].set_ylim(min(0.9, min(f["ssim"] for _, f in fids)), 1.0)
-    slices = [v for _, f in fids for v in f.get("per_slice_psnr_db", []) if v is not None]
+    slices = [v for _, f in fids for v in f.get("per_slice_psnr_db", []) if v is not None and np.isfinite(v)]
     axes[2].hist(slices, bins=20, color="#aa3377")
-    axes[2].set_title("per-slice PSNR histogram (dB)")
+    unchanged = sum(1 for _, f in fids for v in f.get("per_slice_psnr_db", []) if v is None or not np.isfinite(v))
+    axes[2].set_title("per-slice PSNR histogram (dB)" + (f"; {unchanged} unchanged slice(s)" if unchanged else ""))
     for a in axes[:2]:
         a.tick_params(axis="x", rotation=60, labelsize=7)
     return _png(fig)
@@ -146,7 +147,7 @@ def _conformance(markers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def build_report(layout: OutputLayout, config: PipelineConfig, markers: Sequence[dict[str, Any]],
                  fit_info: dict[str, Any], key_fingerprint: str, env: dict[str, Any],
-                 manifest: dict[str, Any]) -> tuple[Path, Path]:
+                 manifest: dict[str, Any], release_checks: Sequence[dict[str, Any]] = ()) -> tuple[Path, Path]:
     """Write ``release/report.json`` (schema-validated) and ``release/report.html``; return their paths."""
     efficacy = None
     if config.report.efficacy_results:
@@ -175,7 +176,7 @@ def build_report(layout: OutputLayout, config: PipelineConfig, markers: Sequence
         "policy": config.to_dict()["fidelity"],
         "summary": {"items": len(markers), **counts},
         "items": items,
-        "conformance": _conformance(markers),
+        "conformance": _conformance(markers) + list(release_checks),
         "efficacy": efficacy,
         "limitations": LIMITATIONS,
         "environment": env,
@@ -186,6 +187,11 @@ def build_report(layout: OutputLayout, config: PipelineConfig, markers: Sequence
     html_path = layout.release / "report.html"
     write_text_atomic(html_path, render_html(report, markers, layout, config.report.max_items_pictured))
     return json_path, html_path
+
+
+def _details(check: dict[str, Any]) -> str:
+    """Everything a conformance entry carries besides its name, result and item count, as ``key: value``."""
+    return "; ".join(f"{k}: {v}" for k, v in check.items() if k not in ("check", "result", "items"))
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -231,7 +237,7 @@ def render_html(report: dict[str, Any], markers: Sequence[dict[str, Any]], layou
                 for i in report["items"] if "fidelity" in i]),
         f"<p>Policy: <code>{html.escape(json.dumps(report.get('policy', {})))}</code></p>",
     ]
-    plot = _fidelity_plot(report["items"])
+    plot = _fidelity_plot(sorted(markers, key=lambda m: m["item_id"]))  # markers keep the per-slice PSNRs
     if plot:
         parts.append(f"<img alt='fidelity plots' src='{plot}'>")
     parts.append("<h2>Before / after / |delta| / mask (middle slice)</h2>")
@@ -262,12 +268,20 @@ def render_html(report: dict[str, Any], markers: Sequence[dict[str, Any]], layou
                                else "not tested" for n in names)])
         parts.append("<p>Clean-test accuracy under countermeasures (training set transformed before training):</p>")
         parts.append(_table(["countermeasure", *names], rows))
+        diag = [[arch, m, f"{d['accuracy_original']:.3f}", f"{d['accuracy_protected']:.3f}",
+                 f"{d['accuracy_drop']:+.3f}", f"{d['agreement']:.3f}"]
+                for arch, per_method in (eff.get("diagnostic") or {}).items() for m, d in per_method.items()]
+        if diag:
+            parts.append("<p>Diagnostic content preserved: a model trained on clean data, read on original vs "
+                         "protected held-out images:</p>")
+            parts.append(_table(["architecture", "method", "accuracy on originals", "accuracy on protected",
+                                 "drop", "agreement"], diag))
     else:
         parts.append("<p>No efficacy results attached (set report.efficacy_results to the JSON written by "
                      "<code>medue evaluate</code>).</p>")
     parts.append("<h2>Conformance</h2>")
-    parts.append(_table(["check", "result", "items"], [[c["check"], c["result"], c.get("items", "")]
-                                                       for c in report["conformance"]]))
+    parts.append(_table(["check", "result", "items", "details"],
+                        [[c["check"], c["result"], c.get("items", ""), _details(c)] for c in report["conformance"]]))
     parts.append("<h2>Limitations</h2><ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in report["limitations"])
                  + "</ul>")
     parts.append("<h2>Environment</h2>" + _table(["component", "version / setting"],

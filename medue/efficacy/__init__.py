@@ -16,10 +16,11 @@ import torch.nn.functional as F
 
 from medue.device import derive_seed, make_generator, resolve_device
 from medue.efficacy import countermeasures
-from medue.efficacy.train import ARCHITECTURES, TrainSettings, train_classifier
+from medue.efficacy.train import ARCHITECTURES, TrainSettings, predict, train_classifier
 from medue.errors import InvalidConfigError
 from medue.fidelity.metrics import compute_psnr, compute_ssim, fraction_changed, max_abs_diff
-from medue.protect import PROTECTORS, UnitSpace, build_protector
+from medue.fidelity.diagnostic import diagnostic_preservation
+from medue.protect import PROTECTORS, Protector, UnitSpace, build_protector
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class EfficacyConfig:
     countermeasure_architecture: str = "monai_classifier"
     train: TrainSettings = TrainSettings()
     adversarial_epsilon: float = 4 / 255
+    max_diagnostic_accuracy_drop: float = 0.02
 
     def validate(self) -> None:
         problems = []
@@ -52,6 +54,8 @@ class EfficacyConfig:
                 problems.append(f"unknown countermeasure {c!r}; available: {', '.join(countermeasures.ALL)}")
         if not 0 < self.test_fraction < 1:
             problems.append(f"test_fraction must be in (0, 1), not {self.test_fraction}")
+        if not 0.0 <= self.max_diagnostic_accuracy_drop <= 1.0:
+            problems.append(f"max_diagnostic_accuracy_drop must be in [0, 1], not {self.max_diagnostic_accuracy_drop}")
         if self.image_size < 8:
             problems.append(f"image_size must be >= 8, not {self.image_size}")
         if problems:
@@ -82,8 +86,8 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
 
 
 def protect_dataset(method: str, params: dict[str, Any], images: np.ndarray, labels: np.ndarray, *, key: str,
-                    device: torch.device) -> tuple[np.ndarray, dict[str, Any]]:
-    """Fit ``method`` on uint8 images and return the protected images plus fidelity and speed numbers."""
+                    device: torch.device) -> tuple[np.ndarray, dict[str, Any], Protector]:
+    """Fit ``method`` on uint8 images; return the protected images, fidelity and speed numbers, and the protector."""
     protector = build_protector(method, **params)
     x = torch.from_numpy(images.astype(np.float32)).unsqueeze(1).to(device)
     y = torch.from_numpy(labels).to(device)
@@ -105,7 +109,20 @@ def protect_dataset(method: str, params: dict[str, Any], images: np.ndarray, lab
         "fraction_changed": round(fraction_changed(images, protected), 4),
         "surrogate_rounds": len(getattr(protector, "history", []) or []),
     }
-    return protected, stats
+    return protected, stats, protector
+
+
+def protect_new_images(protector: Protector, images: np.ndarray, labels: np.ndarray, *, key: str,
+                       device: torch.device) -> np.ndarray:
+    """Apply a fitted protector to images it was not fitted on (held-out test images of a release).
+
+    Methods that work without labels get none (as in the release pipeline); class-wise ones get ``labels``.
+    """
+    x = torch.from_numpy(images.astype(np.float32)).unsqueeze(1).to(device)
+    y = torch.from_numpy(labels).to(device) if protector.needs_labels else None
+    space = UnitSpace(0.0, 255.0, 0.0, 255.0)
+    delta = protector.perturb(x, y, space, generator=make_generator(derive_seed(key, "efficacy-held-out")))
+    return np.clip(np.rint((x + delta).squeeze(1).cpu().numpy()), 0, 255).astype(np.uint8)
 
 
 def run_efficacy(config: EfficacyConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -119,25 +136,40 @@ def run_efficacy(config: EfficacyConfig, *, log: Callable[[str], None] = print) 
     log(f"dataset {Path(config.dataset).name}: {len(tr)} train / {len(te)} test, {len(class_names)} classes, "
         f"majority-class accuracy {chance:.3f}, device {device}")
     train_sets: dict[str, np.ndarray] = {"clean": x_tr}
+    protected_test: dict[str, np.ndarray] = {}
     protection: dict[str, Any] = {}
     for method, params in config.methods.items():
         log(f"protecting training set with {method} …")
-        train_sets[method], protection[method] = protect_dataset(method, params, x_tr, y_tr, key=config.key,
-                                                                 device=device)
+        train_sets[method], protection[method], protector = protect_dataset(method, params, x_tr, y_tr,
+                                                                            key=config.key, device=device)
+        protected_test[method] = protect_new_images(protector, x_te, y_te, key=config.key, device=device)
         log(f"  {method}: {protection[method]}")
+
+    models: dict[str, Any] = {}
 
     def fit(arch: str, x: np.ndarray, settings: TrainSettings, name: str) -> dict[str, float]:
         t0 = time.perf_counter()
-        r = train_classifier(arch, x, y_tr, x_te, y_te, settings=settings, seed=derive_seed(config.seed, arch),
-                             device=device)
+        r, model = train_classifier(arch, x, y_tr, x_te, y_te, settings=settings,
+                                    seed=derive_seed(config.seed, arch), device=device, return_model=True)
+        if name.endswith("/clean"):
+            models[name] = model
         r["seconds"] = round(time.perf_counter() - t0, 1)
         log(f"  {name:>40s}: test {r['test_accuracy']:.3f} (train {r['train_accuracy']:.3f}, {r['seconds']} s)")
         return r
 
     results: dict[str, dict[str, Any]] = {}
+    diagnostic: dict[str, dict[str, Any]] = {}
     for arch in config.architectures:
         log(f"training {arch} on clean and protected sets …")
         results[arch] = {name: fit(arch, x, config.train, f"{arch}/{name}") for name, x in train_sets.items()}
+        clean_model = models.pop(f"{arch}/clean")
+        original_pred = predict(clean_model, x_te, device)
+        diagnostic[arch] = {m: diagnostic_preservation(y_te, original_pred, predict(clean_model, xp, device),
+                                                       max_accuracy_drop=config.max_diagnostic_accuracy_drop)
+                            for m, xp in protected_test.items()}
+        for m, d in diagnostic[arch].items():
+            log(f"  diagnostic content ({arch}, clean model): original {d['accuracy_original']:.3f}, "
+                f"{m}-protected {d['accuracy_protected']:.3f}, agreement {d['agreement']:.3f}")
 
     cm_results: dict[str, Any] = {}
     arch = config.countermeasure_architecture
@@ -167,6 +199,7 @@ def run_efficacy(config: EfficacyConfig, *, log: Callable[[str], None] = print) 
         "torch": torch.__version__,
         "protection": protection,
         "results": results,
+        "diagnostic": diagnostic,
         "countermeasures": cm_results,
     }
 
@@ -192,6 +225,14 @@ def results_markdown(res: dict[str, Any]) -> str:
     lines += ["| architecture | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for arch, r in res["results"].items():
         lines.append(f"| {arch} | " + " | ".join(_cell(r[n]) for n in names) + " |")
+    if res.get("diagnostic"):
+        lines += ["", "## Diagnostic content preserved (model trained on clean data, held-out images)", "",
+                  "| architecture | method | accuracy on originals | accuracy on protected | drop | agreement | "
+                  "passed |", "|---|---|---|---|---|---|---|"]
+        for arch, per_method in res["diagnostic"].items():
+            for m, d in per_method.items():
+                lines.append(f"| {arch} | {m} | {d['accuracy_original']:.3f} | {d['accuracy_protected']:.3f} | "
+                             f"{d['accuracy_drop']:+.3f} | {d['agreement']:.3f} | {d['passed']} |")
     lines += ["", "## Countermeasures (clean-test accuracy)", ""]
     lines += ["| countermeasure | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for cm, e in res["countermeasures"].items():

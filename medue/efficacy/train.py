@@ -65,8 +65,9 @@ def _pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: 
 
 
 def train_classifier(arch: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-                     *, settings: TrainSettings, seed: int, device: torch.device) -> dict[str, float]:
-    """Train ``arch`` on uint8 ``(N, H, W)`` images and return train and clean-test accuracy."""
+                     *, settings: TrainSettings, seed: int, device: torch.device,
+                     return_model: bool = False) -> dict[str, float] | tuple[dict[str, float], nn.Module]:
+    """Train ``arch`` on uint8 ``(N, H, W)`` images and return train and clean-test accuracy (and the model)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     num_classes = int(max(y_train.max(), y_test.max())) + 1
@@ -95,15 +96,21 @@ def train_classifier(arch: str, x_train: np.ndarray, y_train: np.ndarray, x_test
             loss.backward()
             opt.step()
             sched.step()
-    return {"train_accuracy": evaluate(model, x_train, y_train, device),
-            "test_accuracy": evaluate(model, x_test, y_test, device)}
+    result = {"train_accuracy": evaluate(model, x_train, y_train, device),
+              "test_accuracy": evaluate(model, x_test, y_test, device)}
+    return (result, model) if return_model else result
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device, batch_size: int = 256) -> float:
+def predict(model: nn.Module, x: np.ndarray, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    """Class predictions for uint8 ``(N, H, W)`` images."""
     model.eval()
-    correct = 0
+    preds = []
     for i in range(0, len(x), batch_size):
         xb = torch.from_numpy(x[i:i + batch_size].astype(np.float32) / 255.0).unsqueeze(1).to(device)
-        correct += int((model(xb).argmax(1).cpu().numpy() == y[i:i + batch_size]).sum())
-    return correct / len(x)
+        preds.append(model(xb).argmax(1).cpu().numpy())
+    return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+
+
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device, batch_size: int = 256) -> float:
+    return float((predict(model, x, device, batch_size) == y).mean()) if len(x) else 0.0

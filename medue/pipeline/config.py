@@ -47,6 +47,9 @@ class FidelityPolicy:
     max_abs_units: int | None = None
     max_abs_physical: float | None = None
     max_fraction_changed: float | None = None
+    #: Largest drop in a clean-trained model's accuracy on protected vs original images, read from the efficacy
+    #: results attached in ``report.efficacy_results`` (see :mod:`medue.fidelity.diagnostic`); ``None`` disables.
+    max_diagnostic_accuracy_drop: float | None = 0.02
     override_reason: str | None = None
     override_by: str | None = None
 
@@ -209,13 +212,14 @@ def parse_config(data: Any, *, source: str = "config", base_dir: str | Path = ".
             problems.append(f"protect.{k}: must be >= {lo}, got {v}")
 
     f = sections.get("fidelity", {})
-    for k in ("min_psnr_db", "min_ssim", "max_abs_physical", "max_fraction_changed"):
+    for k in ("min_psnr_db", "min_ssim", "max_abs_physical", "max_fraction_changed", "max_diagnostic_accuracy_drop"):
         _check_type(problems, f"fidelity.{k}", f.get(k), (int, float), "a number or null")
     _check_type(problems, "fidelity.max_abs_units", f.get("max_abs_units"), (int,), "an integer or null")
     if isinstance(f.get("min_ssim"), (int, float)) and not -1 <= f["min_ssim"] <= 1:
         problems.append(f"fidelity.min_ssim: must be in [-1, 1], got {f['min_ssim']}")
-    if isinstance(f.get("max_fraction_changed"), (int, float)) and not 0 <= f["max_fraction_changed"] <= 1:
-        problems.append(f"fidelity.max_fraction_changed: must be in [0, 1], got {f['max_fraction_changed']}")
+    for k in ("max_fraction_changed", "max_diagnostic_accuracy_drop"):
+        if isinstance(f.get(k), (int, float)) and not 0 <= f[k] <= 1:
+            problems.append(f"fidelity.{k}: must be in [0, 1], got {f[k]}")
     for k in ("min_psnr_db", "max_abs_units", "max_abs_physical"):
         if isinstance(f.get(k), (int, float)) and f[k] < 0:
             problems.append(f"fidelity.{k}: must be >= 0, got {f[k]}")

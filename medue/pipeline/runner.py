@@ -44,10 +44,16 @@ class RunSummary:
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
     seconds: float = 0.0
+    #: Release-level checks (the diagnostic-content check); one with ``blocked`` stopped the export.
+    release_checks: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def blocked(self) -> bool:
+        return any(c.get("blocked") for c in self.release_checks)
 
     @property
     def exit_code(self) -> int:
-        if self.counts.get(GATE_FAILED):
+        if self.counts.get(GATE_FAILED) or self.blocked:
             return EXIT_GATE
         if self.counts.get(QUARANTINED) or self.counts.get(FAILED):
             return EXIT_PARTIAL
@@ -117,6 +123,18 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
     return info
 
 
+def _diagnostic_check(config: PipelineConfig, fit_info: dict[str, Any]) -> dict[str, Any]:
+    from medue.fidelity.diagnostic import release_diagnostic_check
+
+    efficacy = None
+    if config.report.efficacy_results:
+        path = config.resolve(config.report.efficacy_results)
+        if path.is_file():
+            efficacy = json.loads(path.read_text())
+    return release_diagnostic_check(efficacy, config.protect.method, fit_info.get("params", {}),
+                                    config.fidelity.max_diagnostic_accuracy_drop)
+
+
 def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), resume: bool = False,
                  progress: Callable[[str], None] | None = None, show_bar: bool = False) -> RunSummary:
     """Run a whole release job. Returns a :class:`RunSummary`; nothing is raised for per-item problems."""
@@ -153,6 +171,18 @@ def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), res
         fit_info = fit_protector([it for it in items if not it.problem], config, key, device=device, progress=say)
 
     fp = config.fidelity
+    release_checks = [_diagnostic_check(config, fit_info)]
+    if release_checks[0]["result"] == "fail":
+        if fp.override_reason:
+            release_checks[0]["override"] = {"reason": fp.override_reason, "by": fp.override_by}
+            say(f"diagnostic check failed (accuracy drop {release_checks[0]['accuracy_drop']}); exporting under "
+                f"the recorded override by {fp.override_by}")
+        else:
+            release_checks[0]["blocked"] = True
+            say(f"release blocked: {release_checks[0]['check']} failed (accuracy drop "
+                f"{release_checks[0]['accuracy_drop']} > {fp.max_diagnostic_accuracy_drop}); nothing is exported. "
+                "Lower the protection strength, or record fidelity.override_reason and override_by")
+            mine = []
     ctx = JobContext(
         out=str(layout.root), input_root=str(config.input_path), key=key, key_fingerprint=fingerprint,
         method=config.protect.method,
@@ -183,7 +213,7 @@ def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), res
             say(f"{marker['item_id']}: {marker.get('status')} ({marker.get('reason', '')}) {marker.get('message', '')[:200]}")
     if bar is not None:
         bar.close()
-    summary = RunSummary(output=layout.root)
+    summary = RunSummary(output=layout.root, release_checks=release_checks)
     for m in markers:
         summary.counts[m.get("status", FAILED)] = summary.counts.get(m.get("status", FAILED), 0) + 1
     summary.counts["skipped"] = sum(1 for m in markers if m.get("skipped"))
@@ -194,7 +224,7 @@ def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), res
     env = capture_environment()
     if config.report.enabled:
         summary.report_json, summary.report_html = build_report(layout, config, all_markers, fit_info, fingerprint,
-                                                                env, manifest)
+                                                                env, manifest, release_checks=release_checks)
     summary.seconds = round(time.perf_counter() - t_start, 2)
     if config.tracking.enabled:
         sink = open_sink(config, layout)

@@ -18,8 +18,9 @@ from torch import nn
 
 from medue.protect.base import UnitSpace, batches, project
 
-#: ``mask_fn(grad, x_model) -> 0/1 mask``: where the update may act (SALM); ``None`` means everywhere.
-MaskFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``mask_fn(grad, x_model, proposed) -> 0/1 mask``: where the update may act (SALM); ``None`` means everywhere.
+#: ``proposed`` is the delta after the unmasked sign step, so a mask may favour pixels already perturbed.
+MaskFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def error_minimizing_delta(model: nn.Module, x: torch.Tensor, y: torch.Tensor, d
         (grad,) = torch.autograd.grad(loss, d)
         new = delta - settings.step * torch.sign(grad)
         if mask_fn is not None:
-            new = new * mask_fn(grad, space.to_model(x))
+            new = new * mask_fn(grad, space.to_model(x), new)
         if allowed is not None:
             new = new * allowed
         delta = project(new, x, space, settings.epsilon)

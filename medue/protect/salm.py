@@ -31,15 +31,33 @@ from medue.protect.masks import topk_mask
 from medue.protect.minmin import MaskFn, MinMinSettings, error_minimizing_delta
 
 
-def saliency_mask_fn(ratio: float) -> MaskFn:
-    """Top-``ratio`` pixels by gradient magnitude, per sample."""
+MASK_UPDATES = ("step", "sticky")
+
+
+def saliency_mask_fn(ratio: float, update: str = "step") -> MaskFn:
+    """Top-``ratio`` pixels per sample.
+
+    ``update="step"`` ranks by gradient magnitude alone at every step. ``update="sticky"`` ranks first by
+    the magnitude of the proposed delta, then by gradient magnitude (normalised to ``[0, 1)`` per sample, so it
+    only breaks ties): pixels already perturbed keep their place and the noise can accumulate up to the budget.
+    """
     if not 0.0 < ratio <= 1.0:
         raise ValueError(f"mask_ratio must be in (0, 1], not {ratio}")
-    return lambda grad, x_model: topk_mask(grad.abs(), ratio)
+    if update not in MASK_UPDATES:
+        raise ValueError(f"mask_update must be one of {MASK_UPDATES}, not {update!r}")
+    if update == "step":
+        return lambda grad, x_model, proposed: topk_mask(grad.abs(), ratio)
+
+    def sticky(grad: torch.Tensor, x_model: torch.Tensor, proposed: torch.Tensor) -> torch.Tensor:
+        g = grad.abs()
+        peak = g.flatten(1).amax(1).clamp_min(torch.finfo(g.dtype).tiny).view(-1, *([1] * (g.dim() - 1)))
+        return topk_mask(proposed.abs() + 0.5 * g / peak, ratio)
+
+    return sticky
 
 
 def salm_perturb(model: nn.Module, x_units: torch.Tensor, labels: torch.Tensor, space: UnitSpace, *,
-                 epsilon: int, step: int = 1, steps: int = 20, mask_ratio: float = 0.1,
+                 epsilon: int, step: int = 1, steps: int = 20, mask_ratio: float = 0.1, mask_update: str = "step",
                  generator: torch.Generator, allowed: torch.Tensor | None = None) -> torch.Tensor:
     """Sparse error-minimising delta for one batch against a fixed surrogate.
 
@@ -50,13 +68,14 @@ def salm_perturb(model: nn.Module, x_units: torch.Tensor, labels: torch.Tensor, 
         space: Stored units <-> model space.
         epsilon: L-inf budget in stored units.
         mask_ratio: Fraction of pixels that may change, in ``(0, 1]``.
+        mask_update: ``"step"`` or ``"sticky"``, see :func:`saliency_mask_fn`.
 
     Returns:
         Integer delta, same shape as ``x_units``; non-zero on at most ``mask_ratio`` of each sample's pixels.
     """
     settings = MinMinSettings(epsilon=epsilon, step=step, inner_steps=steps)
     return error_minimizing_delta(model, x_units, labels, torch.zeros_like(x_units), space, settings=settings,
-                                  steps=steps, generator=generator, mask_fn=saliency_mask_fn(mask_ratio),
+                                  steps=steps, generator=generator, mask_fn=saliency_mask_fn(mask_ratio, mask_update),
                                   allowed=allowed)
 
 
@@ -65,21 +84,26 @@ class SALMProtector(EMProtector):
 
     Args:
         mask_ratio: Fraction of pixels per slice that may change, in ``(0, 1]``.
+        mask_update: ``"step"`` (re-rank by saliency every step) or ``"sticky"`` (keep perturbed pixels),
+            see :func:`saliency_mask_fn`.
         **kwargs: :class:`~medue.protect.em.EMProtector` arguments (``mode`` is always sample-wise).
     """
 
     key = "salm"
 
-    def __init__(self, *, mask_ratio: float = 0.1, **kwargs: Any) -> None:
+    def __init__(self, *, mask_ratio: float = 0.1, mask_update: str = "step", **kwargs: Any) -> None:
         if kwargs.get("mode", "samplewise") != "samplewise":
             raise ValueError("SALM is sample-wise; mode must be 'samplewise'")
         super().__init__(**kwargs)
         if not isinstance(mask_ratio, (int, float)) or not 0.0 < mask_ratio <= 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1], not {mask_ratio!r}")
+        if mask_update not in MASK_UPDATES:
+            raise ValueError(f"mask_update must be one of {MASK_UPDATES}, not {mask_update!r}")
         self.mask_ratio = float(mask_ratio)
+        self.mask_update = mask_update
 
     def params(self) -> dict[str, Any]:
-        return {**super().params(), "mask_ratio": self.mask_ratio}
+        return {**super().params(), "mask_ratio": self.mask_ratio, "mask_update": self.mask_update}
 
     def mask_fn(self) -> MaskFn:
-        return saliency_mask_fn(self.mask_ratio)
+        return saliency_mask_fn(self.mask_ratio, self.mask_update)

@@ -37,6 +37,12 @@ def test_tiny_efficacy_run_reports_every_countermeasure(tmp_path):
     assert res["countermeasures"]["jpeg_q10"] == {"status": "not tested", "reason": "not selected in the config"}
     assert res["protection"]["salm"]["linf_units"] <= 8 and res["config"]["key"] == "(not recorded)"
     assert "not tested" in results_markdown(res)
+    diag = res["diagnostic"]["monai_classifier"]
+    assert set(diag) == {"conv", "salm"}
+    for d in diag.values():
+        assert d["images"] == 16 and 0 <= d["agreement"] <= 1
+        assert d["accuracy_drop"] == pytest.approx(d["accuracy_original"] - d["accuracy_protected"], abs=1e-3)
+    assert "Diagnostic content preserved" in results_markdown(res)
 
 
 def test_efficacy_config_validation():

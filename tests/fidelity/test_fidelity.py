@@ -45,3 +45,20 @@ def test_gate_passes_and_fails_with_every_reason():
     bad = check_fidelity(a, b, strict, rescale_slope=2.0)
     assert not bad.passed and len(bad.failures) == 5
     assert bad.to_dict()["passed"] is False and bad.to_dict()["psnr_db"] is not None
+
+
+def test_diagnostic_preservation_counts_drop_and_agreement():
+    from medue.fidelity.diagnostic import diagnostic_preservation
+
+    labels = np.array([0, 0, 1, 1, 1])
+    original = np.array([0, 0, 1, 1, 0])  # 4/5 correct
+    protected = np.array([0, 1, 1, 1, 0])  # 3/5 correct, one prediction changed
+    d = diagnostic_preservation(labels, original, protected, max_accuracy_drop=0.1)
+    assert d["accuracy_original"] == 0.8 and d["accuracy_protected"] == 0.6
+    assert d["accuracy_drop"] == pytest.approx(0.2) and d["agreement"] == 0.8 and d["passed"] is False
+    assert diagnostic_preservation(labels, original, original, max_accuracy_drop=0.0)["passed"] is True
+    assert diagnostic_preservation(labels, original, protected, max_accuracy_drop=None)["passed"] is None
+    with pytest.raises(ValueError, match="of one length"):
+        diagnostic_preservation(labels, original[:3], protected)
+    with pytest.raises(ValueError, match=r"max_accuracy_drop must be in \[0, 1\]"):
+        diagnostic_preservation(labels, original, protected, max_accuracy_drop=2)

@@ -10,7 +10,7 @@ def test_all_problems_reported_at_once(tmp_path):
         "name": "x", "input": "in", "output": "out", "colour": "blue",
         "deidentification": "maybe",
         "protect": {"method": "slam", "typo": 1},
-        "fidelity": {"min_ssim": 3, "max_fraction_changed": -0.1, "min_psnr_db": "high", "override_reason": "r"},
+        "fidelity": {"min_ssim": 3, "max_fraction_changed": -0.1, "max_diagnostic_accuracy_drop": 1.5, "min_psnr_db": "high", "override_reason": "r"},
         "execution": {"workers": 0, "backend": "spark", "device": "tpu"},
     }
     with pytest.raises(InvalidConfigError) as info:
@@ -18,7 +18,7 @@ def test_all_problems_reported_at_once(tmp_path):
     problems = "\n".join(info.value.problems)
     for needle in ["unknown key 'colour'", "deidentification: expected one of refuse, warn, ignore",
                    "did you mean 'salm'", "unknown key 'typo' in protect", "min_ssim: must be in [-1, 1]",
-                   "max_fraction_changed: must be in [0, 1]", "min_psnr_db: expected a number",
+                   "max_fraction_changed: must be in [0, 1]", "max_diagnostic_accuracy_drop: must be in [0, 1]", "min_psnr_db: expected a number",
                    "override needs both", "workers: must be >= 1", "backend: expected 'local' or 'ray'",
                    "device: expected 'auto'"]:
         assert needle in problems, needle

@@ -65,6 +65,39 @@ def test_gate_failure_blocks_export_unless_override(tiny_config):
     assert all(i["override"]["reason"] == "research release, PI approved" for i in manifest["items"])
 
 
+def _efficacy_json(path, drop):
+    d = {"accuracy_original": 0.9, "accuracy_protected": round(0.9 - drop, 4), "accuracy_drop": drop,
+         "agreement": 0.8, "images": 200, "max_accuracy_drop": 0.02, "passed": drop <= 0.02}
+    path.write_text(json.dumps({"results": {}, "countermeasures": {},
+                                "diagnostic": {"resnet18": {"salm": d}, "small": {"salm": {**d, "accuracy_drop": 0}}},
+                                "protection": {"salm": {"params": {"epsilon": 8}}}}))
+    return str(path)
+
+
+def test_diagnostic_check_blocks_release_unless_override(tiny_config, tmp_path):
+    bad = _efficacy_json(tmp_path / "bad.json", 0.15)
+    cfg = load_config(tiny_config(report={"enabled": True, "efficacy_results": bad}))
+    summary = run_pipeline(cfg)
+    assert summary.exit_code == EXIT_GATE and summary.blocked and not summary.counts.get("done")
+    assert not list((cfg.output_path / "release").glob("*.nii*"))
+    report = json.loads((cfg.output_path / "release" / "report.json").read_text())
+    check = next(c for c in report["conformance"] if c["check"].startswith("diagnostic content preserved"))
+    assert check["result"] == "fail" and check["architecture"] == "resnet18" and check["accuracy_drop"] == 0.15
+    assert "epsilon" in check["note"]  # evaluated at epsilon 8, released at 4: said, not hidden
+    assert "diagnostic content preserved" in (cfg.output_path / "release" / "report.html").read_text()
+
+    cfg = load_config(tiny_config(report={"enabled": True, "efficacy_results": bad}, output=str(tmp_path / "o2"),
+                                  fidelity={"override_reason": "accepted by the imaging board", "override_by": "pi"}))
+    summary = run_pipeline(cfg)
+    assert summary.exit_code == EXIT_OK and summary.counts["done"] == 2
+    assert summary.release_checks[0]["override"]["by"] == "pi"
+
+    good = _efficacy_json(tmp_path / "good.json", 0.01)
+    cfg = load_config(tiny_config(report={"enabled": True, "efficacy_results": good}, output=str(tmp_path / "o3")))
+    summary = run_pipeline(cfg)
+    assert summary.exit_code == EXIT_OK and summary.release_checks[0]["result"] == "pass"
+
+
 def test_resume_skips_done_and_is_deterministic(tiny_config):
     cfg = load_config(tiny_config())
     first = run_pipeline(cfg)

@@ -1,0 +1,81 @@
+""""Diagnostic content preserved": a model trained on *clean* data must read protected images as it reads originals.
+
+Pixel metrics (PSNR, SSIM) say the images look the same; this check says a diagnostic model still gives the same
+answers. It compares the predictions of one clean-trained classifier on the original and on the protected
+versions of the same held-out images: accuracy on each, the drop, and the fraction of images whose prediction
+did not change (agreement). :func:`medue.efficacy.run_efficacy` computes it per architecture and method; the
+release pipeline reads that result and applies ``fidelity.max_diagnostic_accuracy_drop`` from its policy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def diagnostic_preservation(labels: np.ndarray, pred_original: np.ndarray, pred_protected: np.ndarray, *,
+                            max_accuracy_drop: float | None = 0.02) -> dict[str, Any]:
+    """Compare a clean-trained model's predictions on original vs protected versions of the same images.
+
+    Args:
+        labels: ``(N,)`` true classes.
+        pred_original: ``(N,)`` predictions on the original images.
+        pred_protected: ``(N,)`` predictions on the protected images (same order).
+        max_accuracy_drop: Largest allowed ``accuracy_original - accuracy_protected``; ``None`` only reports.
+
+    Returns:
+        JSON-ready dict: ``accuracy_original``, ``accuracy_protected``, ``accuracy_drop``, ``agreement``,
+        ``images``, ``max_accuracy_drop`` and ``passed`` (``None`` when no threshold is set).
+    """
+    labels, pred_original, pred_protected = (np.asarray(a).reshape(-1) for a in (labels, pred_original,
+                                                                                 pred_protected))
+    if not labels.size or not labels.shape == pred_original.shape == pred_protected.shape:
+        raise ValueError("labels, pred_original and pred_protected must be non-empty and of one length; got "
+                         f"{labels.shape}, {pred_original.shape}, {pred_protected.shape}")
+    if max_accuracy_drop is not None and not 0.0 <= max_accuracy_drop <= 1.0:
+        raise ValueError(f"max_accuracy_drop must be in [0, 1] or None, not {max_accuracy_drop}")
+    acc_o = float((pred_original == labels).mean())
+    acc_p = float((pred_protected == labels).mean())
+    drop = acc_o - acc_p
+    return {
+        "images": int(labels.size),
+        "accuracy_original": round(acc_o, 4),
+        "accuracy_protected": round(acc_p, 4),
+        "accuracy_drop": round(drop, 4),
+        "agreement": round(float((pred_original == pred_protected).mean()), 4),
+        "max_accuracy_drop": max_accuracy_drop,
+        "passed": None if max_accuracy_drop is None else bool(drop <= max_accuracy_drop + 1e-12),
+    }
+
+
+DIAGNOSTIC_CHECK = "diagnostic content preserved (clean-trained model on protected vs original held-out images)"
+
+
+def release_diagnostic_check(efficacy: dict[str, Any] | None, method: str, params: dict[str, Any],
+                             max_accuracy_drop: float | None) -> dict[str, Any]:
+    """The release-level diagnostic check from an efficacy result (the JSON ``medue evaluate`` writes).
+
+    Uses the worst accuracy drop over the architectures evaluated for ``method``. ``result`` is ``"pass"``,
+    ``"fail"``, or ``"not tested"`` (no threshold, no results attached, or none for this method), with a
+    ``note`` saying why; a note also flags protector parameters that differ from the evaluated ones.
+    """
+    entry: dict[str, Any] = {"check": DIAGNOSTIC_CHECK, "result": "not tested", "max_accuracy_drop": max_accuracy_drop}
+    if max_accuracy_drop is None:
+        return {**entry, "note": "fidelity.max_diagnostic_accuracy_drop is null"}
+    if not efficacy:
+        return {**entry, "note": "no efficacy results attached (report.efficacy_results)"}
+    per_arch = {arch: d[method] for arch, d in (efficacy.get("diagnostic") or {}).items() if method in d}
+    if not per_arch:
+        return {**entry, "note": f"the attached efficacy results have no diagnostic check for {method!r}"}
+    worst_arch, worst = max(per_arch.items(), key=lambda kv: kv[1]["accuracy_drop"])
+    entry.update(result="pass" if worst["accuracy_drop"] <= max_accuracy_drop + 1e-12 else "fail",
+                 accuracy_drop=worst["accuracy_drop"], architecture=worst_arch,
+                 accuracy_original=worst["accuracy_original"], accuracy_protected=worst["accuracy_protected"],
+                 agreement=worst["agreement"], images=worst["images"])
+    evaluated = ((efficacy.get("protection") or {}).get(method) or {}).get("params") or {}
+    differing = sorted(k for k, v in params.items() if k in evaluated and evaluated[k] != v)
+    if differing:
+        entry["note"] = ("evaluated with other protector parameters (" + ", ".join(differing) + "); re-run "
+                         "`medue evaluate` with the release's parameters")
+    return entry

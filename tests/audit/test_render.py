@@ -1,0 +1,32 @@
+"""Open the HTML report in headless Chromium: it must load with every picture decoded and no script error."""
+
+import pytest
+
+from medue.audit.render import find_chromium, render_report
+from medue.pipeline.config import load_config
+from medue.pipeline.runner import EXIT_OK, run_pipeline
+
+pytest.importorskip("playwright", reason="pip install playwright (part of the test extra)")
+pytestmark = pytest.mark.skipif(find_chromium() is None, reason="no Chromium on PATH (apt-get install chromium)")
+
+
+def test_report_renders_with_all_images(tiny_config, tmp_path):
+    cfg = load_config(tiny_config())
+    assert run_pipeline(cfg).exit_code == EXIT_OK
+    shot = tmp_path / "report.png"
+    info = render_report(cfg.output_path / "release" / "report.html", screenshot=shot)
+    assert info["ok"], info
+    assert info["broken_images"] == [] and info["console_errors"] == []
+    alts = [i["alt"] for i in info["images"]]
+    assert "fidelity plots" in alts and sum(a.startswith("preview") for a in alts) == 2
+    assert all(i["width"] > 100 and i["height"] > 100 for i in info["images"])
+    assert {"Summary", "Clinical utility (fidelity)", "Conformance", "Limitations"} <= set(info["headings"])
+    assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_render_reports_a_broken_image(tmp_path):
+    page = tmp_path / "broken.html"
+    page.write_text("<html><head><title>t</title></head><body><h1>x</h1>"
+                    "<img alt='bad' src='data:image/png;base64,AAAA'></body></html>")
+    info = render_report(page)
+    assert not info["ok"] and [i["alt"] for i in info["broken_images"]] == ["bad"]
