@@ -149,11 +149,7 @@ def build_report(layout: OutputLayout, config: PipelineConfig, markers: Sequence
                  fit_info: dict[str, Any], key_fingerprint: str, env: dict[str, Any],
                  manifest: dict[str, Any], release_checks: Sequence[dict[str, Any]] = ()) -> tuple[Path, Path]:
     """Write ``release/report.json`` (schema-validated) and ``release/report.html``; return their paths."""
-    efficacy = None
-    if config.report.efficacy_results:
-        path = config.resolve(config.report.efficacy_results)
-        if path.is_file():
-            efficacy = json.loads(path.read_text())
+    efficacy = config.load_efficacy_results()
     items = []
     for m in sorted(markers, key=lambda m: m["item_id"]):
         entry = {k: m[k] for k in ("item_id", "status", "format", "modality", "shape", "reason", "message",

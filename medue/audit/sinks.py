@@ -59,7 +59,8 @@ class MlflowSink:
 
     def log_release(self, *, config: PipelineConfig, markers: Sequence[dict[str, Any]], summary_counts: dict[str, int],
                     fit_info: dict[str, Any], key_fingerprint: str, env: dict[str, Any], manifest: dict[str, Any],
-                    report_paths: tuple[Path | None, Path | None], seconds: float) -> tuple[str, str]:
+                    report_paths: tuple[Path | None, Path | None], seconds: float,
+                    release_checks: Sequence[dict[str, Any]] = ()) -> tuple[str, str]:
         mlflow = self.mlflow
         mlflow.set_tracking_uri(self.tracking_uri)
         exp_id = self._experiment_id()
@@ -79,11 +80,20 @@ class MlflowSink:
                            max_abs_physical=float(max(f["max_abs_physical"] for f in fids)),
                            fraction_changed_mean=float(np.mean([f["fraction_changed"] for f in fids])),
                            gate_pass_rate=float(np.mean([bool(f["passed"]) for f in fids])))
+        efficacy = config.load_efficacy_results() or {}
+        for arch, per_set in (efficacy.get("results") or {}).items():
+            for name, r in per_set.items():
+                metrics[f"efficacy.{arch}.{name}.test_accuracy"] = float(r["test_accuracy"])
+        for check in release_checks:
+            if "accuracy_drop" in check:
+                metrics["diagnostic_accuracy_drop"] = float(check["accuracy_drop"])
         metrics["fit_seconds"] = float(fit_info.get("fit_seconds", 0.0))
         metrics["run_seconds"] = float(seconds)
         tags = {"medue.version": env.get("medue", ""), "medue.config_hash": config.config_hash(),
                 "medue.key_fingerprint": key_fingerprint, "medue.method": config.protect.method,
                 "medue.release": config.name, "torch.version": str(env.get("torch", ""))}
+        tags.update({"medue.check.diagnostic": c["result"] for c in release_checks
+                     if c.get("check", "").startswith("diagnostic")})
         with mlflow.start_run(experiment_id=exp_id, run_name=f"release-{config.name}") as run:
             mlflow.set_tags(tags)
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})

@@ -119,6 +119,13 @@ class PipelineConfig:
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+    def load_efficacy_results(self) -> dict[str, Any] | None:
+        """The JSON ``medue evaluate`` wrote, named by ``report.efficacy_results``; ``None`` when unset or absent."""
+        if not self.report.efficacy_results:
+            return None
+        path = self.resolve(self.report.efficacy_results)
+        return json.loads(path.read_text()) if path.is_file() else None
+
     def read_key(self) -> str:
         """The secret key from ``key.env`` or ``key.file``; raises InvalidConfigError saying how to provide one."""
         value = os.environ.get(self.key.env, "") if self.key.env else ""

@@ -126,12 +126,7 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
 def _diagnostic_check(config: PipelineConfig, fit_info: dict[str, Any]) -> dict[str, Any]:
     from medue.fidelity.diagnostic import release_diagnostic_check
 
-    efficacy = None
-    if config.report.efficacy_results:
-        path = config.resolve(config.report.efficacy_results)
-        if path.is_file():
-            efficacy = json.loads(path.read_text())
-    return release_diagnostic_check(efficacy, config.protect.method, fit_info.get("params", {}),
+    return release_diagnostic_check(config.load_efficacy_results(), config.protect.method, fit_info.get("params", {}),
                                     config.fidelity.max_diagnostic_accuracy_drop)
 
 
@@ -232,5 +227,5 @@ def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), res
             config=config, markers=all_markers, summary_counts=summary.counts, fit_info=fit_info,
             key_fingerprint=fingerprint, env=env, manifest=manifest, report_paths=(summary.report_json,
                                                                                   summary.report_html),
-            seconds=summary.seconds)
+            seconds=summary.seconds, release_checks=release_checks)
     return summary

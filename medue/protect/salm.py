@@ -13,6 +13,9 @@ Our choices (not fixed by what we could read of the paper):
     * the mask is re-selected at every inner step and the delta is *projected* onto it (pixels leaving the
       mask are reset to 0), so the support of the final delta never exceeds ``mask_ratio`` of the pixels:
       the sparsity the report states is a guarantee, not an average;
+    * ``mask_update="step"`` ranks pixels by ``|dL/dx|`` alone at each step (closest to the paper's text);
+      ``"sticky"`` ranks first by the size of the delta already there, so pixels once chosen stay chosen and
+      their noise can grow to the budget (ours; measured in ``benchmarks/salm_sweep.py``);
     * all quantities are whole stored units (step 1 unit), see :mod:`medue.protect.base`;
     * optional ``foreground_only`` confines the mask to the body (threshold + 1 px dilation);
     * ``salm_perturb`` is the single-batch pure function used by :class:`SALMProtector` and the tests.

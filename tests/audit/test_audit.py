@@ -29,12 +29,21 @@ def test_report_json_follows_schema_and_html_is_self_contained(tiny_config):
 def test_mlflow_run_has_params_metrics_artifacts_and_no_phi(tiny_config, tmp_path):
     mlflow = pytest.importorskip("mlflow")
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    cfg = load_config(tiny_config(tracking={"enabled": True, "uri": uri, "experiment": "medue-test"}))
+    efficacy = tmp_path / "efficacy.json"
+    diag = {"accuracy_original": 0.9, "accuracy_protected": 0.89, "accuracy_drop": 0.01, "agreement": 0.97,
+            "images": 200}
+    efficacy.write_text(json.dumps({"results": {"resnet18": {"clean": {"test_accuracy": 0.94},
+                                                             "salm": {"test_accuracy": 0.55}}},
+                                    "diagnostic": {"resnet18": {"salm": diag}}, "countermeasures": {}}))
+    cfg = load_config(tiny_config(tracking={"enabled": True, "uri": uri, "experiment": "medue-test"},
+                                  report={"enabled": True, "efficacy_results": str(efficacy)}))
     summary = run_pipeline(cfg)
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     run = client.get_run(summary.mlflow_run_id)
     assert run.data.params["protect.method"] == "salm" and run.data.params["protect.params.epsilon"] == "4"
     assert run.data.metrics["count_done"] == 2 and run.data.metrics["max_abs_units"] <= 4
+    assert run.data.metrics["efficacy.resnet18.salm.test_accuracy"] == 0.55
+    assert run.data.metrics["diagnostic_accuracy_drop"] == 0.01 and run.data.tags["medue.check.diagnostic"] == "pass"
     assert run.data.tags["medue.key_fingerprint"] == json.loads(summary.report_json.read_text())["key_fingerprint"]
     blob = json.dumps([run.data.params, run.data.tags])
     assert "test-key-123" not in blob and str(cfg.input_path) not in blob and "series_a" not in blob
