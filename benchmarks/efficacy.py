@@ -22,11 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=["salm", "em", "sem", "conv", "uc"])
     p.add_argument("--countermeasures", nargs="*", default=list(ALL))
     p.add_argument("--architectures", nargs="+", default=["resnet18", "monai_classifier"])
+    p.add_argument("--countermeasure-architecture", default="resnet18",
+                   help="the model trained under each countermeasure (default: the ResNet-18 layout)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/efficacy_cpu"))
     args = p.parse_args(argv)
     config = EfficacyConfig(methods={m: {} for m in args.methods}, countermeasures=tuple(args.countermeasures),
-                            architectures=tuple(args.architectures), device=args.device)
+                            architectures=tuple(args.architectures), device=args.device,
+                            countermeasure_architecture=args.countermeasure_architecture)
     res = run_efficacy(config, log=lambda s: print(s, flush=True))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str))

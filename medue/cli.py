@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=["salm", "em", "sem", "conv", "uc"])
     p.add_argument("--architectures", nargs="+", default=["resnet18", "monai_classifier"])
     p.add_argument("--countermeasures", nargs="*", default=None, help="default: all")
+    p.add_argument("--countermeasure-architecture", default="resnet18", help="model trained under each countermeasure")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--device", default="auto")
@@ -170,7 +171,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     config = EfficacyConfig(dataset=args.dataset, methods={m: {} for m in args.methods},
                             architectures=tuple(args.architectures),
                             countermeasures=tuple(ALL if args.countermeasures is None else args.countermeasures),
-                            train=TrainSettings(epochs=args.epochs), image_size=args.image_size, device=args.device)
+                            train=TrainSettings(epochs=args.epochs), image_size=args.image_size, device=args.device,
+                            countermeasure_architecture=args.countermeasure_architecture)
     res = run_efficacy(config, log=lambda s: print(s, file=sys.stderr, flush=True))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str))

@@ -36,7 +36,7 @@ class EfficacyConfig:
     methods: dict[str, dict[str, Any]] = field(default_factory=lambda: {m: {} for m in ("salm", "em", "sem", "conv", "uc")})
     architectures: tuple[str, ...] = ("resnet18", "monai_classifier")
     countermeasures: tuple[str, ...] = countermeasures.ALL
-    countermeasure_architecture: str = "monai_classifier"
+    countermeasure_architecture: str = "resnet18"
     train: TrainSettings = TrainSettings()
     adversarial_epsilon: float = 4 / 255
     max_diagnostic_accuracy_drop: float = 0.02

@@ -60,7 +60,7 @@ def saliency_mask_fn(ratio: float, update: str = "step") -> MaskFn:
 
 
 def salm_perturb(model: nn.Module, x_units: torch.Tensor, labels: torch.Tensor, space: UnitSpace, *,
-                 epsilon: int, step: int = 1, steps: int = 20, mask_ratio: float = 0.1, mask_update: str = "step",
+                 epsilon: int, step: int = 1, steps: int = 20, mask_ratio: float = 0.1, mask_update: str = "sticky",
                  generator: torch.Generator, allowed: torch.Tensor | None = None) -> torch.Tensor:
     """Sparse error-minimising delta for one batch against a fixed surrogate.
 
@@ -94,7 +94,7 @@ class SALMProtector(EMProtector):
 
     key = "salm"
 
-    def __init__(self, *, mask_ratio: float = 0.1, mask_update: str = "step", **kwargs: Any) -> None:
+    def __init__(self, *, mask_ratio: float = 0.1, mask_update: str = "sticky", **kwargs: Any) -> None:
         if kwargs.get("mode", "samplewise") != "samplewise":
             raise ValueError("SALM is sample-wise; mode must be 'samplewise'")
         super().__init__(**kwargs)

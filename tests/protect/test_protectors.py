@@ -75,16 +75,30 @@ def test_volume_protect_record_and_replay(method):
 def test_salm_changes_nothing_outside_mask_and_respects_ratio():
     x, y, space = _data(n=8, size=20)
     model = make_surrogate("small", 2, seed=0, device=torch.device("cpu"))
-    for ratio in (0.05, 0.2):
-        delta = salm_perturb(model, x, y, space, epsilon=8, steps=5, mask_ratio=ratio, generator=make_generator(0))
+    for ratio, update in ((0.05, "step"), (0.2, "step"), (0.05, "sticky"), (0.2, "sticky")):
+        delta = salm_perturb(model, x, y, space, epsilon=8, steps=5, mask_ratio=ratio, mask_update=update,
+                             generator=make_generator(0))
         k = int(ratio * 20 * 20)
         nonzero = (delta != 0).reshape(8, -1).sum(1)
         assert int(nonzero.max()) <= k and int(nonzero.min()) > 0
         allowed = torch.zeros_like(x)
         allowed[..., :10, :] = 1
-        masked = salm_perturb(model, x, y, space, epsilon=8, steps=5, mask_ratio=ratio, generator=make_generator(0),
-                              allowed=allowed)
+        masked = salm_perturb(model, x, y, space, epsilon=8, steps=5, mask_ratio=ratio, mask_update=update,
+                              generator=make_generator(0), allowed=allowed)
         assert float(masked[..., 10:, :].abs().sum()) == 0
+
+
+def test_sticky_mask_lets_noise_reach_the_budget():
+    x, y, space = _data(n=8, size=20)
+    model = make_surrogate("small", 2, seed=0, device=torch.device("cpu"))
+    kw = dict(epsilon=4, steps=8, mask_ratio=0.1, generator=make_generator(0))
+    sticky = salm_perturb(model, x, y, space, mask_update="sticky", **kw)
+    step = salm_perturb(model, x, y, space, mask_update="step", **kw)
+    # kept pixels accumulate: the sticky delta is larger on its support than the re-ranked one
+    assert float(sticky.abs().sum()) > float(step.abs().sum())
+    assert int(sticky.abs().max()) == 4
+    with pytest.raises(ValueError, match="mask_update must be one of"):
+        _make("salm", mask_update="always")
 
 
 def test_salm_fit_is_sparse():
