@@ -108,6 +108,10 @@ def _run(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items()) if v)
     print(f"release {config.name}: {counts or 'nothing to do'} in {summary.seconds:.1f} s")
     print(f"  output:  {summary.output / 'release'}")
+    for check in summary.release_checks:
+        print(f"  check:   {check['check']}: {check['result']}"
+              + (" (release BLOCKED: nothing exported)" if check.get("blocked") else "")
+              + (f" [{check['note']}]" if check.get("note") else ""))
     if summary.report_html:
         print(f"  report:  {summary.report_html}")
     if summary.mlflow_run_id:
