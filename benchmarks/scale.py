@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slices", type=int, default=24)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--engines", nargs="+", default=["local-1", "local-2", "ray-2"], choices=list(ENGINES))
-    p.add_argument("--inner-steps", type=int, default=5, help="SALM sign steps per slice (default 5 keeps CPU runs short)")
+    p.add_argument("--inner-steps", type=int, default=5,
+                   help="SALM sign steps per slice (default 5 keeps CPU runs short)")
     p.add_argument("--workdir", type=Path, help="keep inputs/outputs here (default: a temp folder)")
     p.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
     args = p.parse_args(argv)
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     base = rows[0]["volumes_per_second"]
     for row in rows:
         row["speedup_vs_first"] = round(row["volumes_per_second"] / base, 2)
-    result = {"schema": "medue.scale-benchmark/1", "volumes": args.volumes, "shape": [args.slices, args.size, args.size],
+    result = {"schema": "medue.scale-benchmark/1", "volumes": args.volumes,
+              "shape": [args.slices, args.size, args.size],
               "dataset_mb": round(dataset_bytes / 2**20, 1), "protector_params": params,
               "cpu_count": os.cpu_count(), "platform": platform.platform(), "rows": rows}
     lines = [f"# Scale benchmark: {args.volumes} NIfTI volumes {args.slices}x{args.size}x{args.size} int16, "

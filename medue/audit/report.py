@@ -262,7 +262,9 @@ def render_html(report: dict[str, Any], markers: Sequence[dict[str, Any]], layou
         for cm, e in eff.get("countermeasures", {}).items():
             rows.append([cm, *(f"{e['results'][n]['test_accuracy']:.3f}" if e.get("status") == "tested"
                                else "not tested" for n in names)])
-        parts.append("<p>Clean-test accuracy under countermeasures (training set transformed before training):</p>")
+        cm_arch = sorted({e["architecture"] for e in eff.get("countermeasures", {}).values() if e.get("architecture")})
+        parts.append("<p>Clean-test accuracy under countermeasures (training set transformed before training"
+                     + (f"; model: {html.escape(', '.join(cm_arch))}" if cm_arch else "") + "):</p>")
         parts.append(_table(["countermeasure", *names], rows))
         diag = [[arch, m, f"{d['accuracy_original']:.3f}", f"{d['accuracy_protected']:.3f}",
                  f"{d['accuracy_drop']:+.3f}", f"{d['agreement']:.3f}"]
