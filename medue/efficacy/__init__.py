@@ -151,7 +151,7 @@ def run_efficacy(config: EfficacyConfig, *, log: Callable[[str], None] = print) 
         t0 = time.perf_counter()
         r, model = train_classifier(arch, x, y_tr, x_te, y_te, settings=settings,
                                     seed=derive_seed(config.seed, arch), device=device, return_model=True)
-        if name.endswith("/clean"):
+        if name in {f"{a}/clean" for a in config.architectures}:  # kept for the diagnostic-content check
             models[name] = model
         r["seconds"] = round(time.perf_counter() - t0, 1)
         log(f"  {name:>40s}: test {r['test_accuracy']:.3f} (train {r['train_accuracy']:.3f}, {r['seconds']} s)")
