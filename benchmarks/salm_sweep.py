@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from medue.device import derive_seed, resolve_device
-from medue.efficacy import EfficacyConfig, load_classification_set, protect_dataset, stratified_split
+from medue.efficacy import EfficacyConfig, load_splits, protect_dataset
 from medue.efficacy.train import TrainSettings, train_classifier
 
 
@@ -54,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     grid = parse_grid(args.grid)
     cfg = EfficacyConfig(device=args.device)
     device = resolve_device(cfg.device)
-    images, labels, _ = load_classification_set(cfg.dataset, cfg.image_size)
-    tr, te = stratified_split(labels, cfg.test_fraction, cfg.seed)
-    x_tr, y_tr, x_te, y_te = images[tr], labels[tr], images[te], labels[te]
+    x_tr, y_tr, x_te, y_te, _ = load_splits(cfg)
     settings = TrainSettings()
 
     def train(arch: str, x: Any) -> dict[str, float]:
@@ -74,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows[-1], default=str), flush=True)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"method": args.method, "device": str(device), "train": len(tr), "test": len(te),
+    result = {"method": args.method, "device": str(device), "train": len(x_tr), "test": len(x_te),
               "image_size": cfg.image_size, "rows": rows}
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
-    lines = [f"# {args.method} sweep ({device}; {len(tr)} train / {len(te)} test, {cfg.image_size} px)", "",
+    lines = [f"# {args.method} sweep ({device}; {len(x_tr)} train / {len(x_te)} test, {cfg.image_size} px)", "",
              "| params | PSNR dB | SSIM | fraction changed | images/s | "
              + " | ".join(f"{a} test (train)" for a in args.architectures) + " |",
              "|---" * (5 + len(args.architectures)) + "|"]

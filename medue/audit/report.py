@@ -147,9 +147,12 @@ def _conformance(markers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def build_report(layout: OutputLayout, config: PipelineConfig, markers: Sequence[dict[str, Any]],
                  fit_info: dict[str, Any], key_fingerprint: str, env: dict[str, Any],
-                 manifest: dict[str, Any], release_checks: Sequence[dict[str, Any]] = ()) -> tuple[Path, Path]:
-    """Write ``release/report.json`` (schema-validated) and ``release/report.html``; return their paths."""
-    efficacy = config.load_efficacy_results()
+                 manifest: dict[str, Any], efficacy: dict[str, Any] | None = None,
+                 release_checks: Sequence[dict[str, Any]] = ()) -> tuple[Path, Path]:
+    """Write ``release/report.json`` (schema-validated) and ``release/report.html``; return their paths.
+
+    ``efficacy`` is the attached ``medue evaluate`` result (:meth:`PipelineConfig.load_efficacy_results`).
+    """
     items = []
     for m in sorted(markers, key=lambda m: m["item_id"]):
         entry = {k: m[k] for k in ("item_id", "status", "format", "modality", "shape", "reason", "message",

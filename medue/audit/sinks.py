@@ -60,6 +60,7 @@ class MlflowSink:
     def log_release(self, *, config: PipelineConfig, markers: Sequence[dict[str, Any]], summary_counts: dict[str, int],
                     fit_info: dict[str, Any], key_fingerprint: str, env: dict[str, Any], manifest: dict[str, Any],
                     report_paths: tuple[Path | None, Path | None], seconds: float,
+                    efficacy: dict[str, Any] | None = None,
                     release_checks: Sequence[dict[str, Any]] = ()) -> tuple[str, str]:
         mlflow = self.mlflow
         mlflow.set_tracking_uri(self.tracking_uri)
@@ -80,8 +81,7 @@ class MlflowSink:
                            max_abs_physical=float(max(f["max_abs_physical"] for f in fids)),
                            fraction_changed_mean=float(np.mean([f["fraction_changed"] for f in fids])),
                            gate_pass_rate=float(np.mean([bool(f["passed"]) for f in fids])))
-        efficacy = config.load_efficacy_results() or {}
-        for arch, per_set in (efficacy.get("results") or {}).items():
+        for arch, per_set in ((efficacy or {}).get("results") or {}).items():
             for name, r in per_set.items():
                 metrics[f"efficacy.{arch}.{name}.test_accuracy"] = float(r["test_accuracy"])
         for check in release_checks:

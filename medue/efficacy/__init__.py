@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from medue.device import derive_seed, make_generator, resolve_device
 from medue.efficacy import countermeasures
@@ -85,20 +86,40 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
     return np.sort(np.asarray(train)), np.sort(np.asarray(test))
 
 
+#: 8-bit images are their own stored units: value range 0..255, no rescale.
+UINT8_SPACE = UnitSpace(0.0, 255.0, 0.0, 255.0)
+
+
+def _to_units(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 ``(N, H, W)`` -> float ``(N, 1, H, W)`` stored units on ``device``."""
+    return torch.from_numpy(images.astype(np.float32)).unsqueeze(1).to(device)
+
+
+def _to_uint8(x_units: torch.Tensor) -> np.ndarray:
+    """Float ``(N, 1, H, W)`` stored units -> uint8 ``(N, H, W)``, rounded and clipped."""
+    return np.clip(np.rint(x_units.squeeze(1).cpu().numpy()), 0, 255).astype(np.uint8)
+
+
+def load_splits(config: EfficacyConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """``(x_train, y_train, x_test, y_test, class_names)`` of ``config.dataset`` at ``config.image_size``."""
+    images, labels, class_names = load_classification_set(config.dataset, config.image_size)
+    tr, te = stratified_split(labels, config.test_fraction, config.seed)
+    return images[tr], labels[tr], images[te], labels[te], class_names
+
+
 def protect_dataset(method: str, params: dict[str, Any], images: np.ndarray, labels: np.ndarray, *, key: str,
                     device: torch.device) -> tuple[np.ndarray, dict[str, Any], Protector]:
     """Fit ``method`` on uint8 images; return the protected images, fidelity and speed numbers, and the protector."""
     protector = build_protector(method, **params)
-    x = torch.from_numpy(images.astype(np.float32)).unsqueeze(1).to(device)
+    x = _to_units(images, device)
     y = torch.from_numpy(labels).to(device)
-    space = UnitSpace(0.0, 255.0, 0.0, 255.0)
     gen = make_generator(derive_seed(key, "efficacy", method))
     t0 = time.perf_counter()
-    delta = protector.fit(x, y, space, generator=gen)
+    delta = protector.fit(x, y, UINT8_SPACE, generator=gen)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    protected = np.clip(np.rint((x + delta).squeeze(1).cpu().numpy()), 0, 255).astype(np.uint8)
+    protected = _to_uint8(x + delta)
     stats = {
         "params": protector.params(),
         "fit_seconds": round(seconds, 2),
@@ -118,22 +139,19 @@ def protect_new_images(protector: Protector, images: np.ndarray, labels: np.ndar
 
     Methods that work without labels get none (as in the release pipeline); class-wise ones get ``labels``.
     """
-    x = torch.from_numpy(images.astype(np.float32)).unsqueeze(1).to(device)
+    x = _to_units(images, device)
     y = torch.from_numpy(labels).to(device) if protector.needs_labels else None
-    space = UnitSpace(0.0, 255.0, 0.0, 255.0)
-    delta = protector.perturb(x, y, space, generator=make_generator(derive_seed(key, "efficacy-held-out")))
-    return np.clip(np.rint((x + delta).squeeze(1).cpu().numpy()), 0, 255).astype(np.uint8)
+    delta = protector.perturb(x, y, UINT8_SPACE, generator=make_generator(derive_seed(key, "efficacy-held-out")))
+    return _to_uint8(x + delta)
 
 
 def run_efficacy(config: EfficacyConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the whole audit and return a JSON-ready result dict (see ``results`` / ``countermeasures`` keys)."""
     config.validate()
     device = resolve_device(config.device)
-    images, labels, class_names = load_classification_set(config.dataset, config.image_size)
-    tr, te = stratified_split(labels, config.test_fraction, config.seed)
-    x_tr, y_tr, x_te, y_te = images[tr], labels[tr], images[te], labels[te]
+    x_tr, y_tr, x_te, y_te, class_names = load_splits(config)
     chance = float(np.bincount(y_te).max() / len(y_te))
-    log(f"dataset {Path(config.dataset).name}: {len(tr)} train / {len(te)} test, {len(class_names)} classes, "
+    log(f"dataset {Path(config.dataset).name}: {len(x_tr)} train / {len(x_te)} test, {len(class_names)} classes, "
         f"majority-class accuracy {chance:.3f}, device {device}")
     train_sets: dict[str, np.ndarray] = {"clean": x_tr}
     protected_test: dict[str, np.ndarray] = {}
@@ -145,24 +163,23 @@ def run_efficacy(config: EfficacyConfig, *, log: Callable[[str], None] = print) 
         protected_test[method] = protect_new_images(protector, x_te, y_te, key=config.key, device=device)
         log(f"  {method}: {protection[method]}")
 
-    models: dict[str, Any] = {}
-
-    def fit(arch: str, x: np.ndarray, settings: TrainSettings, name: str) -> dict[str, float]:
+    def fit(arch: str, x: np.ndarray, settings: TrainSettings, name: str) -> tuple[dict[str, float], nn.Module]:
         t0 = time.perf_counter()
         r, model = train_classifier(arch, x, y_tr, x_te, y_te, settings=settings,
                                     seed=derive_seed(config.seed, arch), device=device, return_model=True)
-        if name in {f"{a}/clean" for a in config.architectures}:  # kept for the diagnostic-content check
-            models[name] = model
         r["seconds"] = round(time.perf_counter() - t0, 1)
         log(f"  {name:>40s}: test {r['test_accuracy']:.3f} (train {r['train_accuracy']:.3f}, {r['seconds']} s)")
-        return r
+        return r, model
 
     results: dict[str, dict[str, Any]] = {}
     diagnostic: dict[str, dict[str, Any]] = {}
     for arch in config.architectures:
         log(f"training {arch} on clean and protected sets …")
-        results[arch] = {name: fit(arch, x, config.train, f"{arch}/{name}") for name, x in train_sets.items()}
-        clean_model = models.pop(f"{arch}/clean")
+        results[arch], clean_model = {}, None
+        for name, x in train_sets.items():
+            results[arch][name], model = fit(arch, x, config.train, f"{arch}/{name}")
+            if name == "clean":  # kept for the diagnostic-content check
+                clean_model = model
         original_pred = predict(clean_model, x_te, device)
         diagnostic[arch] = {m: diagnostic_preservation(y_te, original_pred, predict(clean_model, xp, device),
                                                        max_accuracy_drop=config.max_diagnostic_accuracy_drop)
@@ -188,12 +205,13 @@ def run_efficacy(config: EfficacyConfig, *, log: Callable[[str], None] = print) 
             settings = TrainSettings(**{**asdict(settings), "adversarial_epsilon": config.adversarial_epsilon})
             entry["epsilon"] = round(config.adversarial_epsilon, 5)
         transform = countermeasures.PREPROCESSING.get(cm, lambda x: x)
-        entry["results"] = {name: fit(arch, transform(x), settings, f"{cm}/{name}") for name, x in train_sets.items()}
+        entry["results"] = {name: fit(arch, transform(x), settings, f"{cm}/{name}")[0]
+                            for name, x in train_sets.items()}
         cm_results[cm] = entry
     return {
         "schema": "medue.efficacy/1",
         "config": {**asdict(config), "key": "(not recorded)"},
-        "dataset": {"path": config.dataset, "train": int(len(tr)), "test": int(len(te)), "classes": class_names,
+        "dataset": {"path": config.dataset, "train": int(len(x_tr)), "test": int(len(x_te)), "classes": class_names,
                     "majority_class_accuracy": chance},
         "device": str(device),
         "torch": torch.__version__,

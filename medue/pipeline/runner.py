@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from medue.device import derive_seed, make_generator, resolve_device
 from medue.errors import IngestError, InvalidConfigError
+from medue.fidelity.diagnostic import release_diagnostic_check
 from medue.io import InputItem, discover_inputs, read_item
 from medue.io.atomic import remove_partials, write_text_atomic
 from medue.pipeline.config import PipelineConfig
@@ -123,13 +124,6 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
     return info
 
 
-def _diagnostic_check(config: PipelineConfig, fit_info: dict[str, Any]) -> dict[str, Any]:
-    from medue.fidelity.diagnostic import release_diagnostic_check
-
-    return release_diagnostic_check(config.load_efficacy_results(), config.protect.method, fit_info.get("params", {}),
-                                    config.fidelity.max_diagnostic_accuracy_drop)
-
-
 def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), resume: bool = False,
                  progress: Callable[[str], None] | None = None, show_bar: bool = False) -> RunSummary:
     """Run a whole release job. Returns a :class:`RunSummary`; nothing is raised for per-item problems."""
@@ -166,7 +160,9 @@ def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), res
         fit_info = fit_protector([it for it in items if not it.problem], config, key, device=device, progress=say)
 
     fp = config.fidelity
-    release_checks = [_diagnostic_check(config, fit_info)]
+    efficacy = config.load_efficacy_results()  # read once: the gate, the report and MLflow all use it
+    release_checks = [release_diagnostic_check(efficacy, config.protect.method, fit_info.get("params", {}),
+                                               fp.max_diagnostic_accuracy_drop)]
     if release_checks[0]["result"] == "fail":
         if fp.override_reason:
             release_checks[0]["override"] = {"reason": fp.override_reason, "by": fp.override_by}
@@ -219,7 +215,8 @@ def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), res
     env = capture_environment()
     if config.report.enabled:
         summary.report_json, summary.report_html = build_report(layout, config, all_markers, fit_info, fingerprint,
-                                                                env, manifest, release_checks=release_checks)
+                                                                env, manifest, efficacy=efficacy,
+                                                                release_checks=release_checks)
     summary.seconds = round(time.perf_counter() - t_start, 2)
     if config.tracking.enabled:
         sink = open_sink(config, layout)
@@ -227,5 +224,5 @@ def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), res
             config=config, markers=all_markers, summary_counts=summary.counts, fit_info=fit_info,
             key_fingerprint=fingerprint, env=env, manifest=manifest, report_paths=(summary.report_json,
                                                                                   summary.report_html),
-            seconds=summary.seconds, release_checks=release_checks)
+            seconds=summary.seconds, efficacy=efficacy, release_checks=release_checks)
     return summary
