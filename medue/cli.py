@@ -54,16 +54,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="print the summary of a finished run's report.json")
     p.add_argument("output", type=Path, help="the run's output folder")
 
-    p = sub.add_parser("evaluate", help="efficacy audit: train models on protected vs clean data, with countermeasures")
-    p.add_argument("--dataset", default="sample_data/classification/br35h_64.npz")
-    p.add_argument("--methods", nargs="+", default=["salm", "em", "sem", "conv", "uc"])
-    p.add_argument("--architectures", nargs="+", default=["resnet18", "monai_classifier"])
-    p.add_argument("--countermeasures", nargs="*", default=None, help="default: all")
-    p.add_argument("--countermeasure-architecture", default="resnet18", help="model trained under each countermeasure")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--image-size", type=int, default=32)
+    p = sub.add_parser(
+        "evaluate", help="efficacy of a release: run CONFIG on a labelled benchmark set, attack the released files",
+        description="Releases the training split of DATASET with exactly the code `medue run` runs, reads the "
+                    "released files back and trains unauthorised models on them with the true labels (test images "
+                    "stay clean), with and without countermeasures; every countermeasure row has its clean "
+                    "baseline. Build a benchmark set with benchmarks/build_br35h.py.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", type=Path, help="pipeline YAML under test (its input/output/labels are replaced)")
+    p.add_argument("--dataset", type=Path, required=True, help="benchmark set folder (train/, test/, *_labels.csv)")
+    p.add_argument("--no-labels", action="store_true", help="release without labels (label-agnostic path)")
+    p.add_argument("--attackers", nargs="+", metavar="ARCH:AUG",
+                   help="attackers and their augmentation (none|flip_crop); default resnet18:flip_crop "
+                        "densenet121:flip_crop plain_cnn:none")
+    p.add_argument("--countermeasures", nargs="*", default=None,
+                   help="default: jpeg_q10 bit_depth_3 median_3x3 adversarial_training ('none' for none)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="seeds of every protected row")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--quick", action="store_true",
+                   help="iteration setting: plain_cnn and resnet18 only, one seed, 6 epochs, no countermeasures")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", type=Path, default=Path("efficacy"), help="writes OUT.json and OUT.md")
+    p.add_argument("--work", type=Path, help="release output folder (default: OUT without suffix + '_release')")
+    p.add_argument("--out", type=Path, help="writes OUT.json and OUT.md (default "
+                   "benchmarks/results/release_efficacy_<dataset>_<method>)")
+    p.add_argument("--name", help="result name (default <dataset>_<method>)")
 
     p = sub.add_parser("inspect", help="list what medue finds in a folder and whether each item is readable")
     p.add_argument("folder", type=Path)
@@ -168,20 +182,36 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from medue.efficacy import EfficacyConfig, results_markdown, run_efficacy
-    from medue.efficacy.countermeasures import ALL
-    from medue.efficacy.train import TrainSettings
+    from medue.efficacy.release import (DEFAULT_ATTACKERS, DEFAULT_COUNTERMEASURES, ReleaseEvalSettings,
+                                        evaluate_release, results_markdown)
+    from medue.errors import InvalidConfigError
+    from medue.pipeline.config import load_config
 
-    config = EfficacyConfig(dataset=args.dataset, methods={m: {} for m in args.methods},
-                            architectures=tuple(args.architectures),
-                            countermeasures=tuple(ALL if args.countermeasures is None else args.countermeasures),
-                            train=TrainSettings(epochs=args.epochs), image_size=args.image_size, device=args.device,
-                            countermeasure_architecture=args.countermeasure_architecture)
-    res = run_efficacy(config, log=lambda s: print(s, file=sys.stderr, flush=True))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str))
-    args.out.with_suffix(".md").write_text(results_markdown(res))
+    config = load_config(args.config)
+    if not (args.dataset / "dataset.json").is_file():
+        raise InvalidConfigError([f"--dataset {args.dataset}: no dataset.json; build a benchmark set with "
+                                  "benchmarks/build_br35h.py (or medue.efficacy.write_image_set)"])
+    attackers = DEFAULT_ATTACKERS
+    if args.attackers:
+        attackers = tuple(tuple(a.split(":", 1)) if ":" in a else (a, "none") for a in args.attackers)
+    cms = DEFAULT_COUNTERMEASURES if args.countermeasures is None else tuple(c for c in args.countermeasures
+                                                                           if c != "none")
+    settings = ReleaseEvalSettings(attackers=attackers, countermeasures=cms, seeds=tuple(args.seeds),
+                                   epochs=args.epochs, device=args.device)
+    if args.quick:
+        settings = ReleaseEvalSettings(attackers=(("plain_cnn", "none"), ("resnet18", "flip_crop")),
+                                       countermeasures=(), seeds=(args.seeds[0],), epochs=min(args.epochs, 6),
+                                       device=args.device)
+    name = args.name or f"{args.dataset.name}_{config.protect.method}" + ("_nolabels" if args.no_labels else "")
+    out = args.out or Path("benchmarks/results") / f"release_efficacy_{name}"
+    work = args.work or out.with_name(out.name + "_release")
+    res = evaluate_release(config, args.dataset, work=work, labels_used=not args.no_labels, settings=settings,
+                           name=name, log=lambda s: print(f"medue: {s}", file=sys.stderr, flush=True))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str))
+    out.with_suffix(".md").write_text(results_markdown(res))
     print(results_markdown(res))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
     return EXIT_OK
 
 

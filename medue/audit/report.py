@@ -104,30 +104,57 @@ def _fidelity_plot(items: Sequence[dict[str, Any]]) -> str | None:
 
 
 def _efficacy_plot(efficacy: dict[str, Any]) -> str | None:
-    results = efficacy.get("results") or {}
-    if not results:
+    from medue.efficacy.release import summarise
+
+    summary = summarise(efficacy) if efficacy.get("rows") else []
+    if not summary:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    archs = list(results)
-    names = list(next(iter(results.values())).keys())
-    fig, ax = plt.subplots(figsize=(10, 3.5))
-    width = 0.8 / len(archs)
-    for k, arch in enumerate(archs):
-        ax.bar(np.arange(len(names)) + k * width, [results[arch][n]["test_accuracy"] for n in names], width,
-               label=arch)
+    names = [f"{s['architecture']}\n{s['augmentation']}\n{s['countermeasure']}" for s in summary]
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    x = np.arange(len(summary))
+    ax.bar(x - 0.2, [s["clean"] or 0 for s in summary], 0.4, label="trained on clean data")
+    ax.bar(x + 0.2, [s["protected_mean"] or 0 for s in summary], 0.4, label="trained on the release (mean)")
     chance = efficacy.get("dataset", {}).get("majority_class_accuracy")
     if chance is not None:
         ax.axhline(chance, color="black", linestyle="--", linewidth=1, label="majority class")
-    ax.set_xticks(np.arange(len(names)) + width * (len(archs) - 1) / 2, names)
+    ax.set_xticks(x, names, fontsize=7)
     ax.set_ylabel("clean-test accuracy")
     ax.set_ylim(0, 1)
-    ax.set_title("Unauthorised training: models trained on clean vs protected training sets")
+    ax.set_title("Unauthorised training on released files (true labels): " + efficacy.get("name", ""), fontsize=9)
     ax.legend(fontsize=8)
+    fig.tight_layout()
     return _png(fig)
+
+
+def efficacy_verdict(efficacy: dict[str, Any], *, method: str, params: dict[str, Any], target: float = 0.70
+                     ) -> dict[str, Any]:
+    """A plain verdict from a release-efficacy result: attacks it protects against and attacks it does not.
+
+    An attack counts as defeated ("protects against") when every fitted protected run stays at or below
+    ``target`` clean-test accuracy. When the result measured other parameters the verdict says so.
+    """
+    from medue.efficacy.release import summarise
+    from medue.fidelity.diagnostic import describe_evidence, efficacy_applies
+
+    applies, why = efficacy_applies(efficacy, method, params)
+    verdict: dict[str, Any] = {"evidence": describe_evidence(efficacy), "applies": applies, "target": target,
+                               "protects_against": [], "does_not_protect_against": [], "not_tested": []}
+    if not applies:
+        verdict["note"] = "not measured for this release's parameters: " + why
+    for s in summarise(efficacy) if efficacy.get("rows") else []:
+        name = f"{s['architecture']} ({s['augmentation']}, countermeasure {s['countermeasure']})"
+        if s["protected_max"] is None:
+            verdict["not_tested"].append(name)
+        elif s["protected_max"] <= target:
+            verdict["protects_against"].append(f"{name}: {s['protected_max']:.3f} vs {s['clean']} clean")
+        else:
+            verdict["does_not_protect_against"].append(f"{name}: {s['protected_max']:.3f} vs {s['clean']} clean")
+    return verdict
 
 
 def _conformance(markers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -177,6 +204,8 @@ def build_report(layout: OutputLayout, config: PipelineConfig, markers: Sequence
         "items": items,
         "conformance": _conformance(markers) + list(release_checks),
         "efficacy": efficacy,
+        "efficacy_verdict": (efficacy_verdict(efficacy, method=config.protect.method,
+                                              params=fit_info.get("params", {})) if efficacy else None),
         "limitations": LIMITATIONS,
         "environment": env,
     }
@@ -254,32 +283,32 @@ def render_html(report: dict[str, Any], markers: Sequence[dict[str, Any]], layou
     parts.append(_table(["item", "status", "reason", "message"],
                         [[i["item_id"], i["status"], i.get("reason", ""), i.get("message", "")[:300]] for i in bad])
                  if bad else "<p>None.</p>")
-    parts.append("<h2>Efficacy audit</h2>")
+    parts.append("<h2>Efficacy: what the protection was measured to do</h2>")
     eff = report.get("efficacy")
-    if eff:
+    verdict = report.get("efficacy_verdict")
+    if eff and verdict:
+        parts.append(f"<p><b>Evidence:</b> {html.escape(verdict['evidence'])}. Attackers trained with the true labels "
+                     "on files a release wrote, tested on clean held-out images.</p>")
+        if verdict.get("note"):
+            parts.append(f"<p class='fail'><b>{html.escape(verdict['note'])}</b></p>")
+        parts.append(f"<p><b>Protects against</b> (every run at or below {verdict['target']:.2f} clean-test "
+                     "accuracy): " + (html.escape("; ".join(verdict["protects_against"])) or "nothing measured")
+                     + "</p>")
+        parts.append("<p class='fail'><b>Does not protect against:</b> "
+                     + (html.escape("; ".join(verdict["does_not_protect_against"])) or "none measured") + "</p>")
         chart = _efficacy_plot(eff)
         if chart:
             parts.append(f"<img alt='efficacy chart' src='{chart}'>")
-        names = list(next(iter(eff["results"].values())).keys()) if eff.get("results") else []
-        rows = []
-        for cm, e in eff.get("countermeasures", {}).items():
-            rows.append([cm, *(f"{e['results'][n]['test_accuracy']:.3f}" if e.get("status") == "tested"
-                               else "not tested" for n in names)])
-        cm_arch = sorted({e["architecture"] for e in eff.get("countermeasures", {}).values() if e.get("architecture")})
-        parts.append("<p>Clean-test accuracy under countermeasures (training set transformed before training"
-                     + (f"; model: {html.escape(', '.join(cm_arch))}" if cm_arch else "") + "):</p>")
-        parts.append(_table(["countermeasure", *names], rows))
-        diag = [[arch, m, f"{d['accuracy_original']:.3f}", f"{d['accuracy_protected']:.3f}",
-                 f"{d['accuracy_drop']:+.3f}", f"{d['agreement']:.3f}"]
-                for arch, per_method in (eff.get("diagnostic") or {}).items() for m, d in per_method.items()]
-        if diag:
-            parts.append("<p>Diagnostic content preserved: a model trained on clean data, read on original vs "
-                         "protected held-out images:</p>")
-            parts.append(_table(["architecture", "method", "accuracy on originals", "accuracy on protected",
-                                 "drop", "agreement"], diag))
+        from medue.efficacy.release import summarise
+
+        rows = [[s["architecture"], s["augmentation"], s["countermeasure"], _fmt(s["clean"]),
+                 _fmt(s["protected_mean"]), _fmt(s["protected_max"]), s["protected_runs"], s["unfit_runs"]]
+                for s in summarise(eff)]
+        parts.append(_table(["attacker", "augmentation", "countermeasure", "clean data", "release (mean)",
+                             "release (max)", "runs", "runs that did not fit"], rows))
     else:
         parts.append("<p>No efficacy results attached (set report.efficacy_results to the JSON written by "
-                     "<code>medue evaluate</code>).</p>")
+                     "<code>medue evaluate</code>). The protection of this release is not measured.</p>")
     parts.append("<h2>Conformance</h2>")
     parts.append(_table(["check", "result", "items", "details"],
                         [[c["check"], c["result"], c.get("items", ""), _details(c)] for c in report["conformance"]]))

@@ -81,9 +81,20 @@ class MlflowSink:
                            max_abs_physical=float(max(f["max_abs_physical"] for f in fids)),
                            fraction_changed_mean=float(np.mean([f["fraction_changed"] for f in fids])),
                            gate_pass_rate=float(np.mean([bool(f["passed"]) for f in fids])))
-        for arch, per_set in ((efficacy or {}).get("results") or {}).items():
-            for name, r in per_set.items():
-                metrics[f"efficacy.{arch}.{name}.test_accuracy"] = float(r["test_accuracy"])
+        efficacy_tags: dict[str, str] = {}
+        if efficacy:
+            from medue.efficacy.release import summarise
+            from medue.fidelity.diagnostic import describe_evidence, efficacy_applies
+
+            applies, why = efficacy_applies(efficacy, config.protect.method, fit_info.get("params", {}))
+            efficacy_tags = {"medue.efficacy.evidence": describe_evidence(efficacy)[:500],
+                             "medue.efficacy.applies": "yes" if applies else f"no: {why}"[:500]}
+            if applies:  # numbers measured for another method or other parameters are not this release's
+                for row in summarise(efficacy):
+                    name = f"efficacy.{row['architecture']}.{row['countermeasure']}"
+                    for k in ("clean", "protected_max"):
+                        if row[k] is not None:
+                            metrics[f"{name}.{k}"] = float(row[k])
         for check in release_checks:
             if "accuracy_drop" in check:
                 metrics["diagnostic_accuracy_drop"] = float(check["accuracy_drop"])
@@ -92,6 +103,7 @@ class MlflowSink:
         tags = {"medue.version": env.get("medue", ""), "medue.config_hash": config.config_hash(),
                 "medue.key_fingerprint": key_fingerprint, "medue.method": config.protect.method,
                 "medue.release": config.name, "torch.version": str(env.get("torch", ""))}
+        tags.update(efficacy_tags)
         tags.update({"medue.check.diagnostic": c["result"] for c in release_checks
                      if c.get("check", "").startswith("diagnostic")})
         with mlflow.start_run(experiment_id=exp_id, run_name=f"release-{config.name}") as run:

@@ -9,26 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medue.protect.surrogate import SmallResNet, resnet18
+from medue.efficacy.attackers import ATTACKERS, DEFAULT_LR, build_attacker
 
-ARCHITECTURES = ("resnet18", "monai_classifier", "small")
-
-#: SGD learning rate per architecture when TrainSettings.lr is None (MONAI's Classifier diverges at 0.05).
-DEFAULT_LR = {"resnet18": 0.05, "monai_classifier": 0.01, "small": 0.05}
-
-
-def build_classifier(arch: str, num_classes: int, *, image_size: int, width: int = 16) -> nn.Module:
-    """An attacker's model: our ResNet-18 layout, MONAI's ``Classifier`` CNN, or the small ResNet."""
-    if arch == "resnet18":
-        return resnet18(num_classes, width=width)
-    if arch == "monai_classifier":
-        from monai.networks.nets import Classifier
-
-        return Classifier(in_shape=(1, image_size, image_size), classes=num_classes,
-                          channels=(width, 2 * width, 4 * width), strides=(2, 2, 2))
-    if arch == "small":
-        return SmallResNet(num_classes)
-    raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
+ARCHITECTURES = ATTACKERS
 
 
 @dataclass(frozen=True)
@@ -71,7 +54,7 @@ def train_classifier(arch: str, x_train: np.ndarray, y_train: np.ndarray, x_test
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     num_classes = int(max(y_train.max(), y_test.max())) + 1
-    model = build_classifier(arch, num_classes, image_size=x_train.shape[-1], width=settings.width).to(device)
+    model = build_attacker(arch, num_classes, image_size=x_train.shape[-1], width=settings.width).to(device)
     xt = torch.from_numpy(x_train.astype(np.float32) / 255.0).unsqueeze(1)
     yt = torch.from_numpy(y_train.astype(np.int64))
     lr = DEFAULT_LR[arch] if settings.lr is None else settings.lr

@@ -3,8 +3,10 @@
 Pixel metrics (PSNR, SSIM) say the images look the same; this check says a diagnostic model still gives the same
 answers. It compares the predictions of one clean-trained classifier on the original and on the protected
 versions of the same held-out images: accuracy on each, the drop, and the fraction of images whose prediction
-did not change (agreement). :func:`medue.efficacy.run_efficacy` computes it per architecture and method; the
-release pipeline reads that result and applies ``fidelity.max_diagnostic_accuracy_drop`` from its policy.
+did not change (agreement). :func:`medue.efficacy.evaluate_release` computes it for each attacker's clean-trained model on the
+released training images; the release pipeline reads that result and applies
+``fidelity.max_diagnostic_accuracy_drop`` from its policy, only when the result measured the same method and
+parameters.
 """
 
 from __future__ import annotations
@@ -49,33 +51,59 @@ def diagnostic_preservation(labels: np.ndarray, pred_original: np.ndarray, pred_
     }
 
 
-DIAGNOSTIC_CHECK = "diagnostic content preserved (clean-trained model on protected vs original held-out images)"
+DIAGNOSTIC_CHECK = "diagnostic content preserved (clean-trained model on released vs original images)"
+
+
+def efficacy_applies(efficacy: dict[str, Any], method: str, params: dict[str, Any]) -> tuple[bool, str]:
+    """Whether a release-efficacy result measured this method with these parameters, and if not why not.
+
+    Results for another method, other parameters, or not from a release evaluation count as "not tested".
+    """
+    if efficacy.get("schema") != "medue.release_efficacy/1":
+        return False, ("the attached results are not a release evaluation (schema "
+                       f"{efficacy.get('schema')!r}); re-run `medue evaluate CONFIG --dataset ...`")
+    if efficacy.get("method") != method:
+        return False, f"the attached results measured method {efficacy.get('method')!r}, this release uses {method!r}"
+    evaluated = efficacy.get("params") or {}
+    differing = sorted(k for k in set(params) | set(evaluated) if params.get(k) != evaluated.get(k))
+    if differing:
+        return False, ("measured with other protector parameters (" + ", ".join(
+            f"{k}: {evaluated.get(k)!r} there, {params.get(k)!r} here" for k in differing[:6]) + ")")
+    return True, ""
+
+
+def describe_evidence(efficacy: dict[str, Any]) -> str:
+    """One line naming the dataset, size, method, labels and parameters of an efficacy result."""
+    d = efficacy.get("dataset") or {}
+    size = "x".join(str(v) for v in efficacy.get("image_size") or [])
+    return (f"{d.get('name', '?')} ({d.get('format', '?')}, {size} px, {d.get('train', '?')} train / "
+            f"{d.get('test', '?')} test), method {efficacy.get('method')}, labels given to the release: "
+            f"{'yes' if efficacy.get('labels_used') else 'no'}, result {efficacy.get('name', '')}")
 
 
 def release_diagnostic_check(efficacy: dict[str, Any] | None, method: str, params: dict[str, Any],
                              max_accuracy_drop: float | None) -> dict[str, Any]:
-    """The release-level diagnostic check from an efficacy result (the JSON ``medue evaluate`` writes).
+    """The release-level diagnostic check from a release-efficacy result (the JSON ``medue evaluate`` writes).
 
-    Uses the worst accuracy drop over the architectures evaluated for ``method``. ``result`` is ``"pass"``,
-    ``"fail"``, or ``"not tested"`` (no threshold, no results attached, or none for this method), with a
-    ``note`` saying why; a note also flags protector parameters that differ from the evaluated ones.
+    Uses the worst accuracy drop over the attackers' clean-trained models. ``result`` is ``"pass"``, ``"fail"``,
+    or ``"not tested"`` (no threshold, no results attached, or results for another method or other parameters),
+    with a ``note`` saying why; ``evidence`` names the dataset, method and parameters the number comes from.
     """
     entry: dict[str, Any] = {"check": DIAGNOSTIC_CHECK, "result": "not tested", "max_accuracy_drop": max_accuracy_drop}
     if max_accuracy_drop is None:
         return {**entry, "note": "fidelity.max_diagnostic_accuracy_drop is null"}
     if not efficacy:
         return {**entry, "note": "no efficacy results attached (report.efficacy_results)"}
-    per_arch = {arch: d[method] for arch, d in (efficacy.get("diagnostic") or {}).items() if method in d}
+    entry["evidence"] = describe_evidence(efficacy)
+    applies, why = efficacy_applies(efficacy, method, params)
+    if not applies:
+        return {**entry, "note": why}
+    per_arch = efficacy.get("diagnostic") or {}
     if not per_arch:
-        return {**entry, "note": f"the attached efficacy results have no diagnostic check for {method!r}"}
+        return {**entry, "note": "the attached results have no diagnostic check"}
     worst_arch, worst = max(per_arch.items(), key=lambda kv: kv[1]["accuracy_drop"])
     entry.update(result="pass" if worst["accuracy_drop"] <= max_accuracy_drop + 1e-12 else "fail",
                  accuracy_drop=worst["accuracy_drop"], architecture=worst_arch,
                  accuracy_original=worst["accuracy_original"], accuracy_protected=worst["accuracy_protected"],
                  agreement=worst["agreement"], images=worst["images"])
-    evaluated = ((efficacy.get("protection") or {}).get(method) or {}).get("params") or {}
-    differing = sorted(k for k, v in params.items() if k in evaluated and evaluated[k] != v)
-    if differing:
-        entry["note"] = ("evaluated with other protector parameters (" + ", ".join(differing) + "); re-run "
-                         "`medue evaluate` with the release's parameters")
     return entry

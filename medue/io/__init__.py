@@ -32,6 +32,8 @@ class InputItem:
     paths: tuple[str, ...]
     item_id: str
     problem: str = ""
+    #: Class index from the release's labels (:mod:`medue.labels`); ``None`` for an unlabelled release.
+    label: int | None = None
 
     @property
     def is_quarantined(self) -> bool:

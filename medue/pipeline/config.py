@@ -31,11 +31,30 @@ class KeyConfig:
 
 @dataclass(frozen=True)
 class ProtectConfig:
+    """Protection method and how it is fitted.
+
+    ``fit_max_slices``: ``None`` (default) fits on every slice of the release (dataset-level optimisation); a number
+    caps the slices held in memory for the fit (the rest get the fitted protector's ``perturb``).
+    ``fit_size``: ``None`` (default) fits at the exported resolution; a number area-resizes fit slices to it.
+    """
+
     method: str = "salm"
     params: Mapping[str, Any] = field(default_factory=dict)
-    fit_max_slices: int = 256
-    fit_size: int = 64
+    fit_max_slices: int | None = None
+    fit_size: int | None = None
     reversible: bool = False
+
+
+@dataclass(frozen=True)
+class LabelsConfig:
+    """Where each item's class comes from (see :mod:`medue.labels`); ``source: null`` means no labels."""
+
+    source: str | None = None
+    table: str | None = None
+    id_column: str = "path"
+    label_column: str = "label"
+    attribute: str | None = None
+    include_in_release: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,6 +109,7 @@ class PipelineConfig:
     deidentification: str = "refuse"
     uid_mode: str = "keyed"
     key: KeyConfig = KeyConfig()
+    labels: LabelsConfig = LabelsConfig()
     protect: ProtectConfig = ProtectConfig()
     fidelity: FidelityPolicy = FidelityPolicy()
     execution: ExecutionConfig = ExecutionConfig()
@@ -117,14 +137,47 @@ class PipelineConfig:
         return d
 
     def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        """Hash of what determines the release's content: not ``execution``, ``tracking`` or ``report``."""
+        d = self.to_dict()
+        for k in ("execution", "tracking", "report"):
+            d.pop(k, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def load_efficacy_results(self) -> dict[str, Any] | None:
-        """The JSON ``medue evaluate`` wrote, named by ``report.efficacy_results``; ``None`` when unset or absent."""
+        """The JSON ``medue evaluate`` wrote, named by ``report.efficacy_results``; ``None`` when unset.
+
+        Raises:
+            InvalidConfigError: the file named does not exist or is not JSON (exit 2, never a silent "not tested").
+        """
         if not self.report.efficacy_results:
             return None
         path = self.resolve(self.report.efficacy_results)
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            raise InvalidConfigError([f"report.efficacy_results: {path} does not exist; give the JSON written by "
+                                      "`medue evaluate` or remove the setting"])
+        try:
+            return json.loads(path.read_text())
+        except ValueError as exc:
+            raise InvalidConfigError([f"report.efficacy_results: {path} is not JSON ({exc})"]) from exc
+
+    def read_labels(self, items: list[Any]) -> Any:
+        """Resolve ``labels:`` for discovered items (:class:`medue.labels.ReleaseLabels` or ``None``).
+
+        Raises:
+            InvalidConfigError: every labelling problem at once (unknown ids, unlabelled items, one class).
+        """
+        from medue.labels import resolve_labels
+
+        lc = self.labels
+        if not lc.source:
+            return None
+        labels, problems = resolve_labels(items, root=self.input_path, source=lc.source,
+                                          table=self.resolve(lc.table) if lc.table else None,
+                                          id_column=lc.id_column, label_column=lc.label_column,
+                                          attribute=lc.attribute)
+        if problems:
+            raise InvalidConfigError(problems, source="labels")
+        return labels
 
     def read_key(self) -> str:
         """The secret key from ``key.env`` or ``key.file``; raises InvalidConfigError saying how to provide one."""
@@ -145,6 +198,7 @@ class PipelineConfig:
 
 _SECTIONS = {
     "key": KeyConfig,
+    "labels": LabelsConfig,
     "protect": ProtectConfig,
     "fidelity": FidelityPolicy,
     "execution": ExecutionConfig,
@@ -214,9 +268,26 @@ def parse_config(data: Any, *, source: str = "config", base_dir: str | Path = ".
             problems.append(f"protect.params for {method!r}: {exc}")
     for k, lo in (("fit_max_slices", 1), ("fit_size", 8)):
         v = p.get(k)
-        _check_type(problems, f"protect.{k}", v, (int,), "an integer")
+        _check_type(problems, f"protect.{k}", v, (int,), "an integer or null")
         if isinstance(v, int) and v < lo:
             problems.append(f"protect.{k}: must be >= {lo}, got {v}")
+    _check_type(problems, "protect.reversible", p.get("reversible"), (bool,), "true or false")
+
+    lab = sections.get("labels", {})
+    from medue.labels import ID_COLUMNS, LABEL_SOURCES
+
+    if lab.get("source") is not None and lab.get("source") not in LABEL_SOURCES:
+        problems.append(f"labels.source: expected one of {', '.join(LABEL_SOURCES)} or null, got {lab.get('source')!r}")
+    if lab.get("source") == "table" and not lab.get("table"):
+        problems.append("labels.table: required with source 'table' (a CSV/TSV file, relative to the current folder)")
+    if lab.get("source") == "table" and lab.get("id_column", "path") not in ID_COLUMNS:
+        problems.append(f"labels.id_column: expected one of {', '.join(ID_COLUMNS)}, got {lab.get('id_column')!r}")
+    if lab.get("source") == "dicom_attribute" and not lab.get("attribute"):
+        problems.append("labels.attribute: required with source 'dicom_attribute' (a DICOM keyword)")
+    _check_type(problems, "labels.include_in_release", lab.get("include_in_release"), (bool,), "true or false")
+    if (method in PROTECTORS and getattr(PROTECTORS.get(method), "needs_labels", False)
+            and lab.get("source") is None):
+        problems.append(f"protect.method {method!r} is class-wise and needs labels: add a `labels:` section")
 
     f = sections.get("fidelity", {})
     for k in ("min_psnr_db", "min_ssim", "max_abs_physical", "max_fraction_changed", "max_diagnostic_accuracy_drop"):

@@ -24,7 +24,7 @@ from medue.fidelity.checks import FidelityThresholds, check_fidelity
 from medue.io import InputItem, output_name, read_item, write_volume
 from medue.io.atomic import atomic_file, write_text_atomic
 from medue.io.delta import write_delta
-from medue.provenance import sha256_file
+from medue.provenance import fingerprint_array, sha256_file
 
 #: Marker statuses.
 DONE, QUARANTINED, GATE_FAILED, FAILED = "done", "quarantined", "gate_failed", "failed"
@@ -80,6 +80,9 @@ class JobContext:
     uid_mode: str = "keyed"
     reversible: bool = False
     device: str = "cpu"
+    #: When an item fails the fidelity gate, thin its delta (keyed subset of the changed voxels) and re-check
+    #: before giving up, so the gate does not silently drop the images hardest to protect (class skew).
+    adapt_support: bool = True
 
     @property
     def layout(self) -> OutputLayout:
@@ -156,12 +159,19 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True) -> di
                   warnings=[w for s in volume.history for w in s.warnings])
     try:
         protector = load_protector(layout.protector_state, ctx.device)
-        protected = protector.protect(volume, label=None, seed=derive_seed(ctx.key, "volume", item.item_id),
-                                      device=ctx.device, key_fingerprint=ctx.key_fingerprint)
+        fitted = _fitted_delta(layout, item.item_id, volume.array.shape)
+        protected = protector.protect(volume, label=item.label, seed=derive_seed(ctx.key, "volume", item.item_id),
+                                      device=ctx.device, key_fingerprint=ctx.key_fingerprint, delta=fitted)
         step = protected.history[-1]
         result["protection"] = step.to_dict()
         slope, _ = volume.rescale
         fid = check_fidelity(volume.array, protected.array, ctx.thresholds, rescale_slope=slope)
+        if not fid.passed and ctx.adapt_support:
+            protected, fid, kept = adapt_support(volume, protected, fid, ctx, slope)
+            if kept < 1.0:
+                result["protection"] = protected.history[-1].to_dict()
+                result["protection"]["stats"]["kept_fraction"] = kept
+                result["adapted"] = {"kept_fraction": kept, "reason": "fidelity gate: smaller support"}
         result["fidelity"] = fid.to_dict()
         _save_preview(layout.private / "previews" / f"{item.item_id}.npz", volume.array, protected.array)
         if not fid.passed and not ctx.override_reason:
@@ -187,6 +197,53 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True) -> di
         result.update(status=FAILED, reason=reason, message=str(exc),
                       traceback=traceback.format_exc(limit=3))
     return _finish(result, marker_path, t0)
+
+
+def adapt_support(volume: Any, protected: Any, fid: Any, ctx: JobContext, slope: float,
+                  attempts: int = 4, min_kept: float = 0.25) -> tuple[Any, Any, float]:
+    """Keep a keyed random subset of the changed voxels, sized from the PSNR shortfall, until the gate passes.
+
+    Never keeps less than ``min_kept`` of the support: an image that only passes with (almost) no noise is a
+    gate failure, not a protected image. Returns ``(protected volume, fidelity report, kept fraction)``; the last attempt is returned if none passes.
+    """
+    import dataclasses as _dc
+
+    from medue.device import derive_seed as _seed
+
+    original = volume.array
+    delta = protected.array.astype(np.int64) - original.astype(np.int64)
+    rng = np.random.default_rng(_seed(ctx.key, "adapt", volume.fingerprint))
+    order = rng.random(delta.shape)
+    kept = 1.0
+    t = ctx.thresholds
+    for _ in range(attempts):
+        need = []
+        if t.min_psnr_db is not None and np.isfinite(fid.psnr_db) and fid.psnr_db < t.min_psnr_db:
+            need.append(10 ** (-(t.min_psnr_db - fid.psnr_db + 0.3) / 10))
+        if t.max_fraction_changed is not None and fid.fraction_changed > t.max_fraction_changed:
+            need.append(t.max_fraction_changed / max(fid.fraction_changed, 1e-12) * 0.98)
+        if kept <= min_kept:
+            break
+        kept = max(kept * (min(need) if need else 0.7), min_kept)
+        thinned = np.where(order < kept, delta, 0)
+        array = (original.astype(np.int64) + thinned).astype(original.dtype)
+        step = protected.history[-1]
+        stats = {**step.stats, "fraction_changed": float(np.count_nonzero(thinned) / max(thinned.size, 1))}
+        protected = volume.with_array(array, _dc.replace(step, stats=stats, output_fingerprint=fingerprint_array(array)))
+        fid = check_fidelity(original, array, t, rescale_slope=slope)
+        if fid.passed:
+            break
+    return protected, fid, round(kept, 4)
+
+
+def _fitted_delta(layout: OutputLayout, item_id: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The delta the dataset-level fit found for this item's slices, when it kept one of the right shape."""
+    path = layout.private / "noise" / f"{item_id}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        delta = data["delta"]
+    return delta if delta.shape == tuple(shape) else None
 
 
 def _save_preview(path: Path, original: np.ndarray, protected: np.ndarray) -> None:

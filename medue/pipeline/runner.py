@@ -6,6 +6,7 @@ manifest -> report -> MLflow.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -21,7 +22,7 @@ from medue.device import derive_seed, make_generator, resolve_device
 from medue.errors import IngestError, InvalidConfigError
 from medue.fidelity.diagnostic import release_diagnostic_check
 from medue.io import InputItem, discover_inputs, read_item
-from medue.io.atomic import remove_partials, write_text_atomic
+from medue.io.atomic import atomic_file, remove_partials, write_text_atomic
 from medue.pipeline.config import PipelineConfig
 from medue.pipeline.executor import execute_local, select_shard
 from medue.pipeline.job import DONE, FAILED, GATE_FAILED, QUARANTINED, JobContext, read_marker
@@ -61,62 +62,113 @@ class RunSummary:
         return EXIT_OK
 
 
-def _fit_samples(items: list[InputItem], config: PipelineConfig) -> tuple[torch.Tensor, UnitSpace]:
-    """Up to ``fit_max_slices`` slices spread over the items, area-resized to ``fit_size``, in stored units."""
-    size, budget = config.protect.fit_size, config.protect.fit_max_slices
-    per_item = max(1, -(-budget // max(len(items), 1)))
-    xs, offsets, scales, lo, hi = [], [], [], np.inf, -np.inf
+#: Largest fit set held in memory (float32 bytes); beyond it slices are sampled evenly and the rest get ``perturb``.
+MAX_FIT_BYTES = 4 * 1024**3
+
+
+@dataclass
+class FitSet:
+    """The slices a protector is fitted on: ``x`` ``(N, 1, H, W)`` stored units, per-slice labels and spaces.
+
+    ``owners`` lists ``(item_id, first_row, n_rows, native)`` for each item, ``native`` telling whether its rows are
+    at the item's own resolution (so the fitted deltas can be exported as they are).
+    """
+
+    x: torch.Tensor
+    labels: torch.Tensor | None
+    space: UnitSpace
+    owners: list[tuple[str, int, int, bool]]
+
+
+def _fit_samples(items: list[InputItem], config: PipelineConfig) -> FitSet:
+    """Every slice of every readable item (dataset-level fit), at the exported resolution unless ``fit_size``.
+
+    Slices whose in-plane shape differs from the most common one are area-resized to it. ``fit_max_slices`` (or
+    :data:`MAX_FIT_BYTES`) caps the slices kept: each item then contributes evenly spaced slices.
+    """
+    vols = []
     for item in items:
-        if len(xs) >= budget:
-            break
         try:
             vol = read_item(item, root=config.input_path, deidentification=config.deidentification)
         except IngestError:
             continue  # the job quarantines it with its reason
+        vols.append((item, vol))
+    if not vols:
+        raise IngestError("no readable input to fit the protector on", reason="empty")
+    shapes = [v.array.shape[1:] for _, v in vols]
+    size = (config.protect.fit_size, config.protect.fit_size) if config.protect.fit_size else \
+        max(set(shapes), key=shapes.count)
+    total = sum(v.array.shape[0] for _, v in vols)
+    budget = min(config.protect.fit_max_slices or total, max(1, MAX_FIT_BYTES // (4 * size[0] * size[1])))
+    per_item = total if budget >= total else max(1, budget // len(vols))
+    xs, labels, offsets, scales, owners, lo, hi, row = [], [], [], [], [], np.inf, -np.inf, 0
+    for item, vol in vols:
         space = UnitSpace.for_volume(vol)
         z = vol.array.shape[0]
-        picks = np.unique(np.linspace(0, z - 1, min(per_item, z)).round().astype(int))
+        picks = np.arange(z) if per_item >= z else np.unique(np.linspace(0, z - 1, per_item).round().astype(int))
         t = torch.from_numpy(vol.array[picks].astype(np.float32)).unsqueeze(1)
-        t = torch.round(F.interpolate(t, size=(size, size), mode="area"))
+        native = tuple(t.shape[-2:]) == tuple(size) and len(picks) == z
+        if tuple(t.shape[-2:]) != tuple(size):
+            t = torch.round(F.interpolate(t, size=size, mode="area"))
         xs.append(t)
+        labels += [item.label] * len(picks)
         offsets += [space.offset] * len(picks)
         scales += [space.scale] * len(picks)
+        owners.append((item.item_id, row, len(picks), native))
+        row += len(picks)
         lo, hi = min(lo, space.lo), max(hi, space.hi)
-    if not xs:
-        raise IngestError("no readable input to fit the protector on", reason="empty")
-    x = torch.cat(xs)[:budget]
-    n = x.shape[0]
-    space = UnitSpace(torch.tensor(offsets[:n]).view(-1, 1, 1, 1), torch.tensor(scales[:n]).view(-1, 1, 1, 1),
+    space = UnitSpace(torch.tensor(offsets).view(-1, 1, 1, 1), torch.tensor(scales).view(-1, 1, 1, 1),
                       float(lo), float(hi))
-    return x, space
+    y = None if any(v is None for v in labels) else torch.tensor(labels, dtype=torch.long)
+    return FitSet(torch.cat(xs), y, space, owners)
 
 
 def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, device: torch.device,
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Fit the configured protector on a sample of the release and save it under ``private/``."""
+    """Fit the configured protector on the whole release and save it (and sample-wise deltas) under ``private/``.
+
+    Sample-wise methods keep the delta the bi-level optimisation found for each slice
+    (``private/noise/<item_id>.npz``), so every exported slice carries noise optimised jointly with the surrogate;
+    class-wise methods keep one pattern per class and apply it by label.
+    """
     from medue.pipeline.job import OutputLayout
 
     layout = OutputLayout(config.output_path)
     protector = build_protector(config.protect.method, **dict(config.protect.params))
-    if protector.needs_labels:
+    fit = _fit_samples(items, config)
+    if protector.needs_labels and fit.labels is None:
         raise InvalidConfigError([f"protect.method {config.protect.method!r} is class-wise and needs a label per "
-                                  "volume, which volume pipelines do not have; use salm, em, sem or uc (or "
-                                  "`medue evaluate` for labelled 2D sets)"])
-    x, space = _fit_samples(items, config)
+                                  "item: add a `labels:` section to the config"])
     if hasattr(protector, "progress"):
         protector.progress = progress
     t0 = time.perf_counter()
-    protector.fit(x.to(device), None, space.to(device), generator=make_generator(derive_seed(key, "fit", config.name)))
+    if progress:
+        progress(f"fitting {config.protect.method} on {fit.x.shape[0]} slice(s) of {len(fit.owners)} item(s) at "
+                 f"{fit.x.shape[-2]}x{fit.x.shape[-1]} px, {'true labels' if fit.labels is not None else 'no labels'}")
+    delta = protector.fit(fit.x.to(device), None if fit.labels is None else fit.labels.to(device),
+                          fit.space.to(device), generator=make_generator(derive_seed(key, "fit", config.name)))
     if hasattr(protector, "progress"):
         protector.progress = None
     model = getattr(protector, "model", None)
     if model is not None:
         model.to("cpu")
     layout.private.mkdir(parents=True, exist_ok=True)
+    stored = 0
+    if getattr(protector, "mode", "") == "samplewise":
+        noise_dir = layout.private / "noise"
+        noise_dir.mkdir(parents=True, exist_ok=True)
+        d = torch.round(delta).to(torch.int16).squeeze(1).cpu().numpy()
+        for item_id, first, n, native in fit.owners:
+            if native:
+                with atomic_file(noise_dir / f"{item_id}.npz") as tmp, open(tmp, "wb") as fh:
+                    np.savez_compressed(fh, delta=d[first:first + n])
+                stored += 1
     tmp = layout.protector_state.with_suffix(".tmp")
     torch.save(protector, tmp)
     tmp.replace(layout.protector_state)
-    info = {"method": config.protect.method, "config_hash": config.config_hash(), "slices": int(x.shape[0]),
+    info = {"method": config.protect.method, "config_hash": config.config_hash(), "slices": int(fit.x.shape[0]),
+            "items": len(fit.owners), "fit_resolution": list(fit.x.shape[-2:]),
+            "labels_used": fit.labels is not None, "items_with_fitted_delta": stored,
             "fit_seconds": round(time.perf_counter() - t0, 2), "state_fingerprint": protector.state_fingerprint(),
             "state_sha256": sha256_file(layout.protector_state), "params": protector.params(),
             "surrogate_accuracy_per_round": list(getattr(protector, "history", []) or [])}
@@ -135,6 +187,7 @@ def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), res
     say = progress or (lambda s: log.info(s))
     t_start = time.perf_counter()
     key = config.read_key()
+    efficacy = config.load_efficacy_results()  # read once, first: the gate, the report and MLflow all use it
     fingerprint = key_fingerprint(key)
     device = resolve_device(config.execution.device)
     layout = OutputLayout(config.output_path)
@@ -143,6 +196,11 @@ def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), res
     if removed:
         say(f"removed {len(removed)} partial output(s) left by an interrupted run")
     items = discover_inputs(config.input_path)
+    labels = config.read_labels(items)
+    if labels is not None:
+        items = [dataclasses.replace(it, label=labels.by_item.get(it.item_id)) for it in items]
+        write_text_atomic(layout.private / "labels.local.json", json.dumps(labels.to_dict(), indent=2))
+        say(f"labels from {config.labels.source}: " + ", ".join(f"{c} {n}" for c, n in labels.counts().items()))
     mine = select_shard(items, shard)
     say(f"found {len(items)} item(s) under {config.input}; shard {shard[0]}/{shard[1]} has {len(mine)}")
     index = {it.item_id: {"kind": it.kind, "paths": list(it.paths)} for it in items}
@@ -156,11 +214,9 @@ def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), res
     elif shard != (0, 1) and previous and previous.get("config_hash") == config.config_hash():
         fit_info = previous
     else:
-        say(f"fitting {config.protect.method} on up to {config.protect.fit_max_slices} slices …")
         fit_info = fit_protector([it for it in items if not it.problem], config, key, device=device, progress=say)
 
     fp = config.fidelity
-    efficacy = config.load_efficacy_results()  # read once: the gate, the report and MLflow all use it
     release_checks = [release_diagnostic_check(efficacy, config.protect.method, fit_info.get("params", {}),
                                                fp.max_diagnostic_accuracy_drop)]
     if release_checks[0]["result"] == "fail":

@@ -129,10 +129,13 @@ class Protector(ABC):
 
     # --- volume template ------------------------------------------------------------------------------------
     def protect(self, volume: Volume, *, label: int | None = None, seed: int = 0,
-                device: torch.device | str = "cpu", key_fingerprint: str = "") -> Volume:
+                device: torch.device | str = "cpu", key_fingerprint: str = "",
+                delta: np.ndarray | None = None) -> Volume:
         """Protect every slice of ``volume`` and return a new Volume with a StepRecord appended.
 
-        The array keeps its dtype; the delta is whole stored units within ``epsilon`` and the valid range.
+        ``delta`` (same shape as the array) is the noise a dataset-level :meth:`fit` already optimised for this
+        volume; without it the delta comes from :meth:`perturb`. Either way the array keeps its dtype and the
+        delta is whole stored units within ``epsilon`` and the valid range.
         """
         device = torch.device(device)
         if self.needs_labels and label is None and not getattr(self, "label_free_apply", False):
@@ -145,12 +148,16 @@ class Protector(ABC):
         x = torch.from_numpy(np.asarray(array, dtype=np.float32)).unsqueeze(1).to(device)
         labels = None if label is None else torch.full((x.shape[0],), int(label), dtype=torch.long, device=device)
         generator = make_generator(seed)
+        fitted = delta is not None
         if self.epsilon == 0:
-            delta = torch.zeros_like(x)
+            delta_t = torch.zeros_like(x)
+        elif delta is not None:
+            delta_t = torch.from_numpy(np.asarray(delta, dtype=np.float32)).reshape(x.shape).to(device)
         else:
-            delta = self.perturb(x, labels, space, generator=generator)
-        delta = project(delta, x, space, self.epsilon)
-        protected = (x + delta).squeeze(1).cpu().numpy()
+            delta_t = self.perturb(x, labels, space, generator=generator)
+        delta_t = project(delta_t, x, space, self.epsilon)
+        delta = None
+        protected = (x + delta_t).squeeze(1).cpu().numpy()
         info = np.iinfo(array.dtype)
         protected = np.clip(np.rint(protected), info.min, info.max).astype(array.dtype)
         diff = protected.astype(np.int64) - array.astype(np.int64)
@@ -169,7 +176,8 @@ class Protector(ABC):
         step = StepRecord(
             name=self.key,
             params={**self.params(), "seed": int(seed), "key_fingerprint": key_fingerprint,
-                    "state_fingerprint": self.state_fingerprint(), "label": label},
+                    "state_fingerprint": self.state_fingerprint(), "labelled": label is not None,
+                    "delta_from_fit": fitted},
             device=str(device),
             input_fingerprint=fingerprint_array(array),
             output_fingerprint=fingerprint_array(protected),

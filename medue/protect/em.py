@@ -25,9 +25,10 @@ from medue.protect.base import Protector, UnitSpace, batches, project
 from medue.protect.clusters import kmeans, surrogate_features
 from medue.protect.masks import foreground_mask
 from medue.protect.minmin import (
+    AUGMENTATIONS,
     MaskFn,
     MinMinSettings,
-    bilevel_classwise,
+    bilevel_classwise_tiled,
     bilevel_samplewise,
     error_minimizing_delta,
     tile_to,
@@ -49,6 +50,14 @@ class EMProtector(Protector):
         surrogate: ``"small"`` (fast) or ``"resnet18"``.
         lr: Surrogate learning rate (SGD, momentum 0.9).
         num_clusters: Pseudo-label count when ``fit`` gets no labels.
+        rho: SEM's random-noise radius in stored units (0 for EM).
+        tile: Class-wise only: period in pixels of the class pattern (0: one pattern the size of the image).
+            A periodic pattern fits any resolution and a crop only shifts its phase.
+        block: Class-wise only: the support is chosen in ``block`` x ``block`` cells (blobs survive median filters
+            and smoothing better than isolated pixels).
+        augment: Transformations both minimisations see (subset of ``flip``, ``shift``, ``smooth``, ``noise``),
+            so the noise stays a shortcut under an attacker's augmentation and preprocessing.
+        init: Class-wise only: ``"zeros"`` (paper) or ``"random"`` (random signs at the budget, from the key).
         **kwargs: :class:`~medue.protect.base.Protector` arguments (``epsilon``, ``step``…).
     """
 
@@ -57,20 +66,33 @@ class EMProtector(Protector):
 
     def __init__(self, *, mode: str = "samplewise", inner_steps: int = 20, train_steps: int = 10,
                  max_rounds: int = 10, stop_accuracy: float = 0.99, surrogate: str = "small", lr: float = 0.1,
-                 num_clusters: int = 2, rho: int | None = None, **kwargs: Any) -> None:
+                 num_clusters: int = 2, rho: int | None = None, tile: int = 0, block: int = 1,
+                 augment: tuple[str, ...] | list[str] = (), init: str = "zeros", **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        for name, value in (("tile", tile), ("block", block)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "tile" else 1):
+                raise ValueError(f"{name} must be a whole number of pixels >= {0 if name == 'tile' else 1}, "
+                                 f"not {value!r}")
+        if isinstance(augment, str) or not all(a in AUGMENTATIONS for a in augment):
+            raise ValueError(f"augment must be a list drawn from {list(AUGMENTATIONS)}, not {augment!r}")
+        if init not in ("zeros", "random"):
+            raise ValueError(f"init must be 'zeros' or 'random', not {init!r}")
+        self.tile, self.block, self.augment, self.init = tile, block, tuple(augment), init
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         for name, value in (("inner_steps", inner_steps), ("train_steps", train_steps), ("max_rounds", max_rounds),
                             ("num_clusters", num_clusters)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
-        if not 0.0 < stop_accuracy <= 1.0:
+        if not isinstance(stop_accuracy, (int, float)) or isinstance(stop_accuracy, bool) \
+                or not 0.0 < stop_accuracy <= 1.0:
             raise ValueError(f"stop_accuracy must be in (0, 1], not {stop_accuracy}")
         if surrogate not in ("small", "resnet18"):
             raise ValueError(f"surrogate must be 'small' or 'resnet18', not {surrogate!r}")
         rho = self.rho_default(self.epsilon) if rho is None else rho
-        if not isinstance(rho, int) or rho < 0:
+        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+            raise ValueError(f"lr must be a positive number, not {lr!r}")
+        if not isinstance(rho, int) or isinstance(rho, bool) or rho < 0:
             raise ValueError(f"rho must be a whole number of stored units >= 0, not {rho!r}")
         self.mode = mode
         self.surrogate_arch = surrogate
@@ -80,6 +102,7 @@ class EMProtector(Protector):
                                        batch_size=self.batch_size, lr=lr, rho=rho)
         self.model: torch.nn.Module | None = None
         self.class_noise: torch.Tensor | None = None
+        self.support: torch.Tensor | None = None
         self.centroids: torch.Tensor | None = None
         self.history: list[float] = []
         self.progress: Callable[[str], None] | None = None
@@ -88,7 +111,13 @@ class EMProtector(Protector):
         s = self.settings
         return {**super().params(), "mode": self.mode, "inner_steps": s.inner_steps, "train_steps": s.train_steps,
                 "max_rounds": s.max_rounds, "stop_accuracy": s.stop_accuracy, "surrogate": self.surrogate_arch,
-                "lr": s.lr, "rho": s.rho, "num_clusters": self.num_clusters}
+                "lr": s.lr, "rho": s.rho, "num_clusters": self.num_clusters, "tile": self.tile,
+                "block": self.block, "augment": list(self.augment), "init": self.init}
+
+    @property
+    def support_ratio(self) -> float:
+        """Fraction of each class pattern that may be non-zero (1 for EM; SALM's ``mask_ratio``)."""
+        return 1.0
 
     def mask_fn(self) -> MaskFn | None:
         return None
@@ -109,10 +138,12 @@ class EMProtector(Protector):
             self.fitted = True
             return torch.zeros_like(x_units)
         if self.mode == "classwise":
-            self.class_noise, self.history = bilevel_classwise(
+            noise, self.support, self.history = bilevel_classwise_tiled(
                 self.model, x_units, labels, num_classes, space, settings=self.settings, generator=generator,
-                progress=self.progress)
-            delta = project(self.class_noise[labels], x_units, space, self.epsilon)
+                tile=self.tile, mask_ratio=self.support_ratio, block=self.block, augment=self.augment,
+                init=self.init, progress=self.progress)
+            self.class_noise = noise * self.support
+            delta = project(tile_to(self.class_noise, *x_units.shape[-2:])[labels], x_units, space, self.epsilon)
         else:
             delta, self.history = bilevel_samplewise(
                 self.model, x_units, labels, space, settings=self.settings, generator=generator,
@@ -153,6 +184,8 @@ class EMProtector(Protector):
             state.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
         if self.class_noise is not None:
             state["class_noise"] = self.class_noise
+        if self.support is not None:
+            state["support"] = self.support
         if self.centroids is not None:
             state["centroids"] = self.centroids
         return state

@@ -127,30 +127,111 @@ def tile_to(noise: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return noise.repeat(1, 1, *reps)[..., :height, :width]
 
 
-def bilevel_classwise(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, space: UnitSpace, *,
-                      settings: MinMinSettings, generator: torch.Generator,
-                      progress: Callable[[str], None] | None = None) -> tuple[torch.Tensor, list[float]]:
-    """Bi-level loop with one universal delta per class ``(K, C, H, W)`` (class-wise EM, UC clusters)."""
+#: Transformations the noise is optimised under (expectation over transformation); see :func:`attacker_view`.
+AUGMENTATIONS = ("flip", "shift", "smooth", "noise")
+
+
+def attacker_view(x_model: torch.Tensor, augment: tuple[str, ...], generator: torch.Generator, *,
+                  max_shift: int = 4, noise_std: float = 0.0) -> torch.Tensor:
+    """A random, differentiable version of a batch as an attacker's pipeline may show it to a model.
+
+    ``flip``: horizontal flip of half the batch; ``shift``: one random circular shift of up to ``max_shift`` px
+    (stands in for pad-and-crop); ``smooth``: a 3x3 box blur on half the batches (JPEG-like / median-like loss
+    of fine detail); ``noise``: Gaussian noise of ``noise_std`` (SEM-style random perturbation).
+    """
+    if not augment:
+        return x_model
+    dev = x_model.device
+    if "flip" in augment:
+        flip = (torch.rand(x_model.shape[0], generator=generator) < 0.5).to(dev)
+        x_model = torch.where(flip[:, None, None, None], x_model.flip(-1), x_model)
+    if "shift" in augment and max_shift > 0:
+        dy, dx = (torch.randint(-max_shift, max_shift + 1, (2,), generator=generator)).tolist()
+        x_model = torch.roll(x_model, shifts=(dy, dx), dims=(-2, -1))
+    if "smooth" in augment and float(torch.rand(1, generator=generator)) < 0.5:
+        x_model = F.avg_pool2d(F.pad(x_model, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    if "noise" in augment and noise_std > 0:
+        x_model = x_model + noise_std * torch.randn(x_model.shape, generator=generator).to(dev)
+    return x_model
+
+
+def block_mask(scores: torch.Tensor, ratio: float, block: int) -> torch.Tensor:
+    """0/1 mask over ``scores`` ``(K, 1, h, w)`` keeping the top ``ratio`` of ``block`` x ``block`` cells per row."""
+    from medue.protect.masks import topk_mask
+
+    if block > 1:
+        pooled = F.avg_pool2d(scores, block, ceil_mode=True)
+        mask = topk_mask(pooled, ratio)
+        return F.interpolate(mask, scale_factor=block, mode="nearest")[..., :scores.shape[-2], :scores.shape[-1]]
+    return topk_mask(scores, ratio)
+
+
+def bilevel_classwise_tiled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int,
+                            space: UnitSpace, *, settings: MinMinSettings, generator: torch.Generator,
+                            tile: int = 0, mask_ratio: float = 1.0, block: int = 1,
+                            augment: tuple[str, ...] = (), init: str = "random",
+                            progress: Callable[[str], None] | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """Class-wise error-minimising noise, periodic with period ``tile`` and sparse, robust by construction.
+
+    One ``tile`` x ``tile`` pattern per class (``tile=0``: one full-size pattern) repeated over the image, so the
+    same noise fits every resolution and survives crops (a shift only changes its phase). At most ``mask_ratio``
+    of each pattern's ``block`` x ``block`` cells are non-zero: the support is chosen by the size of the noise
+    already there plus the gradient saliency accumulated over the round (SALM's sticky mask, per class), and
+    re-chosen once per round. Both minimisations see ``attacker_view`` of ``x + delta`` (flip, shift, blur,
+    noise). Returns ``(noise, support, accuracy per round)``; ``noise * support`` is the class pattern.
+    """
+    h, w = x.shape[-2:]
+    th, tw = (tile, tile) if tile else (h, w)
+    eps = settings.epsilon
+    if init == "random":
+        noise = (torch.randint(0, 2, (num_classes, 1, th, tw), generator=generator).float() * 2 - 1) * eps
+    else:
+        noise = torch.zeros((num_classes, 1, th, tw))
+    noise = noise.to(x.device)
+    support = block_mask(torch.rand((num_classes, 1, th, tw), generator=generator).to(x.device), mask_ratio, block) \
+        if mask_ratio < 1.0 else torch.ones_like(noise)
     opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9, weight_decay=5e-4)
-    noise = torch.zeros((num_classes, *x.shape[1:]), device=x.device)
     history: list[float] = []
+    n = x.shape[0]
+
+    def expand(pattern: torch.Tensor) -> torch.Tensor:
+        return tile_to(pattern, h, w)
+
+    def view(inp_units: torch.Tensor, sp: UnitSpace) -> torch.Tensor:
+        return attacker_view(sp.to_model(inp_units), augment, generator, noise_std=settings.rho / 255.0)
+
     for r in range(settings.max_rounds):
-        per_sample = project(noise[y], x, space, settings.epsilon)
-        train_surrogate(model, opt, x, y, per_sample, space, settings=settings, steps=settings.train_steps,
-                        generator=generator)
+        full = expand(noise * support)
+        model.train()
+        for _ in range(settings.train_steps):
+            idx = torch.randint(n, (min(settings.batch_size, n),), generator=generator).to(x.device)
+            inp = torch.clamp(x[idx] + full[y[idx]], space.lo, space.hi)
+            loss = F.cross_entropy(model(view(inp, space.select(idx))), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
         model.eval()
-        for sl in batches(x.shape[0], settings.batch_size):
+        saliency = torch.zeros_like(noise)
+        order = torch.randperm(n, generator=generator).to(x.device)
+        for sl in batches(n, settings.batch_size):
+            idx = order[sl]
             for _ in range(settings.inner_steps):
                 d = noise.detach().clone().requires_grad_(True)
-                loss = F.cross_entropy(model(space.select(sl).to_model(x[sl] + d[y[sl]])), y[sl])
+                full = expand(d * support)
+                inp = torch.clamp(x[idx] + full[y[idx]], space.lo, space.hi)
+                loss = F.cross_entropy(model(view(inp, space.select(idx))), y[idx])
                 (grad,) = torch.autograd.grad(loss, d)
-                noise = torch.clamp(torch.round(noise - settings.step * torch.sign(grad)),
-                                    -settings.epsilon, settings.epsilon)
-        per_sample = project(noise[y], x, space, settings.epsilon)
+                saliency += grad.abs()
+                noise = torch.clamp(torch.round(noise - settings.step * torch.sign(grad)), -eps, eps)
+        if mask_ratio < 1.0:
+            peak = saliency.flatten(1).amax(1).clamp_min(1e-30).view(-1, 1, 1, 1)
+            support = block_mask((noise * support).abs() + 0.5 * saliency / peak, mask_ratio, block)
+        per_sample = torch.clamp(x + expand(noise * support)[y], space.lo, space.hi) - x
         acc = accuracy(model, x, y, per_sample, space, settings.batch_size)
         history.append(acc)
         if progress:
-            progress(f"round {r + 1}/{settings.max_rounds}: surrogate accuracy on perturbed data {acc:.3f}")
+            progress(f"round {r + 1}/{settings.max_rounds}: surrogate accuracy on protected data {acc:.3f}")
         if acc >= settings.stop_accuracy:
             break
-    return noise.detach(), history
+    return noise.detach(), support.detach(), history

@@ -96,8 +96,6 @@ class SALMProtector(EMProtector):
     key = "salm"
 
     def __init__(self, *, mask_ratio: float = 0.1, mask_update: str = "sticky", **kwargs: Any) -> None:
-        if kwargs.get("mode", "samplewise") != "samplewise":
-            raise ValueError("SALM is sample-wise; mode must be 'samplewise'")
         super().__init__(**kwargs)
         if not isinstance(mask_ratio, (int, float)) or not 0.0 < mask_ratio <= 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1], not {mask_ratio!r}")
@@ -111,3 +109,7 @@ class SALMProtector(EMProtector):
 
     def mask_fn(self) -> MaskFn:
         return saliency_mask_fn(self.mask_ratio, self.mask_update)
+
+    @property
+    def support_ratio(self) -> float:
+        return self.mask_ratio

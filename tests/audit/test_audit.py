@@ -18,7 +18,7 @@ def test_report_json_follows_schema_and_html_is_self_contained(tiny_config):
     html = summary.report_html.read_text()
     assert html.count("data:image/png;base64,") >= 3  # fidelity plot + one panel per volume
     assert "src='http" not in html and "test-key-123" not in html
-    for heading in ("Clinical utility", "Before / after", "Efficacy audit", "Conformance", "Limitations"):
+    for heading in ("Clinical utility", "Before / after", "Efficacy: what the protection was measured to do", "Conformance", "Limitations"):
         assert heading in html
     broken = dict(report, schema="medue.report/0")
     with pytest.raises(jsonschema.ValidationError):
@@ -29,12 +29,12 @@ def test_report_json_follows_schema_and_html_is_self_contained(tiny_config):
 def test_mlflow_run_has_params_metrics_artifacts_and_no_phi(tiny_config, tmp_path):
     mlflow = pytest.importorskip("mlflow")
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    from medue.protect import build_protector
+    from medue.testing import make_release_efficacy
+
     efficacy = tmp_path / "efficacy.json"
-    diag = {"accuracy_original": 0.9, "accuracy_protected": 0.89, "accuracy_drop": 0.01, "agreement": 0.97,
-            "images": 200}
-    efficacy.write_text(json.dumps({"results": {"resnet18": {"clean": {"test_accuracy": 0.94},
-                                                             "salm": {"test_accuracy": 0.55}}},
-                                    "diagnostic": {"resnet18": {"salm": diag}}, "countermeasures": {}}))
+    params = build_protector("salm", epsilon=4, mask_ratio=0.1, max_rounds=1, inner_steps=2, train_steps=2).params()
+    efficacy.write_text(json.dumps(make_release_efficacy("salm", params, drop=0.01, protected=0.55)))
     cfg = load_config(tiny_config(tracking={"enabled": True, "uri": uri, "experiment": "medue-test"},
                                   report={"enabled": True, "efficacy_results": str(efficacy)}))
     summary = run_pipeline(cfg)
@@ -42,7 +42,8 @@ def test_mlflow_run_has_params_metrics_artifacts_and_no_phi(tiny_config, tmp_pat
     run = client.get_run(summary.mlflow_run_id)
     assert run.data.params["protect.method"] == "salm" and run.data.params["protect.params.epsilon"] == "4"
     assert run.data.metrics["count_done"] == 2 and run.data.metrics["max_abs_units"] <= 4
-    assert run.data.metrics["efficacy.resnet18.salm.test_accuracy"] == 0.55
+    assert run.data.metrics["efficacy.resnet18.none.protected_max"] == 0.55
+    assert run.data.tags["medue.efficacy.applies"] == "yes" and "synthetic-set" in run.data.tags["medue.efficacy.evidence"]
     assert run.data.metrics["diagnostic_accuracy_drop"] == 0.01 and run.data.tags["medue.check.diagnostic"] == "pass"
     assert run.data.tags["medue.key_fingerprint"] == json.loads(summary.report_json.read_text())["key_fingerprint"]
     blob = json.dumps([run.data.params, run.data.tags])

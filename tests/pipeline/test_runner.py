@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pydicom
 
+from medue.errors import InvalidConfigError
 from medue.io.delta import restore_original
 from medue.pipeline.config import load_config
 from medue.pipeline.executor import parse_shard, select_shard
@@ -65,12 +66,13 @@ def test_gate_failure_blocks_export_unless_override(tiny_config):
     assert all(i["override"]["reason"] == "research release, PI approved" for i in manifest["items"])
 
 
-def _efficacy_json(path, drop):
-    d = {"accuracy_original": 0.9, "accuracy_protected": round(0.9 - drop, 4), "accuracy_drop": drop,
-         "agreement": 0.8, "images": 200, "max_accuracy_drop": 0.02, "passed": drop <= 0.02}
-    path.write_text(json.dumps({"results": {}, "countermeasures": {},
-                                "diagnostic": {"resnet18": {"salm": d}, "small": {"salm": {**d, "accuracy_drop": 0}}},
-                                "protection": {"salm": {"params": {"epsilon": 8}}}}))
+def _efficacy_json(path, drop, **param_overrides):
+    from medue.protect import build_protector
+    from medue.testing import make_release_efficacy
+
+    params = build_protector("salm", **{"epsilon": 4, "mask_ratio": 0.1, "max_rounds": 1, "inner_steps": 2,
+                                        "train_steps": 2, **param_overrides}).params()
+    path.write_text(json.dumps(make_release_efficacy("salm", params, drop=drop)))
     return str(path)
 
 
@@ -83,7 +85,7 @@ def test_diagnostic_check_blocks_release_unless_override(tiny_config, tmp_path):
     report = json.loads((cfg.output_path / "release" / "report.json").read_text())
     check = next(c for c in report["conformance"] if c["check"].startswith("diagnostic content preserved"))
     assert check["result"] == "fail" and check["architecture"] == "resnet18" and check["accuracy_drop"] == 0.15
-    assert "epsilon" in check["note"]  # evaluated at epsilon 8, released at 4: said, not hidden
+    assert "synthetic-set" in check["evidence"] and "method salm" in check["evidence"]
     assert "diagnostic content preserved" in (cfg.output_path / "release" / "report.html").read_text()
 
     cfg = load_config(tiny_config(report={"enabled": True, "efficacy_results": bad}, output=str(tmp_path / "o2"),
@@ -96,6 +98,22 @@ def test_diagnostic_check_blocks_release_unless_override(tiny_config, tmp_path):
     cfg = load_config(tiny_config(report={"enabled": True, "efficacy_results": good}, output=str(tmp_path / "o3")))
     summary = run_pipeline(cfg)
     assert summary.exit_code == EXIT_OK and summary.release_checks[0]["result"] == "pass"
+
+
+def test_results_for_other_parameters_are_not_tested_and_missing_results_are_a_config_error(tiny_config, tmp_path):
+    other = _efficacy_json(tmp_path / "other.json", 0.15, epsilon=8)
+    cfg = load_config(tiny_config(report={"enabled": True, "efficacy_results": other}))
+    summary = run_pipeline(cfg)
+    check = summary.release_checks[0]
+    assert check["result"] == "not tested" and "epsilon: 8 there, 4 here" in check["note"]
+    assert summary.exit_code == EXIT_OK  # never "pass", never a block on numbers that are not this release's
+    report = json.loads(summary.report_json.read_text())
+    assert report["efficacy_verdict"]["applies"] is False
+    assert "not measured for this release's parameters" in summary.report_html.read_text()
+    cfg = load_config(tiny_config(report={"enabled": True, "efficacy_results": str(tmp_path / "nope.json")},
+                                  output=str(tmp_path / "o4")))
+    with pytest.raises(InvalidConfigError, match="does not exist"):
+        run_pipeline(cfg)
 
 
 def test_resume_skips_done_and_is_deterministic(tiny_config):
