@@ -102,20 +102,13 @@ def _run(args: argparse.Namespace) -> int:
         overrides["output"] = args.output
     if args.input:
         overrides["input"] = args.input
-    config = load_config(args.config, overrides=overrides)
-    execution = {}
-    if args.workers:
-        execution["workers"] = args.workers
-    if args.backend:
-        execution["backend"] = args.backend
-    if args.device:
-        execution["device"] = args.device
-    import dataclasses
-
+    execution = {k: v for k, v in (("workers", args.workers), ("backend", args.backend), ("device", args.device))
+                 if v is not None}
     if execution:
-        config = dataclasses.replace(config, execution=dataclasses.replace(config.execution, **execution))
+        overrides["execution"] = execution
     if args.no_tracking:
-        config = dataclasses.replace(config, tracking=dataclasses.replace(config.tracking, enabled=False))
+        overrides["tracking"] = {"enabled": False}
+    config = load_config(args.config, overrides=overrides)  # overrides are validated like the file's own values
     shard = parse_shard(args.shard)
     say = (lambda s: None) if args.quiet else (lambda s: print(f"medue: {s}", file=sys.stderr, flush=True))
     summary = run_pipeline(config, shard=shard, resume=args.resume, progress=say, show_bar=not args.quiet)

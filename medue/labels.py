@@ -8,7 +8,8 @@ Sources (``labels.source`` in the pipeline config):
 * ``table``: a CSV or TSV file with a header row. ``id_column`` names the column that identifies an item:
   ``path`` (a file path relative to the input folder; for a DICOM series any one of its files, or its folder),
   ``SeriesInstanceUID`` or ``StudyInstanceUID``; ``label_column`` holds the class.
-* ``folder``: the name of the folder directly above each item's file (``input/tumor/x.nii`` -> ``tumor``).
+* ``folder``: the name of the first folder under the input folder (``input/tumor/x.nii`` and
+  ``input/tumor/series_7/1.dcm`` -> ``tumor``), the usual one-folder-per-class layout.
 * ``dicom_attribute``: the value of a DICOM attribute (keyword, e.g. ``BodyPartExamined``) of a series' first
   instance; only for DICOM items.
 
@@ -119,10 +120,10 @@ def resolve_labels(items: list[Any], *, root: Path, source: str, table: Path | N
                             f"{', '.join(unknown[:3])}); check {id_column!r} values against the input folder")
     elif source == "folder":
         for it in wanted:
-            parent = Path(it.paths[0]).parent
-            if parent.resolve() == root.resolve():
-                continue
-            names[it.item_id] = parent.name
+            rel = Path(it.paths[0]).resolve().relative_to(root.resolve()) \
+                if Path(it.paths[0]).resolve().is_relative_to(root.resolve()) else Path(it.paths[0]).name
+            if len(Path(rel).parts) > 1:
+                names[it.item_id] = Path(rel).parts[0]
     elif source == "dicom_attribute":
         if not attribute:
             return None, ["labels.attribute: required with source 'dicom_attribute' (a DICOM keyword)"]

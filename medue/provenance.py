@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import hmac
 import platform
 import sys
 from dataclasses import asdict, dataclass, field
@@ -41,9 +41,16 @@ def key_fingerprint(key: str) -> str:
     """A public fingerprint of the secret protection key: HMAC-SHA256 of a fixed label, first 16 hex digits.
 
     The key itself never appears in outputs, logs or MLflow; only this fingerprint does, so an auditor can
-    tell whether two releases used the same key without learning it.
+    tell whether two releases used the same key without learning it. PBKDF2-HMAC-SHA256 (200,000 iterations)
+    makes every guess slow.
     """
-    return hmac.new(key.encode(), b"medue-key-fingerprint-v1", hashlib.sha256).hexdigest()[:16]
+    return _slow_fingerprint(key)
+
+
+@functools.lru_cache(maxsize=8)
+def _slow_fingerprint(key: str) -> str:
+    # PBKDF2 with many iterations: each guess costs ~0.1 s, so even a short key cannot be brute-forced quickly
+    return hashlib.pbkdf2_hmac("sha256", key.encode(), b"medue-key-fingerprint-v2", 200_000).hex()[:16]
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,15 @@ class FidelityThresholds:
     max_abs_units: int | None = None
     max_abs_physical: float | None = None
     max_fraction_changed: float | None = None
+    #: Span PSNR/SSIM use: ``"volume"`` (the original's max - min: strict for dark images) or ``"dtype"`` (the
+    #: stored type's valid span, e.g. 255 for 8-bit images, the convention of the unlearnable-examples papers).
+    data_range: str = "volume"
+
+    def span(self, original: np.ndarray, valid_range: tuple[int, int] | None = None) -> float:
+        """The data range these thresholds measure ``original`` with."""
+        if self.data_range == "dtype" and valid_range is not None:
+            return float(valid_range[1] - valid_range[0])
+        return float(max(int(original.max()) - int(original.min()), 1)) if original.size else 1.0
 
 
 @dataclass(frozen=True)
@@ -49,15 +58,17 @@ class FidelityReport:
 
 
 def check_fidelity(original: np.ndarray, protected: np.ndarray, thresholds: FidelityThresholds, *,
-                   rescale_slope: float = 1.0, data_range: float | None = None) -> FidelityReport:
+                   rescale_slope: float = 1.0, data_range: float | None = None,
+                   valid_range: tuple[int, int] | None = None) -> FidelityReport:
     """Compare ``protected`` with ``original`` (both ``(z, y, x)`` stored units) and apply ``thresholds``.
 
     Args:
-        data_range: Span used by PSNR/SSIM, in stored units. Default: the original's max - min (at least 1),
-            stated in the report so the numbers can be reproduced.
+        data_range: Span used by PSNR/SSIM, in stored units. Default: ``thresholds.span`` (the original's
+            max - min, or with ``data_range="dtype"`` the ``valid_range`` span), stated in the report so the
+            numbers can be reproduced.
     """
     if data_range is None:
-        data_range = float(max(int(original.max()) - int(original.min()), 1)) if original.size else 1.0
+        data_range = thresholds.span(original, valid_range)
     psnr = compute_psnr(original, protected, data_range=data_range)
     ssim = compute_ssim(original, protected, data_range=data_range)
     linf = max_abs_diff(original, protected)

@@ -71,12 +71,14 @@ class FidelityPolicy:
     max_diagnostic_accuracy_drop: float | None = 0.02
     override_reason: str | None = None
     override_by: str | None = None
+    #: PSNR/SSIM data range: "volume" (original max - min) or "dtype" (stored type's span; for 8-bit images).
+    data_range: str = "volume"
 
     @property
     def thresholds(self) -> FidelityThresholds:
         return FidelityThresholds(min_psnr_db=self.min_psnr_db, min_ssim=self.min_ssim,
                                   max_abs_units=self.max_abs_units, max_abs_physical=self.max_abs_physical,
-                                  max_fraction_changed=self.max_fraction_changed)
+                                  max_fraction_changed=self.max_fraction_changed, data_range=self.data_range)
 
 
 @dataclass(frozen=True)
@@ -180,20 +182,44 @@ class PipelineConfig:
         return labels
 
     def read_key(self) -> str:
-        """The secret key from ``key.env`` or ``key.file``; raises InvalidConfigError saying how to provide one."""
+        """The secret key from ``key.env`` or ``key.file``; raises InvalidConfigError saying how to provide one.
+
+        The key must be strong (:func:`check_key_strength`): the published fingerprint must not let anyone
+        recover it by guessing.
+        """
         value = os.environ.get(self.key.env, "") if self.key.env else ""
         if value:
-            return value
+            return check_key_strength(value, f"${self.key.env}")
         if self.key.file:
             path = self.resolve(self.key.file)
             if path.is_file():
                 text = path.read_text().strip()
                 if text:
-                    return text
+                    return check_key_strength(text, f"key.file {self.key.file}")
             raise InvalidConfigError([f"key.file {self.key.file!r} is missing or empty; put the site's secret "
                                       f"protection key there or set ${self.key.env}"])
         raise InvalidConfigError([f"no protection key: set the environment variable {self.key.env} or key.file "
                                   "in the config"])
+
+
+#: Minimum length and number of distinct characters of a protection key.
+MIN_KEY_LENGTH, MIN_KEY_DISTINCT = 16, 8
+KEY_HOWTO = "make one with: python -c \"import secrets; print(secrets.token_urlsafe(32))\""
+
+
+def check_key_strength(key: str, where: str) -> str:
+    """Return ``key`` or raise InvalidConfigError when it is short or low in entropy (nothing about it is shown)."""
+    stripped = key.strip()
+    problems = []
+    if len(stripped) < MIN_KEY_LENGTH:
+        problems.append(f"{where}: the protection key is {len(stripped)} characters; at least {MIN_KEY_LENGTH} are "
+                        f"needed so it cannot be guessed from the published fingerprint; {KEY_HOWTO}")
+    elif len(set(stripped)) < MIN_KEY_DISTINCT:
+        problems.append(f"{where}: the protection key uses only {len(set(stripped))} distinct characters (at least "
+                        f"{MIN_KEY_DISTINCT}); {KEY_HOWTO}")
+    if problems:
+        raise InvalidConfigError(problems)
+    return stripped
 
 
 _SECTIONS = {
@@ -214,6 +240,48 @@ def _fields(cls: type) -> set[str]:
 def _check_type(problems: list[str], where: str, value: Any, types: tuple[type, ...], expect: str) -> None:
     if value is not None and (not isinstance(value, types) or isinstance(value, bool) and bool not in types):
         problems.append(f"{where}: expected {expect}, got {type(value).__name__} {value!r}")
+
+
+def _check_protect_params(method: str, params: Mapping[str, Any]) -> list[str]:
+    """Every problem with ``protect.params``: unknown names (with the allowed list), types, then ranges."""
+    import difflib
+
+    from medue.protect import PROTECTORS, build_protector
+
+    cls = PROTECTORS.get(method)
+    defaults = cls().params()
+    problems = []
+    for k, v in params.items():
+        if k not in defaults:
+            close = difflib.get_close_matches(str(k), list(defaults), n=1)
+            problems.append(f"protect.params: unknown parameter {k!r} for {method!r}"
+                            + (f" (did you mean {close[0]!r}?)" if close else "")
+                            + f"; allowed: {', '.join(sorted(defaults))}")
+            continue
+        d = defaults[k]
+        if isinstance(d, bool) and not isinstance(v, bool):
+            problems.append(f"protect.params.{k}: expected true or false, got {v!r}")
+        elif isinstance(d, int) and not isinstance(d, bool) and (not isinstance(v, int) or isinstance(v, bool)):
+            problems.append(f"protect.params.{k}: expected a whole number, got {type(v).__name__} {v!r}")
+        elif isinstance(d, float) and (not isinstance(v, (int, float)) or isinstance(v, bool) or v != v):
+            problems.append(f"protect.params.{k}: expected a number, got {type(v).__name__} {v!r}")
+        elif isinstance(d, str) and not isinstance(v, str):
+            problems.append(f"protect.params.{k}: expected a string, got {type(v).__name__} {v!r}")
+        elif isinstance(d, list) and not isinstance(v, list):
+            problems.append(f"protect.params.{k}: expected a list, got {type(v).__name__} {v!r}")
+    if problems:
+        return problems
+    for k, v in params.items():  # ranges: each parameter alone, so every out-of-range value is reported
+        try:
+            build_protector(method, **{k: v})
+        except (TypeError, ValueError) as exc:
+            problems.append(f"protect.params.{k}: {exc}")
+    if not problems:
+        try:
+            build_protector(method, **params)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"protect.params for {method!r}: {exc}")
+    return problems
 
 
 def parse_config(data: Any, *, source: str = "config", base_dir: str | Path = ".") -> PipelineConfig:
@@ -262,10 +330,7 @@ def parse_config(data: Any, *, source: str = "config", base_dir: str | Path = ".
     elif not isinstance(params, Mapping):
         problems.append(f"protect.params: expected a mapping, got {type(params).__name__}")
     else:
-        try:
-            build_protector(method, **params)
-        except (TypeError, ValueError) as exc:
-            problems.append(f"protect.params for {method!r}: {exc}")
+        problems += _check_protect_params(method, params)
     for k, lo in (("fit_max_slices", 1), ("fit_size", 8)):
         v = p.get(k)
         _check_type(problems, f"protect.{k}", v, (int,), "an integer or null")
@@ -301,8 +366,25 @@ def parse_config(data: Any, *, source: str = "config", base_dir: str | Path = ".
     for k in ("min_psnr_db", "max_abs_units", "max_abs_physical"):
         if isinstance(f.get(k), (int, float)) and f[k] < 0:
             problems.append(f"fidelity.{k}: must be >= 0, got {f[k]}")
+    if f.get("data_range", "volume") not in ("volume", "dtype"):
+        problems.append(f"fidelity.data_range: expected 'volume' or 'dtype', got {f.get('data_range')!r}")
+    for k in ("min_psnr_db", "min_ssim", "max_abs_physical", "max_fraction_changed", "max_diagnostic_accuracy_drop"):
+        if isinstance(f.get(k), float) and f[k] != f[k]:
+            problems.append(f"fidelity.{k}: NaN is not a threshold; give a number or null")
     if bool(f.get("override_reason")) != bool(f.get("override_by")):
         problems.append("fidelity: an override needs both override_reason and override_by")
+
+    r = sections.get("report", {})
+    _check_type(problems, "report.enabled", r.get("enabled"), (bool,), "true or false")
+    _check_type(problems, "report.efficacy_results", r.get("efficacy_results"), (str,), "a path or null")
+    _check_type(problems, "report.max_items_pictured", r.get("max_items_pictured"), (int,), "a whole number")
+    t = sections.get("tracking", {})
+    _check_type(problems, "tracking.enabled", t.get("enabled"), (bool,), "true or false")
+    for k in ("uri", "experiment"):
+        _check_type(problems, f"tracking.{k}", t.get(k), (str,), "a string")
+    k_ = sections.get("key", {})
+    for k in ("env", "file"):
+        _check_type(problems, f"key.{k}", k_.get(k), (str,), "a string")
 
     e = sections.get("execution", {})
     if e.get("backend", "local") not in ("local", "ray"):
@@ -331,5 +413,7 @@ def load_config(path: str | Path, *, overrides: Mapping[str, Any] | None = None)
     except yaml.YAMLError as exc:
         raise InvalidConfigError([f"not valid YAML: {exc}"], source=str(path)) from exc
     if overrides and isinstance(data, dict):
-        data = {**data, **overrides}
+        data = dict(data)
+        for k, v in overrides.items():
+            data[k] = {**data[k], **v} if isinstance(v, Mapping) and isinstance(data.get(k), Mapping) else v
     return parse_config(data, source=str(path), base_dir=".")

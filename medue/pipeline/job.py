@@ -165,7 +165,8 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True) -> di
         step = protected.history[-1]
         result["protection"] = step.to_dict()
         slope, _ = volume.rescale
-        fid = check_fidelity(volume.array, protected.array, ctx.thresholds, rescale_slope=slope)
+        fid = check_fidelity(volume.array, protected.array, ctx.thresholds, rescale_slope=slope,
+                             valid_range=volume.valid_range)
         if not fid.passed and ctx.adapt_support:
             protected, fid, kept = adapt_support(volume, protected, fid, ctx, slope)
             if kept < 1.0:
@@ -230,7 +231,7 @@ def adapt_support(volume: Any, protected: Any, fid: Any, ctx: JobContext, slope:
         step = protected.history[-1]
         stats = {**step.stats, "fraction_changed": float(np.count_nonzero(thinned) / max(thinned.size, 1))}
         protected = volume.with_array(array, _dc.replace(step, stats=stats, output_fingerprint=fingerprint_array(array)))
-        fid = check_fidelity(original, array, t, rescale_slope=slope)
+        fid = check_fidelity(original, array, t, rescale_slope=slope, valid_range=volume.valid_range)
         if fid.passed:
             break
     return protected, fid, round(kept, 4)

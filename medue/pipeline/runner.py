@@ -190,6 +190,15 @@ def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), res
     efficacy = config.load_efficacy_results()  # read once, first: the gate, the report and MLflow all use it
     fingerprint = key_fingerprint(key)
     device = resolve_device(config.execution.device)
+    problems = []
+    if not config.input_path.exists():
+        problems.append(f"input: folder {config.input} does not exist (relative paths are taken from the current "
+                        f"folder, {Path.cwd().name}/); fix `input:` or pass --input")
+    elif config.input_path.is_dir() and config.output_path.resolve().is_relative_to(config.input_path.resolve()):
+        problems.append(f"output {config.output} lies inside input {config.input}: a later run would protect its "
+                        "own outputs again; choose an output folder outside the input folder")
+    if problems:
+        raise InvalidConfigError(problems)
     layout = OutputLayout(config.output_path)
     layout.root.mkdir(parents=True, exist_ok=True)
     removed = remove_partials(layout.root)

@@ -23,7 +23,7 @@ import torch
 
 from medue.protect.base import Protector, UnitSpace, batches, project
 from medue.protect.clusters import kmeans, surrogate_features
-from medue.protect.masks import foreground_mask
+from medue.protect.masks import flat_region_mask, foreground_mask
 from medue.protect.minmin import (
     AUGMENTATIONS,
     MaskFn,
@@ -36,6 +36,7 @@ from medue.protect.minmin import (
 from medue.protect.surrogate import make_surrogate
 
 MODES = ("samplewise", "classwise")
+PLACEMENTS = ("pattern", "flat")
 
 
 class EMProtector(Protector):
@@ -58,6 +59,9 @@ class EMProtector(Protector):
         augment: Transformations both minimisations see (subset of ``flip``, ``shift``, ``smooth``, ``noise``),
             so the noise stays a shortcut under an attacker's augmentation and preprocessing.
         init: Class-wise only: ``"zeros"`` (paper) or ``"random"`` (random signs at the budget, from the key).
+        placement: Class-wise only: where a sample carries its class pattern. ``"pattern"``: everywhere the
+            pattern's own (sparse) support allows; ``"flat"``: on the ``support_ratio`` fraction of each image's
+            darkest, flattest pixels (:func:`medue.protect.masks.flat_region_mask`), the pattern dense there.
         **kwargs: :class:`~medue.protect.base.Protector` arguments (``epsilon``, ``step``…).
     """
 
@@ -67,7 +71,8 @@ class EMProtector(Protector):
     def __init__(self, *, mode: str = "samplewise", inner_steps: int = 20, train_steps: int = 10,
                  max_rounds: int = 10, stop_accuracy: float = 0.99, surrogate: str = "small", lr: float = 0.1,
                  num_clusters: int = 2, rho: int | None = None, tile: int = 0, block: int = 1,
-                 augment: tuple[str, ...] | list[str] = (), init: str = "zeros", **kwargs: Any) -> None:
+                 augment: tuple[str, ...] | list[str] = (), init: str = "zeros", placement: str = "pattern",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         for name, value in (("tile", tile), ("block", block)):
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "tile" else 1):
@@ -77,7 +82,10 @@ class EMProtector(Protector):
             raise ValueError(f"augment must be a list drawn from {list(AUGMENTATIONS)}, not {augment!r}")
         if init not in ("zeros", "random"):
             raise ValueError(f"init must be 'zeros' or 'random', not {init!r}")
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, not {placement!r}")
         self.tile, self.block, self.augment, self.init = tile, block, tuple(augment), init
+        self.placement = placement
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         for name, value in (("inner_steps", inner_steps), ("train_steps", train_steps), ("max_rounds", max_rounds),
@@ -112,7 +120,7 @@ class EMProtector(Protector):
         return {**super().params(), "mode": self.mode, "inner_steps": s.inner_steps, "train_steps": s.train_steps,
                 "max_rounds": s.max_rounds, "stop_accuracy": s.stop_accuracy, "surrogate": self.surrogate_arch,
                 "lr": s.lr, "rho": s.rho, "num_clusters": self.num_clusters, "tile": self.tile,
-                "block": self.block, "augment": list(self.augment), "init": self.init}
+                "block": self.block, "augment": list(self.augment), "init": self.init, "placement": self.placement}
 
     @property
     def support_ratio(self) -> float:
@@ -124,6 +132,13 @@ class EMProtector(Protector):
 
     def _allowed(self, x: torch.Tensor, space: UnitSpace) -> torch.Tensor | None:
         return foreground_mask(space.to_model(x)) if self.foreground_only else None
+
+    def _placement(self, x: torch.Tensor, space: UnitSpace) -> torch.Tensor | None:
+        """Per-sample 0/1 mask of where the class pattern goes (``placement="flat"``), else ``None``."""
+        if self.placement != "flat":
+            return None
+        return torch.cat([flat_region_mask(space.select(sl).to_model(x[sl]), self.support_ratio)
+                          for sl in batches(x.shape[0], 256)])
 
     def fit(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
             generator: torch.Generator) -> torch.Tensor:
@@ -138,12 +153,14 @@ class EMProtector(Protector):
             self.fitted = True
             return torch.zeros_like(x_units)
         if self.mode == "classwise":
+            placement = self._placement(x_units, space)
             noise, self.support, self.history = bilevel_classwise_tiled(
                 self.model, x_units, labels, num_classes, space, settings=self.settings, generator=generator,
-                tile=self.tile, mask_ratio=self.support_ratio, block=self.block, augment=self.augment,
-                init=self.init, progress=self.progress)
+                tile=self.tile, mask_ratio=1.0 if placement is not None else self.support_ratio, block=self.block,
+                augment=self.augment, init=self.init, placement=placement, progress=self.progress)
             self.class_noise = noise * self.support
-            delta = project(tile_to(self.class_noise, *x_units.shape[-2:])[labels], x_units, space, self.epsilon)
+            delta = tile_to(self.class_noise, *x_units.shape[-2:])[labels]
+            delta = project(delta if placement is None else delta * placement, x_units, space, self.epsilon)
         else:
             delta, self.history = bilevel_samplewise(
                 self.model, x_units, labels, space, settings=self.settings, generator=generator,
@@ -168,7 +185,9 @@ class EMProtector(Protector):
             assert self.class_noise is not None
             noise = tile_to(self.class_noise.to(x_units.device), *x_units.shape[-2:])
             labels = labels.clamp(0, noise.shape[0] - 1)
-            return project(noise[labels], x_units, space, self.epsilon)
+            placement = self._placement(x_units, space)
+            delta = noise[labels] if placement is None else noise[labels] * placement
+            return project(delta, x_units, space, self.epsilon)
         delta = torch.zeros_like(x_units)
         allowed = self._allowed(x_units, space)
         for sl in batches(x_units.shape[0], self.batch_size):

@@ -43,3 +43,16 @@ def topk_mask(scores: torch.Tensor, ratio: float, *, allowed: torch.Tensor | Non
     if allowed is not None:
         mask = mask * allowed_flat.to(mask.dtype)
     return mask.reshape(scores.shape)
+
+
+def flat_region_mask(x_model: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Per-sample mask of the ``ratio`` fraction of pixels in the darkest, flattest places of each image.
+
+    Score = 3x3 local mean + 3x3 local standard deviation (model space); the lowest-scored pixels are kept. In
+    medical images these are mostly air and background outside the body, where a change does not touch anatomy,
+    and where a pattern stands out to a model because nothing else varies there.
+    """
+    pad = F.pad(x_model, (1, 1, 1, 1), mode="replicate")
+    mean = F.avg_pool2d(pad, 3, stride=1)
+    var = (F.avg_pool2d(pad * pad, 3, stride=1) - mean * mean).clamp_min(0)
+    return topk_mask(-(mean + var.sqrt()), ratio)

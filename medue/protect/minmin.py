@@ -170,6 +170,7 @@ def bilevel_classwise_tiled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
                             space: UnitSpace, *, settings: MinMinSettings, generator: torch.Generator,
                             tile: int = 0, mask_ratio: float = 1.0, block: int = 1,
                             augment: tuple[str, ...] = (), init: str = "random",
+                            placement: torch.Tensor | None = None,
                             progress: Callable[[str], None] | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Class-wise error-minimising noise, periodic with period ``tile`` and sparse, robust by construction.
@@ -198,6 +199,9 @@ def bilevel_classwise_tiled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     def expand(pattern: torch.Tensor) -> torch.Tensor:
         return tile_to(pattern, h, w)
 
+    def place(full: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return full[y[idx]] if placement is None else full[y[idx]] * placement[idx]
+
     def view(inp_units: torch.Tensor, sp: UnitSpace) -> torch.Tensor:
         return attacker_view(sp.to_model(inp_units), augment, generator, noise_std=settings.rho / 255.0)
 
@@ -206,7 +210,7 @@ def bilevel_classwise_tiled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
         model.train()
         for _ in range(settings.train_steps):
             idx = torch.randint(n, (min(settings.batch_size, n),), generator=generator).to(x.device)
-            inp = torch.clamp(x[idx] + full[y[idx]], space.lo, space.hi)
+            inp = torch.clamp(x[idx] + place(full, idx), space.lo, space.hi)
             loss = F.cross_entropy(model(view(inp, space.select(idx))), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -219,7 +223,7 @@ def bilevel_classwise_tiled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
             for _ in range(settings.inner_steps):
                 d = noise.detach().clone().requires_grad_(True)
                 full = expand(d * support)
-                inp = torch.clamp(x[idx] + full[y[idx]], space.lo, space.hi)
+                inp = torch.clamp(x[idx] + place(full, idx), space.lo, space.hi)
                 loss = F.cross_entropy(model(view(inp, space.select(idx))), y[idx])
                 (grad,) = torch.autograd.grad(loss, d)
                 saliency += grad.abs()
@@ -227,7 +231,8 @@ def bilevel_classwise_tiled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
         if mask_ratio < 1.0:
             peak = saliency.flatten(1).amax(1).clamp_min(1e-30).view(-1, 1, 1, 1)
             support = block_mask((noise * support).abs() + 0.5 * saliency / peak, mask_ratio, block)
-        per_sample = torch.clamp(x + expand(noise * support)[y], space.lo, space.hi) - x
+        everyone = torch.arange(n, device=x.device)
+        per_sample = torch.clamp(x + place(expand(noise * support), everyone), space.lo, space.hi) - x
         acc = accuracy(model, x, y, per_sample, space, settings.batch_size)
         history.append(acc)
         if progress:

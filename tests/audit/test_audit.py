@@ -17,7 +17,7 @@ def test_report_json_follows_schema_and_html_is_self_contained(tiny_config):
     assert len(report["key_fingerprint"]) == 16
     html = summary.report_html.read_text()
     assert html.count("data:image/png;base64,") >= 3  # fidelity plot + one panel per volume
-    assert "src='http" not in html and "test-key-123" not in html
+    assert "src='http" not in html and "test-key-123-long-enough" not in html
     for heading in ("Clinical utility", "Before / after", "Efficacy: what the protection was measured to do", "Conformance", "Limitations"):
         assert heading in html
     broken = dict(report, schema="medue.report/0")
@@ -47,7 +47,7 @@ def test_mlflow_run_has_params_metrics_artifacts_and_no_phi(tiny_config, tmp_pat
     assert run.data.metrics["diagnostic_accuracy_drop"] == 0.01 and run.data.tags["medue.check.diagnostic"] == "pass"
     assert run.data.tags["medue.key_fingerprint"] == json.loads(summary.report_json.read_text())["key_fingerprint"]
     blob = json.dumps([run.data.params, run.data.tags])
-    assert "test-key-123" not in blob and str(cfg.input_path) not in blob and "series_a" not in blob
+    assert "test-key-123-long-enough" not in blob and str(cfg.input_path) not in blob and "series_a" not in blob
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"manifest.json", "items.jsonl", "config.resolved.json", "report"} <= names
     assert len(run.inputs.dataset_inputs) == 1

@@ -26,9 +26,9 @@ def test_all_problems_reported_at_once(tmp_path):
 
 
 def test_protector_params_validated_by_constructor():
-    with pytest.raises(InvalidConfigError, match=r"protect.params for 'salm': mask_ratio must be in \(0, 1\]"):
+    with pytest.raises(InvalidConfigError, match=r"protect.params.mask_ratio: mask_ratio must be in \(0, 1\]"):
         parse_config({"name": "x", "input": "i", "output": "o", "protect": {"method": "salm", "params": {"mask_ratio": 2}}})
-    with pytest.raises(InvalidConfigError, match="unexpected keyword argument 'colour'"):
+    with pytest.raises(InvalidConfigError, match="unknown parameter 'colour' for 'salm'; allowed: augment"):
         parse_config({"name": "x", "input": "i", "output": "o", "protect": {"params": {"colour": 1}}})
 
 
@@ -47,8 +47,42 @@ def test_key_sources(tmp_path, monkeypatch):
     monkeypatch.delenv("MEDUE_T_KEY", raising=False)
     with pytest.raises(InvalidConfigError, match="no protection key: set the environment variable MEDUE_T_KEY"):
         cfg.read_key()
-    monkeypatch.setenv("MEDUE_T_KEY", "s3cret")
-    assert cfg.read_key() == "s3cret"
+    monkeypatch.setenv("MEDUE_T_KEY", "s3cret-but-long-enough-0123")
+    assert cfg.read_key() == "s3cret-but-long-enough-0123"
+    for weak, why in (("k", "1 characters"), ("   abc   ", "3 characters"), ("aaaaaaaaaaaaaaaaaaaa", "distinct")):
+        monkeypatch.setenv("MEDUE_T_KEY", weak)
+        with pytest.raises(InvalidConfigError, match=why) as err:
+            cfg.read_key()
+        assert "secrets.token_urlsafe" in str(err.value) and weak.strip() not in str(err.value).split(";")[0][-5:]
+
+
+def test_key_fingerprint_is_slow_to_brute_force():
+    import time
+
+    from medue.provenance import key_fingerprint
+
+    t0 = time.perf_counter()
+    fp = key_fingerprint("a-fresh-key-not-cached-0123456789")
+    assert len(fp) == 16 and time.perf_counter() - t0 > 0.02  # thousands of guesses take minutes, not seconds
+
+
+def test_every_problem_is_listed_at_once_with_strict_types():
+    with pytest.raises(InvalidConfigError) as err:
+        parse_config({"name": "x", "input": "i", "output": "o",
+                      "protect": {"reversible": "false", "params": {"epsilonn": 3, "mask_ratio": "x"}},
+                      "fidelity": {"min_psnr_db": float("nan"), "data_range": "image"},
+                      "report": {"max_items_pictured": "many"}, "key": {"env": 123},
+                      "labels": {"source": "table"}, "execution": {"workers": -2}})
+    text = str(err.value)
+    for expected in ("protect.reversible: expected true or false", "unknown parameter 'epsilonn'",
+                     "did you mean 'epsilon'", "protect.params.mask_ratio: expected a number", "NaN",
+                     "fidelity.data_range", "report.max_items_pictured", "key.env", "labels.table: required",
+                     "execution.workers: must be >= 1"):
+        assert expected in text
+    with pytest.raises(InvalidConfigError) as err:
+        parse_config({"name": "x", "input": "i", "output": "o",
+                      "protect": {"params": {"epsilon": -3, "mask_ratio": 3.0}}})
+    assert "protect.params.epsilon" in str(err.value) and "protect.params.mask_ratio" in str(err.value)
 
 
 def test_shipped_pipelines_are_valid():

@@ -1,0 +1,68 @@
+import json
+
+import pytest
+
+from medue.errors import InvalidConfigError
+from medue.io import discover_inputs
+from medue.labels import resolve_labels
+from medue.pipeline.config import load_config
+from medue.pipeline.runner import run_pipeline
+from medue.testing import make_dicom_series, make_nifti
+
+
+def _inputs(root):
+    make_nifti(root / "tumor" / "a.nii.gz", shape=(16, 16, 2), seed=1)
+    make_nifti(root / "tumor" / "b.nii.gz", shape=(16, 16, 2), seed=2)
+    make_nifti(root / "healthy" / "c.nii.gz", shape=(16, 16, 2), seed=3)
+    make_dicom_series(root / "healthy" / "series", slices=2, size=16, seed=4)
+    return discover_inputs(root)
+
+
+def test_table_folder_and_dicom_attribute_sources(tmp_path):
+    root = tmp_path / "in"
+    items = _inputs(root)
+    table = tmp_path / "labels.csv"
+    table.write_text("path,label\ntumor/a.nii.gz,T\ntumor/b.nii.gz,T\nhealthy/c.nii.gz,H\nhealthy/series,H\n")
+    labels, problems = resolve_labels(items, root=root, source="table", table=table)
+    assert not problems and labels.classes == ("H", "T") and labels.counts() == {"H": 2, "T": 2}
+
+    labels, problems = resolve_labels(items, root=root, source="folder")
+    assert not problems and labels.counts() == {"healthy": 2, "tumor": 2}
+
+    labels, problems = resolve_labels(items, root=root, source="dicom_attribute", attribute="Modality")
+    assert "3 input item(s) have no label" in problems[0]  # the NIfTI files carry no DICOM attribute
+
+
+def test_every_labelling_problem_is_listed_at_once(tmp_path):
+    root = tmp_path / "in"
+    items = _inputs(root)
+    table = tmp_path / "labels.tsv"
+    table.write_text("path\tlabel\ntumor/a.nii.gz\tT\nnot/there.nii\tH\nhealthy/c.nii.gz\t\n")
+    labels, problems = resolve_labels(items, root=root, source="table", table=table)
+    text = "\n".join(problems)
+    assert "line 4: empty label" in text and "1 row(s) match no input item" in text
+    assert "3 input item(s) have no label" in text and "found 1 class(es)" in text
+    assert str(root) not in text and "tumor/b" not in text  # items are named by id, not by path
+
+
+def test_labelled_release_keeps_labels_private(tiny_config, tmp_path):
+    table = tmp_path / "labels.csv"
+    table.write_text("path,label\nseries_a,tumour_grade_2\nvol.nii.gz,normal\n")
+    cfg = load_config(tiny_config(labels={"source": "table", "table": str(table)},
+                                  protect={"method": "salm", "params": {"epsilon": 4, "mode": "classwise", "tile": 4,
+                                                                         "mask_ratio": 0.2, "max_rounds": 1,
+                                                                         "train_steps": 2, "inner_steps": 1}}))
+    summary = run_pipeline(cfg)
+    assert summary.exit_code == 0 and summary.counts["done"] == 2
+    private = json.loads((cfg.output_path / "private" / "labels.local.json").read_text())
+    assert private["classes"] == ["normal", "tumour_grade_2"]
+    fit = json.loads((cfg.output_path / "private" / "protector.json").read_text())
+    assert fit["labels_used"] is True and fit["slices"] == 4 + 3
+    for path in (cfg.output_path / "release").rglob("*"):
+        if path.is_file():
+            assert b"tumour_grade_2" not in path.read_bytes() and "tumour" not in path.name
+
+
+def test_class_wise_method_without_labels_is_a_config_error(tiny_config):
+    with pytest.raises(InvalidConfigError, match="needs labels"):
+        load_config(tiny_config(protect={"method": "conv", "params": {}}))
