@@ -90,3 +90,26 @@ def remove_partials(folder: str | Path) -> list[Path]:
             p.unlink()
         removed.append(p)
     return removed
+
+
+@contextlib.contextmanager
+def exclusive_lock(folder: str | Path) -> Iterator[None]:
+    """Hold ``folder/.medue.lock`` exclusively for the block; a second holder gets BlockingIOError at once.
+
+    The lock is an OS advisory lock (``flock``), released by the kernel when the process dies, so a kill -9
+    never leaves a stale lock behind.
+    """
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".medue.lock", "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Iterator, Sequence
 
@@ -42,9 +43,17 @@ def worker_devices(device: str, workers: int) -> list[str]:
 
 
 def _init_worker(threads: int) -> None:
+    """Pool worker set-up: its share of the cores for torch, and death with the parent process (Linux)."""
     import torch
 
     torch.set_num_threads(threads)
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: workers end when the pool is shut down
 
 
 def execute_local(items: Sequence[InputItem], ctx: JobContext, *, workers: int = 1, resume: bool = True,
@@ -55,7 +64,7 @@ def execute_local(items: Sequence[InputItem], ctx: JobContext, *, workers: int =
         for item in items:
             yield process_item(item, ctx.with_device(devices[0]), resume=resume)
         return
-    threads = max(1, (mp.cpu_count() or 1) // workers)
+    threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else mp.cpu_count()) // workers)
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                              initargs=(threads,)) as pool:
         futures = [pool.submit(process_item, item, ctx.with_device(devices[k % len(devices)]), resume=resume)

@@ -143,7 +143,7 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True) -> di
     marker_path = layout.marker(item.item_id)
     if resume and marker_path.exists():
         previous = read_marker(marker_path)
-        if previous is not None:
+        if previous is not None and _outputs_intact(layout, previous):
             return {**previous, "skipped": True}
     t0 = time.perf_counter()
     result: dict[str, Any] = {"item_id": item.item_id, "kind": item.kind, "skipped": False}
@@ -169,10 +169,10 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True) -> di
                              valid_range=volume.valid_range)
         if not fid.passed and ctx.adapt_support:
             protected, fid, kept = adapt_support(volume, protected, fid, ctx, slope)
-            if kept < 1.0:
-                result["protection"] = protected.history[-1].to_dict()
-                result["protection"]["stats"]["kept_fraction"] = kept
-                result["adapted"] = {"kept_fraction": kept, "reason": "fidelity gate: smaller support"}
+            result["protection"] = protected.history[-1].to_dict()
+            result["protection"]["stats"].update(kept)
+            result["adapted"] = {**kept, "reason": "fidelity gate: less noise for this item (smaller support "
+                                 "or amplitude) before giving up"}
         result["fidelity"] = fid.to_dict()
         _save_preview(layout.private / "previews" / f"{item.item_id}.npz", volume.array, protected.array)
         if not fid.passed and not ctx.override_reason:
@@ -201,11 +201,13 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True) -> di
 
 
 def adapt_support(volume: Any, protected: Any, fid: Any, ctx: JobContext, slope: float,
-                  attempts: int = 4, min_kept: float = 0.25) -> tuple[Any, Any, float]:
-    """Keep a keyed random subset of the changed voxels, sized from the PSNR shortfall, until the gate passes.
+                  attempts: int = 8, min_kept: float = 0.25, min_scale: float = 0.25) -> tuple[Any, Any, dict]:
+    """Make a failing item pass the gate with less noise rather than drop it (which would skew the classes).
 
-    Never keeps less than ``min_kept`` of the support: an image that only passes with (almost) no noise is a
-    gate failure, not a protected image. Returns ``(protected volume, fidelity report, kept fraction)``; the last attempt is returned if none passes.
+    A PSNR or fraction-changed failure keeps a keyed random subset of the changed voxels, sized from the
+    shortfall; an SSIM failure (noise in flat regions) scales the amplitude down. Never below ``min_kept`` of the
+    support or ``min_scale`` of the amplitude: an image that only passes with (almost) no noise is a gate
+    failure, not a protected image. Returns ``(protected volume, fidelity report, what was kept)``.
     """
     import dataclasses as _dc
 
@@ -215,26 +217,40 @@ def adapt_support(volume: Any, protected: Any, fid: Any, ctx: JobContext, slope:
     delta = protected.array.astype(np.int64) - original.astype(np.int64)
     rng = np.random.default_rng(_seed(ctx.key, "adapt", volume.fingerprint))
     order = rng.random(delta.shape)
-    kept = 1.0
+    kept, scale = 1.0, 1.0
     t = ctx.thresholds
+    step = protected.history[-1]
     for _ in range(attempts):
         need = []
         if t.min_psnr_db is not None and np.isfinite(fid.psnr_db) and fid.psnr_db < t.min_psnr_db:
             need.append(10 ** (-(t.min_psnr_db - fid.psnr_db + 0.3) / 10))
         if t.max_fraction_changed is not None and fid.fraction_changed > t.max_fraction_changed:
             need.append(t.max_fraction_changed / max(fid.fraction_changed, 1e-12) * 0.98)
-        if kept <= min_kept:
+        if need and kept > min_kept:
+            kept = max(kept * min(need), min_kept)
+        elif scale > min_scale:
+            scale = max(scale * 0.7, min_scale)
+        else:
             break
-        kept = max(kept * (min(need) if need else 0.7), min_kept)
         thinned = np.where(order < kept, delta, 0)
+        thinned = np.sign(thinned) * np.floor(np.abs(thinned) * scale + 0.5).astype(np.int64)
         array = (original.astype(np.int64) + thinned).astype(original.dtype)
-        step = protected.history[-1]
-        stats = {**step.stats, "fraction_changed": float(np.count_nonzero(thinned) / max(thinned.size, 1))}
+        stats = {**step.stats, "fraction_changed": float(np.count_nonzero(thinned) / max(thinned.size, 1)),
+                 "linf_units": int(np.abs(thinned).max()) if thinned.size else 0}
         protected = volume.with_array(array, _dc.replace(step, stats=stats, output_fingerprint=fingerprint_array(array)))
         fid = check_fidelity(original, array, t, rescale_slope=slope, valid_range=volume.valid_range)
         if fid.passed:
             break
-    return protected, fid, round(kept, 4)
+    return protected, fid, {"kept_fraction": round(kept, 4), "amplitude_scale": round(scale, 4)}
+
+
+def _outputs_intact(layout: OutputLayout, marker: dict[str, Any]) -> bool:
+    """Whether every file a done marker lists is still there with its recorded size and SHA-256."""
+    for out in marker.get("outputs", []) if marker.get("status") == DONE else []:
+        path = layout.release / out["path"]
+        if not path.is_file() or path.stat().st_size != out.get("bytes") or sha256_file(path) != out.get("sha256"):
+            return False
+    return True
 
 
 def _fitted_delta(layout: OutputLayout, item_id: str, shape: tuple[int, ...]) -> np.ndarray | None:

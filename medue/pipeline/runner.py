@@ -7,6 +7,7 @@ manifest -> report -> MLflow.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -123,8 +124,23 @@ def _fit_samples(items: list[InputItem], config: PipelineConfig) -> FitSet:
     return FitSet(torch.cat(xs), y, space, owners)
 
 
+#: What a resumed run must share with the fit it reuses, and how to name each in a message.
+IDENTITY_NAMES = {"key_fingerprint": "key", "method": "protection method", "params": "protector parameters",
+                  "labels_sha256": "set of labels", "config_hash": "configuration (method, parameters, labels, "
+                  "fidelity policy, input or output)"}
+
+
+def release_identity(config: PipelineConfig, key_fingerprint: str, labels: Any) -> dict[str, Any]:
+    """What fixes a release's content: key, method, parameters, labels and the rest of the config (not execution)."""
+    labels_json = json.dumps(labels.to_dict() if labels is not None else None, sort_keys=True)
+    return {"key_fingerprint": key_fingerprint, "method": config.protect.method,
+            "params": json.dumps(dict(config.protect.params), sort_keys=True, default=str),
+            "labels_sha256": hashlib.sha256(labels_json.encode()).hexdigest(), "config_hash": config.config_hash()}
+
+
 def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, device: torch.device,
-                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                  progress: Callable[[str], None] | None = None,
+                  identity: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fit the configured protector on the whole release and save it (and sample-wise deltas) under ``private/``.
 
     Sample-wise methods keep the delta the bi-level optimisation found for each slice
@@ -166,7 +182,8 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
     tmp = layout.protector_state.with_suffix(".tmp")
     torch.save(protector, tmp)
     tmp.replace(layout.protector_state)
-    info = {"method": config.protect.method, "config_hash": config.config_hash(), "slices": int(fit.x.shape[0]),
+    info = {"method": config.protect.method, "config_hash": config.config_hash(), "identity": identity or {},
+            "slices": int(fit.x.shape[0]),
             "items": len(fit.owners), "fit_resolution": list(fit.x.shape[-2:]),
             "labels_used": fit.labels is not None, "items_with_fitted_delta": stored,
             "fit_seconds": round(time.perf_counter() - t0, 2), "state_fingerprint": protector.state_fingerprint(),
@@ -178,7 +195,30 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
 
 def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), resume: bool = False,
                  progress: Callable[[str], None] | None = None, show_bar: bool = False) -> RunSummary:
-    """Run a whole release job. Returns a :class:`RunSummary`; nothing is raised for per-item problems."""
+    """Run a whole release job. Returns a :class:`RunSummary`; nothing is raised for per-item problems.
+
+    Raises:
+        InvalidConfigError: bad input/output folders, labels, a resume that does not match the fitted release,
+            or another run holding the output folder's lock.
+    """
+    from medue.io.atomic import exclusive_lock
+
+    if config.input_path.exists() and config.output_path.resolve().is_relative_to(config.input_path.resolve()):
+        raise InvalidConfigError([f"output {config.output} lies inside input {config.input}: a later run would "
+                                  "protect its own outputs again; choose an output folder outside the input folder"])
+    if not config.input_path.exists():
+        raise InvalidConfigError([f"input: folder {config.input} does not exist (relative paths are taken from the "
+                                  "current folder); fix `input:` or pass --input"])
+    try:
+        with exclusive_lock(config.output_path):
+            return _run_locked(config, shard=shard, resume=resume, progress=progress, show_bar=show_bar)
+    except BlockingIOError as exc:
+        raise InvalidConfigError([f"another medue run is writing to {config.output} (see its .medue.lock); wait "
+                                  "for it to finish or choose another output folder"]) from exc
+
+
+def _run_locked(config: PipelineConfig, *, shard: tuple[int, int], resume: bool,
+                progress: Callable[[str], None] | None, show_bar: bool) -> RunSummary:
     from medue.audit.manifest import write_manifest
     from medue.audit.report import build_report
     from medue.audit.sinks import open_sink
@@ -190,15 +230,6 @@ def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), res
     efficacy = config.load_efficacy_results()  # read once, first: the gate, the report and MLflow all use it
     fingerprint = key_fingerprint(key)
     device = resolve_device(config.execution.device)
-    problems = []
-    if not config.input_path.exists():
-        problems.append(f"input: folder {config.input} does not exist (relative paths are taken from the current "
-                        f"folder, {Path.cwd().name}/); fix `input:` or pass --input")
-    elif config.input_path.is_dir() and config.output_path.resolve().is_relative_to(config.input_path.resolve()):
-        problems.append(f"output {config.output} lies inside input {config.input}: a later run would protect its "
-                        "own outputs again; choose an output folder outside the input folder")
-    if problems:
-        raise InvalidConfigError(problems)
     layout = OutputLayout(config.output_path)
     layout.root.mkdir(parents=True, exist_ok=True)
     removed = remove_partials(layout.root)
@@ -217,13 +248,19 @@ def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), res
 
     state_info_path = layout.private / "protector.json"
     previous = json.loads(state_info_path.read_text()) if state_info_path.exists() else None
-    if resume and previous and previous.get("config_hash") == config.config_hash() and layout.protector_state.exists():
+    identity = release_identity(config, fingerprint, labels)
+    if (resume or shard != (0, 1)) and previous and layout.protector_state.exists():
+        differs = [k for k, v in identity.items() if previous.get("identity", {}).get(k) != v]
+        if differs:
+            raise InvalidConfigError([
+                f"--resume{' / --shard' if shard != (0, 1) else ''}: {config.output} was fitted with a different "
+                + ", ".join(IDENTITY_NAMES[k] for k in differs) + "; resuming would mix two protections in one "
+                "release. Resume with the original key and config, or start a new output folder"])
         fit_info = previous
         say(f"reusing fitted {config.protect.method} protector (state {fit_info['state_fingerprint'][:12]})")
-    elif shard != (0, 1) and previous and previous.get("config_hash") == config.config_hash():
-        fit_info = previous
     else:
-        fit_info = fit_protector([it for it in items if not it.problem], config, key, device=device, progress=say)
+        fit_info = fit_protector([it for it in items if not it.problem], config, key, device=device, progress=say,
+                                 identity=identity)
 
     fp = config.fidelity
     release_checks = [release_diagnostic_check(efficacy, config.protect.method, fit_info.get("params", {}),

@@ -58,10 +58,12 @@ class EMProtector(Protector):
             and smoothing better than isolated pixels).
         augment: Transformations both minimisations see (subset of ``flip``, ``shift``, ``smooth``, ``noise``),
             so the noise stays a shortcut under an attacker's augmentation and preprocessing.
-        init: Class-wise only: ``"zeros"`` (paper) or ``"random"`` (random signs at the budget, from the key).
+        init: Class-wise only: ``"zeros"`` (paper), ``"random"`` (random signs at the budget, from the key) or
+            ``"grating"`` (one stripe orientation per class, :func:`medue.protect.minmin.grating`).
         placement: Class-wise only: where a sample carries its class pattern. ``"pattern"``: everywhere the
             pattern's own (sparse) support allows; ``"flat"``: on the ``support_ratio`` fraction of each image's
-            darkest, flattest pixels (:func:`medue.protect.masks.flat_region_mask`), the pattern dense there.
+            darkest, flattest pixels (:func:`medue.protect.masks.flat_region_mask`), the pattern dense there and
+            non-negative (a negative change at the bottom of the stored range would be clipped away).
         **kwargs: :class:`~medue.protect.base.Protector` arguments (``epsilon``, ``step``…).
     """
 
@@ -80,8 +82,8 @@ class EMProtector(Protector):
                                  f"not {value!r}")
         if isinstance(augment, str) or not all(a in AUGMENTATIONS for a in augment):
             raise ValueError(f"augment must be a list drawn from {list(AUGMENTATIONS)}, not {augment!r}")
-        if init not in ("zeros", "random"):
-            raise ValueError(f"init must be 'zeros' or 'random', not {init!r}")
+        if init not in ("zeros", "random", "grating"):
+            raise ValueError(f"init must be 'zeros', 'random' or 'grating', not {init!r}")
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}, not {placement!r}")
         self.tile, self.block, self.augment, self.init = tile, block, tuple(augment), init
@@ -157,7 +159,8 @@ class EMProtector(Protector):
             noise, self.support, self.history = bilevel_classwise_tiled(
                 self.model, x_units, labels, num_classes, space, settings=self.settings, generator=generator,
                 tile=self.tile, mask_ratio=1.0 if placement is not None else self.support_ratio, block=self.block,
-                augment=self.augment, init=self.init, placement=placement, progress=self.progress)
+                augment=self.augment, init=self.init, placement=placement, positive=placement is not None,
+                progress=self.progress)
             self.class_noise = noise * self.support
             delta = tile_to(self.class_noise, *x_units.shape[-2:])[labels]
             delta = project(delta if placement is None else delta * placement, x_units, space, self.epsilon)

@@ -155,6 +155,22 @@ def attacker_view(x_model: torch.Tensor, augment: tuple[str, ...], generator: to
     return x_model
 
 
+def grating(num_classes: int, height: int, width: int, period: int = 4) -> torch.Tensor:
+    """``(K, 1, height, width)`` binary gratings in {-1, 1}, one orientation per class (angle ``pi * k / K``).
+
+    With two classes: vertical and horizontal stripes of 2 px on, 2 px off. A grating is unchanged by a flip
+    along its stripes and only changes phase under a shift, so it stays the same shortcut under flips and crops.
+    """
+    v, u = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
+                          indexing="ij")
+    out = []
+    for k in range(num_classes):
+        theta = torch.pi * k / num_classes
+        phase = (u * torch.cos(torch.tensor(theta)) + v * torch.sin(torch.tensor(theta))) / period
+        out.append(torch.where(torch.cos(2 * torch.pi * (phase + 0.125)) > 0, 1.0, -1.0))
+    return torch.stack(out).unsqueeze(1)
+
+
 def block_mask(scores: torch.Tensor, ratio: float, block: int) -> torch.Tensor:
     """0/1 mask over ``scores`` ``(K, 1, h, w)`` keeping the top ``ratio`` of ``block`` x ``block`` cells per row."""
     from medue.protect.masks import topk_mask
@@ -170,7 +186,7 @@ def bilevel_classwise_tiled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
                             space: UnitSpace, *, settings: MinMinSettings, generator: torch.Generator,
                             tile: int = 0, mask_ratio: float = 1.0, block: int = 1,
                             augment: tuple[str, ...] = (), init: str = "random",
-                            placement: torch.Tensor | None = None,
+                            placement: torch.Tensor | None = None, positive: bool = False,
                             progress: Callable[[str], None] | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Class-wise error-minimising noise, periodic with period ``tile`` and sparse, robust by construction.
@@ -185,11 +201,14 @@ def bilevel_classwise_tiled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     h, w = x.shape[-2:]
     th, tw = (tile, tile) if tile else (h, w)
     eps = settings.epsilon
+    lo_noise = 0 if positive else -eps
     if init == "random":
         noise = (torch.randint(0, 2, (num_classes, 1, th, tw), generator=generator).float() * 2 - 1) * eps
+    elif init == "grating":
+        noise = grating(num_classes, th, tw) * eps
     else:
         noise = torch.zeros((num_classes, 1, th, tw))
-    noise = noise.to(x.device)
+    noise = noise.clamp(lo_noise, eps).to(x.device)
     support = block_mask(torch.rand((num_classes, 1, th, tw), generator=generator).to(x.device), mask_ratio, block) \
         if mask_ratio < 1.0 else torch.ones_like(noise)
     opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9, weight_decay=5e-4)
@@ -227,7 +246,7 @@ def bilevel_classwise_tiled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
                 loss = F.cross_entropy(model(view(inp, space.select(idx))), y[idx])
                 (grad,) = torch.autograd.grad(loss, d)
                 saliency += grad.abs()
-                noise = torch.clamp(torch.round(noise - settings.step * torch.sign(grad)), -eps, eps)
+                noise = torch.clamp(torch.round(noise - settings.step * torch.sign(grad)), lo_noise, eps)
         if mask_ratio < 1.0:
             peak = saliency.flatten(1).amax(1).clamp_min(1e-30).view(-1, 1, 1, 1)
             support = block_mask((noise * support).abs() + 0.5 * saliency / peak, mask_ratio, block)

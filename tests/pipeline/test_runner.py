@@ -161,7 +161,7 @@ def test_kill_9_then_resume_finishes_exactly_once(tmp_path):
     inputs = tmp_path / "in"
     for k in range(8):
         make_nifti(inputs / f"v{k}.nii", shape=(32, 32, 6), seed=k)
-    (tmp_path / "k").write_text("kill-test-key")
+    (tmp_path / "k").write_text("kill-test-key-0123456789")
     cfg = {"name": "kill", "input": str(inputs), "output": str(tmp_path / "out"),
            "key": {"env": "MEDUE_UNSET", "file": str(tmp_path / "k")},
            "protect": {"method": "salm", "params": {"epsilon": 3, "max_rounds": 1, "inner_steps": 6, "train_steps": 1},
@@ -188,3 +188,46 @@ def test_kill_9_then_resume_finishes_exactly_once(tmp_path):
     assert not list((tmp_path / "out").rglob("*.partial-*"))
     manifest = json.loads((tmp_path / "out" / "release" / "manifest.json").read_text())
     assert len(manifest["items"]) == 8 and all(i["status"] == "done" for i in manifest["items"])
+
+
+def test_resume_refuses_another_key_or_params_and_ignores_execution(tiny_config, tmp_path):
+    cfg = load_config(tiny_config())
+    assert run_pipeline(cfg).exit_code == EXIT_OK
+    # execution settings do not change what is released: resume reuses the fit
+    again = load_config(tiny_config(execution={"device": "cpu", "workers": 2}))
+    assert again.config_hash() == cfg.config_hash()
+    summary = run_pipeline(again, resume=True)
+    assert summary.exit_code == EXIT_OK and summary.counts["skipped"] == 2
+    with pytest.raises(InvalidConfigError, match="different protector parameters"):
+        run_pipeline(load_config(tiny_config(protect={"params": {"epsilon": 3, "max_rounds": 1, "inner_steps": 2,
+                                                                 "train_steps": 2}})), resume=True)
+    (tmp_path / "other.key").write_text("another-key-of-enough-length-42")
+    with pytest.raises(InvalidConfigError, match="different key"):
+        run_pipeline(load_config(tiny_config(key={"env": "MEDUE_TEST_UNSET_KEY",
+                                                  "file": str(tmp_path / "other.key")})), resume=True)
+
+
+def test_resume_rebuilds_a_deleted_output(tiny_config):
+    cfg = load_config(tiny_config())
+    run_pipeline(cfg)
+    release = cfg.output_path / "release"
+    victim = next(release.glob("*.nii.gz"))
+    victim.unlink()
+    summary = run_pipeline(cfg, resume=True)
+    assert victim.is_file() and summary.counts["skipped"] == 1 and summary.counts["done"] == 2
+    sums = dict(line.split("  ")[::-1] for line in (release / "SHA256SUMS").read_text().splitlines())
+    assert sums[victim.name] == sha256_file(victim)
+
+
+def test_output_inside_input_missing_input_and_a_held_lock_are_refused(tiny_config, tmp_path):
+    from medue.io.atomic import exclusive_lock
+
+    cfg = load_config(tiny_config())
+    with pytest.raises(InvalidConfigError, match="inside input"):
+        run_pipeline(load_config(tiny_config(output=str(cfg.input_path / "out"))))
+    with pytest.raises(InvalidConfigError, match="does not exist"):
+        run_pipeline(load_config(tiny_config(input=str(tmp_path / "nowhere"), output=str(tmp_path / "o5"))))
+    assert not (tmp_path / "o5").exists()
+    with exclusive_lock(cfg.output_path):
+        with pytest.raises(InvalidConfigError, match="another medue run"):
+            run_pipeline(cfg)
