@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="writes OUT.json and OUT.md (default "
                    "benchmarks/results/release_efficacy_<dataset>_<method>)")
     p.add_argument("--name", help="result name (default <dataset>_<method>)")
+    p.add_argument("--existing", action="store_true",
+                   help="--work already holds a release of DATASET/train written by `medue run` (any version): "
+                        "read it back instead of running CONFIG")
 
     p = sub.add_parser("inspect", help="list what medue finds in a folder and whether each item is readable")
     p.add_argument("folder", type=Path)
@@ -184,6 +187,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if not (args.dataset / "dataset.json").is_file():
         raise InvalidConfigError([f"--dataset {args.dataset}: no dataset.json; build a benchmark set with "
                                   "benchmarks/build_br35h.py (or medue.efficacy.write_image_set)"])
+    if args.existing and not args.work:
+        raise InvalidConfigError(["--existing needs --work: the output folder of the release to read back"])
     attackers = DEFAULT_ATTACKERS
     if args.attackers:
         attackers = tuple(tuple(a.split(":", 1)) if ":" in a else (a, "none") for a in args.attackers)
@@ -199,7 +204,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = args.out or Path("benchmarks/results") / f"release_efficacy_{name}"
     work = args.work or out.with_name(out.name + "_release")
     res = evaluate_release(config, args.dataset, work=work, labels_used=not args.no_labels, settings=settings,
-                           name=name, log=lambda s: print(f"medue: {s}", file=sys.stderr, flush=True))
+                           name=name, log=lambda s: print(f"medue: {s}", file=sys.stderr, flush=True),
+                           existing=args.existing)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str))
     out.with_suffix(".md").write_text(results_markdown(res))

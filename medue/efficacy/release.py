@@ -157,7 +157,7 @@ def _fidelity_summary(status: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path, labels_used: bool = True,
                      settings: ReleaseEvalSettings = ReleaseEvalSettings(), name: str | None = None,
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
+                     log: Callable[[str], None] = print, existing: bool = False) -> dict[str, Any]:
     """Release the training split of ``dataset_root`` with ``config`` and attack the released files.
 
     Args:
@@ -167,6 +167,8 @@ def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path,
         work: Output folder of the release run (kept: it is the evidence).
         labels_used: Give the release the true labels (``False``: the label-agnostic path; attackers still train
             with the true labels).
+        existing: ``work`` already holds a release of ``dataset_root/train`` that ``medue run`` wrote (for
+            example by an earlier medue version): read it back instead of running the release.
 
     Returns:
         The JSON-ready result (schema ``medue.release_efficacy/1``; see ``benchmarks/results/README.md``).
@@ -186,10 +188,14 @@ def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path,
     run_cfg = dataclasses.replace(config, input=str((root / "train").resolve()), output=str(work.resolve()),
                                   labels=labels_cfg, base_dir=".",
                                   report=dataclasses.replace(config.report, efficacy_results=None))
-    log(f"release: {config.protect.method} {dict(config.protect.params)} on {root.name}/train "
-        f"({'true labels' if labels_used else 'no labels'}) -> {work}")
     t0 = time.perf_counter()
-    summary = run_pipeline(run_cfg, progress=log)
+    if existing:
+        log(f"reading the existing release in {work} (not re-run)")
+        exit_code = None
+    else:
+        log(f"release: {config.protect.method} {dict(config.protect.params)} on {root.name}/train "
+            f"({'true labels' if labels_used else 'no labels'}) -> {work}")
+        exit_code = run_pipeline(run_cfg, progress=log).exit_code
     release_seconds = round(time.perf_counter() - t0, 1)
     fit_info = json.loads((work / "private" / "protector.json").read_text())
 
@@ -269,7 +275,8 @@ def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path,
         "exported": {c: v["exported"] for c, v in per_class.items()},
         "expected": {c: v["expected"] for c, v in per_class.items()},
         "not_exported": not_exported,
-        "release_exit_code": summary.exit_code,
+        "release_exit_code": exit_code,
+        "release_existing": existing,
         "release_seconds": release_seconds,
         "fit": {k: fit_info.get(k) for k in ("slices", "fit_resolution", "fit_seconds", "labels_used",
                                               "surrogate_accuracy_per_round", "state_fingerprint")},

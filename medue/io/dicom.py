@@ -33,6 +33,11 @@ UID_PREFIX = "1.2.826.0.1.3680043.8.498."
 DEID_POLICIES = ("refuse", "warn", "ignore")
 
 # SOP classes medue can write a derived copy of (single-frame image storage and their enhanced kin).
+#: medue's Implementation Class UID (file meta), a fixed UUID-derived UID: the writer of a derived file is medue.
+MEDUE_IMPLEMENTATION_UID = "2.25.194806727364066102395236357307347516577"
+#: DerivationCodeSequence of a medue output: private coding scheme (PS3.16 allows 99-prefixed designators).
+DERIVATION_CODE = ("UE-PERTURB", "99MEDUE", "Unlearnable-example perturbation (bounded, whole stored units)")
+
 IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
     "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
@@ -358,7 +363,7 @@ def write_dicom_series(
         for i, src in enumerate(sources):
             ds = _derive_dataset(src, i, volume, new_series, derivation, uid_key, __version__, now)
             pixels = volume.array if volume.header.get("multiframe") else volume.array[i]
-            pixels = np.ascontiguousarray(pixels.astype(volume.array.dtype, copy=False))
+            pixels = np.ascontiguousarray(pixels, dtype=volume.array.dtype.newbyteorder("<"))
             ds.PixelData = pixels.tobytes()
             ds["PixelData"].VR = "OB" if int(src.BitsAllocated) <= 8 else "OW"
             ds["PixelData"].is_undefined_length = False
@@ -380,9 +385,21 @@ def _derive_dataset(src: Dataset, index: int, volume: Volume, new_series: str, d
     new_sop = derived_uid(uid_key, old_sop, "instance")
     ds.file_meta = src.file_meta.copy()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    # big-endian and implicit-VR sources are written as Explicit VR Little Endian (values are already decoded)
+    for _ in ds.iterall():  # decode every raw element with the source's own encoding first
+        pass
+    ds.set_original_encoding(False, True, getattr(src, "original_character_set", None))
     ds.file_meta.MediaStorageSOPInstanceUID = new_sop
     ds.file_meta.MediaStorageSOPClassUID = src.SOPClassUID
+    ds.file_meta.ImplementationClassUID = MEDUE_IMPLEMENTATION_UID  # the writer is medue, not the source's writer
     ds.file_meta.ImplementationVersionName = f"MEDUE_{version}"[:16]
+    if "SourceApplicationEntityTitle" in ds.file_meta:
+        del ds.file_meta.SourceApplicationEntityTitle
+    if "IconImageSequence" in ds:  # a thumbnail of the unprotected image (and maybe encapsulated): drop it
+        del ds.IconImageSequence
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = DERIVATION_CODE
+    ds.DerivationCodeSequence = DicomSequence([code])  # this derivation, not the source's own
     ds.SOPInstanceUID = new_sop
     ds.SeriesInstanceUID = new_series
     image_type = list(src.get("ImageType", ["ORIGINAL", "PRIMARY"]))

@@ -271,17 +271,18 @@ def _check_protect_params(method: str, params: Mapping[str, Any]) -> list[str]:
             problems.append(f"protect.params.{k}: expected a list, got {type(v).__name__} {v!r}")
     if problems:
         return problems
-    for k, v in params.items():  # ranges: each parameter alone, so every out-of-range value is reported
+    try:
+        build_protector(method, **params)
+        return []
+    except (TypeError, ValueError) as exc:
+        whole = f"protect.params for {method!r}: {exc}"
+    context = {k: params[k] for k in ("mode",) if k in params}
+    for k, v in params.items():  # ranges: each parameter alone (with the mode), so every bad value is reported
         try:
-            build_protector(method, **{k: v})
+            build_protector(method, **{**context, k: v})
         except (TypeError, ValueError) as exc:
             problems.append(f"protect.params.{k}: {exc}")
-    if not problems:
-        try:
-            build_protector(method, **params)
-        except (TypeError, ValueError) as exc:
-            problems.append(f"protect.params for {method!r}: {exc}")
-    return problems
+    return problems or [whole]
 
 
 def parse_config(data: Any, *, source: str = "config", base_dir: str | Path = ".") -> PipelineConfig:

@@ -101,6 +101,8 @@ def _fit_samples(items: list[InputItem], config: PipelineConfig) -> FitSet:
         max(set(shapes), key=shapes.count)
     total = sum(v.array.shape[0] for _, v in vols)
     budget = min(config.protect.fit_max_slices or total, max(1, MAX_FIT_BYTES // (4 * size[0] * size[1])))
+    if len(vols) > budget:  # more items than slices allowed: evenly spaced items, one slice each
+        vols = [vols[i] for i in np.unique(np.linspace(0, len(vols) - 1, budget).round().astype(int))]
     per_item = total if budget >= total else max(1, budget // len(vols))
     xs, labels, offsets, scales, owners, lo, hi, row = [], [], [], [], [], np.inf, -np.inf, 0
     for item, vol in vols:

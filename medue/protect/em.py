@@ -46,7 +46,7 @@ class EMProtector(Protector):
         mode: ``"samplewise"`` or ``"classwise"``.
         inner_steps: Sign steps per noise update.
         train_steps: Surrogate optimiser steps per round.
-        max_rounds: Upper bound on min-min rounds.
+        max_rounds: Upper bound on min-min rounds; class-wise noise may use 0 (its initial pattern, unrefined).
         stop_accuracy: Stop once the surrogate reaches this accuracy on perturbed data.
         surrogate: ``"small"`` (fast) or ``"resnet18"``.
         lr: Surrogate learning rate (SGD, momentum 0.9).
@@ -92,8 +92,11 @@ class EMProtector(Protector):
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         for name, value in (("inner_steps", inner_steps), ("train_steps", train_steps), ("max_rounds", max_rounds),
                             ("num_clusters", num_clusters)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+            lowest = 0 if (name == "max_rounds" and mode == "classwise") else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
+                raise ValueError(f"{name} must be an integer >= {lowest}, not {value!r}"
+                                 + (" (0 rounds, no min-min refinement, only for class-wise noise)"
+                                    if name == "max_rounds" else ""))
         if not isinstance(stop_accuracy, (int, float)) or isinstance(stop_accuracy, bool) \
                 or not 0.0 < stop_accuracy <= 1.0:
             raise ValueError(f"stop_accuracy must be in (0, 1], not {stop_accuracy}")

@@ -45,14 +45,17 @@ def topk_mask(scores: torch.Tensor, ratio: float, *, allowed: torch.Tensor | Non
     return mask.reshape(scores.shape)
 
 
-def flat_region_mask(x_model: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Per-sample mask of the ``ratio`` fraction of pixels in the darkest, flattest places of each image.
+def flat_region_mask(x_model: torch.Tensor, ratio: float, *, max_level: float | None = 0.15) -> torch.Tensor:
+    """Per-sample mask of at most ``ratio`` of the pixels, in the darkest, flattest places of each image.
 
-    Score = 3x3 local mean + 3x3 local standard deviation (model space); the lowest-scored pixels are kept. In
-    medical images these are mostly air and background outside the body, where a change does not touch anatomy,
-    and where a pattern stands out to a model because nothing else varies there.
+    Score = 3x3 local mean + 3x3 local standard deviation (model space, where the volume's 0.5-99.5 percentile
+    span is [0, 1]); the lowest-scored pixels are kept, and only where the local mean is below ``max_level``
+    (``None``: no level, always ``ratio``). In medical images these are air and background outside the body, where
+    a change does not touch anatomy, and where a pattern stands out to a model because nothing else varies there.
+    An image without such background gets fewer (or no) changed pixels.
     """
     pad = F.pad(x_model, (1, 1, 1, 1), mode="replicate")
     mean = F.avg_pool2d(pad, 3, stride=1)
     var = (F.avg_pool2d(pad * pad, 3, stride=1) - mean * mean).clamp_min(0)
-    return topk_mask(-(mean + var.sqrt()), ratio)
+    mask = topk_mask(-(mean + var.sqrt()), ratio)
+    return mask if max_level is None else mask * (mean < max_level).to(mask.dtype)

@@ -205,12 +205,15 @@ def bilevel_classwise_tiled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     if init == "random":
         noise = (torch.randint(0, 2, (num_classes, 1, th, tw), generator=generator).float() * 2 - 1) * eps
     elif init == "grating":
-        noise = grating(num_classes, th, tw) * eps
+        noise = grating(num_classes, th, tw, period=tile or 4) * eps
     else:
         noise = torch.zeros((num_classes, 1, th, tw))
     noise = noise.clamp(lo_noise, eps).to(x.device)
     support = block_mask(torch.rand((num_classes, 1, th, tw), generator=generator).to(x.device), mask_ratio, block) \
         if mask_ratio < 1.0 else torch.ones_like(noise)
+    if init == "grating" and positive:
+        # the stripes are the shortcut: the optimisation sets their strength, it does not move them
+        support = (noise > 0).to(noise.dtype)
     opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9, weight_decay=5e-4)
     history: list[float] = []
     n = x.shape[0]

@@ -107,3 +107,50 @@ def test_read_item_records_reader(tmp_path):
     vol = read_item(discover_inputs(tmp_path)[0], root=tmp_path)
     assert vol.history[0].name == "read:dicom"
     assert all(not p.startswith("/") for p in vol.source.paths)  # relative, no absolute site paths
+
+
+def test_big_endian_source_is_written_little_endian_with_medue_identity(tmp_path):
+    import shutil
+
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from medue.io.dicom import DERIVATION_CODE, MEDUE_IMPLEMENTATION_UID
+
+    src_path = tmp_path / "in" / "be.dcm"
+    src_path.parent.mkdir()
+    shutil.copy(get_testdata_file("MR_small_bigendian.dcm"), src_path)
+    vol = read_dicom_series([src_path], deidentification="ignore")
+    arr = vol.array.astype(vol.array.dtype.newbyteorder("=")).copy()
+    arr[0, 3, 3] += 2
+    (out,) = write_dicom_series(vol.with_array(arr.astype(vol.array.dtype), StepRecord(name="t")), tmp_path / "out",
+                                derivation="unit test", uid_key="k")
+    ds = pydicom.dcmread(out)
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian and np.array_equal(ds.pixel_array[None], arr)
+    assert ds.file_meta.ImplementationClassUID == MEDUE_IMPLEMENTATION_UID
+    assert "SourceApplicationEntityTitle" not in ds.file_meta
+    code = ds.DerivationCodeSequence[0]
+    assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == DERIVATION_CODE
+
+
+def test_icon_image_and_inherited_derivation_codes_are_not_carried_over(tmp_path):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    paths = make_dicom_series(tmp_path / "s", slices=2, size=16)
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        icon = Dataset()
+        icon.Rows = icon.Columns = 4
+        ds.IconImageSequence = Sequence([icon])
+        old = Dataset()
+        old.CodeValue, old.CodingSchemeDesignator, old.CodeMeaning = "121327", "DCM", "Full fidelity image"
+        ds.DerivationCodeSequence = Sequence([old])
+        ds.save_as(p)
+    vol = read_dicom_series(paths)
+    files = write_dicom_series(vol.with_array(vol.array.copy(), StepRecord(name="t")), tmp_path / "out",
+                               derivation="unit test", uid_key="k")
+    for f in files:
+        ds = pydicom.dcmread(f)
+        assert "IconImageSequence" not in ds
+        assert [c.CodeValue for c in ds.DerivationCodeSequence] == ["UE-PERTURB"]

@@ -157,3 +157,27 @@ def test_cpu_and_cuda_agree():
     cpu = _make("conv").fit(x, y, space, generator=make_generator(0))
     gpu = _make("conv").fit(x.cuda(), y.cuda(), space, generator=make_generator(0))
     assert float((cpu - gpu.cpu()).abs().max()) <= 1
+
+
+def test_classwise_flat_placement_is_sparse_positive_and_reproducible():
+    from medue.protect.minmin import grating
+
+    g = grating(2, 4, 4)
+    assert torch.equal(g[0, 0], g[0, 0, :1].expand(4, 4))  # class 0: vertical stripes (constant down columns)
+    assert torch.equal(g[1, 0], g[1, 0, :, :1].expand(4, 4))  # class 1: horizontal stripes
+    rng = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.zeros(6, 1, 16, 8), torch.rand(6, 1, 16, 8, generator=rng) * 200 + 50], dim=-1).round()
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    space = UnitSpace(0.0, 255.0, 0.0, 255.0)
+    for rounds in (0, 1):
+        p = build_protector("salm", epsilon=6, mode="classwise", placement="flat", mask_ratio=0.25, tile=4,
+                            init="grating", max_rounds=rounds, train_steps=2, inner_steps=1)
+        d = p.fit(x, y, space, generator=torch.Generator().manual_seed(1))
+        assert d.min() >= 0 and d.max() <= 6 and torch.equal(d, d.round())
+        changed = (d != 0).flatten(1).float().mean(1)
+        assert (changed <= 0.25).all()
+        assert (d[..., 8:] == 0).all()  # the textured half is never touched: the flat (dark) half is
+        again = p.perturb(x, y, space, generator=torch.Generator().manual_seed(2))
+        assert torch.equal(d, again)  # release-time application reproduces the fitted noise exactly
+    with pytest.raises(ValueError, match="max_rounds"):
+        build_protector("salm", mode="samplewise", max_rounds=0)
