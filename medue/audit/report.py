@@ -175,7 +175,8 @@ def _conformance(markers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def build_report(layout: OutputLayout, config: PipelineConfig, markers: Sequence[dict[str, Any]],
                  fit_info: dict[str, Any], key_fingerprint: str, env: dict[str, Any],
                  manifest: dict[str, Any], efficacy: dict[str, Any] | None = None,
-                 release_checks: Sequence[dict[str, Any]] = ()) -> tuple[Path, Path]:
+                 release_checks: Sequence[dict[str, Any]] = (),
+                 ignored: Sequence[dict[str, str]] = ()) -> tuple[Path, Path]:
     """Write ``release/report.json`` (schema-validated) and ``release/report.html``; return their paths.
 
     ``efficacy`` is the attached ``medue evaluate`` result (:meth:`PipelineConfig.load_efficacy_results`).
@@ -200,7 +201,9 @@ def build_report(layout: OutputLayout, config: PipelineConfig, markers: Sequence
                       "fit_slices": fit_info.get("slices"), "fit_seconds": fit_info.get("fit_seconds"),
                       "surrogate_accuracy_per_round": fit_info.get("surrogate_accuracy_per_round", [])},
         "policy": config.to_dict()["fidelity"],
-        "summary": {"items": len(markers), **counts},
+        "summary": {"items": len(markers), **counts, "ignored": len(ignored),
+                    "ignored_reasons": {r: sum(1 for i in ignored if i["reason"] == r)
+                                        for r in sorted({i["reason"] for i in ignored})}},
         "items": items,
         "conformance": _conformance(markers) + list(release_checks),
         "efficacy": efficacy,
@@ -250,8 +253,9 @@ def render_html(report: dict[str, Any], markers: Sequence[dict[str, Any]], layou
         f"config hash <code>{report['config_hash']}</code>; protector state "
         f"<code>{html.escape(report['protector']['state_fingerprint'][:16])}</code>.</p>",
         "<h2>Summary</h2>",
-        _table(["items", "exported", "quarantined", "failed fidelity gate", "failed"],
-               [[s["items"], s["done"], s["quarantined"], s["gate_failed"], s["failed"]]]),
+        _table(["items", "exported", "quarantined", "failed fidelity gate", "failed", "files ignored on purpose"],
+               [[s["items"], s["done"], s["quarantined"], s["gate_failed"], s["failed"],
+                 f"{s.get('ignored', 0)} " + ", ".join(f"({n} {r})" for r, n in s.get("ignored_reasons", {}).items())]]),
         "<h2>Clinical utility (fidelity)</h2>",
         "<p>PSNR and SSIM use an explicit data range (the original volume's max - min in stored units, given per "
         "row). |delta| is in stored units and in physical units (HU for CT) after rescale.</p>",

@@ -44,11 +44,14 @@ def _item_id(kind: str, rel_paths: list[str]) -> str:
     return hashlib.sha256(("\n".join([kind, *sorted(rel_paths)])).encode()).hexdigest()[:16]
 
 
-def discover_inputs(root: str | Path) -> list[InputItem]:
+def discover_inputs(root: str | Path, *, ignored: list[dict[str, str]] | None = None) -> list[InputItem]:
     """Walk ``root`` and return work items sorted by ``item_id`` (a stable order for ``--shard``).
 
     DICOM files are grouped into series; files that are neither DICOM, NIfTI nor an ITK format become items
     with ``problem`` set, so they are quarantined with a reason rather than silently skipped.
+
+    Files that are skipped on purpose (hidden files, OS clutter, sidecars) are appended to ``ignored`` as
+    ``{"path": relative path, "reason": ...}`` so a run can account for every file under ``root``.
 
     Raises:
         IngestError: ``root`` does not exist.
@@ -60,16 +63,19 @@ def discover_inputs(root: str | Path) -> list[InputItem]:
     base = root.parent if root.is_file() else root
     items: list[InputItem] = []
     headers = []
+    skipped = ignored if ignored is not None else []
     for path in files:
-        if path.name in IGNORED_NAMES or path.name.startswith("."):
-            continue
         rel = str(path.relative_to(base))
+        if path.name in IGNORED_NAMES or path.name.startswith(".") or any(
+                part.startswith(".") for part in Path(rel).parts[:-1]):
+            skipped.append({"path": rel, "reason": "hidden or operating-system file"})
+            continue
         if nifti.is_nifti(path):
             items.append(InputItem("nifti", (str(path),), _item_id("nifti", [rel])))
         elif itk.is_itk(path):
             items.append(InputItem("itk", (str(path),), _item_id("itk", [rel])))
-        elif path.suffix.lower() in (".raw", ".zraw", ".img", ".json", ".txt", ".md", ".csv"):
-            continue  # sidecars and notes beside images
+        elif path.suffix.lower() in (".raw", ".zraw", ".json", ".txt", ".md", ".csv", ".tsv"):
+            skipped.append({"path": rel, "reason": f"sidecar or note ({path.suffix.lower()})"})
         else:
             header = dicom.read_header(path)
             if header is None:

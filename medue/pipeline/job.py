@@ -117,6 +117,38 @@ def read_marker(path: Path) -> dict[str, Any] | None:
         return None
 
 
+#: Extensions a quarantine copy may keep; anything else in a name (dates, MRNs) is dropped.
+SAFE_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".mha", ".mhd", ".nrrd", ".nhdr", ".ima")
+
+
+def _safe_suffix(name: str) -> str:
+    lower = name.lower()
+    return next((sfx for sfx in SAFE_SUFFIXES if lower.endswith(sfx)), "")
+
+
+def scrub(text: str, item: InputItem, input_root: str) -> str:
+    """``text`` with every form of the item's paths (absolute, relative, file and folder names) replaced by its id.
+
+    Reader messages (ours, nibabel's, SimpleITK's) name files; file and folder names can carry PHI, and messages
+    reach markers, reports and MLflow. Only ``private/inputs.local.json`` keeps the paths.
+    """
+    root = Path(input_root)
+    names: set[str] = {str(root.resolve()), str(root)}
+    for raw in item.paths:
+        path = Path(raw)
+        names.update({raw, str(path.resolve())})
+        try:
+            rel = path.resolve().relative_to(root.resolve())
+            names.add(str(rel))
+            names.update(rel.parts)
+        except ValueError:
+            names.add(path.name)
+        names.update({path.name, path.stem, path.name.split(".")[0]})
+    for name in sorted((n for n in names if n and len(n) > 3), key=len, reverse=True):
+        text = text.replace(name, f"<item {item.item_id}>")
+    return text
+
+
 def _quarantine(item: InputItem, ctx: JobContext, reason: str, message: str) -> dict[str, Any]:
     folder = ctx.layout.quarantine / item.item_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -124,7 +156,7 @@ def _quarantine(item: InputItem, ctx: JobContext, reason: str, message: str) -> 
     for i, src in enumerate(item.paths):
         src_path = Path(src)
         if src_path.is_file():
-            suffix = "".join(src_path.suffixes)[-12:]
+            suffix = _safe_suffix(src_path.name)
             dst = folder / f"input_{i:04d}{suffix}"
             with atomic_file(dst) as tmp:
                 shutil.copyfile(src_path, tmp)
@@ -150,8 +182,9 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True) -> di
     try:
         volume = read_item(item, root=ctx.input_root, deidentification=ctx.deidentification)
     except IngestError as exc:
-        result.update(status=QUARANTINED, reason=exc.reason, message=str(exc))
-        result["quarantine"] = _quarantine(item, ctx, exc.reason, str(exc))
+        message = scrub(str(exc), item, ctx.input_root)
+        result.update(status=QUARANTINED, reason=exc.reason, message=message)
+        result["quarantine"] = _quarantine(item, ctx, exc.reason, message)
         return _finish(result, marker_path, t0)
 
     result.update(format=volume.source.format, modality=volume.modality, shape=list(volume.array.shape),
@@ -195,8 +228,8 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True) -> di
         result["status"] = DONE
     except (MedueError, ValueError, RuntimeError) as exc:
         reason = "export_failed" if isinstance(exc, ExportError) else type(exc).__name__
-        result.update(status=FAILED, reason=reason, message=str(exc),
-                      traceback=traceback.format_exc(limit=3))
+        result.update(status=FAILED, reason=reason, message=scrub(str(exc), item, ctx.input_root),
+                      traceback=scrub(traceback.format_exc(limit=3), item, ctx.input_root))
     return _finish(result, marker_path, t0)
 
 

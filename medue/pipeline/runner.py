@@ -237,7 +237,11 @@ def _run_locked(config: PipelineConfig, *, shard: tuple[int, int], resume: bool,
     removed = remove_partials(layout.root)
     if removed:
         say(f"removed {len(removed)} partial output(s) left by an interrupted run")
-    items = discover_inputs(config.input_path)
+    ignored: list[dict[str, str]] = []
+    items = discover_inputs(config.input_path, ignored=ignored)
+    write_text_atomic(layout.private / "ignored.local.json", json.dumps(ignored, indent=2))
+    if ignored:
+        say(f"ignored {len(ignored)} file(s) on purpose (hidden files, sidecars); listed in private/ignored.local.json")
     labels = config.read_labels(items)
     if labels is not None:
         items = [dataclasses.replace(it, label=labels.by_item.get(it.item_id)) for it in items]
@@ -320,7 +324,7 @@ def _run_locked(config: PipelineConfig, *, shard: tuple[int, int], resume: bool,
     if config.report.enabled:
         summary.report_json, summary.report_html = build_report(layout, config, all_markers, fit_info, fingerprint,
                                                                 env, manifest, efficacy=efficacy,
-                                                                release_checks=release_checks)
+                                                                release_checks=release_checks, ignored=ignored)
     summary.seconds = round(time.perf_counter() - t_start, 2)
     if config.tracking.enabled:
         sink = open_sink(config, layout)

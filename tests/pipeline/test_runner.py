@@ -231,3 +231,36 @@ def test_output_inside_input_missing_input_and_a_held_lock_are_refused(tiny_conf
     with exclusive_lock(cfg.output_path):
         with pytest.raises(InvalidConfigError, match="another medue run"):
             run_pipeline(cfg)
+
+
+def test_phi_in_file_and_folder_names_reaches_no_published_file(tiny_config, tmp_path):
+    cfg = load_config(tiny_config())
+    bad = cfg.input_path / "SMITH_JANE_MRN654321" / "SMITH_JANE_MRN654321.19600101.nii.gz"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\x00" * 100)  # unreadable: quarantined with the reader's message (which names the path)
+    summary = run_pipeline(cfg)
+    assert summary.counts["quarantined"] == 1
+    for path in cfg.output_path.rglob("*"):
+        if path.is_file() and "private" not in path.parts:
+            assert "SMITH" not in path.name and "19600101" not in path.name
+            data = path.read_bytes()
+            assert b"SMITH" not in data and b"MRN654321" not in data and b"19600101" not in data, path
+    index = (cfg.output_path / "private" / "inputs.local.json").read_text()
+    assert "SMITH_JANE_MRN654321" in index  # the site-only index keeps the path
+
+
+def test_every_input_file_is_exported_quarantined_or_listed_as_ignored(tiny_config):
+    cfg = load_config(tiny_config())
+    (cfg.input_path / ".hidden.dcm").write_bytes(b"DICM")
+    (cfg.input_path / "notes.txt").write_text("scanner notes")
+    (cfg.input_path / "scan.img").write_bytes(b"\x01" * 64)  # not skipped by name: read, then quarantined
+    summary = run_pipeline(cfg)
+    report = json.loads(summary.report_json.read_text())
+    assert report["summary"]["ignored"] == 2 and summary.counts["quarantined"] == 1
+    ignored = json.loads((cfg.output_path / "private" / "ignored.local.json").read_text())
+    assert sorted(i["path"] for i in ignored) == [".hidden.dcm", "notes.txt"]
+    files = [p for p in cfg.input_path.rglob("*") if p.is_file()]
+    index = json.loads((cfg.output_path / "private" / "inputs.local.json").read_text())
+    accounted = {p for entry in index.values() for p in entry["paths"]}
+    accounted |= {str(cfg.input_path / i["path"]) for i in ignored}
+    assert {str(p) for p in files} == accounted
