@@ -130,7 +130,7 @@ def test_foreground_only_leaves_background():
     ("sem", {"rho": -2}, "rho must be"),
     ("conv", {"kernel_size": 4}, "kernel_size must be a positive odd integer"),
     ("conv", {"blur": 0}, r"blur must be in \(0, 1\]"),
-    ("uc", {"num_clusters": 0}, "num_clusters must be a positive integer"),
+    ("uc", {"num_clusters": 0}, "num_clusters must be an integer >= 1"),
     ("em", {"surrogate": "vgg"}, "surrogate must be"),
 ])
 def test_bad_arguments_raise(method, kwargs, match):
