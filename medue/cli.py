@@ -51,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a pipeline config and list its inputs, without protecting anything")
     p.add_argument("config", type=Path)
 
-    p = sub.add_parser("report", help="print the summary of a finished run's report.json")
+    p = sub.add_parser("report", help="print the summary of a finished run's report.json", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("output", type=Path, help="the run's output folder")
+    p.add_argument("--json", action="store_true", help="print report.json as it is")
 
     p = sub.add_parser(
         "evaluate", help="efficacy of a release: run CONFIG on a labelled benchmark set, attack the released files",
@@ -131,13 +133,21 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    """Validate everything `run` would refuse before writing anything: config, key, labels, efficacy results."""
     from medue.io import discover_inputs
     from medue.pipeline.config import load_config
 
     config = load_config(args.config)
     config.read_key()
+    config.load_efficacy_results()
+    if not config.input_path.is_dir():
+        from medue.errors import InvalidConfigError
+
+        raise InvalidConfigError([f"input: folder {config.input} does not exist"])
     items = discover_inputs(config.input_path)
-    print(f"config OK: {config.name}, method {config.protect.method}, {len(items)} item(s) under {config.input}")
+    labels = config.read_labels(items)
+    print(f"config OK: {config.name}, method {config.protect.method}, {len(items)} item(s) under {config.input}"
+          + (f", labels {labels.counts()}" if labels is not None else ", no labels (label-agnostic)"))
     for it in items:
         print(f"  {it.item_id}  {it.kind:7s} {len(it.paths):4d} file(s) {('  PROBLEM: ' + it.problem) if it.problem else ''}")
     return EXIT_OK
@@ -161,20 +171,45 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    """A readable summary of a finished run; exit code as the run's (3 when a gate failed, 4 partial)."""
     path = args.output / "release" / "report.json"
     if not path.is_file():
         print(f"medue: no report at {path}; run `medue run` first", file=sys.stderr)
         return EXIT_CONFIG
     r = json.loads(path.read_text())
-    print(f"release {r['release']} ({r['method']}, key {r['key_fingerprint']}): {r['summary']}")
-    for i in r["items"]:
-        f = i.get("fidelity")
-        line = f"  {i['item_id']} {i['status']:12s}"
-        if f:
-            line += f" PSNR {f['psnr_db']} dB SSIM {f['ssim']:.4f} max|d| {f['max_abs_units']} changed {f['fraction_changed']:.4f}"
-        print(line)
-    print(f"HTML: {args.output / 'release' / 'report.html'}")
-    return EXIT_OK
+    if getattr(args, "json", False):
+        print(json.dumps(r, indent=2))
+    else:
+        s = r["summary"]
+        print(f"release {r['release']}: method {r['method']}, key fingerprint {r['key_fingerprint']}, "
+              f"medue {r['medue_version']}")
+        print(f"  items {s['items']}: exported {s['done']}, quarantined {s['quarantined']}, failed the fidelity gate "
+              f"{s['gate_failed']}, failed {s['failed']}, files ignored on purpose {s.get('ignored', 0)}")
+        for c in r["conformance"]:
+            print(f"  check: {c['check']}: {c['result']}" + (f" ({c['note']})" if c.get("note") else ""))
+        v = r.get("efficacy_verdict")
+        if v:
+            print(f"  efficacy evidence: {v['evidence']}" + ("" if v["applies"] else f" [{v.get('note', '')}]"))
+            print("  protects against: " + ("; ".join(v["protects_against"]) or "nothing measured"))
+            print("  does not protect against: " + ("; ".join(v["does_not_protect_against"]) or "none measured"))
+        else:
+            print("  efficacy: not measured for this release (no report.efficacy_results)")
+        for i in r["items"]:
+            f = i.get("fidelity")
+            line = f"  {i['item_id']} {i['status']:12s}"
+            if f:
+                psnr = "identical" if f["psnr_db"] is None else f"{f['psnr_db']:.2f} dB"
+                line += (f" PSNR {psnr} SSIM {f['ssim']:.4f} max|d| {f['max_abs_units']} "
+                         f"changed {100 * f['fraction_changed']:.1f}%")
+            elif i.get("reason"):
+                line += f" [{i['reason']}] {i.get('message', '')[:100]}"
+            print(line)
+        print(f"HTML: {args.output / 'release' / 'report.html'}")
+    s = r["summary"]
+    blocked = any(c.get("blocked") for c in r["conformance"])
+    if s["gate_failed"] or blocked:
+        return EXIT_GATE
+    return EXIT_PARTIAL if s["quarantined"] or s["failed"] else EXIT_OK
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -218,9 +253,21 @@ def _restore(args: argparse.Namespace) -> int:
     import nibabel as nib
     import numpy as np
 
+    from medue.errors import InvalidConfigError
     from medue.io.delta import restore_original
-    from medue.io.nifti import read_nifti, write_nifti
+    from medue.io.nifti import is_nifti, read_nifti, write_nifti
 
+    problems = []
+    if not args.protected.is_file():
+        problems.append(f"protected file {args.protected} not found")
+    elif not is_nifti(args.protected):
+        problems.append(f"{args.protected.name}: restore works on protected NIfTI files (.nii/.nii.gz); for DICOM, "
+                        "restore the stored values with medue.io.delta.restore_original on the series array")
+    if not args.delta.is_file():
+        problems.append(f"delta file {args.delta} not found; it is under <output>/private/deltas/<item_id>.npz of a "
+                        "run with protect.reversible: true")
+    if problems:
+        raise InvalidConfigError(problems, source="restore")
     vol = read_nifti(args.protected)
     original = restore_original(vol.array, args.delta)
     write_nifti(vol.with_array(original, vol.history[-1]), args.out)
@@ -267,6 +314,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_PARTIAL
     except MedueError as exc:
         print(f"medue: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:  # output piped into `head` and the like
+        return EXIT_OK
+    except OSError as exc:  # disk full, read-only output, permissions: say so, no traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        hint = {28: "free disk space or choose another output folder", 30: "the output folder is read-only",
+                13: "check the permissions of the output folder"}.get(exc.errno or 0, "")
+        print(f"medue: {exc.strerror or exc}{where}" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return EXIT_ERROR
 
 

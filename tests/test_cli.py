@@ -65,3 +65,24 @@ def test_restore_command(tiny_config, tmp_path, capsys):
     from medue.io.nifti import read_nifti
 
     assert (read_nifti(restored).array == read_nifti(tmp_path / "in" / "vol.nii.gz").array).all()
+
+
+def test_report_summary_exit_codes_and_restore_errors(tiny_config, tmp_path, capsys):
+    from medue.cli import main
+
+    cfg_path = tiny_config()
+    assert main(["run", str(cfg_path), "--quiet"]) == 0
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "exported 2" in text and "efficacy: not measured" in text and "{" not in text.splitlines()[0]
+    assert main(["report", str(out), "--json"]) == 0 and '"schema": "medue.report/1"' in capsys.readouterr().out
+    report = json.loads((out / "release" / "report.json").read_text())
+    report["summary"]["gate_failed"] = 1
+    (out / "release" / "report.json").write_text(json.dumps(report))
+    assert main(["report", str(out)]) == 3  # the run's gate failure is the report's exit code
+    dcm = next((out / "release").rglob("*.dcm"))
+    assert main(["restore", str(dcm), str(tmp_path / "missing.npz"), str(tmp_path / "x.nii")]) == 2
+    err = capsys.readouterr().err
+    assert "restore works on protected NIfTI" in err and "delta file" in err and "Traceback" not in err
