@@ -321,7 +321,7 @@ def results_markdown(result: dict[str, Any]) -> str:
              f"**{'yes' if result['labels_used'] else 'no'}**. Attackers always train with the true labels on the "
              f"files the release wrote, and are tested on clean held-out images. Device {result['device']}.", "",
              f"Parameters: `{json.dumps(result['params'], sort_keys=True)}`", "",
-             f"Exported / expected per class: " + ", ".join(f"{c} {result['exported'][c]}/{result['expected'][c]}"
+             "Exported / expected per class: " + ", ".join(f"{c} {result['exported'][c]}/{result['expected'][c]}"
                                                           for c in result["expected"])
              + (f"; not exported: {result['not_exported']}" if result["not_exported"] else "") + ".", ""]
     if f:

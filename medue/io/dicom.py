@@ -70,14 +70,20 @@ def read_header(path: Path) -> DicomHeaderSummary | None:
         return None
     if "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
         return None
-    iop = tuple(round(float(v), 4) for v in ds.get("ImageOrientationPatient", []) or ())
-    return DicomHeaderSummary(
-        path=path,
-        series_uid=str(ds.get("SeriesInstanceUID", "")),
-        rows=int(ds.get("Rows", 0) or 0),
-        columns=int(ds.get("Columns", 0) or 0),
-        orientation=iop,
-    )
+    # grouping only: malformed values still group (the reader then quarantines the series with its reason)
+    try:
+        iop: tuple[Any, ...] = tuple(round(float(v), 4) for v in ds.get("ImageOrientationPatient", []) or ())
+    except (TypeError, ValueError):
+        iop = ("malformed",)
+
+    def _int(keyword: str) -> int:
+        try:
+            return int(ds.get(keyword, 0) or 0)
+        except (TypeError, ValueError):
+            return -1
+
+    return DicomHeaderSummary(path=path, series_uid=str(ds.get("SeriesInstanceUID", "")), rows=_int("Rows"),
+                              columns=_int("Columns"), orientation=iop)
 
 
 def group_series(headers: Sequence[DicomHeaderSummary]) -> list[list[Path]]:

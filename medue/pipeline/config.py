@@ -287,7 +287,7 @@ def _check_protect_params(method: str, params: Mapping[str, Any]) -> list[str]:
 
 def parse_config(data: Any, *, source: str = "config", base_dir: str | Path = ".") -> PipelineConfig:
     """Validate a loaded mapping and build a :class:`PipelineConfig`, raising with *all* problems found."""
-    from medue.protect import PROTECTORS, build_protector
+    from medue.protect import PROTECTORS
 
     problems: list[str] = []
     if not isinstance(data, Mapping):

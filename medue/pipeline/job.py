@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from medue.device import derive_seed
-from medue.errors import ExportError, IngestError, MedueError
+from medue.errors import ExportError, IngestError
 from medue.fidelity.checks import FidelityThresholds, check_fidelity
 from medue.io import InputItem, output_name, read_item, write_volume
 from medue.io.atomic import atomic_file, write_text_atomic
@@ -179,13 +179,20 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True) -> di
             return {**previous, "skipped": True}
     t0 = time.perf_counter()
     result: dict[str, Any] = {"item_id": item.item_id, "kind": item.kind, "skipped": False}
+    stages: dict[str, float] = {}
+    result["stage_seconds"] = stages
     try:
         volume = read_item(item, root=ctx.input_root, deidentification=ctx.deidentification)
-    except IngestError as exc:
-        message = scrub(str(exc), item, ctx.input_root)
-        result.update(status=QUARANTINED, reason=exc.reason, message=message)
-        result["quarantine"] = _quarantine(item, ctx, exc.reason, message)
+    except Exception as exc:  # any reader failure is this item's problem, never the batch's
+        reason = exc.reason if isinstance(exc, IngestError) else "unreadable"
+        text = str(exc) if isinstance(exc, IngestError) else (
+            f"could not be read ({type(exc).__name__}: {exc}); expected a readable DICOM series, NIfTI or MHA/NRRD "
+            "file; check the file with `medue inspect` and fix or remove it")
+        message = scrub(text, item, ctx.input_root)
+        result.update(status=QUARANTINED, reason=reason, message=message)
+        result["quarantine"] = _quarantine(item, ctx, reason, message)
         return _finish(result, marker_path, t0)
+    stages["read"] = round(time.perf_counter() - t0, 4)
 
     result.update(format=volume.source.format, modality=volume.modality, shape=list(volume.array.shape),
                   dtype=str(volume.array.dtype), input_sha256=list(volume.source.sha256),
@@ -193,8 +200,11 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True) -> di
     try:
         protector = load_protector(layout.protector_state, ctx.device)
         fitted = _fitted_delta(layout, item.item_id, volume.array.shape)
+        t = time.perf_counter()
         protected = protector.protect(volume, label=item.label, seed=derive_seed(ctx.key, "volume", item.item_id),
                                       device=ctx.device, key_fingerprint=ctx.key_fingerprint, delta=fitted)
+        stages["protect"] = round(time.perf_counter() - t, 4)
+        t = time.perf_counter()
         step = protected.history[-1]
         result["protection"] = step.to_dict()
         slope, _ = volume.rescale
@@ -207,6 +217,7 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True) -> di
             result["adapted"] = {**kept, "reason": "fidelity gate: less noise for this item (smaller support "
                                  "or amplitude) before giving up"}
         result["fidelity"] = fid.to_dict()
+        stages["check"] = round(time.perf_counter() - t, 4)
         _save_preview(layout.private / "previews" / f"{item.item_id}.npz", volume.array, protected.array)
         if not fid.passed and not ctx.override_reason:
             result.update(status=GATE_FAILED, message="; ".join(fid.failures))
@@ -218,15 +229,17 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True) -> di
                       f"max |delta| {fid.max_abs_units} stored units ({fid.max_abs_physical:g} "
                       f"{volume.header.get('rescale_type', 'units')}), {100 * fid.fraction_changed:.2f}% of voxels "
                       f"changed; key fingerprint {ctx.key_fingerprint}")
+        t = time.perf_counter()
         files = write_volume(protected, layout.release / name, derivation=derivation,
                              uid_key=ctx.key if ctx.uid_mode == "keyed" else None)
+        stages["write_verify"] = round(time.perf_counter() - t, 4)
         result["outputs"] = [{"path": str(f.relative_to(layout.release)), "sha256": sha256_file(f),
                               "bytes": f.stat().st_size} for f in files]
         if ctx.reversible:
             delta_path = write_delta(volume.array, protected.array, layout.private / "deltas" / f"{item.item_id}.npz")
             result["delta"] = {"path": str(delta_path.relative_to(layout.root)), "sha256": sha256_file(delta_path)}
         result["status"] = DONE
-    except (MedueError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # the item fails, the batch goes on
         reason = "export_failed" if isinstance(exc, ExportError) else type(exc).__name__
         result.update(status=FAILED, reason=reason, message=scrub(str(exc), item, ctx.input_root),
                       traceback=scrub(traceback.format_exc(limit=3), item, ctx.input_root))

@@ -91,8 +91,8 @@ def _fit_samples(items: list[InputItem], config: PipelineConfig) -> FitSet:
     for item in items:
         try:
             vol = read_item(item, root=config.input_path, deidentification=config.deidentification)
-        except IngestError:
-            continue  # the job quarantines it with its reason
+        except Exception:  # any unreadable item: the job quarantines it with its reason
+            continue
         vols.append((item, vol))
     if not vols:
         raise IngestError("no readable input to fit the protector on", reason="empty")
