@@ -361,7 +361,9 @@ def write_dicom_series(
         raise ExportError("volume has no DICOM source files to derive from; export it as NIfTI instead")
     now = _dt.datetime.now(_dt.timezone.utc)
     sources = [pydicom.dcmread(f) for f in files]
-    new_series = derived_uid(uid_key, str(sources[0].get("SeriesInstanceUID", "")), "series")
+    # one new series per exported volume: a source series split into two volumes gets two new series
+    members = "|".join(sorted(str(src.get("SOPInstanceUID", "")) for src in sources))
+    new_series = derived_uid(uid_key, f"{sources[0].get('SeriesInstanceUID', '')}|{members}", "series")
     out_dir = Path(out_dir)
     written: list[Path] = []
     expected: list[np.ndarray] = []
@@ -388,7 +390,8 @@ def _derive_dataset(src: Dataset, index: int, volume: Volume, new_series: str, d
                     uid_key: str | None, version: str, now: _dt.datetime) -> Dataset:
     ds = copy.deepcopy(src)
     old_sop = str(src.SOPInstanceUID)
-    new_sop = derived_uid(uid_key, old_sop, "instance")
+    # each instance its own new UID, even where the source repeats one (index and new series in the seed)
+    new_sop = derived_uid(uid_key, f"{old_sop}|{index}|{new_series}", "instance")
     ds.file_meta = src.file_meta.copy()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     # big-endian and implicit-VR sources are written as Explicit VR Little Endian (values are already decoded)

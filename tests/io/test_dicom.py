@@ -154,3 +154,27 @@ def test_icon_image_and_inherited_derivation_codes_are_not_carried_over(tmp_path
         ds = pydicom.dcmread(f)
         assert "IconImageSequence" not in ds
         assert [c.CodeValue for c in ds.DerivationCodeSequence] == ["UE-PERTURB"]
+
+
+def test_duplicate_source_uids_get_distinct_new_uids_and_split_series_get_two_series(tmp_path):
+    paths = make_dicom_series(tmp_path / "s", slices=3, size=16)
+    dup = pydicom.dcmread(paths[0]).SOPInstanceUID
+    for p in paths[1:]:
+        ds = pydicom.dcmread(p)
+        ds.SOPInstanceUID = dup
+        ds.file_meta.MediaStorageSOPInstanceUID = dup
+        ds.save_as(p)
+    vol = read_dicom_series(paths)
+    files = write_dicom_series(vol.with_array(vol.array.copy(), StepRecord(name="t")), tmp_path / "out",
+                               derivation="unit test", uid_key="k")
+    assert len({pydicom.dcmread(f).SOPInstanceUID for f in files}) == 3
+
+    a = make_dicom_series(tmp_path / "a", slices=2, size=16, seed=1, series_uid="1.2.3.4")
+    b = make_dicom_series(tmp_path / "b", slices=2, size=24, seed=2, series_uid="1.2.3.4", start_z=50)
+    series = set()
+    for group, name in ((a, "oa"), (b, "ob")):
+        v = read_dicom_series(group)
+        out = write_dicom_series(v.with_array(v.array.copy(), StepRecord(name="t")), tmp_path / name,
+                                 derivation="unit test", uid_key="k")
+        series |= {pydicom.dcmread(f).SeriesInstanceUID for f in out}
+    assert len(series) == 2
