@@ -35,8 +35,9 @@ DEID_POLICIES = ("refuse", "warn", "ignore")
 # SOP classes medue can write a derived copy of (single-frame image storage and their enhanced kin).
 #: medue's Implementation Class UID (file meta), a fixed UUID-derived UID: the writer of a derived file is medue.
 MEDUE_IMPLEMENTATION_UID = "2.25.194806727364066102395236357307347516577"
-#: DerivationCodeSequence of a medue output: private coding scheme (PS3.16 allows 99-prefixed designators).
-DERIVATION_CODE = ("UE-PERTURB", "99MEDUE", "Unlearnable-example perturbation (bounded, whole stored units)")
+#: DerivationCodeSequence of a medue output (PS3.16 CID 7203 Image Derivation): the perturbation is added to the
+#: stored pixels; DerivationDescription says which method, budget and key fingerprint.
+DERIVATION_CODE = ("113042", "DCM", "Pixel by pixel addition")
 
 IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
