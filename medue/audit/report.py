@@ -150,10 +150,10 @@ def efficacy_verdict(efficacy: dict[str, Any], *, method: str, params: dict[str,
         name = f"{s['architecture']} ({s['augmentation']}, countermeasure {s['countermeasure']})"
         if s["protected_max"] is None:
             verdict["not_tested"].append(name)
-        elif s["protected_max"] <= target:
-            verdict["protects_against"].append(f"{name}: {s['protected_max']:.3f} vs {s['clean']} clean")
         else:
-            verdict["does_not_protect_against"].append(f"{name}: {s['protected_max']:.3f} vs {s['clean']} clean")
+            clean = "not tested" if s["clean"] is None else f"{s['clean']:.3f}"
+            text = f"{name}: {s['protected_max']:.3f} (worst of {s['protected_runs']} runs) vs {clean} on clean data"
+            verdict["protects_against" if s["protected_max"] <= target else "does_not_protect_against"].append(text)
     return verdict
 
 

@@ -328,8 +328,10 @@ def results_markdown(result: dict[str, Any]) -> str:
         lines += [f"Fidelity over {f['images']} exported images: PSNR min {f['psnr_db']['min']} / mean "
                   f"{f['psnr_db']['mean']} dB, SSIM min {f['ssim']['min']} / mean {f['ssim']['mean']}, fraction "
                   f"changed max {f['fraction_changed']['max']} / mean {f['fraction_changed']['mean']}, max |delta| "
-                  f"{f['max_abs_units']} units. Release run {result['release_seconds']} s "
-                  f"(fit {result['fit'].get('fit_seconds')} s on {result['fit'].get('slices')} slices).", ""]
+                  f"{f['max_abs_units']} units. "
+                  + ("Release read back from an existing output folder (not re-run here)"
+                     if result.get("release_existing") else f"Release run {result['release_seconds']} s")
+                  + f" (fit {result['fit'].get('fit_seconds')} s on {result['fit'].get('slices')} slices).", ""]
     lines += ["## Summary (clean-test accuracy; rows whose model did not fit its training set are left out)", "",
               "| attacker | augmentation | countermeasure | clean data | protected (mean) | protected (max) | runs | "
               "unfit |", "|---|---|---|---|---|---|---|---|"]
