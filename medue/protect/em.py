@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 
 from medue.protect.base import Protector, UnitSpace, batches, project
-from medue.protect.clusters import kmeans, surrogate_features
+from medue.protect.clusters import assign, kmeans, surrogate_features
 from medue.protect.masks import flat_region_mask, foreground_mask
 from medue.protect.minmin import (
     AUGMENTATIONS,
@@ -116,6 +116,7 @@ class EMProtector(Protector):
         self.model: torch.nn.Module | None = None
         self.class_noise: torch.Tensor | None = None
         self.support: torch.Tensor | None = None
+        self.feature_seed: int | None = None
         self.centroids: torch.Tensor | None = None
         self.history: list[float] = []
         self.progress: Callable[[str], None] | None = None
@@ -149,6 +150,7 @@ class EMProtector(Protector):
             generator: torch.Generator) -> torch.Tensor:
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
         if labels is None:
+            self.feature_seed = seed
             feats = surrogate_features(x_units, space, seed=seed, batch_size=self.batch_size)
             labels, self.centroids = kmeans(feats, self.num_clusters, generator=generator)
         labels = labels.to(x_units.device)
@@ -186,6 +188,10 @@ class EMProtector(Protector):
         self._check_fitted()
         assert self.model is not None
         self.model.to(x_units.device)
+        if labels is None and self.centroids is not None and self.feature_seed is not None:
+            # fitted without labels: the same clusters as the fit (features of the same seeded network)
+            feats = surrogate_features(x_units, space, seed=self.feature_seed, batch_size=self.batch_size)
+            labels = assign(feats, self.centroids)
         labels = self._predict(x_units, space) if labels is None else labels
         if self.mode == "classwise":
             assert self.class_noise is not None

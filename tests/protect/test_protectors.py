@@ -181,3 +181,12 @@ def test_classwise_flat_placement_is_sparse_positive_and_reproducible():
         assert torch.equal(d, again)  # release-time application reproduces the fitted noise exactly
     with pytest.raises(ValueError, match="max_rounds"):
         build_protector("salm", mode="samplewise", max_rounds=0)
+
+
+def test_unlabelled_class_wise_release_applies_the_clusters_it_was_fitted_on():
+    x = (torch.rand(12, 1, 16, 16, generator=torch.Generator().manual_seed(3)) * 255).round()
+    space = UnitSpace(0.0, 255.0, 0.0, 255.0)
+    p = build_protector("salm", mode="classwise", tile=4, placement="flat", mask_ratio=0.3, init="grating",
+                        max_rounds=0)
+    d = p.fit(x, None, space, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(d, p.perturb(x, None, space, generator=torch.Generator().manual_seed(1)))
