@@ -97,13 +97,21 @@ def group_series(headers: Sequence[DicomHeaderSummary]) -> list[list[Path]]:
 
 def check_deidentified(ds: Dataset, *, policy: str, source: str) -> str | None:
     """Apply the de-identification policy; returns a warning text for ``warn`` or ``None``."""
-    removed = str(ds.get("PatientIdentityRemoved", "")).upper() == "YES"
-    if removed or "DeidentificationMethod" in ds or policy == "ignore":
+    if policy == "ignore":
         return None
-    msg = (
-        "input does not declare de-identification (PatientIdentityRemoved is not YES and no "
-        "DeidentificationMethod); run the site de-identifier first, or set deidentification: warn"
-    )
+    removed = str(ds.get("PatientIdentityRemoved", "")).strip().upper()
+    method = str(ds.get("DeidentificationMethod", "") or "").strip()
+    problems = []
+    if removed != "YES" and not (method and removed != "NO"):
+        problems.append(f"input does not declare de-identification (PatientIdentityRemoved is "
+                        f"{removed or 'absent'}, DeidentificationMethod is {'empty' if not method else 'set'}); "
+                        "run the site de-identifier first (it sets PatientIdentityRemoved=YES and names its method)")
+    if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES":
+        problems.append("BurnedInAnnotation is YES: text burned into the pixels may identify the patient; remove it "
+                        "(or crop) before release")
+    if not problems:
+        return None
+    msg = "; ".join(problems) + ", or set deidentification: warn"
     if policy == "refuse":
         raise DeidentificationError(msg, source=source)
     return msg
@@ -210,6 +218,12 @@ def read_dicom_series(paths: Sequence[str | Path], *, deidentification: str = "r
         if int(ds.get("SamplesPerPixel", 1)) != 1:
             raise IngestError(f"{relative_label(p, root)}: {ds.SamplesPerPixel} samples per pixel; only grayscale is supported",
                               source=label, reason="unsupported")
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+        if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+            raise IngestError(f"{relative_label(p, root)}: PhotometricInterpretation {photometric}; medue perturbs "
+                              "grayscale intensities only (perturbing palette indices or colour would change the "
+                              "rendered image unboundedly); convert to MONOCHROME2 first", source=label,
+                              reason="unsupported")
         w = check_deidentified(ds, policy=deidentification, source=label)
         if w and w not in warnings:
             warnings.append(w)

@@ -218,6 +218,13 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True) -> di
                                  "or amplitude) before giving up"}
         result["fidelity"] = fid.to_dict()
         stages["check"] = round(time.perf_counter() - t, 4)
+        if fid.fraction_changed == 0 and protector.epsilon > 0 and not ctx.override_reason:
+            # nothing could be changed (constant, empty or background-free image): exporting it as a protected,
+            # DERIVED image would claim a protection it does not carry
+            result.update(status=GATE_FAILED, message="no voxel was changed, so this image carries no protection "
+                          "(constant or empty image, or no background for the placement); check the input or "
+                          "record fidelity.override_reason to release it unprotected")
+            return _finish(result, marker_path, t0)
         _save_preview(layout.private / "previews" / f"{item.item_id}.npz", volume.array, protected.array)
         if not fid.passed and not ctx.override_reason:
             result.update(status=GATE_FAILED, message="; ".join(fid.failures))

@@ -178,3 +178,19 @@ def test_duplicate_source_uids_get_distinct_new_uids_and_split_series_get_two_se
                                  derivation="unit test", uid_key="k")
         series |= {pydicom.dcmread(f).SeriesInstanceUID for f in out}
     assert len(series) == 2
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"PatientIdentityRemoved": "NO", "DeidentificationMethod": ""}, "PatientIdentityRemoved is NO"),
+    ({"BurnedInAnnotation": "YES"}, "BurnedInAnnotation"),
+    ({"PhotometricInterpretation": "PALETTE COLOR"}, "PALETTE COLOR"),
+])
+def test_identity_and_palette_problems_are_refused(tmp_path, change, reason):
+    paths = make_dicom_series(tmp_path / "s", slices=2, size=16)
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        for k, v in change.items():
+            setattr(ds, k, v)
+        ds.save_as(p)
+    with pytest.raises(IngestError, match=reason):
+        read_dicom_series(paths, deidentification="refuse")

@@ -264,3 +264,19 @@ def test_every_input_file_is_exported_quarantined_or_listed_as_ignored(tiny_conf
     accounted = {p for entry in index.values() for p in entry["paths"]}
     accounted |= {str(cfg.input_path / i["path"]) for i in ignored}
     assert {str(p) for p in files} == accounted
+
+
+def test_an_image_nothing_could_change_is_not_exported_as_protected(tiny_config, tmp_path):
+    import nibabel as nib
+
+    table = tmp_path / "labels.csv"
+    table.write_text("path,label\nseries_a,a\nvol.nii.gz,b\nsaturated.nii,b\n")
+    cfg = load_config(tiny_config(labels={"source": "table", "table": str(table)},
+                                  protect={"params": {"epsilon": 4, "mode": "classwise", "placement": "flat",
+                                                      "init": "grating", "tile": 4, "mask_ratio": 0.3,
+                                                      "max_rounds": 0}}))
+    img = nib.Nifti1Image(np.full((16, 16, 2), 255, dtype=np.uint8), np.eye(4))  # at the top of its range:
+    nib.save(img, str(cfg.input_path / "saturated.nii"))  # positive noise is clipped away entirely
+    summary = run_pipeline(cfg)
+    bad = [m for m in summary.markers if m["status"] == "gate_failed"]
+    assert len(bad) == 1 and "carries no protection" in bad[0]["message"] and summary.exit_code == 3
