@@ -16,9 +16,8 @@ MANIFEST_SCHEMA = "medue.manifest/1"
 
 def write_manifest(layout: OutputLayout, config: PipelineConfig, markers: Sequence[dict[str, Any]],
                    fit_info: dict[str, Any], key_fingerprint: str) -> dict[str, Any]:
-    """Write ``release/manifest.json`` and ``release/SHA256SUMS`` (``sha256sum -c`` compatible)."""
+    """Write ``release/manifest.json`` and a first ``release/SHA256SUMS`` (``sha256sum -c`` compatible)."""
     items = []
-    sums = []
     for m in sorted(markers, key=lambda m: m["item_id"]):
         entry = {"item_id": m["item_id"], "status": m.get("status"), "input_sha256": m.get("input_sha256", []),
                  "outputs": m.get("outputs", [])}
@@ -31,7 +30,6 @@ def write_manifest(layout: OutputLayout, config: PipelineConfig, markers: Sequen
         if m.get("status") != DONE:
             entry["reason"] = m.get("reason", "")
         items.append(entry)
-        sums += [f"{o['sha256']}  {o['path']}" for o in m.get("outputs", [])]
     manifest = {
         "schema": MANIFEST_SCHEMA,
         "release": config.name,
@@ -45,5 +43,19 @@ def write_manifest(layout: OutputLayout, config: PipelineConfig, markers: Sequen
     }
     layout.release.mkdir(parents=True, exist_ok=True)
     write_text_atomic(layout.release / "manifest.json", json.dumps(manifest, indent=2))
-    write_text_atomic(layout.release / "SHA256SUMS", "\n".join(sorted(sums)) + ("\n" if sums else ""))
+    write_checksums(layout, manifest)
     return manifest
+
+
+def write_checksums(layout: OutputLayout, manifest: dict[str, Any]) -> None:
+    """``release/SHA256SUMS`` over every output file and the release's own documents (manifest, reports).
+
+    Written last, after the reports; ``cd release && sha256sum -c SHA256SUMS`` checks the whole release.
+    """
+    from medue.provenance import sha256_file
+
+    sums = [f"{o['sha256']}  {o['path']}" for i in manifest["items"] for o in i.get("outputs", [])]
+    for name in ("manifest.json", "report.json", "report.html"):
+        if (layout.release / name).is_file():
+            sums.append(f"{sha256_file(layout.release / name)}  {name}")
+    write_text_atomic(layout.release / "SHA256SUMS", "\n".join(sorted(sums)) + ("\n" if sums else ""))

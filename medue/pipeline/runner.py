@@ -221,7 +221,7 @@ def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), res
 
 def _run_locked(config: PipelineConfig, *, shard: tuple[int, int], resume: bool,
                 progress: Callable[[str], None] | None, show_bar: bool) -> RunSummary:
-    from medue.audit.manifest import write_manifest
+    from medue.audit.manifest import write_checksums, write_manifest
     from medue.audit.report import build_report
     from medue.audit.sinks import open_sink
     from medue.pipeline.job import OutputLayout
@@ -325,6 +325,7 @@ def _run_locked(config: PipelineConfig, *, shard: tuple[int, int], resume: bool,
         summary.report_json, summary.report_html = build_report(layout, config, all_markers, fit_info, fingerprint,
                                                                 env, manifest, efficacy=efficacy,
                                                                 release_checks=release_checks, ignored=ignored)
+        write_checksums(layout, manifest)  # now over the reports too
     summary.seconds = round(time.perf_counter() - t_start, 2)
     if config.tracking.enabled:
         sink = open_sink(config, layout)

@@ -280,3 +280,14 @@ def test_an_image_nothing_could_change_is_not_exported_as_protected(tiny_config,
     summary = run_pipeline(cfg)
     bad = [m for m in summary.markers if m["status"] == "gate_failed"]
     assert len(bad) == 1 and "carries no protection" in bad[0]["message"] and summary.exit_code == 3
+
+
+def test_sha256sums_cover_outputs_manifest_and_reports(tiny_config):
+    cfg = load_config(tiny_config())
+    run_pipeline(cfg)
+    release = cfg.output_path / "release"
+    sums = dict(line.split("  ")[::-1] for line in (release / "SHA256SUMS").read_text().splitlines())
+    assert {"manifest.json", "report.json", "report.html"} <= set(sums)
+    assert all(sha256_file(release / name) == digest for name, digest in sums.items())
+    listed = {str(p.relative_to(release)) for p in release.rglob("*") if p.is_file()} - {"SHA256SUMS"}
+    assert listed == set(sums)
