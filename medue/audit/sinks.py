@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -140,6 +141,28 @@ def _public_marker(m: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in m.items() if k not in drop}
 
 
+def _create_store_atomically(db: Path) -> None:
+    """Create and migrate an embedded MLflow store beside ``db``, then rename it into place.
+
+    MLflow creates its tables in several steps; a kill -9 (or a full disk) in between used to leave a store that
+    every later run failed to open (``table ... already exists``). A half-made store now only exists under a
+    partial name, which the next run removes with the other partial outputs.
+    """
+    import uuid
+
+    from medue.io.atomic import PARTIAL_TAG
+
+    tmp = db.with_name(f"{db.stem}{PARTIAL_TAG}{uuid.uuid4().hex[:8]}{db.suffix}")
+    import mlflow
+
+    mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
+    os.replace(tmp, db)
+
+
 def open_sink(config: PipelineConfig, layout: OutputLayout) -> MlflowSink:
     uri = config.tracking.uri or default_tracking_uri(layout)
+    if not config.tracking.uri:
+        db = (layout.root / "mlflow" / "mlflow.db").resolve()
+        if not db.exists():
+            _create_store_atomically(db)
     return MlflowSink(uri, config.tracking.experiment, layout.root / "mlflow" / "artifacts")

@@ -58,3 +58,16 @@ def test_mlflow_embedded_default_store(tiny_config):
     cfg = load_config(tiny_config(tracking={"enabled": True}))
     summary = run_pipeline(cfg)
     assert summary.tracking_uri.startswith("sqlite:///") and (cfg.output_path / "mlflow" / "mlflow.db").exists()
+
+
+def test_mlflow_store_half_made_by_an_interrupted_run_does_not_break_the_next(tiny_config):
+    pytest.importorskip("mlflow")
+    import sqlite3
+
+    cfg = load_config(tiny_config(tracking={"enabled": True}))
+    half = cfg.output_path / "mlflow" / "mlflow.partial-deadbeef.db"  # what a kill -9 during creation leaves
+    half.parent.mkdir(parents=True)
+    sqlite3.connect(half).execute("create table experiments (x int)").connection.commit()
+    summary = run_pipeline(cfg)
+    assert summary.mlflow_run_id and not half.exists()
+    assert run_pipeline(cfg).mlflow_run_id  # and the store it made opens again
