@@ -29,7 +29,7 @@ def test_end_to_end_outputs_manifest_report(tiny_config):
             assert sha256_file(release / out["path"]) == out["sha256"]
         assert entry["fidelity"]["max_abs_units"] <= 4
     sums = (release / "SHA256SUMS").read_text().splitlines()
-    assert len(sums) == 5  # 4 DICOM slices + 1 NIfTI
+    assert len(sums) == 5 + 3  # 4 DICOM slices + 1 NIfTI, and manifest.json, report.json, report.html
     assert "test-key-123-long-enough" not in (release / "manifest.json").read_text()
     assert "test-key-123-long-enough" not in (release / "report.json").read_text()
     # the input folder's name (could carry PHI) never reaches the release
