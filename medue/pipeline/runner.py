@@ -84,31 +84,32 @@ class FitSet:
 def _fit_samples(items: list[InputItem], config: PipelineConfig) -> FitSet:
     """Every slice of every readable item (dataset-level fit), at the exported resolution unless ``fit_size``.
 
-    Slices whose in-plane shape differs from the most common one are area-resized to it. ``fit_max_slices`` (or
-    :data:`MAX_FIT_BYTES`) caps the slices kept: each item then contributes evenly spaced slices.
+    One pass over the items, holding only the slices kept (never whole volumes side by side). The fit resolution is
+    ``fit_size``, else the in-plane shape of the first readable item; slices of other shapes are area-resized to it
+    (and then get the fitted protector's ``perturb`` at export). ``fit_max_slices`` and :data:`MAX_FIT_BYTES` cap
+    the slices kept: each item then contributes evenly spaced slices, and with more items than slices allowed,
+    evenly spaced items contribute one each.
     """
-    vols = []
+    if len(items) > (config.protect.fit_max_slices or len(items)):
+        keep = np.unique(np.linspace(0, len(items) - 1, config.protect.fit_max_slices).round().astype(int))
+        items = [items[i] for i in keep]
+    size: tuple[int, int] | None = (config.protect.fit_size, config.protect.fit_size) if config.protect.fit_size \
+        else None
+    quota: int | None = None
+    xs, labels, offsets, scales, owners, lo, hi, row = [], [], [], [], [], np.inf, -np.inf, 0
     for item in items:
         try:
             vol = read_item(item, root=config.input_path, deidentification=config.deidentification)
         except Exception:  # any unreadable item: the job quarantines it with its reason
             continue
-        vols.append((item, vol))
-    if not vols:
-        raise IngestError("no readable input to fit the protector on", reason="empty")
-    shapes = [v.array.shape[1:] for _, v in vols]
-    size = (config.protect.fit_size, config.protect.fit_size) if config.protect.fit_size else \
-        max(set(shapes), key=shapes.count)
-    total = sum(v.array.shape[0] for _, v in vols)
-    budget = min(config.protect.fit_max_slices or total, max(1, MAX_FIT_BYTES // (4 * size[0] * size[1])))
-    if len(vols) > budget:  # more items than slices allowed: evenly spaced items, one slice each
-        vols = [vols[i] for i in np.unique(np.linspace(0, len(vols) - 1, budget).round().astype(int))]
-    per_item = total if budget >= total else max(1, budget // len(vols))
-    xs, labels, offsets, scales, owners, lo, hi, row = [], [], [], [], [], np.inf, -np.inf, 0
-    for item, vol in vols:
+        if size is None:
+            size = tuple(int(v) for v in vol.array.shape[1:])  # type: ignore[assignment]
+        if quota is None:
+            budget = min(config.protect.fit_max_slices or 2**62, max(1, MAX_FIT_BYTES // (4 * size[0] * size[1])))
+            quota = max(1, budget // len(items))
         space = UnitSpace.for_volume(vol)
         z = vol.array.shape[0]
-        picks = np.arange(z) if per_item >= z else np.unique(np.linspace(0, z - 1, per_item).round().astype(int))
+        picks = np.arange(z) if quota >= z else np.unique(np.linspace(0, z - 1, quota).round().astype(int))
         t = torch.from_numpy(vol.array[picks].astype(np.float32)).unsqueeze(1)
         native = tuple(t.shape[-2:]) == tuple(size) and len(picks) == z
         if tuple(t.shape[-2:]) != tuple(size):
@@ -120,6 +121,9 @@ def _fit_samples(items: list[InputItem], config: PipelineConfig) -> FitSet:
         owners.append((item.item_id, row, len(picks), native))
         row += len(picks)
         lo, hi = min(lo, space.lo), max(hi, space.hi)
+        del vol
+    if not xs:
+        raise IngestError("no readable input to fit the protector on", reason="empty")
     space = UnitSpace(torch.tensor(offsets).view(-1, 1, 1, 1), torch.tensor(scales).view(-1, 1, 1, 1),
                       float(lo), float(hi))
     y = None if any(v is None for v in labels) else torch.tensor(labels, dtype=torch.long)
