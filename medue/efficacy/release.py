@@ -113,7 +113,8 @@ def load_split(root: Path, split: str, classes: list[str]) -> tuple[list[np.ndar
 
 def read_release(output: Path, input_root: Path, labels_table: dict[str, str], classes: list[str]
                  ) -> tuple[dict[str, np.ndarray], dict[str, int], dict[str, dict[str, Any]]]:
-    """Read back every item a release exported.
+    """Read back every item a release exported (benchmark sets hold one image file per item; items made of
+    several files, such as multi-file DICOM series, are not matched to the labels table and count as not exported).
 
     Returns ``{relative input path: protected array}``, ``{relative input path: class}`` of every input the
     release was given, and ``{relative input path: marker}`` (status, reason, fidelity) for all of them.
