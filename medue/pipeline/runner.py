@@ -6,6 +6,7 @@ manifest -> report -> MLflow.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -156,6 +157,8 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
     from medue.pipeline.job import OutputLayout
 
     layout = OutputLayout(config.output_path)
+    # an interrupted fit must never look like a finished one to --resume: its record goes first, comes back last
+    (layout.private / "protector.json").unlink(missing_ok=True)
     protector = build_protector(config.protect.method, **dict(config.protect.params))
     fit = _fit_samples(items, config)
     if protector.needs_labels and fit.labels is None:
@@ -176,8 +179,10 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
         model.to("cpu")
     layout.private.mkdir(parents=True, exist_ok=True)
     stored = 0
+    noise_dir = layout.private / "noise"
+    for stale in noise_dir.glob("*.npz"):  # deltas of an earlier fit must never reach this release
+        stale.unlink()
     if getattr(protector, "mode", "") == "samplewise":
-        noise_dir = layout.private / "noise"
         noise_dir.mkdir(parents=True, exist_ok=True)
         d = torch.round(delta).to(torch.int16).squeeze(1).cpu().numpy()
         for item_id, first, n, native in fit.owners:
@@ -215,12 +220,13 @@ def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), res
     if not config.input_path.exists():
         raise InvalidConfigError([f"input: folder {config.input} does not exist (relative paths are taken from the "
                                   "current folder); fix `input:` or pass --input"])
-    try:
-        with exclusive_lock(config.output_path):
-            return _run_locked(config, shard=shard, resume=resume, progress=progress, show_bar=show_bar)
-    except BlockingIOError as exc:
-        raise InvalidConfigError([f"another medue run is writing to {config.output} (see its .medue.lock); wait "
-                                  "for it to finish or choose another output folder"]) from exc
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(exclusive_lock(config.output_path))
+        except BlockingIOError as exc:
+            raise InvalidConfigError([f"another medue run is writing to {config.output} (see its .medue.lock); "
+                                      "wait for it to finish or choose another output folder"]) from exc
+        return _run_locked(config, shard=shard, resume=resume, progress=progress, show_bar=show_bar)
 
 
 def _run_locked(config: PipelineConfig, *, shard: tuple[int, int], resume: bool,
