@@ -80,8 +80,8 @@ class JobContext:
     uid_mode: str = "keyed"
     reversible: bool = False
     device: str = "cpu"
-    #: When an item fails the fidelity gate, thin its delta (keyed subset of the changed voxels) and re-check
-    #: before giving up, so the gate does not silently drop the images hardest to protect (class skew).
+    #: When an item fails the fidelity gate, retry it with less noise (see :func:`adapt_support`) before giving
+    #: up, so the gate does not silently drop the images hardest to protect (class skew).
     adapt_support: bool = True
 
     @property
