@@ -30,6 +30,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", help="override the config's input folder")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the config, key, labels and inputs as `check` does; write nothing")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +116,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.no_tracking:
         overrides["tracking"] = {"enabled": False}
     config = load_config(args.config, overrides=overrides)  # overrides are validated like the file's own values
+    if args.dry_run:
+        return _check(args, config=config)
     shard = parse_shard(args.shard)
     say = (lambda s: None) if args.quiet else (lambda s: print(f"medue: {s}", file=sys.stderr, flush=True))
     summary = run_pipeline(config, shard=shard, resume=args.resume, progress=say, show_bar=not args.quiet)
@@ -132,12 +136,12 @@ def _run(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
-def _check(args: argparse.Namespace) -> int:
+def _check(args: argparse.Namespace, config: object = None) -> int:
     """Validate everything `run` would refuse before writing anything: config, key, labels, efficacy results."""
     from medue.io import discover_inputs
     from medue.pipeline.config import load_config
 
-    config = load_config(args.config)
+    config = config or load_config(args.config)
     config.read_key()
     config.load_efficacy_results()
     if not config.input_path.is_dir():

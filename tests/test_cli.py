@@ -86,3 +86,11 @@ def test_report_summary_exit_codes_and_restore_errors(tiny_config, tmp_path, cap
     assert main(["restore", str(dcm), str(tmp_path / "missing.npz"), str(tmp_path / "x.nii")]) == 2
     err = capsys.readouterr().err
     assert "restore works on protected NIfTI" in err and "delta file" in err and "Traceback" not in err
+
+
+def test_run_dry_run_writes_nothing(tiny_config, tmp_path):
+    from medue.cli import main
+
+    assert main(["run", str(tiny_config()), "--dry-run"]) == 0
+    assert not (tmp_path / "out").exists()
+    assert main(["run", str(tiny_config()), "--dry-run", "--workers", "0"]) == 2  # overrides validated too
