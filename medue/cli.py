@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="list what medue finds in a folder and whether each item is readable")
     p.add_argument("folder", type=Path)
-    p.add_argument("--deidentification", choices=["refuse", "warn", "ignore"], default="refuse")
+    p.add_argument("--deidentification", choices=["refuse", "warn", "ignore"],
+                   help="de-identification policy (default: the --config's, else refuse)")
+    p.add_argument("--config", type=Path, help="apply this pipeline config's policies, as `run` would")
 
     p = sub.add_parser("restore", help="restore original stored values from a protected file and its delta")
     p.add_argument("protected", type=Path, help="protected NIfTI file")
@@ -161,10 +163,16 @@ def _inspect(args: argparse.Namespace) -> int:
     from medue.errors import IngestError
     from medue.io import discover_inputs, read_item
 
+    policy = args.deidentification
+    if policy is None:
+        from medue.pipeline.config import load_config
+
+        policy = load_config(args.config).deidentification if args.config else "refuse"
+    print(f"de-identification policy: {policy}")
     status = EXIT_OK
     for it in discover_inputs(args.folder):
         try:
-            v = read_item(it, root=args.folder, deidentification=args.deidentification)
+            v = read_item(it, root=args.folder, deidentification=policy)
             warn = "; ".join(w for s in v.history for w in s.warnings)
             print(f"{it.item_id}  {it.kind:6s} {v.modality:3s} {'x'.join(map(str, v.array.shape)):>12s} "
                   f"{v.array.dtype} slope {v.rescale[0]:g} intercept {v.rescale[1]:g} {warn}")
