@@ -117,8 +117,23 @@ def check_deidentified(ds: Dataset, *, policy: str, source: str) -> str | None:
     return msg
 
 
+#: Largest decoded pixel block medue accepts per file, checked before decoding (declared sizes can be absurd).
+MAX_DECODED_BYTES = 8 * 1024**3
+
+
+def check_declared_size(n_bytes: int, source: str) -> None:
+    """Refuse an image whose declared size would decode to more than :data:`MAX_DECODED_BYTES`."""
+    if n_bytes > MAX_DECODED_BYTES:
+        raise IngestError(f"declared image size decodes to {n_bytes / 1024**3:.1f} GiB, more than the "
+                          f"{MAX_DECODED_BYTES / 1024**3:.0f} GiB medue reads per file; the header is probably wrong "
+                          "(check Rows, Columns, NumberOfFrames or the image dimensions)", source=source,
+                          reason="too_large")
+
+
 def _decode(ds: Dataset, source: str) -> np.ndarray:
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    check_declared_size(int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1)
+                        * int(ds.get("SamplesPerPixel", 1)) * max(int(ds.BitsAllocated), 8) // 8, source)
     if ts is not None and not ts.is_compressed:
         expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1)
                     * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8)

@@ -31,6 +31,14 @@ def read_itk(path: str | Path, *, root: Path | None = None) -> Volume:
     path = Path(path)
     label = relative_label(path, root)
     try:
+        info = sitk.ImageFileReader()
+        info.SetFileName(str(path))
+        info.ReadImageInformation()  # the header only: refuse absurd declared sizes before allocating
+        from medue.io.dicom import check_declared_size
+
+        check_declared_size(int(np.prod(info.GetSize(), dtype=np.int64)) * info.GetNumberOfComponents()
+                            * np.dtype(sitk.GetArrayViewFromImage(sitk.Image(1, 1, info.GetPixelID())).dtype).itemsize
+                            if info.GetPixelID() >= 0 else 0, label)
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise IngestError(f"{label}: not readable by SimpleITK ({str(exc).strip().splitlines()[-1]})",

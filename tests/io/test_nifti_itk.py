@@ -76,3 +76,26 @@ def test_itk_mha_and_nrrd_roundtrip(tmp_path):
         back = sitk.ReadImage(str(out))
         assert np.array_equal(sitk.GetArrayFromImage(back), new)
         assert back.GetSpacing() == pytest.approx((0.5, 0.6, 2.0)) and back.GetOrigin() == pytest.approx((1, 2, 3))
+
+
+def test_absurd_declared_sizes_are_refused_before_decoding(tmp_path):
+    import pydicom
+
+    from medue.errors import IngestError
+    from medue.io.dicom import read_dicom_series
+    from medue.io.itk import read_itk
+    from medue.testing import make_dicom_series
+
+    paths = make_dicom_series(tmp_path / "s", slices=1, size=16)
+    ds = pydicom.dcmread(paths[0])
+    ds.Rows = ds.Columns = 65535
+    ds.NumberOfFrames = 1000
+    ds.save_as(paths[0])
+    with pytest.raises(IngestError, match="GiB") as err:
+        read_dicom_series(paths)
+    assert err.value.reason == "too_large"
+    mha = tmp_path / "huge.mha"
+    mha.write_text("ObjectType = Image\nNDims = 3\nDimSize = 65535 65535 1000\nElementType = MET_SHORT\n"
+                   "ElementDataFile = LOCAL\n")
+    with pytest.raises(IngestError, match="GiB"):
+        read_itk(mha)
