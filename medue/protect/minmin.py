@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medue.protect.base import UnitSpace, batches, project
+from medue.protect.masks import topk_mask
 
 #: ``mask_fn(grad, x_model, proposed) -> 0/1 mask``: where the update may act (SALM); ``None`` means everywhere.
 #: ``proposed`` is the delta after the unmasked sign step, so a mask may favour pixels already perturbed.
@@ -173,8 +174,6 @@ def grating(num_classes: int, height: int, width: int, period: int = 4) -> torch
 
 def block_mask(scores: torch.Tensor, ratio: float, block: int) -> torch.Tensor:
     """0/1 mask over ``scores`` ``(K, 1, h, w)`` keeping the top ``ratio`` of ``block`` x ``block`` cells per row."""
-    from medue.protect.masks import topk_mask
-
     if block > 1:
         pooled = F.avg_pool2d(scores, block, ceil_mode=True)
         mask = topk_mask(pooled, ratio)

@@ -16,10 +16,8 @@ from typing import Any
 
 import torch
 
-from medue.protect.base import UnitSpace, project
-from medue.protect.clusters import assign, kmeans, surrogate_features
+from medue.protect.base import UnitSpace
 from medue.protect.em import EMProtector
-from medue.protect.minmin import tile_to
 
 
 class UCProtector(EMProtector):
@@ -35,20 +33,14 @@ class UCProtector(EMProtector):
     def __init__(self, *, num_clusters: int = 4, **kwargs: Any) -> None:
         kwargs["mode"] = "classwise"
         super().__init__(num_clusters=num_clusters, **kwargs)
-        self.feature_seed: int | None = None
 
     def fit(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
             generator: torch.Generator) -> torch.Tensor:
-        self.feature_seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
-        feats = surrogate_features(x_units, space, seed=self.feature_seed, batch_size=self.batch_size)
-        clusters, self.centroids = kmeans(feats, self.num_clusters, generator=generator)
-        return super().fit(x_units, clusters, space, generator=generator)
+        # EM's label-free path: K-means clusters of a seeded surrogate's features stand in for the labels
+        return super().fit(x_units, None, space, generator=generator)
 
     def perturb(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
                 generator: torch.Generator) -> torch.Tensor:
         self._check_fitted()
-        assert self.class_noise is not None and self.centroids is not None and self.feature_seed is not None
-        feats = surrogate_features(x_units, space, seed=self.feature_seed, batch_size=self.batch_size)
-        clusters = assign(feats, self.centroids)
-        noise = tile_to(self.class_noise.to(x_units.device), *x_units.shape[-2:])
-        return project(noise[clusters], x_units, space, self.epsilon)
+        assert self.centroids is not None and self.feature_seed is not None
+        return super().perturb(x_units, None, space, generator=generator)  # assigned to the fitted clusters

@@ -190,3 +190,11 @@ def test_unlabelled_class_wise_release_applies_the_clusters_it_was_fitted_on():
                         max_rounds=0)
     d = p.fit(x, None, space, generator=torch.Generator().manual_seed(0))
     assert torch.equal(d, p.perturb(x, None, space, generator=torch.Generator().manual_seed(1)))
+
+
+def test_uc_applies_at_release_the_noise_it_fitted_including_its_placement():
+    x = (torch.rand(12, 1, 16, 16, generator=torch.Generator().manual_seed(4)) * 255).round()
+    space = UnitSpace(0.0, 255.0, 0.0, 255.0)
+    p = build_protector("uc", tile=4, placement="flat", init="grating", max_rounds=0)
+    d = p.fit(x, torch.zeros(12, dtype=torch.long), space, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(d, p.perturb(x, None, space, generator=torch.Generator().manual_seed(1)))
