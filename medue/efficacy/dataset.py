@@ -113,9 +113,3 @@ def write_image_set(root: str | Path, images: np.ndarray, labels: np.ndarray, cl
             "test_fraction": test_fraction, "split_seed": seed, "classes": list(class_names), "counts": counts}
     (root / "dataset.json").write_text(json.dumps(info, indent=2))
     return info
-
-
-def read_labels_table(path: Path) -> dict[str, str]:
-    """``{relative path: class name}`` of a ``path,label`` CSV."""
-    with open(path, newline="") as fh:
-        return {row["path"]: row["label"] for row in csv.DictReader(fh)}

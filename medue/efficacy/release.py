@@ -25,7 +25,6 @@ import torch.nn.functional as F
 
 from medue.device import derive_seed, resolve_device
 from medue.efficacy import countermeasures
-from medue.efficacy.dataset import read_labels_table
 from medue.efficacy.train import TrainSettings, predict, train_classifier
 from medue.errors import IngestError, InvalidConfigError
 from medue.fidelity.diagnostic import diagnostic_preservation
@@ -79,6 +78,20 @@ def _read_file_slices(kind: str, paths: Sequence[str]) -> np.ndarray:
 
     vol = read_item(InputItem(kind, tuple(paths), "eval"), deidentification="ignore")
     return vol.array
+
+
+def read_labels_table(path: Path) -> dict[str, str]:
+    """``{relative path: class name}`` of a benchmark set's ``path,label`` table (:func:`medue.labels.read_label_table`).
+
+    Raises:
+        InvalidConfigError: every problem of the table at once.
+    """
+    from medue.labels import read_label_table
+
+    rows, problems = read_label_table(path, "path", "label")
+    if problems:
+        raise InvalidConfigError(problems, source=str(path))
+    return rows
 
 
 def _kind_of(path: Path) -> str:
