@@ -146,10 +146,11 @@ def _check(args: argparse.Namespace, config: object = None) -> int:
     config = config or load_config(args.config)
     config.read_key()
     config.load_efficacy_results()
-    if not config.input_path.is_dir():
+    problems = config.folder_problems()
+    if problems:
         from medue.errors import InvalidConfigError
 
-        raise InvalidConfigError([f"input: folder {config.input} does not exist"])
+        raise InvalidConfigError(problems)
     items = discover_inputs(config.input_path)
     labels = config.read_labels(items)
     print(f"config OK: {config.name}, method {config.protect.method}, {len(items)} item(s) under {config.input}"

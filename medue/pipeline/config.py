@@ -162,6 +162,16 @@ class PipelineConfig:
         except ValueError as exc:
             raise InvalidConfigError([f"report.efficacy_results: {path} is not JSON ({exc})"]) from exc
 
+    def folder_problems(self) -> list[str]:
+        """What is wrong with ``input``/``output`` as folders (`run` refuses, `check` reports): empty when fine."""
+        if not self.input_path.exists():
+            return [f"input: folder {self.input} does not exist (relative paths are taken from the current "
+                    "folder); fix `input:` or pass --input"]
+        if self.output_path.resolve().is_relative_to(self.input_path.resolve()):
+            return [f"output {self.output} lies inside input {self.input}: a later run would protect its own "
+                    "outputs again; choose an output folder outside the input folder"]
+        return []
+
     def read_labels(self, items: list[Any]) -> Any:
         """Resolve ``labels:`` for discovered items (:class:`medue.labels.ReleaseLabels` or ``None``).
 

@@ -214,12 +214,9 @@ def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), res
     """
     from medue.io.atomic import exclusive_lock
 
-    if config.input_path.exists() and config.output_path.resolve().is_relative_to(config.input_path.resolve()):
-        raise InvalidConfigError([f"output {config.output} lies inside input {config.input}: a later run would "
-                                  "protect its own outputs again; choose an output folder outside the input folder"])
-    if not config.input_path.exists():
-        raise InvalidConfigError([f"input: folder {config.input} does not exist (relative paths are taken from the "
-                                  "current folder); fix `input:` or pass --input"])
+    problems = config.folder_problems()
+    if problems:
+        raise InvalidConfigError(problems)
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(exclusive_lock(config.output_path))
