@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--existing", action="store_true",
                    help="--work already holds a release of DATASET/train written by `medue run` (any version): "
                         "read it back instead of running CONFIG")
+    p.add_argument("--clean-from", type=Path, metavar="RESULT.json",
+                   help="reuse the clean-data rows of an earlier result on the same dataset, epochs and width "
+                        "(screening many releases against one baseline)")
 
     p = sub.add_parser("inspect", help="list what medue finds in a folder and whether each item is readable")
     p.add_argument("folder", type=Path)
@@ -253,7 +256,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     work = args.work or out.with_name(out.name + "_release")
     res = evaluate_release(config, args.dataset, work=work, labels_used=not args.no_labels, settings=settings,
                            name=name, log=lambda s: print(f"medue: {s}", file=sys.stderr, flush=True),
-                           existing=args.existing)
+                           existing=args.existing,
+                           clean_from=json.loads(args.clean_from.read_text()) if args.clean_from else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str))
     out.with_suffix(".md").write_text(results_markdown(res))

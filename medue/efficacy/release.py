@@ -171,7 +171,8 @@ def _fidelity_summary(status: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path, labels_used: bool = True,
                      settings: ReleaseEvalSettings = ReleaseEvalSettings(), name: str | None = None,
-                     log: Callable[[str], None] = print, existing: bool = False) -> dict[str, Any]:
+                     log: Callable[[str], None] = print, existing: bool = False,
+                     clean_from: dict[str, Any] | None = None) -> dict[str, Any]:
     """Release the training split of ``dataset_root`` with ``config`` and attack the released files.
 
     Args:
@@ -183,6 +184,8 @@ def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path,
             with the true labels).
         existing: ``work`` already holds a release of ``dataset_root/train`` that ``medue run`` wrote (for
             example by an earlier medue version): read it back instead of running the release.
+        clean_from: An earlier result on the same dataset with the same epochs and width: its clean-data rows are
+            reused (marked ``reused_from``) instead of retrained, for screening many releases against one baseline.
 
     Returns:
         The JSON-ready result (schema ``medue.release_efficacy/1``; see ``benchmarks/results/README.md``).
@@ -193,6 +196,7 @@ def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path,
     settings.validate()
     root = Path(dataset_root)
     info = json.loads((root / "dataset.json").read_text())
+    reused = _reusable_clean_rows(clean_from, info, root, settings) if clean_from else {}
     classes = list(info["classes"])
     size = tuple(info["image_size"])
     device = resolve_device(settings.device)
@@ -261,7 +265,11 @@ def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path,
     plan = [(arch, aug, "none") for arch, aug in settings.attackers]
     plan += [(*settings.countermeasure_attacker, cm) for cm in settings.countermeasures]
     for arch, aug, cm in plan:
-        rows.append(train_row(arch, aug, cm, "clean", settings.seeds[0]))
+        if (arch, aug, cm) in reused:
+            rows.append({**reused[(arch, aug, cm)], "reused_from": clean_from["name"]})  # type: ignore[index]
+            log(f"  {arch:12s} {aug:9s} {cm:20s} clean     reused from {clean_from['name']}")  # type: ignore[index]
+        else:
+            rows.append(train_row(arch, aug, cm, "clean", settings.seeds[0]))
         if len(x_prot):
             for seed in settings.seeds:
                 rows.append(train_row(arch, aug, cm, "protected", seed))
@@ -301,6 +309,29 @@ def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path,
         "rows": rows,
         "diagnostic": diagnostic,
     }
+
+
+def _reusable_clean_rows(earlier: dict[str, Any], info: dict[str, Any], root: Path,
+                         settings: ReleaseEvalSettings) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Clean-data rows of ``earlier`` keyed by (architecture, augmentation, countermeasure), after checking that
+    they were trained on this dataset with the same epochs, width and adversarial budget."""
+    problems = []
+    if earlier.get("schema") != RESULT_SCHEMA:
+        problems.append(f"clean rows: expected a {RESULT_SCHEMA} result, found schema {earlier.get('schema')!r}")
+    ds = earlier.get("dataset", {})
+    if ds.get("name") != info.get("name", root.name) or ds.get("train") != len(read_labels_table(
+            root / "train_labels.csv")):
+        problems.append(f"clean rows: result {earlier.get('name')!r} is of dataset {ds.get('name')!r} "
+                        f"({ds.get('train')} training images), not of {info.get('name', root.name)!r}")
+    theirs = earlier.get("settings", {})
+    for key in ("epochs", "width", "adversarial_epsilon"):
+        if theirs.get(key) != getattr(settings, key):
+            problems.append(f"clean rows: {key} was {theirs.get(key)!r} there, {getattr(settings, key)!r} here; "
+                            "rerun without reusing clean rows or with the same setting")
+    if problems:
+        raise InvalidConfigError(problems, source="evaluate")
+    return {(r["architecture"], r["augmentation"], r["countermeasure"]): r for r in earlier.get("rows", [])
+            if r.get("training_data") == "clean" and r.get("seed") == settings.seeds[0]}
 
 
 def summarise(result: dict[str, Any]) -> list[dict[str, Any]]:

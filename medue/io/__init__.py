@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from medue.errors import ExportError, IngestError
 from medue.io import dicom, itk, nifti
 from medue.registry import Registry
@@ -96,8 +98,31 @@ def read_item(item: InputItem, *, root: str | Path | None = None, deidentificati
     root_path = Path(root) if root is not None else None
     reader = READERS.get(item.kind)
     if item.kind == "dicom":
-        return reader(item.paths, deidentification=deidentification, root=root_path)
-    return reader(item.paths[0], root=root_path)
+        volume = reader(item.paths, deidentification=deidentification, root=root_path)
+    else:
+        volume = reader(item.paths[0], root=root_path)
+    check_volume(volume, item.item_id)
+    return volume
+
+
+def check_volume(volume: Volume, label: str) -> None:
+    """Refuse a volume whose geometry or rescale cannot be interpreted, whatever format it came from.
+
+    Raises:
+        IngestError: ``bad_geometry`` (affine not finite or singular), ``bad_header`` (rescale slope zero or not
+            finite, intercept not finite).
+    """
+    affine = np.asarray(volume.geometry.affine, dtype=float)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise IngestError(f"<item {label}>: geometry not usable (voxel-to-world matrix not finite or singular: "
+                          "zero, NaN or infinite spacing, or degenerate orientation); expected finite positive "
+                          "spacing and an invertible orientation; fix the header or re-export", source=label,
+                          reason="bad_geometry")
+    slope = float(volume.header.get("rescale_slope", 1.0))
+    inter = float(volume.header.get("rescale_intercept", 0.0))
+    if not (np.isfinite(slope) and slope != 0 and np.isfinite(inter)):
+        raise IngestError(f"<item {label}>: rescale slope {slope} / intercept {inter} not usable; expected a finite "
+                          "non-zero slope and a finite intercept", source=label, reason="bad_header")
 
 
 def output_name(volume: Volume, item_id: str) -> str:

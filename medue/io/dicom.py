@@ -137,9 +137,15 @@ def _decode(ds: Dataset, source: str) -> np.ndarray:
     if ts is not None and not ts.is_compressed:
         expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1)
                     * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8)
-        if len(ds.PixelData) < expected:
-            raise IngestError(f"pixel data holds {len(ds.PixelData)} bytes, {expected} expected: the file is truncated",
+        held = len(ds.get("PixelData") or b"")
+        if held < expected:
+            raise IngestError(f"pixel data holds {held} bytes, {expected} expected: the file is truncated",
                               source=source, reason="truncated")
+        if held > expected + (expected % 2) + 1:  # one padding byte is allowed
+            raise IngestError(f"pixel data holds {held} bytes, {expected} expected for {int(ds.Rows)} x "
+                              f"{int(ds.Columns)} x {int(ds.get('NumberOfFrames', 1) or 1)} frame(s): the header "
+                              "does not describe the pixels; re-export the file", source=source,
+                              reason="bad_pixel_data")
     try:
         return np.asarray(ds.pixel_array)
     except Exception as exc:  # pydicom raises several types; each becomes a reasoned quarantine
@@ -165,8 +171,8 @@ def _valid_range(ds: Dataset) -> tuple[int, int]:
 def _affine(first: Dataset, positions: np.ndarray, n: int) -> tuple[np.ndarray, list[str]]:
     warnings: list[str] = []
     affine = np.eye(4)
-    iop = first.get("ImageOrientationPatient")
-    spacing = first.get("PixelSpacing")
+    iop = first.get("ImageOrientationPatient") or None
+    spacing = first.get("PixelSpacing") or None
     if iop is None or spacing is None or len(positions) == 0:
         warnings.append("no ImageOrientationPatient/PixelSpacing/ImagePositionPatient: identity geometry used")
         return affine, warnings
@@ -189,6 +195,64 @@ def _affine(first: Dataset, positions: np.ndarray, n: int) -> tuple[np.ndarray, 
         normal = np.cross(row_dir, col_dir)
         affine[:3, 2] = normal * float(first.get("SliceThickness", 1.0) or 1.0)
     return affine, warnings
+
+
+def _as_numbers(value: Any) -> list[float] | None:
+    """The numbers of a (multi-)valued DICOM element, or ``None`` when any value is not a number."""
+    values = list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+    try:
+        return [float(v) for v in values]
+    except (TypeError, ValueError):
+        return None
+
+
+def pixel_module_problems(ds: Dataset) -> list[str]:
+    """Every reason the Image Pixel module and plane geometry of ``ds`` cannot be interpreted, all at once.
+
+    Required: Rows, Columns, BitsAllocated (8, 16 or 32), BitsStored (1..BitsAllocated), HighBit (BitsStored - 1),
+    PixelRepresentation (0 or 1), SamplesPerPixel and PhotometricInterpretation, as whole numbers / text. Where
+    present: a finite, non-zero RescaleSlope and finite RescaleIntercept; three finite ImagePositionPatient values;
+    two finite positive PixelSpacing values; ImageOrientationPatient as two orthogonal unit vectors.
+    """
+    problems = []
+    ints: dict[str, int] = {}
+    for kw in ("Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "SamplesPerPixel"):
+        value = ds.get(kw)
+        if value is None or value == "":
+            problems.append(f"{kw} is {'missing' if kw not in ds else 'empty'}")
+        elif not isinstance(value, int) or isinstance(value, bool):
+            problems.append(f"{kw} is {str(value)[:20]!r}, expected a whole number")
+        else:
+            ints[kw] = int(value)
+    if not str(ds.get("PhotometricInterpretation", "") or "").strip():
+        problems.append("PhotometricInterpretation is missing or empty")
+    if "Rows" in ints and not 1 <= ints["Rows"] <= 65535 or "Columns" in ints and not 1 <= ints["Columns"] <= 65535:
+        problems.append(f"image size {ints.get('Rows')} x {ints.get('Columns')}, expected 1..65535 each")
+    allocated, stored = ints.get("BitsAllocated"), ints.get("BitsStored")
+    if allocated is not None and allocated not in (8, 16, 32):
+        problems.append(f"BitsAllocated {allocated}, expected 8, 16 or 32")
+    if stored is not None and allocated is not None and not 1 <= stored <= allocated:
+        problems.append(f"BitsStored {stored}, expected 1..BitsAllocated ({allocated})")
+    if stored is not None and ints.get("HighBit") is not None and ints["HighBit"] != stored - 1:
+        problems.append(f"HighBit {ints['HighBit']}, expected BitsStored - 1 = {stored - 1}")
+    if ints.get("PixelRepresentation") not in (None, 0, 1):
+        problems.append(f"PixelRepresentation {ints['PixelRepresentation']}, expected 0 (unsigned) or 1 (signed)")
+    for kw, count, positive in (("RescaleSlope", 1, False), ("RescaleIntercept", 1, False),
+                                ("ImagePositionPatient", 3, False), ("PixelSpacing", 2, True),
+                                ("ImageOrientationPatient", 6, False)):
+        if kw not in ds or ds[kw].value in (None, ""):
+            continue
+        nums = _as_numbers(ds[kw].value)
+        if nums is None or len(nums) != count or not all(np.isfinite(nums)) or (positive and min(nums) <= 0):
+            problems.append(f"{kw} is {str(ds[kw].value)[:40]!r}, expected {count} finite"
+                            f"{' positive' if positive else ''} number(s)")
+        elif kw == "RescaleSlope" and nums[0] == 0:
+            problems.append("RescaleSlope is 0: every pixel would have the same value")
+        elif kw == "ImageOrientationPatient":
+            row, col = np.array(nums[:3]), np.array(nums[3:])
+            if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
+                problems.append(f"ImageOrientationPatient {nums} is not two orthogonal unit vectors")
+    return problems
 
 
 def read_dicom_series(paths: Sequence[str | Path], *, deidentification: str = "refuse", root: Path | None = None) -> Volume:
@@ -230,6 +294,11 @@ def read_dicom_series(paths: Sequence[str | Path], *, deidentification: str = "r
                 source=label,
                 reason="not_an_image",
             )
+        problems = pixel_module_problems(ds)
+        if problems:
+            raise IngestError(f"{relative_label(p, root)}: image pixel module or geometry not usable: "
+                              f"{'; '.join(problems)}; re-export the series from its source", source=label,
+                              reason="bad_header")
         if int(ds.get("SamplesPerPixel", 1)) != 1:
             raise IngestError(f"{relative_label(p, root)}: {ds.SamplesPerPixel} samples per pixel; only grayscale is supported",
                               source=label, reason="unsupported")
@@ -266,8 +335,9 @@ def read_dicom_series(paths: Sequence[str | Path], *, deidentification: str = "r
             positions = np.zeros((0, 3))
     else:
         if len(datasets) > 1:
-            positions_list = [d.get("ImagePositionPatient") for d in datasets]
-            if all(p is not None for p in positions_list):
+            positions_list = [d.get("ImagePositionPatient") or None for d in datasets]
+            located = all(p is not None for p in positions_list) and bool(datasets[0].get("ImageOrientationPatient"))
+            if located:
                 iop = np.asarray(datasets[0].ImageOrientationPatient, dtype=float)
                 normal = np.cross(iop[:3], iop[3:])
                 keys = [float(np.dot(normal, np.asarray(p, dtype=float))) for p in positions_list]
@@ -276,15 +346,18 @@ def read_dicom_series(paths: Sequence[str | Path], *, deidentification: str = "r
                                       "acquisitions", source=label, reason="inconsistent_series")
             else:
                 keys = [float(d.get("InstanceNumber", i)) for i, d in enumerate(datasets)]
-                warnings.append("slices without ImagePositionPatient: sorted by InstanceNumber")
+                warnings.append("slices without ImagePositionPatient/ImageOrientationPatient: sorted by "
+                                "InstanceNumber, identity geometry used")
             order = np.argsort(keys, kind="stable")
         else:
             order = np.array([0])
+            located = bool(datasets[0].get("ImagePositionPatient"))
         ordered = [datasets[i] for i in order]
         order_paths = [paths[i] for i in order]
         slices = [_decode(d, label) for d in ordered]
         array = np.stack(slices)
-        positions = np.asarray([[float(v) for v in d.get("ImagePositionPatient", [0, 0, 0])] for d in ordered])
+        positions = (np.asarray([[float(v) for v in d.ImagePositionPatient] for d in ordered]) if located
+                     else np.zeros((0, 3)))
     if array.ndim == 2:
         array = array[None]
     first = ordered[0]

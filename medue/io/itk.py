@@ -19,6 +19,75 @@ def is_itk(path: Path) -> bool:
     return path.name.lower().endswith(SUFFIXES)
 
 
+METAIMAGE_TYPES = {f"MET_{t}" for t in ("CHAR", "UCHAR", "SHORT", "USHORT", "INT", "UINT", "LONG", "ULONG",
+                                         "LONG_LONG", "ULONG_LONG", "FLOAT", "DOUBLE")}
+MAX_DIMS = 4
+
+
+def _numbers(value: str) -> list[float] | None:
+    try:
+        return [float(v) for v in value.split()]
+    except ValueError:
+        return None
+
+
+def check_text_header(path: Path, label: str) -> None:
+    """Check a MetaImage (.mha/.mhd) or NRRD header in Python before any C++ reader parses it.
+
+    SimpleITK crashes the whole process (segmentation fault) on some headers, e.g. ``NDims = 99999999``, so a
+    hostile header must be refused here: dimensions 1 to 4, one positive whole size per dimension, finite
+    positive spacings, a finite origin and a known MetaImage element type.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(65536)
+    nrrd = head.startswith(b"NRRD")
+    fields: dict[str, str] = {}
+    for raw in head.split(b"\n")[1 if nrrd else 0:]:
+        line = raw.decode("latin-1").strip()
+        if nrrd and (not line or line.startswith("#")):
+            if not line:
+                break
+            continue
+        sep = ":" if nrrd else "="
+        if sep not in line:
+            if nrrd:
+                continue
+            break
+        key, value = line.split(sep, 1)
+        key = key.strip().lower()
+        fields[key] = value.strip().lstrip("=").strip()
+        if not nrrd and key == "elementdatafile":
+            break
+    problems = []
+
+    def expect(cond: bool, what: str) -> None:
+        if not cond:
+            problems.append(what)
+
+    ndims_key, size_key = ("dimension", "sizes") if nrrd else ("ndims", "dimsize")
+    ndims = fields.get(ndims_key, "")
+    expect(ndims.isdigit() and 1 <= int(ndims) <= MAX_DIMS, f"{ndims_key} {ndims[:20]!r} (expected 1 to {MAX_DIMS})")
+    sizes = _numbers(fields.get(size_key, ""))
+    expect(sizes is not None and len(sizes) >= 1 and all(v >= 1 and v == int(v) for v in sizes),
+           f"{size_key} {fields.get(size_key, '')[:40]!r} (expected positive whole numbers)")
+    spacing_key = "spacings" if nrrd else "elementspacing"
+    if spacing_key in fields:
+        sp = _numbers(fields[spacing_key])
+        expect(bool(sp) and all(np.isfinite(v) and v > 0 for v in sp),
+               f"{spacing_key} {fields[spacing_key][:40]!r} (expected finite positive numbers)")
+    for key in (("space origin",) if nrrd else ("offset", "origin", "position")):
+        if key in fields:
+            values = _numbers(fields[key].replace("(", " ").replace(")", " ").replace(",", " "))
+            expect(bool(values) and all(np.isfinite(v) for v in values),
+                   f"{key} {fields[key][:40]!r} (expected finite numbers)")
+    if not nrrd:
+        expect(fields.get("elementtype", "") in METAIMAGE_TYPES,
+               f"ElementType {fields.get('elementtype', '')[:20]!r} (expected one of MET_SHORT, MET_USHORT, ...)")
+    if problems:
+        raise IngestError(f"{label}: {'NRRD' if nrrd else 'MetaImage'} header not usable: {'; '.join(problems)}; "
+                          "re-export the image from its source", source=label, reason="bad_header")
+
+
 def _sitk():
     import SimpleITK as sitk
 
@@ -30,6 +99,8 @@ def read_itk(path: str | Path, *, root: Path | None = None) -> Volume:
     sitk = _sitk()
     path = Path(path)
     label = relative_label(path, root)
+    if path.suffix.lower() in (".mha", ".mhd", ".nrrd", ".nhdr"):
+        check_text_header(path, label)
     try:
         info = sitk.ImageFileReader()
         info.SetFileName(str(path))
@@ -39,6 +110,13 @@ def read_itk(path: str | Path, *, root: Path | None = None) -> Volume:
         check_declared_size(int(np.prod(info.GetSize(), dtype=np.int64)) * info.GetNumberOfComponents()
                             * np.dtype(sitk.GetArrayViewFromImage(sitk.Image(1, 1, info.GetPixelID())).dtype).itemsize
                             if info.GetPixelID() >= 0 else 0, label)
+        spacing, origin = np.asarray(info.GetSpacing(), float), np.asarray(info.GetOrigin(), float)
+        direction = np.asarray(info.GetDirection(), float).reshape(len(spacing), len(spacing))
+        if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0) and np.all(np.isfinite(origin))
+                and np.all(np.isfinite(direction)) and abs(np.linalg.det(direction)) > 1e-6):
+            raise IngestError(f"{label}: geometry not usable (spacing {spacing.tolist()}, origin {origin.tolist()}, "
+                              "direction singular or not finite); expected finite positive spacing and an "
+                              "invertible direction", source=label, reason="bad_geometry")
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise IngestError(f"{label}: not readable by SimpleITK ({str(exc).strip().splitlines()[-1]})",

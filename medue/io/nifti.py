@@ -46,7 +46,19 @@ def read_nifti(path: str | Path, *, root: Path | None = None) -> Volume:
         img = nib.load(str(path))
         raw = np.asanyarray(img.dataobj.get_unscaled())
     except Exception as exc:  # nibabel raises many types for truncated / corrupt files
-        raise IngestError(f"{label}: not readable as NIfTI ({exc})", source=label, reason="truncated") from exc
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        short = isinstance(exc, EOFError) or "bytes" in text or "truncated" in text.lower()
+        raise IngestError(f"{label}: not readable as NIfTI ({text}); "
+                          + ("the file is shorter than its header declares" if short else
+                             "the header is not valid NIfTI-1/2; re-export the image from its source"),
+                          source=label, reason="truncated" if short else "bad_header") from exc
+    single_file = not str(path).lower().endswith((".hdr", ".img", ".hdr.gz", ".img.gz"))
+    header_size = int(img.header.sizeof_hdr) if "sizeof_hdr" in img.header else 348
+    offset = int(getattr(img.dataobj, "offset", header_size + 4))  # the proxy's offset (vox_offset 0 may mean 352)
+    if single_file and offset < header_size:
+        raise IngestError(f"{label}: data offset {offset} lies inside the {header_size}-byte "
+                          "header; expected at least 352 for a single-file NIfTI; fix vox_offset or re-export",
+                          source=label, reason="bad_header")
     if np.issubdtype(raw.dtype, np.floating):
         if np.isnan(raw).any():
             raise IngestError(f"{label}: {int(np.isnan(raw).sum())} NaN voxels; fix or mask them before release",

@@ -89,16 +89,22 @@ def _fit_samples(items: list[InputItem], config: PipelineConfig) -> FitSet:
     ``fit_size``, else the in-plane shape of the first readable item; slices of other shapes are area-resized to it
     (and then get the fitted protector's ``perturb`` at export). ``fit_max_slices`` and :data:`MAX_FIT_BYTES` cap
     the slices kept: each item then contributes evenly spaced slices, and with more items than slices allowed,
-    evenly spaced items contribute one each.
+    evenly spaced items contribute one each (an unreadable one is replaced by the next readable item, so a batch
+    never fails to fit because the items picked first were bad).
     """
+    wanted = len(items)
     if len(items) > (config.protect.fit_max_slices or len(items)):
-        keep = np.unique(np.linspace(0, len(items) - 1, config.protect.fit_max_slices).round().astype(int))
-        items = [items[i] for i in keep]
+        wanted = config.protect.fit_max_slices
+        keep = np.unique(np.linspace(0, len(items) - 1, wanted).round().astype(int))
+        picked = set(keep.tolist())
+        items = [items[i] for i in keep] + [it for i, it in enumerate(items) if i not in picked]
     size: tuple[int, int] | None = (config.protect.fit_size, config.protect.fit_size) if config.protect.fit_size \
         else None
     quota: int | None = None
     xs, labels, offsets, scales, owners, lo, hi, row = [], [], [], [], [], np.inf, -np.inf, 0
     for item in items:
+        if len(owners) >= wanted:
+            break
         try:
             vol = read_item(item, root=config.input_path, deidentification=config.deidentification)
         except Exception:  # any unreadable item: the job quarantines it with its reason
@@ -107,7 +113,7 @@ def _fit_samples(items: list[InputItem], config: PipelineConfig) -> FitSet:
             size = tuple(int(v) for v in vol.array.shape[1:])  # type: ignore[assignment]
         if quota is None:
             budget = min(config.protect.fit_max_slices or 2**62, max(1, MAX_FIT_BYTES // (4 * size[0] * size[1])))
-            quota = max(1, budget // len(items))
+            quota = max(1, budget // wanted)
         space = UnitSpace.for_volume(vol)
         z = vol.array.shape[0]
         picks = np.arange(z) if quota >= z else np.unique(np.linspace(0, z - 1, quota).round().astype(int))

@@ -23,7 +23,7 @@ import torch
 
 from medue.protect.base import Protector, UnitSpace, batches, project
 from medue.protect.clusters import assign, kmeans, surrogate_features
-from medue.protect.masks import flat_region_mask, foreground_mask
+from medue.protect.masks import flat_region_mask, foreground_mask, textured_region_mask
 from medue.protect.minmin import (
     AUGMENTATIONS,
     MaskFn,
@@ -36,7 +36,7 @@ from medue.protect.minmin import (
 from medue.protect.surrogate import make_surrogate
 
 MODES = ("samplewise", "classwise")
-PLACEMENTS = ("pattern", "flat")
+PLACEMENTS = ("pattern", "flat", "texture")
 
 
 class EMProtector(Protector):
@@ -63,7 +63,9 @@ class EMProtector(Protector):
         placement: Class-wise only: where a sample carries its class pattern. ``"pattern"``: everywhere the
             pattern's own (sparse) support allows; ``"flat"``: on the ``support_ratio`` fraction of each image's
             darkest, flattest pixels (:func:`medue.protect.masks.flat_region_mask`), the pattern dense there and
-            non-negative (a negative change at the bottom of the stored range would be clipped away).
+            non-negative (a negative change at the bottom of the stored range would be clipped away);
+            ``"texture"``: on the ``support_ratio`` fraction of each image's brightest, most textured pixels
+            (:func:`medue.protect.masks.textured_region_mask`, inside the anatomy), the pattern dense and signed.
         **kwargs: :class:`~medue.protect.base.Protector` arguments (``epsilon``, ``step``…).
     """
 
@@ -140,10 +142,11 @@ class EMProtector(Protector):
         return foreground_mask(space.to_model(x)) if self.foreground_only else None
 
     def _placement(self, x: torch.Tensor, space: UnitSpace) -> torch.Tensor | None:
-        """Per-sample 0/1 mask of where the class pattern goes (``placement="flat"``), else ``None``."""
-        if self.placement != "flat":
+        """Per-sample 0/1 mask of where the class pattern goes (``placement`` flat or texture), else ``None``."""
+        if self.placement == "pattern":
             return None
-        return torch.cat([flat_region_mask(space.select(sl).to_model(x[sl]), self.support_ratio)
+        region = flat_region_mask if self.placement == "flat" else textured_region_mask
+        return torch.cat([region(space.select(sl).to_model(x[sl]), self.support_ratio)
                           for sl in batches(x.shape[0], 256)])
 
     def fit(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
@@ -164,7 +167,7 @@ class EMProtector(Protector):
             noise, self.support, self.history = bilevel_classwise_tiled(
                 self.model, x_units, labels, num_classes, space, settings=self.settings, generator=generator,
                 tile=self.tile, mask_ratio=1.0 if placement is not None else self.support_ratio, block=self.block,
-                augment=self.augment, init=self.init, placement=placement, positive=placement is not None,
+                augment=self.augment, init=self.init, placement=placement, positive=self.placement == "flat",
                 progress=self.progress)
             self.class_noise = noise * self.support
             delta = tile_to(self.class_noise, *x_units.shape[-2:])[labels]
