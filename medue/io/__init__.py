@@ -137,11 +137,12 @@ def output_name(volume: Volume, item_id: str) -> str:
     return f"{item_id}.nrrd" if src.endswith((".nrrd", ".nhdr")) else f"{item_id}.mha"
 
 
-def write_volume(volume: Volume, out_path: str | Path, *, derivation: str, uid_key: str | None = None) -> list[Path]:
+def write_volume(volume: Volume, out_path: str | Path, *, derivation: str, uid_key: str | None = None,
+                 uid_root: str | None = None) -> list[Path]:
     """Write ``volume`` in its source format, atomically, verified by re-reading. Returns the written files."""
     fmt = volume.source.format
     if fmt == "dicom":
-        return dicom.write_dicom_series(volume, out_path, derivation=derivation, uid_key=uid_key)
+        return dicom.write_dicom_series(volume, out_path, derivation=derivation, uid_key=uid_key, uid_root=uid_root)
     if fmt == "nifti":
         return [nifti.write_nifti(volume, out_path)]
     if fmt == "itk":

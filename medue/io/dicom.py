@@ -38,6 +38,8 @@ MEDUE_IMPLEMENTATION_UID = "2.25.194806727364066102395236357307347516577"
 #: DerivationCodeSequence of a medue output (PS3.16 CID 7203 Image Derivation): the perturbation is added to the
 #: stored pixels; DerivationDescription says which method, budget and key fingerprint.
 DERIVATION_CODE = ("113042", "DCM", "Pixel by pixel addition")
+#: PurposeOfReferenceCodeSequence of each source reference (PS3.16 CID 7202 Source Image Purposes of Reference).
+SOURCE_PURPOSE_CODE = ("121322", "DCM", "Source image for image processing operation")
 
 IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
@@ -411,14 +413,91 @@ def _frame_positions(ds: Dataset) -> np.ndarray | None:
 
 
 
-def derived_uid(key: str | None, original: str, purpose: str) -> str:
+def derived_uid(key: str | None, original: str, purpose: str, root: str | None = None) -> str:
     """New UID for ``original``: random without a key, else deterministic from (key, purpose, original).
 
     Keyed remapping makes re-runs reproduce the same UIDs, so references between releases stay consistent.
+    ``root`` is the site's own UID root (config ``uid_root``); without one, pydicom's root is used.
     """
+    prefix = root or UID_PREFIX
     if key is None:
-        return generate_uid(prefix=UID_PREFIX)
-    return generate_uid(prefix=UID_PREFIX, entropy_srcs=[key, purpose, original])
+        return generate_uid(prefix=prefix)
+    return generate_uid(prefix=prefix, entropy_srcs=[key, purpose, original])
+
+
+def _code(value: tuple[str, str, str]) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value
+    return item
+
+
+def _source_reference(src: Dataset, frame: int | None = None) -> Dataset:
+    """A SourceImageSequence item: the source instance (and frame), with its purpose of reference."""
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = src.SOPClassUID
+    ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
+    if frame is not None:
+        ref.ReferencedFrameNumber = frame
+    ref.PurposeOfReferenceCodeSequence = DicomSequence([_code(SOURCE_PURPOSE_CODE)])
+    return ref
+
+
+#: Enhanced (functional-group) multi-frame image storage classes.
+ENHANCED_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2",  # Enhanced / Legacy Converted Enhanced CT
+    "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.3", "1.2.840.10008.5.1.4.1.1.4.4",  # MR
+    "1.2.840.10008.5.1.4.1.1.128.1", "1.2.840.10008.5.1.4.1.1.130", "1.2.840.10008.5.1.4.1.1.128.2",  # PET
+    "1.2.840.10008.5.1.4.1.1.12.1.1", "1.2.840.10008.5.1.4.1.1.12.2.1",  # Enhanced XA / XRF
+    "1.2.840.10008.5.1.4.1.1.6.2",  # Enhanced US Volume
+}
+#: Attributes of enhanced MR/CT objects that PS3.3 requires only while Image Type value 1 is ORIGINAL or MIXED
+#: (MR Pulse Sequence module, C.8.13.4, and Bulk Motion Synchronization); dciodvfy reports them as an error in a
+#: DERIVED image, so a derived copy drops them (they describe the acquisition of the source, which it references).
+ORIGINAL_ONLY_ATTRIBUTES = (
+    "PulseSequenceName", "MRAcquisitionType", "EchoPulseSequence", "MultipleSpinEcho", "MultiPlanarExcitation",
+    "PhaseContrast", "TimeOfFlightContrast", "Spoiling", "SteadyStatePulseSequence", "EchoPlanarPulseSequence",
+    "SaturationRecovery", "SpectrallySelectedSuppression", "OversamplingPhase", "GeometryOfKSpaceTraversal",
+    "RectilinearPhaseEncodeReordering", "SegmentedKSpaceTraversal", "CoverageOfKSpace",
+    "NumberOfKSpaceTrajectories", "BulkMotionCompensationTechnique",
+)
+
+
+def is_enhanced(ds: Dataset) -> bool:
+    """An enhanced (multi-frame functional group) IOD: derivation is described per frame, not at the top level."""
+    return (str(ds.get("SOPClassUID", "")) in ENHANCED_SOP_CLASSES or "PerFrameFunctionalGroupsSequence" in ds
+            or "SharedFunctionalGroupsSequence" in ds)
+
+
+def _derive_enhanced(ds: Dataset, src: Dataset, derivation: str) -> None:
+    """PS3.3 C.7.6.16 for an enhanced multi-frame object: Image Type value 1 DERIVED (value 2 stays PRIMARY, the
+    only value these IODs allow), every Frame Type value 1 DERIVED, and a per-frame Derivation Image functional
+    group naming this derivation and the source frame (where the object has per-frame functional groups; an
+    object without them keeps only the Contributing Equipment record of the change)."""
+    image_type = list(src.get("ImageType", ["ORIGINAL", "PRIMARY"]))
+    ds.ImageType = ["DERIVED", *image_type[1:]] if len(image_type) > 1 else ["DERIVED", "PRIMARY"]
+    for keyword in ORIGINAL_ONLY_ATTRIBUTES:
+        if keyword in ds:
+            del ds[keyword]
+    for group in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        for item in ds.get(group, []):
+            for elem in item:
+                if elem.VR == "SQ" and elem.keyword.endswith("FrameTypeSequence"):
+                    for ft in elem.value:
+                        if "FrameType" in ft:
+                            values = list(ft.FrameType)
+                            ft.FrameType = ["DERIVED", *values[1:]]
+    frames = ds.get("PerFrameFunctionalGroupsSequence")
+    if frames is None:
+        return
+    for shared in ds.get("SharedFunctionalGroupsSequence", []):
+        if "DerivationImageSequence" in shared:
+            del shared.DerivationImageSequence  # described per frame below
+    for number, item in enumerate(frames, start=1):
+        derived = Dataset()
+        derived.DerivationDescription = derivation[:1024]
+        derived.DerivationCodeSequence = DicomSequence([_code(DERIVATION_CODE)])
+        derived.SourceImageSequence = DicomSequence([_source_reference(src, number)])
+        item.DerivationImageSequence = DicomSequence([derived])
 
 
 def _equipment_item(version: str, description: str, now: _dt.datetime) -> Dataset:
@@ -442,6 +521,7 @@ def write_dicom_series(
     *,
     derivation: str,
     uid_key: str | None = None,
+    uid_root: str | None = None,
 ) -> list[Path]:
     """Write ``volume`` as a derived copy of its source series into ``out_dir`` (atomically) and verify it.
 
@@ -450,6 +530,7 @@ def write_dicom_series(
         out_dir: Folder that will hold ``slice_0000.dcm``…; replaced as a whole in one rename.
         derivation: Text for DerivationDescription (what was done, method, budget).
         uid_key: Secret for deterministic UID remapping; ``None`` makes random UIDs.
+        uid_root: The site's DICOM UID root for the new UIDs (``None``: pydicom's).
 
     Returns:
         The written files, in slice order.
@@ -466,13 +547,13 @@ def write_dicom_series(
     sources = [pydicom.dcmread(f) for f in files]
     # one new series per exported volume: a source series split into two volumes gets two new series
     members = "|".join(sorted(str(src.get("SOPInstanceUID", "")) for src in sources))
-    new_series = derived_uid(uid_key, f"{sources[0].get('SeriesInstanceUID', '')}|{members}", "series")
+    new_series = derived_uid(uid_key, f"{sources[0].get('SeriesInstanceUID', '')}|{members}", "series", uid_root)
     out_dir = Path(out_dir)
     written: list[Path] = []
     expected: list[np.ndarray] = []
     with atomic_folder(out_dir) as tmp:
         for i, src in enumerate(sources):
-            ds = _derive_dataset(src, i, volume, new_series, derivation, uid_key, __version__, now)
+            ds = _derive_dataset(src, i, volume, new_series, derivation, uid_key, __version__, now, uid_root)
             pixels = volume.array if volume.header.get("multiframe") else volume.array[i]
             pixels = np.ascontiguousarray(pixels, dtype=volume.array.dtype.newbyteorder("<"))
             ds.PixelData = pixels.tobytes()
@@ -490,11 +571,11 @@ def write_dicom_series(
 
 
 def _derive_dataset(src: Dataset, index: int, volume: Volume, new_series: str, derivation: str,
-                    uid_key: str | None, version: str, now: _dt.datetime) -> Dataset:
+                    uid_key: str | None, version: str, now: _dt.datetime, uid_root: str | None = None) -> Dataset:
     ds = copy.deepcopy(src)
     old_sop = str(src.SOPInstanceUID)
     # each instance its own new UID, even where the source repeats one (index and new series in the seed)
-    new_sop = derived_uid(uid_key, f"{old_sop}|{index}|{new_series}", "instance")
+    new_sop = derived_uid(uid_key, f"{old_sop}|{index}|{new_series}", "instance", uid_root)
     ds.file_meta = src.file_meta.copy()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     # big-endian and implicit-VR sources are written as Explicit VR Little Endian (values are already decoded)
@@ -509,20 +590,21 @@ def _derive_dataset(src: Dataset, index: int, volume: Volume, new_series: str, d
         del ds.file_meta.SourceApplicationEntityTitle
     if "IconImageSequence" in ds:  # a thumbnail of the unprotected image (and maybe encapsulated): drop it
         del ds.IconImageSequence
-    code = Dataset()
-    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = DERIVATION_CODE
-    ds.DerivationCodeSequence = DicomSequence([code])  # this derivation, not the source's own
     ds.SOPInstanceUID = new_sop
     ds.SeriesInstanceUID = new_series
-    image_type = list(src.get("ImageType", ["ORIGINAL", "PRIMARY"]))
-    while len(image_type) < 2:
-        image_type.append("")
-    ds.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
-    ds.DerivationDescription = derivation[:1024]
-    ref = Dataset()
-    ref.ReferencedSOPClassUID = src.SOPClassUID
-    ref.ReferencedSOPInstanceUID = old_sop
-    ds.SourceImageSequence = DicomSequence([ref])
+    if is_enhanced(src):
+        for tag in ("DerivationCodeSequence", "SourceImageSequence", "DerivationDescription"):
+            if tag in ds:  # not part of enhanced IODs at the top level: the derivation is described per frame
+                del ds[tag]
+        _derive_enhanced(ds, src, derivation)
+    else:
+        ds.DerivationCodeSequence = DicomSequence([_code(DERIVATION_CODE)])  # this derivation, not the source's
+        image_type = list(src.get("ImageType", ["ORIGINAL", "PRIMARY"]))
+        while len(image_type) < 2:
+            image_type.append("")
+        ds.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
+        ds.DerivationDescription = derivation[:1024]
+        ds.SourceImageSequence = DicomSequence([_source_reference(src)])
     equipment = list(src.get("ContributingEquipmentSequence", []))
     equipment.append(_equipment_item(version, "unlearnable-example perturbation", now))
     ds.ContributingEquipmentSequence = DicomSequence(equipment)
@@ -549,7 +631,7 @@ def verify_dicom_series(written: Sequence[Path], sources: Sequence[Dataset], exp
             problems.append(f"{path.name}: Series Instance UID not the new one")
         if ds.SOPClassUID != src.SOPClassUID:
             problems.append(f"{path.name}: SOP class changed")
-        if list(ds.ImageType)[:2] != ["DERIVED", "SECONDARY"]:
+        if list(ds.ImageType)[:1] != ["DERIVED"] or (not is_enhanced(src) and list(ds.ImageType)[1] != "SECONDARY"):
             problems.append(f"{path.name}: ImageType is {list(ds.ImageType)}")
         for tag in ("BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "Rows", "Columns",
                     "RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -110,6 +111,7 @@ class PipelineConfig:
     version: int = CONFIG_VERSION
     deidentification: str = "refuse"
     uid_mode: str = "keyed"
+    uid_root: str | None = None
     key: KeyConfig = KeyConfig()
     labels: LabelsConfig = LabelsConfig()
     protect: ProtectConfig = ProtectConfig()
@@ -317,6 +319,11 @@ def parse_config(data: Any, *, source: str = "config", base_dir: str | Path = ".
         problems.append(f"deidentification: expected one of {', '.join(DEID_POLICIES)}, got {data.get('deidentification')!r}")
     if data.get("uid_mode", "keyed") not in ("keyed", "random"):
         problems.append(f"uid_mode: expected 'keyed' or 'random', got {data.get('uid_mode')!r}")
+    root = data.get("uid_root")
+    if root is not None and not (isinstance(root, str) and re.fullmatch(r"([1-9]\d*|0)(\.([1-9]\d*|0))*\.", root)
+                                 and len(root) <= 40):
+        problems.append(f"uid_root: expected your organisation's DICOM UID root ending in '.', at most 40 "
+                        f"characters, digits and dots only, e.g. '1.2.826.0.1.3680043.10.1234.'; got {root!r}")
 
     sections: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
@@ -410,7 +417,8 @@ def parse_config(data: Any, *, source: str = "config", base_dir: str | Path = ".
     if problems:
         raise InvalidConfigError(problems, source=source)
     built = {name: cls(**sections.get(name, {})) for name, cls in _SECTIONS.items()}
-    top_values = {k: data[k] for k in ("name", "input", "output", "version", "deidentification", "uid_mode") if k in data}
+    top_values = {k: data[k] for k in ("name", "input", "output", "version", "deidentification", "uid_mode",
+                                               "uid_root") if k in data}
     return PipelineConfig(**top_values, **built, base_dir=str(base_dir))
 
 

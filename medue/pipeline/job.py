@@ -78,6 +78,7 @@ class JobContext:
     override_by: str | None = None
     deidentification: str = "refuse"
     uid_mode: str = "keyed"
+    uid_root: str | None = None
     reversible: bool = False
     device: str = "cpu"
     #: When an item fails the fidelity gate, retry it with less noise (see :func:`adapt_support`) before giving
@@ -238,7 +239,7 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True) -> di
                       f"changed; key fingerprint {ctx.key_fingerprint}")
         t = time.perf_counter()
         files = write_volume(protected, layout.release / name, derivation=derivation,
-                             uid_key=ctx.key if ctx.uid_mode == "keyed" else None)
+                             uid_key=ctx.key if ctx.uid_mode == "keyed" else None, uid_root=ctx.uid_root)
         stages["write_verify"] = round(time.perf_counter() - t, 4)
         result["outputs"] = [{"path": str(f.relative_to(layout.release)), "sha256": sha256_file(f),
                               "bytes": f.stat().st_size} for f in files]

@@ -300,7 +300,7 @@ def _run_locked(config: PipelineConfig, *, shard: tuple[int, int], resume: bool,
         method=config.protect.method,
         thresholds=fp.thresholds,
         override_reason=fp.override_reason, override_by=fp.override_by, deidentification=config.deidentification,
-        uid_mode=config.uid_mode, reversible=config.protect.reversible, device=str(device),
+        uid_mode=config.uid_mode, uid_root=config.uid_root, reversible=config.protect.reversible, device=str(device),
     )
     workers = config.execution.workers
     if config.execution.backend == "ray":

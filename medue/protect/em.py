@@ -60,6 +60,8 @@ class EMProtector(Protector):
             so the noise stays a shortcut under an attacker's augmentation and preprocessing.
         init: Class-wise only: ``"zeros"`` (paper), ``"random"`` (random signs at the budget, from the key) or
             ``"grating"`` (one stripe orientation per class, :func:`medue.protect.minmin.grating`).
+        duty: Class-wise grating only: fraction of each period that is on (0.5: even stripes; 0.25: thin lines
+            whose harmonics reach both a strided stem and a 3x3 one).
         placement: Class-wise only: where a sample carries its class pattern. ``"pattern"``: everywhere the
             pattern's own (sparse) support allows; ``"flat"``: on the ``support_ratio`` fraction of each image's
             darkest, flattest pixels (:func:`medue.protect.masks.flat_region_mask`), the pattern dense there and
@@ -76,7 +78,7 @@ class EMProtector(Protector):
                  max_rounds: int = 10, stop_accuracy: float = 0.99, surrogate: str = "small", lr: float = 0.1,
                  num_clusters: int = 2, rho: int | None = None, tile: int = 0, block: int = 1,
                  augment: tuple[str, ...] | list[str] = (), init: str = "zeros", placement: str = "pattern",
-                 **kwargs: Any) -> None:
+                 duty: float = 0.5, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         for name, value in (("tile", tile), ("block", block)):
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "tile" else 1):
@@ -90,6 +92,9 @@ class EMProtector(Protector):
             raise ValueError(f"placement must be one of {PLACEMENTS}, not {placement!r}")
         self.tile, self.block, self.augment, self.init = tile, block, tuple(augment), init
         self.placement = placement
+        if not isinstance(duty, (int, float)) or isinstance(duty, bool) or not 0.0 < duty < 1.0:
+            raise ValueError(f"duty must be a fraction in (0, 1), not {duty!r}")
+        self.duty = float(duty)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         for name, value in (("inner_steps", inner_steps), ("train_steps", train_steps), ("max_rounds", max_rounds),
@@ -128,7 +133,8 @@ class EMProtector(Protector):
         return {**super().params(), "mode": self.mode, "inner_steps": s.inner_steps, "train_steps": s.train_steps,
                 "max_rounds": s.max_rounds, "stop_accuracy": s.stop_accuracy, "surrogate": self.surrogate_arch,
                 "lr": s.lr, "rho": s.rho, "num_clusters": self.num_clusters, "tile": self.tile,
-                "block": self.block, "augment": list(self.augment), "init": self.init, "placement": self.placement}
+                "block": self.block, "augment": list(self.augment), "init": self.init, "placement": self.placement,
+                "duty": self.duty}
 
     @property
     def support_ratio(self) -> float:
@@ -167,7 +173,8 @@ class EMProtector(Protector):
             noise, self.support, self.history = bilevel_classwise_tiled(
                 self.model, x_units, labels, num_classes, space, settings=self.settings, generator=generator,
                 tile=self.tile, mask_ratio=1.0 if placement is not None else self.support_ratio, block=self.block,
-                augment=self.augment, init=self.init, placement=placement, positive=self.placement == "flat",
+                augment=self.augment, init=self.init, duty=self.duty, placement=placement,
+                positive=self.placement == "flat",
                 progress=self.progress)
             self.class_noise = noise * self.support
             delta = tile_to(self.class_noise, *x_units.shape[-2:])[labels]

@@ -156,11 +156,13 @@ def attacker_view(x_model: torch.Tensor, augment: tuple[str, ...], generator: to
     return x_model
 
 
-def grating(num_classes: int, height: int, width: int, period: int = 4) -> torch.Tensor:
+def grating(num_classes: int, height: int, width: int, period: int = 4, duty: float = 0.5) -> torch.Tensor:
     """``(K, 1, height, width)`` binary gratings in {-1, 1}, one orientation per class (angle ``pi * k / K``).
 
-    With two classes: vertical and horizontal stripes of 2 px on, 2 px off. A grating is unchanged by a flip
-    along its stripes and only changes phase under a shift, so it stays the same shortcut under flips and crops.
+    With two classes: vertical and horizontal stripes, ``duty`` of each period on (0.5 and period 4: 2 px on,
+    2 px off; 0.25: 1 px on, 3 off, a pulse train whose harmonics carry the pattern at period 4 and period 2 alike).
+    A grating is unchanged by a flip along its stripes and only changes phase under a shift, so it stays the same
+    shortcut under flips and crops.
     """
     v, u = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
                           indexing="ij")
@@ -168,7 +170,10 @@ def grating(num_classes: int, height: int, width: int, period: int = 4) -> torch
     for k in range(num_classes):
         theta = torch.pi * k / num_classes
         phase = (u * torch.cos(torch.tensor(theta)) + v * torch.sin(torch.tensor(theta))) / period
-        out.append(torch.where(torch.cos(2 * torch.pi * (phase + 0.125)) > 0, 1.0, -1.0))
+        if duty == 0.5:
+            out.append(torch.where(torch.cos(2 * torch.pi * (phase + 0.125)) > 0, 1.0, -1.0))
+        else:
+            out.append(torch.where(torch.remainder(phase + 1e-6, 1.0) < duty, 1.0, -1.0))
     return torch.stack(out).unsqueeze(1)
 
 
@@ -184,7 +189,7 @@ def block_mask(scores: torch.Tensor, ratio: float, block: int) -> torch.Tensor:
 def bilevel_classwise_tiled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int,
                             space: UnitSpace, *, settings: MinMinSettings, generator: torch.Generator,
                             tile: int = 0, mask_ratio: float = 1.0, block: int = 1,
-                            augment: tuple[str, ...] = (), init: str = "random",
+                            augment: tuple[str, ...] = (), init: str = "random", duty: float = 0.5,
                             placement: torch.Tensor | None = None, positive: bool = False,
                             progress: Callable[[str], None] | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
@@ -204,7 +209,7 @@ def bilevel_classwise_tiled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     if init == "random":
         noise = (torch.randint(0, 2, (num_classes, 1, th, tw), generator=generator).float() * 2 - 1) * eps
     elif init == "grating":
-        noise = grating(num_classes, th, tw, period=tile or 4) * eps
+        noise = grating(num_classes, th, tw, period=tile or 4, duty=duty) * eps
     else:
         noise = torch.zeros((num_classes, 1, th, tw))
     noise = noise.clamp(lo_noise, eps).to(x.device)

@@ -194,3 +194,58 @@ def test_identity_and_palette_problems_are_refused(tmp_path, change, reason):
         ds.save_as(p)
     with pytest.raises(IngestError, match=reason):
         read_dicom_series(paths, deidentification="refuse")
+
+
+def test_derived_references_carry_a_purpose_and_the_site_uid_root(tmp_path):
+    paths = make_dicom_series(tmp_path / "in", slices=2, size=8, seed=3)
+    vol = read_dicom_series(paths)
+    out = write_volume(vol.with_array(vol.array + 1, StepRecord(name="t")), tmp_path / "out", derivation="test",
+                       uid_key="k" * 16, uid_root="1.2.826.0.1.3680043.10.999.")
+    for f in out:
+        ds = pydicom.dcmread(f)
+        assert ds.SOPInstanceUID.startswith("1.2.826.0.1.3680043.10.999.")
+        assert ds.SeriesInstanceUID.startswith("1.2.826.0.1.3680043.10.999.")
+        purpose = ds.SourceImageSequence[0].PurposeOfReferenceCodeSequence[0]
+        assert (purpose.CodeValue, purpose.CodingSchemeDesignator) == ("121322", "DCM")
+
+
+def test_uid_root_is_validated_with_the_config(tiny_config):
+    from medue.errors import InvalidConfigError
+    from medue.pipeline.config import load_config
+
+    with pytest.raises(InvalidConfigError, match="uid_root"):
+        load_config(tiny_config(uid_root="1.2.abc"))
+    assert load_config(tiny_config(uid_root="1.2.826.0.1.3680043.10.999.")).uid_root.endswith("999.")
+
+
+def test_enhanced_multiframe_derivation_is_described_per_frame():
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from medue.io.dicom import _derive_enhanced
+
+    src = Dataset()
+    src.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"  # Enhanced MR
+    src.SOPInstanceUID = "1.2.3.4"
+    src.ImageType = ["ORIGINAL", "PRIMARY", "T1", "NONE"]
+    src.PulseSequenceName = "SE"
+    shared, frame_type = Dataset(), Dataset()
+    frame_type.FrameType = ["ORIGINAL", "PRIMARY", "T1", "NONE"]
+    shared.MRImageFrameTypeSequence = Sequence([frame_type])
+    old = Dataset()
+    old.DerivationDescription = "inherited"
+    shared.DerivationImageSequence = Sequence([old])
+    src.SharedFunctionalGroupsSequence = Sequence([shared])
+    src.PerFrameFunctionalGroupsSequence = Sequence([Dataset() for _ in range(3)])
+    ds = __import__("copy").deepcopy(src)
+    _derive_enhanced(ds, src, "medue salm")
+    assert list(ds.ImageType) == ["DERIVED", "PRIMARY", "T1", "NONE"]  # value 2 stays PRIMARY in enhanced IODs
+    assert ds.SharedFunctionalGroupsSequence[0].MRImageFrameTypeSequence[0].FrameType[0] == "DERIVED"
+    assert "DerivationImageSequence" not in ds.SharedFunctionalGroupsSequence[0]
+    assert "PulseSequenceName" not in ds  # required only while ORIGINAL
+    for number, frame in enumerate(ds.PerFrameFunctionalGroupsSequence, start=1):
+        derived = frame.DerivationImageSequence[0]
+        assert derived.DerivationCodeSequence[0].CodeValue == "113042"
+        ref = derived.SourceImageSequence[0]
+        assert (ref.ReferencedSOPInstanceUID, ref.ReferencedFrameNumber) == ("1.2.3.4", number)
+        assert ref.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
