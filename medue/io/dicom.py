@@ -51,6 +51,22 @@ IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.1": "CR Image Storage",
     "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray Image Storage - For Presentation",
     "1.2.840.10008.5.1.4.1.1.20": "NM Image Storage",
+    "1.2.840.10008.5.1.4.1.1.1.1.1": "Digital X-Ray Image Storage - For Processing",
+    "1.2.840.10008.5.1.4.1.1.1.2": "Digital Mammography X-Ray Image Storage - For Presentation",
+    "1.2.840.10008.5.1.4.1.1.6.1": "Ultrasound Image Storage",
+    "1.2.840.10008.5.1.4.1.1.3.1": "Ultrasound Multi-frame Image Storage",
+    "1.2.840.10008.5.1.4.1.1.12.1": "X-Ray Angiographic Image Storage",
+    "1.2.840.10008.5.1.4.1.1.12.2": "X-Ray Radiofluoroscopic Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image Storage",
+}
+#: Storage classes that carry pixels but are not images medue may perturb, with the reason said to the user.
+NON_IMAGE_PIXEL_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.481.2": "RT Dose holds a dose grid, not an image: perturbing it would change doses",
+    "1.2.840.10008.5.1.4.1.1.66.4": "Segmentation holds labels, not intensities: perturbing it would change them",
+    "1.2.840.10008.5.1.4.1.1.481.1": "RT Image is a treatment-verification image tied to a plan; not supported",
 }
 
 
@@ -71,7 +87,8 @@ def read_header(path: Path) -> DicomHeaderSummary | None:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception:  # not DICOM (or unreadable header): discovery quarantines it with its reason
         return None
-    if "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
+    is_dicom_file = bool(getattr(ds, "preamble", None)) or "MediaStorageSOPClassUID" in getattr(ds, "file_meta", {})
+    if "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds and not is_dicom_file:
         return None
     # grouping only: malformed values still group (the reader then quarantines the series with its reason)
     try:
@@ -85,7 +102,8 @@ def read_header(path: Path) -> DicomHeaderSummary | None:
         except (TypeError, ValueError):
             return -1
 
-    return DicomHeaderSummary(path=path, series_uid=str(ds.get("SeriesInstanceUID", "")), rows=_int("Rows"),
+    series = str(ds.get("SeriesInstanceUID", "") or "") or f"(no series UID) {path}"  # never merge such files
+    return DicomHeaderSummary(path=path, series_uid=series, rows=_int("Rows"),
                               columns=_int("Columns"), orientation=iop)
 
 
@@ -290,12 +308,19 @@ def read_dicom_series(paths: Sequence[str | Path], *, deidentification: str = "r
                 reason=reason,
             )
         if sop and sop not in IMAGE_SOP_CLASSES:
+            why = NON_IMAGE_PIXEL_CLASSES.get(sop, "not an image storage class medue can derive")
             raise IngestError(
-                f"{relative_label(p, root)}: SOP class {ds.SOPClassUID.name} is not an image storage class medue can derive "
+                f"{relative_label(p, root)}: SOP class {ds.SOPClassUID.name}: {why} "
                 f"(supported: {', '.join(sorted(set(IMAGE_SOP_CLASSES.values())))})",
                 source=label,
                 reason="not_an_image",
             )
+        missing = [kw for kw in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+                   if not str(ds.get(kw, "") or "").strip()]
+        if missing:
+            raise IngestError(f"{relative_label(p, root)}: {', '.join(missing)} missing or empty; a derived copy "
+                              "must reference its source instance, series and study; re-export the file with its "
+                              "UIDs", source=label, reason="bad_header")
         problems = pixel_module_problems(ds)
         if problems:
             raise IngestError(f"{relative_label(p, root)}: image pixel module or geometry not usable: "

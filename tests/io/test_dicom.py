@@ -249,3 +249,47 @@ def test_enhanced_multiframe_derivation_is_described_per_frame():
         ref = derived.SourceImageSequence[0]
         assert (ref.ReferencedSOPInstanceUID, ref.ReferencedFrameNumber) == ("1.2.3.4", number)
         assert ref.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
+
+
+@pytest.mark.parametrize("sop_class, delete, expect", [
+    ("1.2.840.10008.5.1.4.1.1.6.1", None, None),  # grayscale ultrasound: an image, accepted
+    ("1.2.840.10008.5.1.4.1.1.481.2", None, ("not_an_image", "dose grid")),  # RT Dose
+    ("1.2.840.10008.5.1.4.1.1.66.4", None, ("not_an_image", "labels")),  # Segmentation
+    ("1.2.840.10008.5.1.4.1.1.2", "SOPInstanceUID", ("bad_header", "SOPInstanceUID missing")),
+    ("1.2.840.10008.5.1.4.1.1.2", "SeriesInstanceUID", ("bad_header", "SeriesInstanceUID missing")),
+])
+def test_storage_classes_and_missing_uids_get_their_own_answer(tmp_path, sop_class, delete, expect):
+    paths = make_dicom_series(tmp_path / "s", slices=1, size=8)
+    ds = pydicom.dcmread(paths[0])
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    if delete:
+        delattr(ds, delete)
+    ds.save_as(paths[0])
+    items = discover_inputs(tmp_path / "s")
+    assert len(items) == 1 and items[0].kind == "dicom"  # a DICOM file, whatever it lacks, is not 'unrecognized'
+    if expect is None:
+        assert read_item(items[0]).array.shape == (1, 8, 8)
+    else:
+        with pytest.raises(IngestError, match=expect[1]) as info:
+            read_item(items[0])
+        assert info.value.reason == expect[0]
+
+
+def test_inspect_and_run_give_the_same_verdict(tmp_path, tiny_config, capsys):
+    from medue.cli import main
+    from medue.pipeline.config import load_config
+    from medue.pipeline.runner import run_pipeline
+
+    cfg = load_config(tiny_config())
+    bad = make_dicom_series(cfg.input_path / "bad", slices=2, size=8, seed=9)
+    for p in bad:
+        ds = pydicom.dcmread(p)
+        ds.HighBit = 3
+        ds.save_as(p)
+    no_id = make_dicom_series(cfg.input_path / "identified", slices=1, size=8, seed=8, deidentified=False)
+    assert no_id
+    main(["inspect", str(cfg.input_path), "--config", str(tiny_config())])
+    said = {line.split()[0]: "QUARANTINE" in line for line in capsys.readouterr().out.splitlines()[1:]}
+    summary = run_pipeline(cfg)
+    refused = {m["item_id"]: m["status"] == "quarantined" for m in summary.markers}
+    assert said == refused and sum(said.values()) == 2
