@@ -4,7 +4,16 @@ Reading keeps pixels in stored units (``pixel_array`` without the modality LUT) 
 slope/intercept. Writing produces a *derived* series: new Series/SOP Instance UIDs, ImageType
 DERIVED\\SECONDARY, DerivationDescription, SourceImageSequence and ContributingEquipmentSequence naming medue,
 with the source's SOP class, bit layout, rescale and window. Output is always uncompressed Explicit VR Little
-Endian, so no lossy compression is ever introduced.
+Endian, so no lossy compression is ever introduced. Enhanced (functional-group) objects are derived per PS3.3
+C.7.6.16: Image Type value 2 stays PRIMARY, Frame Type value 1 becomes DERIVED, and each frame gets a Derivation
+Image functional group (:func:`_derive_enhanced`).
+
+What is delegated: decoding to pydicom (and its pylibjpeg/openjpeg plugins), UIDs to ``pydicom.uid.generate_uid``.
+What is not: highdicom builds *new* objects (SEG, SR, Secondary Capture, legacy-converted enhanced images) from
+pixel arrays and a few source attributes; a protected release must instead be the source instance itself with
+only its pixels and derivation attributes changed (every acquisition, geometry, window and private attribute
+kept), which highdicom has no API for, so the derivation is done here on a copy of the source dataset and checked
+with dciodvfy in the tests (``tests/io/test_conformance.py``).
 """
 
 from __future__ import annotations
