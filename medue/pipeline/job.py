@@ -98,14 +98,11 @@ _PROTECTOR_CACHE: dict[str, Any] = {}
 
 def load_protector(path: Path, device: str) -> Any:
     """Load the fitted protector once per process (and device)."""
-    import torch
-
     cache_key = f"{path}:{path.stat().st_mtime_ns}:{device}"
     if cache_key not in _PROTECTOR_CACHE:
-        protector = torch.load(path, map_location=device, weights_only=False)  # site-local file medue wrote
-        model = getattr(protector, "model", None)
-        if model is not None:
-            model.to(device)
+        from medue.protect import load_protector as _load
+
+        protector = _load(path, device)  # tensors and JSON types only: loading runs no pickled code
         _PROTECTOR_CACHE.clear()
         _PROTECTOR_CACHE[cache_key] = protector
     return _PROTECTOR_CACHE[cache_key]
@@ -219,7 +216,11 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True) -> di
                                  "or amplitude) before giving up"}
         result["fidelity"] = fid.to_dict()
         stages["check"] = round(time.perf_counter() - t, 4)
-        if fid.fraction_changed == 0 and protector.epsilon > 0 and not ctx.override_reason:
+        on_purpose = getattr(protector, "unchanged_label", lambda label: False)(item.label)
+        if on_purpose:
+            result["unchanged_on_purpose"] = ("class-wise noise with blank_class: this item's class carries no "
+                                              "pattern, so the release's other classes do")
+        if fid.fraction_changed == 0 and protector.epsilon > 0 and not ctx.override_reason and not on_purpose:
             # nothing could be changed (constant, empty or background-free image): exporting it as a protected,
             # DERIVED image would claim a protection it does not carry
             result.update(status=GATE_FAILED, message="no voxel was changed, so this image carries no protection "

@@ -197,7 +197,7 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
                     np.savez_compressed(fh, delta=d[first:first + n])
                 stored += 1
     tmp = layout.protector_state.with_suffix(".tmp")
-    torch.save(protector, tmp)
+    protector.save(tmp)
     tmp.replace(layout.protector_state)
     info = {"method": config.protect.method, "config_hash": config.config_hash(), "identity": identity or {},
             "slices": int(fit.x.shape[0]),

@@ -24,5 +24,26 @@ def build_protector(method: str, **params: Any) -> Protector:
     return PROTECTORS.get(method)(**params)
 
 
+def load_protector(path: Any, device: Any = "cpu") -> Protector:
+    """Read a protector saved by :meth:`Protector.save` (tensors and JSON types only: ``weights_only=True``)."""
+    import torch
+
+    from medue.errors import ProtectionError
+    from medue.protect.base import STATE_FORMAT
+
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+        raise ProtectionError(f"{path}: not a medue protector file (expected format {STATE_FORMAT}); refit the "
+                              "release (run without --resume)")
+    protector = build_protector(data["method"], **data["params"])
+    protector.load_state(data["state"], data.get("extra", {}))
+    protector.fitted = bool(data.get("fitted", True))
+    model = getattr(protector, "model", None)
+    if model is not None:
+        model.to(device)
+    return protector
+
+
 __all__ = ["PROTECTORS", "ConvProtector", "EMProtector", "Protector", "SALMProtector", "SEMProtector",
-           "UCProtector", "UnitSpace", "build_protector", "project", "salm_perturb"]
+           "UCProtector", "UnitSpace", "build_protector", "load_protector", "project",
+           "salm_perturb"]

@@ -23,6 +23,10 @@ from medue.provenance import StepRecord, fingerprint_array
 from medue.volume import Volume
 
 
+#: Format tag of a saved protector (:meth:`Protector.save`).
+STATE_FORMAT = "medue.protector/1"
+
+
 @dataclass(frozen=True)
 class UnitSpace:
     """How stored units map to the model's input, and which stored values are valid.
@@ -113,6 +117,21 @@ class Protector(ABC):
     def state_dict(self) -> dict[str, Any]:
         """Learned state (surrogate weights, filters, cluster noise). Empty when nothing is learned."""
         return {}
+
+    def extra_state(self) -> dict[str, Any]:
+        """Learned state that is not a tensor (JSON types only), saved beside :meth:`state_dict`."""
+        return {}
+
+    def load_state(self, state: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` and :meth:`extra_state` returned; the protector is then fitted."""
+        self.fitted = True
+
+    def save(self, path: Any) -> None:
+        """Save as tensors plus JSON-typed parameters (``torch.load(..., weights_only=True)`` reads it back: no
+        pickled objects, so loading a protector file can run no code)."""
+        torch.save({"format": STATE_FORMAT, "method": self.key, "params": self.params(),
+                    "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+                    "extra": self.extra_state(), "fitted": self.fitted}, path)
 
     def state_fingerprint(self) -> str:
         """SHA-256 of the serialised learned state, recorded so an auditor can match releases to a fit."""

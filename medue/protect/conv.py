@@ -78,3 +78,9 @@ class ConvProtector(Protector):
 
     def state_dict(self) -> dict[str, Any]:
         return {} if self.filters is None else {"filters": self.filters}
+
+    def load_state(self, state: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+        self.filters = state.get("filters")
+        if self.filters is not None:
+            self.num_classes = max(self.num_classes, int(self.filters.shape[0]))
+        self.fitted = True

@@ -23,7 +23,7 @@ import torch
 
 from medue.protect.base import Protector, UnitSpace, batches, project
 from medue.protect.clusters import assign, kmeans, surrogate_features
-from medue.protect.masks import flat_region_mask, foreground_mask, textured_region_mask
+from medue.protect.masks import flat_region_mask, foreground_mask, smooth_region_mask, textured_region_mask
 from medue.protect.minmin import (
     AUGMENTATIONS,
     MaskFn,
@@ -36,7 +36,8 @@ from medue.protect.minmin import (
 from medue.protect.surrogate import make_surrogate
 
 MODES = ("samplewise", "classwise")
-PLACEMENTS = ("pattern", "flat", "texture")
+INITS = ("zeros", "random", "grating", "cosine")
+PLACEMENTS = ("pattern", "flat", "texture", "smooth")
 
 
 class EMProtector(Protector):
@@ -59,7 +60,12 @@ class EMProtector(Protector):
         augment: Transformations both minimisations see (subset of ``flip``, ``shift``, ``smooth``, ``noise``),
             so the noise stays a shortcut under an attacker's augmentation and preprocessing.
         init: Class-wise only: ``"zeros"`` (paper), ``"random"`` (random signs at the budget, from the key) or
-            ``"grating"`` (one stripe orientation per class, :func:`medue.protect.minmin.grating`).
+            ``"grating"`` (one stripe orientation per class, :func:`medue.protect.minmin.grating`) or ``"cosine"``
+            (the same orientations as a sampled cosine: with period 4 the values +1, 0, -1, 0, zero-mean, half the
+            pixels unchanged, all of its energy at the one frequency).
+        blank_class: Class-wise only: the first class carries no pattern, the others theirs. A model that learned
+            "pattern -> its class" then reads a clean image (no pattern) as the first class, instead of falling
+            back on the anatomy as it does when every class has a pattern and a clean image has none of them.
         duty: Class-wise grating only: fraction of each period that is on (0.5: even stripes; 0.25: thin lines
             whose harmonics reach both a strided stem and a 3x3 one).
         placement: Class-wise only: where a sample carries its class pattern. ``"pattern"``: everywhere the
@@ -67,7 +73,9 @@ class EMProtector(Protector):
             darkest, flattest pixels (:func:`medue.protect.masks.flat_region_mask`), the pattern dense there and
             non-negative (a negative change at the bottom of the stored range would be clipped away);
             ``"texture"``: on the ``support_ratio`` fraction of each image's brightest, most textured pixels
-            (:func:`medue.protect.masks.textured_region_mask`, inside the anatomy), the pattern dense and signed.
+            (:func:`medue.protect.masks.textured_region_mask`, inside the anatomy), the pattern dense and signed;
+            ``"smooth"``: on the smoothest pixels above the bottom of the range
+            (:func:`medue.protect.masks.smooth_region_mask`), signed, so a zero-mean pattern keeps local means.
         **kwargs: :class:`~medue.protect.base.Protector` arguments (``epsilon``, ``step``…).
     """
 
@@ -78,7 +86,7 @@ class EMProtector(Protector):
                  max_rounds: int = 10, stop_accuracy: float = 0.99, surrogate: str = "small", lr: float = 0.1,
                  num_clusters: int = 2, rho: int | None = None, tile: int = 0, block: int = 1,
                  augment: tuple[str, ...] | list[str] = (), init: str = "zeros", placement: str = "pattern",
-                 duty: float = 0.5, **kwargs: Any) -> None:
+                 duty: float = 0.5, blank_class: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         for name, value in (("tile", tile), ("block", block)):
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "tile" else 1):
@@ -86,8 +94,8 @@ class EMProtector(Protector):
                                  f"not {value!r}")
         if isinstance(augment, str) or not all(a in AUGMENTATIONS for a in augment):
             raise ValueError(f"augment must be a list drawn from {list(AUGMENTATIONS)}, not {augment!r}")
-        if init not in ("zeros", "random", "grating"):
-            raise ValueError(f"init must be 'zeros', 'random' or 'grating', not {init!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, not {init!r}")
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}, not {placement!r}")
         self.tile, self.block, self.augment, self.init = tile, block, tuple(augment), init
@@ -95,6 +103,9 @@ class EMProtector(Protector):
         if not isinstance(duty, (int, float)) or isinstance(duty, bool) or not 0.0 < duty < 1.0:
             raise ValueError(f"duty must be a fraction in (0, 1), not {duty!r}")
         self.duty = float(duty)
+        if not isinstance(blank_class, bool):
+            raise ValueError(f"blank_class must be true or false, not {blank_class!r}")
+        self.blank_class = blank_class
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         for name, value in (("inner_steps", inner_steps), ("train_steps", train_steps), ("max_rounds", max_rounds),
@@ -134,7 +145,7 @@ class EMProtector(Protector):
                 "max_rounds": s.max_rounds, "stop_accuracy": s.stop_accuracy, "surrogate": self.surrogate_arch,
                 "lr": s.lr, "rho": s.rho, "num_clusters": self.num_clusters, "tile": self.tile,
                 "block": self.block, "augment": list(self.augment), "init": self.init, "placement": self.placement,
-                "duty": self.duty}
+                "duty": self.duty, "blank_class": self.blank_class}
 
     @property
     def support_ratio(self) -> float:
@@ -151,7 +162,8 @@ class EMProtector(Protector):
         """Per-sample 0/1 mask of where the class pattern goes (``placement`` flat or texture), else ``None``."""
         if self.placement == "pattern":
             return None
-        region = flat_region_mask if self.placement == "flat" else textured_region_mask
+        region = {"flat": flat_region_mask, "texture": textured_region_mask,
+                  "smooth": smooth_region_mask}[self.placement]
         return torch.cat([region(space.select(sl).to_model(x[sl]), self.support_ratio)
                           for sl in batches(x.shape[0], 256)])
 
@@ -177,6 +189,8 @@ class EMProtector(Protector):
                 positive=self.placement == "flat",
                 progress=self.progress)
             self.class_noise = noise * self.support
+            if self.blank_class:
+                self.class_noise[0] = 0  # the first class carries no pattern: clean images look like it
             delta = tile_to(self.class_noise, *x_units.shape[-2:])[labels]
             delta = project(delta if placement is None else delta * placement, x_units, space, self.epsilon)
         else:
@@ -192,6 +206,10 @@ class EMProtector(Protector):
         self.model.eval()
         return torch.cat([self.model(space.select(sl).to_model(x[sl])).argmax(1)
                           for sl in batches(x.shape[0], self.batch_size)])
+
+    def unchanged_label(self, label: int | None) -> bool:
+        """Whether an item of class ``label`` is left unchanged on purpose (``blank_class``)."""
+        return self.mode == "classwise" and self.blank_class and label == 0
 
     def perturb(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
                 generator: torch.Generator) -> torch.Tensor:
@@ -218,6 +236,26 @@ class EMProtector(Protector):
                                                generator=generator, mask_fn=self.mask_fn(),
                                                allowed=None if allowed is None else allowed[sl])
         return delta
+
+    def extra_state(self) -> dict[str, Any]:
+        num_classes = None
+        if self.model is not None:
+            last = [m for m in self.model.modules() if isinstance(m, torch.nn.Linear)]
+            num_classes = int(last[-1].out_features) if last else None
+        return {"feature_seed": self.feature_seed, "num_classes": num_classes, "history": list(self.history)}
+
+    def load_state(self, state: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+        model_state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        if model_state:
+            self.model = make_surrogate(self.surrogate_arch, int(extra["num_classes"]), seed=0,
+                                        device=torch.device("cpu"))
+            self.model.load_state_dict(model_state)
+        self.class_noise = state.get("class_noise")
+        self.support = state.get("support")
+        self.centroids = state.get("centroids")
+        self.feature_seed = extra.get("feature_seed")
+        self.history = list(extra.get("history", []))
+        self.fitted = True
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {}

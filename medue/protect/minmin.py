@@ -177,6 +177,22 @@ def grating(num_classes: int, height: int, width: int, period: int = 4, duty: fl
     return torch.stack(out).unsqueeze(1)
 
 
+def cosine_grating(num_classes: int, height: int, width: int, period: int = 4) -> torch.Tensor:
+    """``(K, 1, height, width)`` sampled cosines rounded to {-1, 0, 1}, one orientation per class (as :func:`grating`).
+
+    With period 4: +1, 0, -1, 0 along the class's direction. Zero-mean, so on a flat region it changes the local
+    mean by nothing (SSIM's luminance term stays 1), and half of its pixels stay unchanged.
+    """
+    v, u = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
+                          indexing="ij")
+    out = []
+    for k in range(num_classes):
+        theta = torch.pi * k / num_classes
+        phase = (u * torch.cos(torch.tensor(theta)) + v * torch.sin(torch.tensor(theta))) / period
+        out.append(torch.round(torch.cos(2 * torch.pi * phase)))
+    return torch.stack(out).unsqueeze(1)
+
+
 def block_mask(scores: torch.Tensor, ratio: float, block: int) -> torch.Tensor:
     """0/1 mask over ``scores`` ``(K, 1, h, w)`` keeping the top ``ratio`` of ``block`` x ``block`` cells per row."""
     if block > 1:
@@ -210,6 +226,8 @@ def bilevel_classwise_tiled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
         noise = (torch.randint(0, 2, (num_classes, 1, th, tw), generator=generator).float() * 2 - 1) * eps
     elif init == "grating":
         noise = grating(num_classes, th, tw, period=tile or 4, duty=duty) * eps
+    elif init == "cosine":
+        noise = cosine_grating(num_classes, th, tw, period=tile or 4) * eps
     else:
         noise = torch.zeros((num_classes, 1, th, tw))
     noise = noise.clamp(lo_noise, eps).to(x.device)

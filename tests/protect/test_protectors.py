@@ -198,3 +198,31 @@ def test_uc_applies_at_release_the_noise_it_fitted_including_its_placement():
     p = build_protector("uc", tile=4, placement="flat", init="grating", max_rounds=0)
     d = p.fit(x, torch.zeros(12, dtype=torch.long), space, generator=torch.Generator().manual_seed(0))
     assert torch.equal(d, p.perturb(x, None, space, generator=torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize("method, params, labelled", [
+    ("salm", {"epsilon": 4, "max_rounds": 1, "inner_steps": 2, "train_steps": 2, "mask_ratio": 0.2}, True),
+    ("salm", {"epsilon": 4, "mode": "classwise", "placement": "flat", "init": "grating", "tile": 4,
+              "max_rounds": 0, "blank_class": True}, True),
+    ("em", {"epsilon": 4, "mode": "classwise", "max_rounds": 1, "inner_steps": 1, "train_steps": 2, "tile": 4}, True),
+    ("uc", {"epsilon": 4, "max_rounds": 1, "inner_steps": 1, "train_steps": 2, "num_clusters": 2}, False),
+    ("conv", {"epsilon": 4}, True),
+])
+def test_saved_protector_loads_without_pickle_and_perturbs_the_same(tmp_path, method, params, labelled):
+    import torch
+
+    from medue.protect import build_protector, load_protector
+    from medue.protect.base import UnitSpace
+
+    x = torch.round(torch.rand((6, 1, 16, 16), generator=torch.Generator().manual_seed(0)) * 200)
+    y = torch.tensor([0, 1, 0, 1, 0, 1]) if labelled else None
+    space = UnitSpace(0.0, 200.0, 0.0, 255.0)
+    p = build_protector(method, **params)
+    p.fit(x, y, space, generator=torch.Generator().manual_seed(1))
+    p.save(tmp_path / "p.pt")
+    torch.load(tmp_path / "p.pt", weights_only=True)  # no pickled objects inside
+    q = load_protector(tmp_path / "p.pt")
+    assert q.params() == p.params() and q.state_fingerprint() == p.state_fingerprint()
+    a = p.perturb(x, y, space, generator=torch.Generator().manual_seed(2))
+    b = q.perturb(x, y, space, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
