@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="medue", description="Make medical imaging releases unlearnable, check clinical utility, export and audit.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"medue {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log lines (-v debug, -vv also third-party libraries)")
+    parser.add_argument("--log-json", action="store_true", help="log lines as JSON objects, one per line")
     sub = parser.add_subparsers(dest="command", metavar="command")
 
     p = sub.add_parser("run", help="run a whole release job from a pipeline config", epilog=EPILOG,
@@ -124,7 +127,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _check(args, config=config)
     shard = parse_shard(args.shard)
-    say = (lambda s: None) if args.quiet else (lambda s: print(f"medue: {s}", file=sys.stderr, flush=True))
+    log = logging.getLogger("medue.run")
+    say = (lambda s: None) if args.quiet else log.info
     summary = run_pipeline(config, shard=shard, resume=args.resume, progress=say, show_bar=not args.quiet)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items()) if v)
     print(f"release {config.name}: {counts or 'nothing to do'} in {summary.seconds:.1f} s")
@@ -255,7 +259,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = args.out or Path("benchmarks/results") / f"release_efficacy_{name}"
     work = args.work or out.with_name(out.name + "_release")
     res = evaluate_release(config, args.dataset, work=work, labels_used=not args.no_labels, settings=settings,
-                           name=name, log=lambda s: print(f"medue: {s}", file=sys.stderr, flush=True),
+                           name=name, log=logging.getLogger("medue.evaluate").info,
                            existing=args.existing,
                            clean_from=json.loads(args.clean_from.read_text()) if args.clean_from else None)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -308,6 +312,32 @@ COMMANDS = {"run": _run, "protect": _run, "check": _check, "inspect": _inspect, 
             "evaluate": _evaluate, "restore": _restore, "methods": _methods}
 
 
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import datetime as _dt
+
+        return json.dumps({"time": _dt.datetime.fromtimestamp(record.created, _dt.timezone.utc).isoformat(),
+                           "level": record.levelname.lower(), "logger": record.name,
+                           "message": record.getMessage()})
+
+
+def _configure_logging(verbose: int, quiet: bool, as_json: bool) -> None:
+    """Progress and log lines go to stderr: INFO by default, WARNING with -q, DEBUG with -v; JSON lines with
+    --log-json (for a log collector). Results (tables, summaries) stay on stdout."""
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if as_json else logging.Formatter("medue: %(message)s"))
+    root = logging.getLogger("medue")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    if verbose < 2:  # third-party chatter (MLflow, alembic, urllib3) only with -vv
+        for name in ("mlflow", "alembic", "urllib3", "git"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (also usable in-process: ``main(["run", "cfg.yaml"])``)."""
     from medue.errors import FidelityCheckFailed, IngestError, InvalidConfigError, MedueError
@@ -317,7 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return EXIT_CONFIG
-    logging.basicConfig(level=logging.WARNING, format="medue: %(message)s")
+    _configure_logging(getattr(args, "verbose", 0) or 0, getattr(args, "quiet", False),
+                       getattr(args, "log_json", False))
     try:
         return COMMANDS[args.command](args)
     except InvalidConfigError as exc:

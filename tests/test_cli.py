@@ -94,3 +94,15 @@ def test_run_dry_run_writes_nothing(tiny_config, tmp_path):
     assert main(["run", str(tiny_config()), "--dry-run"]) == 0
     assert not (tmp_path / "out").exists()
     assert main(["run", str(tiny_config()), "--dry-run", "--workers", "0"]) == 2  # overrides validated too
+
+
+def test_log_lines_as_json_and_quiet(tiny_config, capsys):
+    import json as _json
+
+    assert main(["--log-json", "run", str(tiny_config()), "--no-tracking"]) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("{")]
+    records = [_json.loads(ln) for ln in err]
+    assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert any("fitting" in r["message"] for r in records)
+    assert main(["run", str(tiny_config()), "--no-tracking", "--quiet", "--resume"]) == 0
+    assert "fitting" not in capsys.readouterr().err
