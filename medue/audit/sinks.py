@@ -46,6 +46,7 @@ class MlflowSink:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.artifact_root = artifact_root
+        self.run_id: str | None = None
 
     def _experiment_id(self) -> str:
         client = self.mlflow.tracking.MlflowClient(tracking_uri=self.tracking_uri)
@@ -57,6 +58,27 @@ class MlflowSink:
             self.artifact_root.mkdir(parents=True, exist_ok=True)
             location = self.artifact_root.resolve().as_uri()
         return client.create_experiment(self.experiment, artifact_location=location)
+
+    def start(self, config: PipelineConfig, key_fingerprint: str) -> str:
+        """Open the release's MLflow run now (status RUNNING), so its start time and duration are the release's
+        and a release that dies shows as FAILED rather than not at all. Returns the run id."""
+        from medue import __version__
+
+        self.mlflow.set_tracking_uri(self.tracking_uri)
+        client = self.mlflow.tracking.MlflowClient(tracking_uri=self.tracking_uri)
+        run = client.create_run(self._experiment_id(), run_name=f"release-{config.name}",
+                                tags={"medue.version": __version__, "medue.release": config.name,
+                                      "medue.method": config.protect.method,
+                                      "medue.key_fingerprint": key_fingerprint})
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    def fail(self, status: str = "FAILED") -> None:
+        """Close the run opened by :meth:`start` with ``status`` (FAILED, KILLED) when the release did not finish."""
+        run_id = getattr(self, "run_id", None)
+        if run_id:
+            self.mlflow.tracking.MlflowClient(tracking_uri=self.tracking_uri).set_terminated(run_id, status=status)
+            self.run_id = None
 
     def log_release(self, *, config: PipelineConfig, markers: Sequence[dict[str, Any]], summary_counts: dict[str, int],
                     fit_info: dict[str, Any], key_fingerprint: str, env: dict[str, Any], manifest: dict[str, Any],
@@ -107,7 +129,9 @@ class MlflowSink:
         tags.update(efficacy_tags)
         tags.update({"medue.check.diagnostic": c["result"] for c in release_checks
                      if c.get("check", "").startswith("diagnostic")})
-        with mlflow.start_run(experiment_id=exp_id, run_name=f"release-{config.name}") as run:
+        opened = getattr(self, "run_id", None)
+        with (mlflow.start_run(run_id=opened) if opened else
+              mlflow.start_run(experiment_id=exp_id, run_name=f"release-{config.name}")) as run:
             mlflow.set_tags(tags)
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
             mlflow.log_metrics(metrics)
@@ -132,6 +156,7 @@ class MlflowSink:
                 if p is not None and p.exists():
                     mlflow.log_artifact(str(p), artifact_path="report")
             run_id = run.info.run_id
+        self.run_id = None  # closed FINISHED by the context manager
         return run_id, self.tracking_uri
 
 

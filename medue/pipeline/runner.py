@@ -234,9 +234,28 @@ def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), res
 
 def _run_locked(config: PipelineConfig, *, shard: tuple[int, int], resume: bool,
                 progress: Callable[[str], None] | None, show_bar: bool) -> RunSummary:
+    """Open the MLflow run first (so it spans the release and records a failure), then run the release."""
+    from medue.audit.sinks import open_sink
+    from medue.pipeline.job import OutputLayout
+
+    sink = None
+    if config.tracking.enabled:
+        key = config.read_key()
+        OutputLayout(config.output_path).root.mkdir(parents=True, exist_ok=True)
+        sink = open_sink(config, OutputLayout(config.output_path))
+        sink.start(config, key_fingerprint(key))
+    try:
+        return _run_release(config, shard=shard, resume=resume, progress=progress, show_bar=show_bar, sink=sink)
+    except BaseException as exc:
+        if sink is not None:
+            sink.fail("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+
+
+def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool,
+                 progress: Callable[[str], None] | None, show_bar: bool, sink: Any) -> RunSummary:
     from medue.audit.manifest import write_checksums, write_manifest
     from medue.audit.report import build_report
-    from medue.audit.sinks import open_sink
     from medue.pipeline.job import OutputLayout
 
     say = progress or (lambda s: log.info(s))
@@ -340,8 +359,7 @@ def _run_locked(config: PipelineConfig, *, shard: tuple[int, int], resume: bool,
                                                                 release_checks=release_checks, ignored=ignored)
         write_checksums(layout, manifest)  # now over the reports too
     summary.seconds = round(time.perf_counter() - t_start, 2)
-    if config.tracking.enabled:
-        sink = open_sink(config, layout)
+    if sink is not None:
         summary.mlflow_run_id, summary.tracking_uri = sink.log_release(
             config=config, markers=all_markers, summary_counts=summary.counts, fit_info=fit_info,
             key_fingerprint=fingerprint, env=env, manifest=manifest, report_paths=(summary.report_json,

@@ -71,3 +71,26 @@ def test_mlflow_store_half_made_by_an_interrupted_run_does_not_break_the_next(ti
     summary = run_pipeline(cfg)
     assert summary.mlflow_run_id and not half.exists()
     assert run_pipeline(cfg).mlflow_run_id  # and the store it made opens again
+
+
+def test_mlflow_run_opens_at_start_and_a_failed_release_is_recorded_failed(tiny_config, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    import medue.pipeline.runner as runner
+
+    cfg = load_config(tiny_config(tracking={"enabled": True}))
+    summary = run_pipeline(cfg)
+    client = mlflow.tracking.MlflowClient(tracking_uri=summary.tracking_uri)
+    run = client.get_run(summary.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    # the run spans the release: it was opened before the fit, not after the report
+    assert (run.info.end_time - run.info.start_time) / 1000 >= 0.8 * summary.seconds
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk went away")
+
+    monkeypatch.setattr(runner, "fit_protector", boom)
+    with pytest.raises(RuntimeError):
+        run_pipeline(cfg)  # the same release again, dying in its fit
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
