@@ -9,7 +9,7 @@ from typing import Any, Sequence
 from medue import __version__
 from medue.io.atomic import write_text_atomic
 from medue.pipeline.config import PipelineConfig
-from medue.pipeline.job import DONE, OutputLayout
+from medue.layout import DONE, OutputLayout
 
 MANIFEST_SCHEMA = "medue.manifest/1"
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from medue.io.atomic import write_text_atomic
 from medue.pipeline.config import PipelineConfig
-from medue.pipeline.job import DONE, FAILED, GATE_FAILED, QUARANTINED, OutputLayout
+from medue.layout import DONE, FAILED, GATE_FAILED, QUARANTINED, OutputLayout
 
 REPORT_SCHEMA = "medue.report/1"
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from medue.errors import MissingDependencyError
 from medue.pipeline.config import PipelineConfig
-from medue.pipeline.job import OutputLayout
+from medue.layout import OutputLayout
 
 
 def default_tracking_uri(layout: OutputLayout) -> str:

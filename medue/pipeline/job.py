@@ -26,42 +26,7 @@ from medue.io.atomic import atomic_file, write_text_atomic
 from medue.io.delta import write_delta
 from medue.provenance import fingerprint_array, sha256_file
 
-#: Marker statuses.
-DONE, QUARANTINED, GATE_FAILED, FAILED = "done", "quarantined", "gate_failed", "failed"
-
-
-@dataclass(frozen=True)
-class OutputLayout:
-    """Folders under the job's output root.
-
-    ``release/`` is what gets published; ``private/`` stays at the site (protector state, deltas, the
-    input index with original paths, previews); ``markers/`` and ``quarantine/`` drive resume and triage.
-    """
-
-    root: Path
-
-    @property
-    def release(self) -> Path:
-        return self.root / "release"
-
-    @property
-    def private(self) -> Path:
-        return self.root / "private"
-
-    @property
-    def markers(self) -> Path:
-        return self.root / "markers"
-
-    @property
-    def quarantine(self) -> Path:
-        return self.root / "quarantine"
-
-    def marker(self, item_id: str) -> Path:
-        return self.markers / f"{item_id}.json"
-
-    @property
-    def protector_state(self) -> Path:
-        return self.private / "protector.pt"
+from medue.layout import DONE, FAILED, GATE_FAILED, QUARANTINED, OutputLayout  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

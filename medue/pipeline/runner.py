@@ -20,11 +20,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medue.audit.manifest import write_checksums, write_manifest
+from medue.audit.report import build_report
+from medue.audit.sinks import open_sink
 from medue.device import derive_seed, make_generator, resolve_device
 from medue.errors import IngestError, InvalidConfigError
 from medue.fidelity.diagnostic import release_diagnostic_check
 from medue.io import InputItem, discover_inputs, read_item
 from medue.io.atomic import atomic_file, remove_partials, write_text_atomic
+from medue.layout import OutputLayout
 from medue.pipeline.config import PipelineConfig
 from medue.pipeline.executor import execute_local, select_shard
 from medue.pipeline.job import DONE, FAILED, GATE_FAILED, QUARANTINED, JobContext, read_marker
@@ -160,7 +164,6 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
     (``private/noise/<item_id>.npz``), so every exported slice carries noise optimised jointly with the surrogate;
     class-wise methods keep one pattern per class and apply it by label.
     """
-    from medue.pipeline.job import OutputLayout
 
     layout = OutputLayout(config.output_path)
     # an interrupted fit must never look like a finished one to --resume: its record goes first, comes back last
@@ -235,8 +238,6 @@ def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), res
 def _run_locked(config: PipelineConfig, *, shard: tuple[int, int], resume: bool,
                 progress: Callable[[str], None] | None, show_bar: bool) -> RunSummary:
     """Open the MLflow run first (so it spans the release and records a failure), then run the release."""
-    from medue.audit.sinks import open_sink
-    from medue.pipeline.job import OutputLayout
 
     sink = None
     if config.tracking.enabled:
@@ -254,9 +255,6 @@ def _run_locked(config: PipelineConfig, *, shard: tuple[int, int], resume: bool,
 
 def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool,
                  progress: Callable[[str], None] | None, show_bar: bool, sink: Any) -> RunSummary:
-    from medue.audit.manifest import write_checksums, write_manifest
-    from medue.audit.report import build_report
-    from medue.pipeline.job import OutputLayout
 
     say = progress or (lambda s: log.info(s))
     t_start = time.perf_counter()
