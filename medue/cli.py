@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reuse the clean-data rows of an earlier result on the same dataset, epochs and width "
                         "(screening many releases against one baseline)")
 
+    p = sub.add_parser("config-schema", help="print the JSON Schema of a pipeline config (for editors and CI)")
+    p.add_argument("--out", type=Path, help="write it to this file instead of stdout")
+
     p = sub.add_parser("inspect", help="list what medue finds in a folder and whether each item is readable")
     p.add_argument("folder", type=Path)
     p.add_argument("--deidentification", choices=["refuse", "warn", "ignore"],
@@ -164,6 +167,18 @@ def _check(args: argparse.Namespace, config: object = None) -> int:
           + (f", labels {labels.counts()}" if labels is not None else ", no labels (label-agnostic)"))
     for it in items:
         print(f"  {it.item_id}  {it.kind:7s} {len(it.paths):4d} file(s) {('  PROBLEM: ' + it.problem) if it.problem else ''}")
+    return EXIT_OK
+
+
+def _config_schema(args: argparse.Namespace) -> int:
+    from medue.pipeline.config import config_json_schema
+
+    text = json.dumps(config_json_schema(), indent=2, default=str)
+    if args.out:
+        args.out.write_text(text + "\n")
+        print(f"wrote {args.out}")
+    else:
+        print(text)
     return EXIT_OK
 
 
@@ -309,7 +324,7 @@ def _methods(_: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _run, "protect": _run, "check": _check, "inspect": _inspect, "report": _report,
-            "evaluate": _evaluate, "restore": _restore, "methods": _methods}
+            "evaluate": _evaluate, "restore": _restore, "methods": _methods, "config-schema": _config_schema}
 
 
 class _JsonFormatter(logging.Formatter):

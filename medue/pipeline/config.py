@@ -436,3 +436,63 @@ def load_config(path: str | Path, *, overrides: Mapping[str, Any] | None = None)
         for k, v in overrides.items():
             data[k] = {**data[k], **v} if isinstance(v, Mapping) and isinstance(data.get(k), Mapping) else v
     return parse_config(data, source=str(path), base_dir=".")
+
+
+def _json_type(annotation: Any) -> dict[str, Any]:
+    """JSON Schema of a field annotation as written in this module (``str | None``, ``Mapping[str, Any]``...)."""
+    text = str(annotation).replace("typing.", "")
+    nullable = "None" in text
+    base = text.replace(" | None", "").replace("Optional[", "").strip()
+    if base.startswith(("Mapping", "dict")):
+        schema: dict[str, Any] = {"type": "object"}
+    elif base.startswith(("tuple", "list", "Sequence")):
+        schema = {"type": "array"}
+    else:
+        schema = {"type": {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}.get(base, "string")}
+    if nullable:
+        schema = {"anyOf": [schema, {"type": "null"}]}
+    return schema
+
+
+def _section_schema(cls: type) -> dict[str, Any]:
+    from dataclasses import MISSING, fields
+
+    props: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name == "base_dir":
+            continue
+        if f.name in _SECTIONS:
+            props[f.name] = _section_schema(_SECTIONS[f.name])
+            continue
+        entry = _json_type(f.type)
+        if f.default is not MISSING and isinstance(f.default, (str, int, float, bool, type(None))):
+            entry["default"] = f.default
+        props[f.name] = entry
+    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+    out: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
+    if required:
+        out["required"] = required
+    return out
+
+
+def config_json_schema() -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of a pipeline config, with each method's ``protect.params`` and their defaults.
+
+    Editors and CI can validate a YAML config with it before medue runs; medue's own validation (every problem
+    at once, ranges and cross-field rules) stays the authority.
+    """
+    from medue.protect import PROTECTORS
+
+    schema = _section_schema(PipelineConfig)
+    schema.update({"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "medue pipeline config",
+                   "description": f"medue pipeline configuration, version {CONFIG_VERSION}"})
+    methods = {}
+    for name in PROTECTORS.keys():
+        defaults = PROTECTORS.get(name)().params()
+        methods[name] = {"type": "object", "additionalProperties": False,
+                         "properties": {k: {"default": v} for k, v in defaults.items()}}
+    protect = schema["properties"]["protect"]
+    protect["properties"]["method"]["enum"] = sorted(methods)
+    protect["allOf"] = [{"if": {"properties": {"method": {"const": m}}},
+                         "then": {"properties": {"params": s}}} for m, s in sorted(methods.items())]
+    return schema

@@ -91,3 +91,21 @@ def test_shipped_pipelines_are_valid():
     for path in sorted(Path("pipelines").glob("*.yaml")):
         cfg = load_config(path)
         assert cfg.name and yaml.safe_load(path.read_text())["version"] == 1
+
+
+def test_config_schema_accepts_the_shipped_pipelines_and_rejects_mistakes(capsys):
+    import jsonschema
+    import yaml as _yaml
+
+    from medue.cli import main
+
+    assert main(["config-schema"]) == 0
+    schema = __import__("json").loads(capsys.readouterr().out)
+    for path in ("pipelines/default.yaml", "pipelines/br35h.yaml"):
+        jsonschema.validate(_yaml.safe_load(open(path)), schema)
+    bad = _yaml.safe_load(open("pipelines/default.yaml"))
+    bad["fidelty"] = {}  # misspelt section
+    bad["protect"]["params"]["mask_ratoi"] = 0.3  # misspelt parameter
+    bad["execution"]["workers"] = "two"
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(bad))
+    assert len(errors) >= 3
