@@ -578,7 +578,7 @@ def write_dicom_series(
     if not files:
         raise ExportError("volume has no DICOM source files to derive from; export it as NIfTI instead")
     now = _dt.datetime.now(_dt.timezone.utc)
-    sources = [pydicom.dcmread(f) for f in files]
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]  # the pixels come from the volume
     # one new series per exported volume: a source series split into two volumes gets two new series
     members = "|".join(sorted(str(src.get("SOPInstanceUID", "")) for src in sources))
     new_series = derived_uid(uid_key, f"{sources[0].get('SeriesInstanceUID', '')}|{members}", "series", uid_root)
