@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reuse the clean-data rows of an earlier result on the same dataset, epochs and width "
                         "(screening many releases against one baseline)")
 
+    p = sub.add_parser("completion", help="print a shell completion script (bash or zsh)",
+                       description="Enable with: eval \"$(medue completion bash)\" (or add it to ~/.bashrc); "
+                                   "zsh: autoload -U bashcompinit && bashcompinit, then the same.")
+    p.add_argument("shell", choices=["bash", "zsh"], nargs="?", default="bash")
+
     p = sub.add_parser("config-schema", help="print the JSON Schema of a pipeline config (for editors and CI)")
     p.add_argument("--out", type=Path, help="write it to this file instead of stdout")
 
@@ -167,6 +172,34 @@ def _check(args: argparse.Namespace, config: object = None) -> int:
           + (f", labels {labels.counts()}" if labels is not None else ", no labels (label-agnostic)"))
     for it in items:
         print(f"  {it.item_id}  {it.kind:7s} {len(it.paths):4d} file(s) {('  PROBLEM: ' + it.problem) if it.problem else ''}")
+    return EXIT_OK
+
+
+def _completion(args: argparse.Namespace) -> int:
+    """A bash/zsh (bashcompinit) completion script built from the parser itself, so it never goes stale."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    cases = []
+    for name, sp in sub.choices.items():
+        opts = sorted(o for a in sp._actions for o in a.option_strings)
+        cases.append(f'        {name}) opts="{" ".join(opts)}" ;;')
+    top = " ".join(sorted(sub.choices)) + " --help --version --verbose --log-json"
+    print("\n".join([
+        "# medue shell completion: eval \"$(medue completion bash)\"",
+        "_medue() {",
+        '    local cur="${COMP_WORDS[COMP_CWORD]}" cmd="${COMP_WORDS[1]}" opts',
+        "    if [ \"$COMP_CWORD\" -eq 1 ]; then",
+        f'        COMPREPLY=($(compgen -W "{top}" -- "$cur")); return',
+        "    fi",
+        '    case "$cmd" in',
+        *cases,
+        '        *) opts="" ;;',
+        "    esac",
+        '    if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "$opts" -- "$cur"));',
+        '    else COMPREPLY=($(compgen -f -- "$cur")); fi',
+        "}",
+        "complete -o filenames -F _medue medue",
+    ]))
     return EXIT_OK
 
 
@@ -324,7 +357,8 @@ def _methods(_: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _run, "protect": _run, "check": _check, "inspect": _inspect, "report": _report,
-            "evaluate": _evaluate, "restore": _restore, "methods": _methods, "config-schema": _config_schema}
+            "evaluate": _evaluate, "restore": _restore, "methods": _methods, "config-schema": _config_schema,
+            "completion": _completion}
 
 
 class _JsonFormatter(logging.Formatter):

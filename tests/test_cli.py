@@ -106,3 +106,18 @@ def test_log_lines_as_json_and_quiet(tiny_config, capsys):
     assert any("fitting" in r["message"] for r in records)
     assert main(["run", str(tiny_config()), "--no-tracking", "--quiet", "--resume"]) == 0
     assert "fitting" not in capsys.readouterr().err
+
+
+def test_shell_completion_completes_commands_and_options(capsys, tmp_path):
+    import shutil
+    import subprocess
+
+    assert main(["completion", "bash"]) == 0
+    script = tmp_path / "medue.bash"
+    script.write_text(capsys.readouterr().out)
+    if shutil.which("bash") is None:
+        pytest.skip("bash not installed")
+    probe = ('source "$1"; COMP_WORDS=(medue ev); COMP_CWORD=1; _medue; echo "${COMPREPLY[@]}"; '
+             'COMP_WORDS=(medue evaluate --qu); COMP_CWORD=2; _medue; echo "${COMPREPLY[@]}"')
+    out = subprocess.run(["bash", "-c", probe, "_", str(script)], capture_output=True, text=True).stdout.split("\n")
+    assert out[0] == "evaluate" and out[1] == "--quick"
