@@ -66,3 +66,23 @@ def test_labelled_release_keeps_labels_private(tiny_config, tmp_path):
 def test_class_wise_method_without_labels_is_a_config_error(tiny_config):
     with pytest.raises(InvalidConfigError, match="needs labels"):
         load_config(tiny_config(protect={"method": "conv", "params": {}}))
+
+
+def test_blank_class_releases_the_first_class_unchanged_on_purpose(tiny_config, tmp_path):
+    table = tmp_path / "labels.csv"
+    table.write_text("path,label\nseries_a,tumour\nvol.nii.gz,normal\n")  # classes sorted: normal is the first
+    cfg = load_config(tiny_config(labels={"source": "table", "table": str(table)},
+                                  protect={"method": "salm", "params": {"epsilon": 4, "mode": "classwise", "tile": 4,
+                                                                         "placement": "flat", "init": "grating",
+                                                                         "mask_ratio": 0.3, "max_rounds": 0,
+                                                                         "blank_class": True}},
+                                  fidelity={"min_psnr_db": 20, "min_ssim": 0.5, "max_abs_units": 4}))
+    summary = run_pipeline(cfg)
+    assert summary.counts["done"] == 2
+    by_label = {}
+    index = json.loads((cfg.output_path / "private" / "inputs.local.json").read_text())
+    for m in summary.markers:
+        name = index[m["item_id"]]["paths"][0]
+        by_label["normal" if name.endswith("vol.nii.gz") else "tumour"] = m
+    assert by_label["normal"]["fidelity"]["fraction_changed"] == 0 and by_label["normal"]["unchanged_on_purpose"]
+    assert by_label["tumour"]["fidelity"]["fraction_changed"] > 0 and "unchanged_on_purpose" not in by_label["tumour"]
