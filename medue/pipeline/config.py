@@ -254,6 +254,10 @@ def _check_type(problems: list[str], where: str, value: Any, types: tuple[type, 
         problems.append(f"{where}: expected {expect}, got {type(value).__name__} {value!r}")
 
 
+#: Protector parameters that take more than one type (``blank_class``: true, false or a class index).
+MIXED_TYPE_PARAMS = frozenset({"blank_class"})
+
+
 def _check_protect_params(method: str, params: Mapping[str, Any]) -> list[str]:
     """Every problem with ``protect.params``: unknown names (with the allowed list), types, then ranges."""
     import difflib
@@ -271,6 +275,8 @@ def _check_protect_params(method: str, params: Mapping[str, Any]) -> list[str]:
                             + f"; allowed: {', '.join(sorted(defaults))}")
             continue
         d = defaults[k]
+        if k in MIXED_TYPE_PARAMS:
+            continue  # checked by the protector's own constructor below
         if isinstance(d, bool) and not isinstance(v, bool):
             problems.append(f"protect.params.{k}: expected true or false, got {v!r}")
         elif isinstance(d, int) and not isinstance(d, bool) and (not isinstance(v, int) or isinstance(v, bool)):

@@ -63,7 +63,8 @@ class EMProtector(Protector):
             ``"grating"`` (one stripe orientation per class, :func:`medue.protect.minmin.grating`) or ``"cosine"``
             (the same orientations as a sampled cosine: with period 4 the values +1, 0, -1, 0, zero-mean, half the
             pixels unchanged, all of its energy at the one frequency).
-        blank_class: Class-wise only: the first class carries no pattern, the others theirs. A model that learned
+        blank_class: Class-wise only: ``true`` (or a class index: the classes sorted by name, from 0) leaves the
+            first (or that) class without a pattern, the others with theirs. A model that learned
             "pattern -> its class" then reads a clean image (no pattern) as the first class, instead of falling
             back on the anatomy as it does when every class has a pattern and a clean image has none of them.
         duty: Class-wise grating only: fraction of each period that is on (0.5: even stripes; 0.25: thin lines
@@ -86,7 +87,7 @@ class EMProtector(Protector):
                  max_rounds: int = 10, stop_accuracy: float = 0.99, surrogate: str = "small", lr: float = 0.1,
                  num_clusters: int = 2, rho: int | None = None, tile: int = 0, block: int = 1,
                  augment: tuple[str, ...] | list[str] = (), init: str = "zeros", placement: str = "pattern",
-                 duty: float = 0.5, blank_class: bool = False, **kwargs: Any) -> None:
+                 duty: float = 0.5, blank_class: bool | int = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         for name, value in (("tile", tile), ("block", block)):
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "tile" else 1):
@@ -103,8 +104,8 @@ class EMProtector(Protector):
         if not isinstance(duty, (int, float)) or isinstance(duty, bool) or not 0.0 < duty < 1.0:
             raise ValueError(f"duty must be a fraction in (0, 1), not {duty!r}")
         self.duty = float(duty)
-        if not isinstance(blank_class, bool):
-            raise ValueError(f"blank_class must be true or false, not {blank_class!r}")
+        if not isinstance(blank_class, int) or (not isinstance(blank_class, bool) and blank_class < 0):
+            raise ValueError(f"blank_class must be true, false or a class index >= 0, not {blank_class!r}")
         self.blank_class = blank_class
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -189,8 +190,8 @@ class EMProtector(Protector):
                 positive=self.placement == "flat",
                 progress=self.progress)
             self.class_noise = noise * self.support
-            if self.blank_class:
-                self.class_noise[0] = 0  # the first class carries no pattern: clean images look like it
+            if self._blank_index() is not None:
+                self.class_noise[self._blank_index()] = 0  # no pattern for that class: clean images look like it
             delta = tile_to(self.class_noise, *x_units.shape[-2:])[labels]
             delta = project(delta if placement is None else delta * placement, x_units, space, self.epsilon)
         else:
@@ -207,9 +208,14 @@ class EMProtector(Protector):
         return torch.cat([self.model(space.select(sl).to_model(x[sl])).argmax(1)
                           for sl in batches(x.shape[0], self.batch_size)])
 
+    def _blank_index(self) -> int | None:
+        if self.blank_class is False:
+            return None
+        return 0 if self.blank_class is True else int(self.blank_class)
+
     def unchanged_label(self, label: int | None) -> bool:
         """Whether an item of class ``label`` is left unchanged on purpose (``blank_class``)."""
-        return self.mode == "classwise" and self.blank_class and label == 0
+        return self.mode == "classwise" and label is not None and label == self._blank_index()
 
     def perturb(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
                 generator: torch.Generator) -> torch.Tensor:
