@@ -6,6 +6,7 @@ Pure data: no file I/O and no torch here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -101,8 +102,9 @@ class Volume:
         info = np.iinfo(self.array.dtype)
         return int(info.min), int(info.max)
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
+        """SHA-256 of the array (computed once per Volume: the array of a Volume is never changed in place)."""
         return fingerprint_array(self.array)
 
     def with_array(self, array: np.ndarray, step: StepRecord) -> Volume:

@@ -198,7 +198,7 @@ class Protector(ABC):
                     "state_fingerprint": self.state_fingerprint(), "labelled": label is not None,
                     "delta_from_fit": fitted},
             device=str(device),
-            input_fingerprint=fingerprint_array(array),
+            input_fingerprint=volume.fingerprint,
             output_fingerprint=fingerprint_array(protected),
             stats=stats,
             medue_version=__version__,
