@@ -179,16 +179,20 @@ class Protector(ABC):
         protected = (x + delta_t).squeeze(1).cpu().numpy()
         info = np.iinfo(array.dtype)
         protected = np.clip(np.rint(protected), info.min, info.max).astype(array.dtype)
-        diff = protected.astype(np.int64) - array.astype(np.int64)
-        linf = int(np.abs(diff).max()) if diff.size else 0
+        linf, changed, squared = 0, 0, 0.0
+        for before, after in zip(array, protected):  # slice by slice: no int64 copy of the whole volume
+            diff = after.astype(np.int64) - before.astype(np.int64)
+            linf = max(linf, int(np.abs(diff).max()) if diff.size else 0)
+            changed += int(np.count_nonzero(diff))
+            squared += float((diff.astype(np.float64) ** 2).sum())
         if linf > self.epsilon:
             raise ProtectionError(f"{self.key}: |delta| {linf} exceeds the budget {self.epsilon} after projection")
         slope, _ = volume.rescale
         stats = {
             "linf_units": linf,
             "linf_physical": float(linf * abs(slope)),
-            "fraction_changed": float(np.count_nonzero(diff) / diff.size),
-            "l2_units": float(np.sqrt((diff.astype(np.float64) ** 2).sum())),
+            "fraction_changed": float(changed / array.size),
+            "l2_units": float(np.sqrt(squared)),
         }
         from medue import __version__
 
