@@ -309,7 +309,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     res = evaluate_release(config, args.dataset, work=work, labels_used=not args.no_labels, settings=settings,
                            name=name, log=logging.getLogger("medue.evaluate").info,
                            existing=args.existing,
-                           clean_from=json.loads(args.clean_from.read_text()) if args.clean_from else None)
+                           clean_from=({**json.loads(args.clean_from.read_text()), "file": str(args.clean_from)}
+                                       if args.clean_from else None))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str))
     out.with_suffix(".md").write_text(results_markdown(res))

@@ -266,8 +266,9 @@ def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path,
     plan += [(*settings.countermeasure_attacker, cm) for cm in settings.countermeasures]
     for arch, aug, cm in plan:
         if (arch, aug, cm) in reused:
-            rows.append({**reused[(arch, aug, cm)], "reused_from": clean_from["name"]})  # type: ignore[index]
-            log(f"  {arch:12s} {aug:9s} {cm:20s} clean     reused from {clean_from['name']}")  # type: ignore[index]
+            origin = clean_from.get("file", clean_from.get("name"))  # type: ignore[union-attr]
+            rows.append({**reused[(arch, aug, cm)], "reused_from": origin})
+            log(f"  {arch:12s} {aug:9s} {cm:20s} clean     reused from {origin}")
         else:
             rows.append(train_row(arch, aug, cm, "clean", settings.seeds[0]))
         if len(x_prot):
@@ -390,7 +391,8 @@ def results_markdown(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         lines.append(f"| {r['architecture']} | {r['augmentation']} | {r['countermeasure']} | {r['training_data']} | "
                      f"{r['seed']} | {r['train_accuracy']:.3f} | {r['clean_test_accuracy']:.3f} | "
-                     f"{'yes' if r['fit'] else '**no**'} | {r['epochs']} | {r['seconds']} |")
+                     f"{'yes' if r['fit'] else '**no**'} | {r['epochs']} | {r['seconds']}"
+                     + (f" (reused from {r['reused_from']})" if r.get("reused_from") else "") + " |")
     if result.get("diagnostic"):
         lines += ["", "## Diagnostic content (clean-trained model reading released vs original training images)", "",
                   "| attacker | accuracy on originals | on released | drop | agreement | passed |",

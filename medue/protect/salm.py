@@ -19,15 +19,24 @@ dense class-wise EM reached chance only at PSNR 30.6 dB. The class-wise variant 
 spent on a sparse part of each image and a pattern that is a shortcut for the labels, and makes both robust:
 
     * one pattern per class, periodic with period ``tile`` (a crop only changes its phase, a flip leaves a
-      stripe pattern a stripe pattern, any resolution is covered), starting from one stripe orientation per class
-      (``init="grating"``);
+      line pattern a line pattern, any resolution is covered), one line orientation per class (``init="grating"``);
+      ``duty=0.25`` draws 1-px lines every 4 px, whose harmonics sit at period 4 and period 2, so a 3x3 stem
+      (ResNet-18) and a strided 7x7 one (DenseNet-121) both see them;
     * ``placement="flat"``: each image carries its class pattern on its ``mask_ratio`` darkest, flattest pixels
       (:func:`medue.protect.masks.flat_region_mask`; mostly air and background), non-negative there, so the
-      change avoids anatomy and stands out to a model because nothing else varies there;
-    * ``max_rounds=0`` skips the min-min refinement: on Br35H release files the refinement erased one class's
-      stripes (the surrogate needs only one) and an attacker with flip + crop augmentation then reached 0.958
-      instead of chance (``benchmarks/results/README.md``). With ``max_rounds >= 1`` the stripes' strength is
-      optimised over the whole release, under ``augment`` (flip, shift, blur, noise).
+      change avoids anatomy and stands out to a model because nothing else varies there; with ``duty=0.25`` at
+      most a quarter of that region changes;
+    * ``blank_class=True``: the first class carries no pattern. With a pattern on every class, a clean test image
+      carries none of them, so a model falls back on the anatomy it learned beside the shortcut (ResNet-18 with
+      flip + crop reached 0.75-0.93); with one class blank, "no pattern" *is* a class, and a clean image reads as
+      that class (0.53-0.57 in the same screen). The items of the blank class are released unchanged on purpose,
+      recorded as such in their markers;
+    * ``max_rounds=0``: the lines are placed, not optimised. Min-min refinement of two-class stripes erased one
+      class's stripes (the surrogate needs only one) and did not help an augmenting attacker; with
+      ``max_rounds >= 1`` the strength is optimised over the whole release, under ``augment`` (flip, shift, blur,
+      noise).
+
+    What each choice bought is in ``benchmarks/results/README.md`` (exploration) and the release-efficacy table.
 
 ``salm_perturb`` is the single-batch pure function of the sample-wise method used by the tests.
 """
