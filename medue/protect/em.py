@@ -63,6 +63,9 @@ class EMProtector(Protector):
             ``"grating"`` (one stripe orientation per class, :func:`medue.protect.minmin.grating`) or ``"cosine"``
             (the same orientations as a sampled cosine: with period 4 the values +1, 0, -1, 0, zero-mean, half the
             pixels unchanged, all of its energy at the one frequency).
+        flat_max_level: ``placement="flat"`` only: the flat region stops where the local mean reaches this level
+            (model space: the volume's 0.5-99.5 percentile span is [0, 1]); 0.15 keeps to air and background, 1
+            lets the region reach the flattest tissue when there is too little background.
         blank_class: Class-wise only: ``true`` (or a class index: the classes sorted by name, from 0) leaves the
             first (or that) class without a pattern, the others with theirs. A model that learned
             "pattern -> its class" then reads a clean image (no pattern) as the first class, instead of falling
@@ -87,7 +90,8 @@ class EMProtector(Protector):
                  max_rounds: int = 10, stop_accuracy: float = 0.99, surrogate: str = "small", lr: float = 0.1,
                  num_clusters: int = 2, rho: int | None = None, tile: int = 0, block: int = 1,
                  augment: tuple[str, ...] | list[str] = (), init: str = "zeros", placement: str = "pattern",
-                 duty: float = 0.5, blank_class: bool | int = False, **kwargs: Any) -> None:
+                 duty: float = 0.5, blank_class: bool | int = False, flat_max_level: float = 0.15,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         for name, value in (("tile", tile), ("block", block)):
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "tile" else 1):
@@ -107,6 +111,10 @@ class EMProtector(Protector):
         if not isinstance(blank_class, int) or (not isinstance(blank_class, bool) and blank_class < 0):
             raise ValueError(f"blank_class must be true, false or a class index >= 0, not {blank_class!r}")
         self.blank_class = blank_class
+        if not isinstance(flat_max_level, (int, float)) or isinstance(flat_max_level, bool) \
+                or not 0.0 < flat_max_level <= 1.0:
+            raise ValueError(f"flat_max_level must be in (0, 1], not {flat_max_level!r}")
+        self.flat_max_level = float(flat_max_level)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         for name, value in (("inner_steps", inner_steps), ("train_steps", train_steps), ("max_rounds", max_rounds),
@@ -146,7 +154,7 @@ class EMProtector(Protector):
                 "max_rounds": s.max_rounds, "stop_accuracy": s.stop_accuracy, "surrogate": self.surrogate_arch,
                 "lr": s.lr, "rho": s.rho, "num_clusters": self.num_clusters, "tile": self.tile,
                 "block": self.block, "augment": list(self.augment), "init": self.init, "placement": self.placement,
-                "duty": self.duty, "blank_class": self.blank_class}
+                "duty": self.duty, "blank_class": self.blank_class, "flat_max_level": self.flat_max_level}
 
     @property
     def support_ratio(self) -> float:
@@ -163,8 +171,12 @@ class EMProtector(Protector):
         """Per-sample 0/1 mask of where the class pattern goes (``placement`` flat or texture), else ``None``."""
         if self.placement == "pattern":
             return None
-        region = {"flat": flat_region_mask, "texture": textured_region_mask,
-                  "smooth": smooth_region_mask}[self.placement]
+        if self.placement == "flat":
+            def region(xm: torch.Tensor, ratio: float) -> torch.Tensor:
+                return flat_region_mask(xm, ratio, max_level=None if self.flat_max_level >= 1.0
+                                        else self.flat_max_level)
+        else:
+            region = {"texture": textured_region_mask, "smooth": smooth_region_mask}[self.placement]
         return torch.cat([region(space.select(sl).to_model(x[sl]), self.support_ratio)
                           for sl in batches(x.shape[0], 256)])
 
