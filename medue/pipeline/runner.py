@@ -69,7 +69,7 @@ class RunSummary:
 
 
 #: Largest fit set held in memory (float32 bytes); beyond it slices are sampled evenly and the rest get ``perturb``.
-MAX_FIT_BYTES = 4 * 1024**3
+MAX_FIT_BYTES = 1024**3
 
 
 @dataclass
@@ -179,8 +179,12 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
     if progress:
         progress(f"fitting {config.protect.method} on {fit.x.shape[0]} slice(s) of {len(fit.owners)} item(s) at "
                  f"{fit.x.shape[-2]}x{fit.x.shape[-1]} px, {'true labels' if fit.labels is not None else 'no labels'}")
+    samplewise = getattr(protector, "mode", "") == "samplewise"
+    slices, resolution = int(fit.x.shape[0]), list(fit.x.shape[-2:])
     delta = protector.fit(fit.x.to(device), None if fit.labels is None else fit.labels.to(device),
-                          fit.space.to(device), generator=make_generator(derive_seed(key, "fit", config.name)))
+                          fit.space.to(device), generator=make_generator(derive_seed(key, "fit", config.name)),
+                          return_delta=samplewise)  # class-wise noise is applied at export: no full-size delta
+    fit.x = None  # type: ignore[assignment]  # the slices are not needed any more: free them before export
     if hasattr(protector, "progress"):
         protector.progress = None
     model = getattr(protector, "model", None)
@@ -203,8 +207,8 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
     protector.save(tmp)
     tmp.replace(layout.protector_state)
     info = {"method": config.protect.method, "config_hash": config.config_hash(), "identity": identity or {},
-            "slices": int(fit.x.shape[0]),
-            "items": len(fit.owners), "fit_resolution": list(fit.x.shape[-2:]),
+            "slices": slices,
+            "items": len(fit.owners), "fit_resolution": resolution,
             "labels_used": fit.labels is not None, "items_with_fitted_delta": stored,
             "fit_seconds": round(time.perf_counter() - t0, 2), "state_fingerprint": protector.state_fingerprint(),
             "state_sha256": sha256_file(layout.protector_state), "params": protector.params(),

@@ -96,13 +96,14 @@ class Protector(ABC):
 
     # --- dataset level -------------------------------------------------------------------------------------
     def fit(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
-            generator: torch.Generator) -> torch.Tensor:
+            generator: torch.Generator, return_delta: bool = True) -> torch.Tensor | None:
         """Learn dataset-level state from ``x_units`` ``(N, 1, H, W)``; return the deltas for these samples.
 
-        The default learns nothing and perturbs each sample with :meth:`perturb`.
+        ``return_delta=False`` (the release job, for methods whose noise is applied at export) returns ``None`` and
+        spares a full-size delta. The default learns nothing and perturbs each sample with :meth:`perturb`.
         """
         self.fitted = True
-        return self.perturb(x_units, labels, space, generator=generator)
+        return self.perturb(x_units, labels, space, generator=generator) if return_delta else None
 
     @abstractmethod
     def perturb(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,

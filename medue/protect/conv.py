@@ -50,7 +50,7 @@ class ConvProtector(Protector):
                 "num_classes": self.num_classes}
 
     def fit(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
-            generator: torch.Generator) -> torch.Tensor:
+            generator: torch.Generator, return_delta: bool = True) -> torch.Tensor | None:
         if labels is None:
             raise ValueError("conv is class-wise: fit() needs labels")
         self.num_classes = max(self.num_classes, int(labels.max()) + 1)
@@ -59,7 +59,7 @@ class ConvProtector(Protector):
         w[:, :, k // 2, k // 2] = 1.0
         self.filters = w / w.sum(dim=(1, 2, 3), keepdim=True)
         self.fitted = True
-        return self.perturb(x_units, labels, space, generator=generator)
+        return self.perturb(x_units, labels, space, generator=generator) if return_delta else None
 
     def perturb(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
                 generator: torch.Generator) -> torch.Tensor:

@@ -181,7 +181,7 @@ class EMProtector(Protector):
                           for sl in batches(x.shape[0], 256)])
 
     def fit(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
-            generator: torch.Generator) -> torch.Tensor:
+            generator: torch.Generator, return_delta: bool = True) -> torch.Tensor | None:
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
         if labels is None:
             self.feature_seed = seed
@@ -192,18 +192,24 @@ class EMProtector(Protector):
         self.model = make_surrogate(self.surrogate_arch, max(num_classes, 2), seed=seed, device=x_units.device)
         if self.epsilon == 0:
             self.fitted = True
-            return torch.zeros_like(x_units)
+            return torch.zeros_like(x_units) if return_delta else None
         if self.mode == "classwise":
-            placement = self._placement(x_units, space)
+            # the per-sample placement is needed to refine the pattern or to return deltas, not otherwise
+            needed = self.settings.max_rounds > 0 or return_delta
+            placement = self._placement(x_units, space) if needed else None
             noise, self.support, self.history = bilevel_classwise_tiled(
                 self.model, x_units, labels, num_classes, space, settings=self.settings, generator=generator,
-                tile=self.tile, mask_ratio=1.0 if placement is not None else self.support_ratio, block=self.block,
+                tile=self.tile, mask_ratio=1.0 if self.placement != "pattern" else self.support_ratio,
+                block=self.block,
                 augment=self.augment, init=self.init, duty=self.duty, placement=placement,
                 positive=self.placement == "flat",
                 progress=self.progress)
             self.class_noise = noise * self.support
             if self._blank_index() is not None:
                 self.class_noise[self._blank_index()] = 0  # no pattern for that class: clean images look like it
+            if not return_delta:
+                self.fitted = True
+                return None
             delta = tile_to(self.class_noise, *x_units.shape[-2:])[labels]
             delta = project(delta if placement is None else delta * placement, x_units, space, self.epsilon)
         else:

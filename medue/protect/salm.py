@@ -23,9 +23,11 @@ spent on a sparse part of each image and a pattern that is a shortcut for the la
       ``duty=0.25`` draws 1-px lines every 4 px, whose harmonics sit at period 4 and period 2, so a 3x3 stem
       (ResNet-18) and a strided 7x7 one (DenseNet-121) both see them;
     * ``placement="flat"``: each image carries its class pattern on its ``mask_ratio`` darkest, flattest pixels
-      (:func:`medue.protect.masks.flat_region_mask`; mostly air and background), non-negative there, so the
-      change avoids anatomy and stands out to a model because nothing else varies there; with ``duty=0.25`` at
-      most a quarter of that region changes;
+      (:func:`medue.protect.masks.flat_region_mask`; air and background first), non-negative there, where it
+      stands out to a model because nothing else varies; ``flat_max_level`` says how far into tissue the region
+      may reach when background is short (1.0 in the release default, so that every image of the patterned class
+      carries about the same amount of lines: images with little background were counter-examples to the
+      shortcut; 0.15 keeps to background); with ``duty=0.25`` at most a quarter of that region changes;
     * ``blank_class=True``: the first class carries no pattern. With a pattern on every class, a clean test image
       carries none of them, so a model falls back on the anatomy it learned beside the shortcut (ResNet-18 with
       flip + crop reached 0.75-0.93); with one class blank, "no pattern" *is* a class, and a clean image reads as

@@ -35,9 +35,9 @@ class UCProtector(EMProtector):
         super().__init__(num_clusters=num_clusters, **kwargs)
 
     def fit(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
-            generator: torch.Generator) -> torch.Tensor:
+            generator: torch.Generator, return_delta: bool = True) -> torch.Tensor | None:
         # EM's label-free path: K-means clusters of a seeded surrogate's features stand in for the labels
-        return super().fit(x_units, None, space, generator=generator)
+        return super().fit(x_units, None, space, generator=generator, return_delta=return_delta)
 
     def perturb(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
                 generator: torch.Generator) -> torch.Tensor:
