@@ -156,6 +156,14 @@ def attacker_view(x_model: torch.Tensor, augment: tuple[str, ...], generator: to
     return x_model
 
 
+def _class_phases(num_classes: int, height: int, width: int, period: int) -> list[torch.Tensor]:
+    """Per class, the phase (in periods) of every pixel along the class's direction (angle ``pi * k / K``)."""
+    v, u = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
+                          indexing="ij")
+    return [(u * torch.cos(torch.tensor(torch.pi * k / num_classes))
+             + v * torch.sin(torch.tensor(torch.pi * k / num_classes))) / period for k in range(num_classes)]
+
+
 def grating(num_classes: int, height: int, width: int, period: int = 4, duty: float = 0.5) -> torch.Tensor:
     """``(K, 1, height, width)`` binary gratings in {-1, 1}, one orientation per class (angle ``pi * k / K``).
 
@@ -164,12 +172,8 @@ def grating(num_classes: int, height: int, width: int, period: int = 4, duty: fl
     A grating is unchanged by a flip along its stripes and only changes phase under a shift, so it stays the same
     shortcut under flips and crops.
     """
-    v, u = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
-                          indexing="ij")
     out = []
-    for k in range(num_classes):
-        theta = torch.pi * k / num_classes
-        phase = (u * torch.cos(torch.tensor(theta)) + v * torch.sin(torch.tensor(theta))) / period
+    for phase in _class_phases(num_classes, height, width, period):
         if duty == 0.5:
             out.append(torch.where(torch.cos(2 * torch.pi * (phase + 0.125)) > 0, 1.0, -1.0))
         else:
@@ -183,14 +187,8 @@ def cosine_grating(num_classes: int, height: int, width: int, period: int = 4) -
     With period 4: +1, 0, -1, 0 along the class's direction. Zero-mean, so on a flat region it changes the local
     mean by nothing (SSIM's luminance term stays 1), and half of its pixels stay unchanged.
     """
-    v, u = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
-                          indexing="ij")
-    out = []
-    for k in range(num_classes):
-        theta = torch.pi * k / num_classes
-        phase = (u * torch.cos(torch.tensor(theta)) + v * torch.sin(torch.tensor(theta))) / period
-        out.append(torch.round(torch.cos(2 * torch.pi * phase)))
-    return torch.stack(out).unsqueeze(1)
+    return torch.stack([torch.round(torch.cos(2 * torch.pi * phase))
+                        for phase in _class_phases(num_classes, height, width, period)]).unsqueeze(1)
 
 
 def block_mask(scores: torch.Tensor, ratio: float, block: int) -> torch.Tensor:
