@@ -269,6 +269,8 @@ def _report(args: argparse.Namespace) -> int:
                 psnr = "identical" if f["psnr_db"] is None else f"{f['psnr_db']:.2f} dB"
                 line += (f" PSNR {psnr} SSIM {f['ssim']:.4f} max|d| {f['max_abs_units']} "
                          f"changed {100 * f['fraction_changed']:.1f}%")
+                if i.get("unchanged_on_purpose"):
+                    line += " (unchanged on purpose: blank class)"
             elif i.get("reason"):
                 line += f" [{i['reason']}] {i.get('message', '')[:100]}"
             print(line)

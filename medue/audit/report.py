@@ -184,7 +184,7 @@ def build_report(layout: OutputLayout, config: PipelineConfig, markers: Sequence
     items = []
     for m in sorted(markers, key=lambda m: m["item_id"]):
         entry = {k: m[k] for k in ("item_id", "status", "format", "modality", "shape", "reason", "message",
-                                   "fidelity", "override", "outputs", "warnings") if k in m}
+                                   "fidelity", "override", "outputs", "warnings", "unchanged_on_purpose") if k in m}
         if "fidelity" in entry:
             entry["fidelity"] = {k: v for k, v in entry["fidelity"].items() if k != "per_slice_psnr_db"}
         items.append(entry)
@@ -265,7 +265,8 @@ def render_html(report: dict[str, Any], markers: Sequence[dict[str, Any]], layou
                  _fmt(i["fidelity"]["psnr_db"], 2), _fmt(i["fidelity"]["ssim"], 4), i["fidelity"]["max_abs_units"],
                  _fmt(i["fidelity"]["max_abs_physical"], 2), _fmt(i["fidelity"]["fraction_changed"], 4),
                  _fmt(i["fidelity"]["data_range"], 0),
-                 "pass" if i["fidelity"]["passed"] else ("override" if i.get("override") else "FAIL")]
+                 ("pass" if i["fidelity"]["passed"] else ("override" if i.get("override") else "FAIL"))
+                 + (" (unchanged on purpose: blank class)" if i.get("unchanged_on_purpose") else "")]
                 for i in report["items"] if "fidelity" in i]),
         f"<p>Policy: <code>{html.escape(json.dumps(report.get('policy', {})))}</code></p>",
     ]
