@@ -181,9 +181,12 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
                  f"{fit.x.shape[-2]}x{fit.x.shape[-1]} px, {'true labels' if fit.labels is not None else 'no labels'}")
     samplewise = getattr(protector, "mode", "") == "samplewise"
     slices, resolution = int(fit.x.shape[0]), list(fit.x.shape[-2:])
-    delta = protector.fit(fit.x.to(device), None if fit.labels is None else fit.labels.to(device),
-                          fit.space.to(device), generator=make_generator(derive_seed(key, "fit", config.name)),
-                          return_delta=samplewise)  # class-wise noise is applied at export: no full-size delta
+    try:
+        delta = protector.fit(fit.x.to(device), None if fit.labels is None else fit.labels.to(device),
+                              fit.space.to(device), generator=make_generator(derive_seed(key, "fit", config.name)),
+                              return_delta=samplewise)  # class-wise noise is applied at export: no full-size delta
+    except ValueError as exc:  # a parameter that only the data can refute (e.g. blank_class beyond the classes)
+        raise InvalidConfigError([f"protect.params: {exc}"]) from exc
     fit.x = None  # type: ignore[assignment]  # the slices are not needed any more: free them before export
     if hasattr(protector, "progress"):
         protector.progress = None

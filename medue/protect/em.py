@@ -168,7 +168,7 @@ class EMProtector(Protector):
         return foreground_mask(space.to_model(x)) if self.foreground_only else None
 
     def _placement(self, x: torch.Tensor, space: UnitSpace) -> torch.Tensor | None:
-        """Per-sample 0/1 mask of where the class pattern goes (``placement`` flat or texture), else ``None``."""
+        """Per-sample 0/1 mask of where the class pattern goes (``placement`` flat, texture or smooth), else ``None``."""
         if self.placement == "pattern":
             return None
         if self.placement == "flat":
@@ -205,6 +205,9 @@ class EMProtector(Protector):
                 positive=self.placement == "flat",
                 progress=self.progress)
             self.class_noise = noise * self.support
+            if self._blank_index() is not None and self._blank_index() >= self.class_noise.shape[0]:
+                raise ValueError(f"blank_class {self.blank_class} names no class: the release has "
+                                 f"{self.class_noise.shape[0]} (0 to {self.class_noise.shape[0] - 1})")
             if self._blank_index() is not None:
                 self.class_noise[self._blank_index()] = 0  # no pattern for that class: clean images look like it
             if not return_delta:
