@@ -523,6 +523,15 @@ def _derive_enhanced(ds: Dataset, src: Dataset, derivation: str) -> None:
     frames = ds.get("PerFrameFunctionalGroupsSequence")
     if frames is None:
         return
+    # Source Image Evidence Sequence (C.8.13.1, required once frames carry a Derivation Image group with
+    # Image Type DERIVED): every instance the derivation references, as a hierarchical SOP instance reference
+    sop, series, study = Dataset(), Dataset(), Dataset()
+    sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID = src.SOPClassUID, src.SOPInstanceUID
+    series.SeriesInstanceUID = src.SeriesInstanceUID
+    series.ReferencedSOPSequence = DicomSequence([sop])
+    study.StudyInstanceUID = src.StudyInstanceUID
+    study.ReferencedSeriesSequence = DicomSequence([series])
+    ds.SourceImageEvidenceSequence = DicomSequence([study])
     for shared in ds.get("SharedFunctionalGroupsSequence", []):
         if "DerivationImageSequence" in shared:
             del shared.DerivationImageSequence  # described per frame below

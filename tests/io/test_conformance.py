@@ -57,19 +57,25 @@ def test_released_dicom_has_no_new_dciodvfy_findings(tmp_path):
 
 @pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy not installed (apt-get install dicom3tools)")
 def test_pydicom_test_corpus_no_abort_and_no_new_findings(tmp_path):
-    """Every DICOM test file shipped in the pydicom wheel (CT, MR, SC, US, RT, SEG, SR, ECG, odd encodings), one
-    folder each, in one batch: nothing aborts, every item ends exported or quarantined with a reason, and each
+    """Every DICOM test file shipped in the pydicom and nibabel wheels (CT, MR, SC, US, RT, SEG, SR, ECG, Siemens
+    and Philips MR, odd encodings), one folder each, in one batch: nothing aborts, every item ends exported or quarantined with a reason, and each
     exported instance has no dciodvfy finding its source did not have and opens in SimpleITK."""
-    import shutil
     from pathlib import Path
 
     import SimpleITK as sitk
     from pydicom.data import get_testdata_files
 
+    import gzip
+
+    import nibabel
+
     inputs = tmp_path / "in"
-    for i, f in enumerate(sorted(get_testdata_files("*.dcm"))):
+    nicom = Path(nibabel.__file__).parent / "nicom" / "tests" / "data"
+    corpus = sorted(get_testdata_files("*.dcm")) + sorted(str(p) for p in nicom.glob("*.dcm*"))
+    for i, f in enumerate(corpus):
         (inputs / f"f{i:03d}").mkdir(parents=True)
-        shutil.copy(f, inputs / f"f{i:03d}" / Path(f).name)
+        target = inputs / f"f{i:03d}" / Path(f).name.removesuffix(".gz")
+        target.write_bytes(gzip.decompress(Path(f).read_bytes()) if f.endswith(".gz") else Path(f).read_bytes())
     (tmp_path / "k").write_text("corpus-key-long-enough-123")
     cfg = {"name": "corpus", "input": str(inputs), "output": str(tmp_path / "out"), "deidentification": "ignore",
            "key": {"env": "MEDUE_TEST_UNSET_KEY", "file": str(tmp_path / "k")},

@@ -227,6 +227,7 @@ def test_enhanced_multiframe_derivation_is_described_per_frame():
     src = Dataset()
     src.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"  # Enhanced MR
     src.SOPInstanceUID = "1.2.3.4"
+    src.SeriesInstanceUID, src.StudyInstanceUID = "1.2.3", "1.2"
     src.ImageType = ["ORIGINAL", "PRIMARY", "T1", "NONE"]
     src.PulseSequenceName = "SE"
     shared, frame_type = Dataset(), Dataset()
@@ -243,6 +244,9 @@ def test_enhanced_multiframe_derivation_is_described_per_frame():
     assert ds.SharedFunctionalGroupsSequence[0].MRImageFrameTypeSequence[0].FrameType[0] == "DERIVED"
     assert "DerivationImageSequence" not in ds.SharedFunctionalGroupsSequence[0]
     assert "PulseSequenceName" not in ds  # required only while ORIGINAL
+    evidence = ds.SourceImageEvidenceSequence[0]  # every referenced instance, by study and series
+    assert evidence.StudyInstanceUID == "1.2" and evidence.ReferencedSeriesSequence[0].SeriesInstanceUID == "1.2.3"
+    assert evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == "1.2.3.4"
     for number, frame in enumerate(ds.PerFrameFunctionalGroupsSequence, start=1):
         derived = frame.DerivationImageSequence[0]
         assert derived.DerivationCodeSequence[0].CodeValue == "113042"
