@@ -165,7 +165,8 @@ def protect_volume(data: np.ndarray | Volume, protector: Protector, *, key: str,
     k = protected.array.astype(np.int64) - vol.array.astype(np.int64)
     original = units.float_input
     out = np.clip(original + k * units.unit, original.min(), original.max()).astype(original.dtype)
-    fid = check_fidelity(original, out, t, data_range=float(vol.valid_range[1]) * units.unit)
+    # the policy is in units (max |delta| in units, PSNR/SSIM over the span in units), so check in unit space
+    fid = check_fidelity(vol.array, protected.array, t, valid_range=vol.valid_range)
     return ProtectResult(out, out - original, fid, None, units.unit)
 
 
