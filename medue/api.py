@@ -122,9 +122,7 @@ def fit(volumes: Sequence[np.ndarray | Volume], labels: Sequence[int] | None = N
     spaces = [UnitSpace.for_volume(u.volume) for u in units]
     counts = [u.volume.array.shape[0] for u in units]
     x = torch.cat([torch.from_numpy(u.volume.array.astype(np.float32)).unsqueeze(1) for u in units]).to(dev)
-    space = UnitSpace(torch.tensor([s.offset for s, n in zip(spaces, counts) for _ in range(n)]).view(-1, 1, 1, 1),
-                      torch.tensor([s.scale for s, n in zip(spaces, counts) for _ in range(n)]).view(-1, 1, 1, 1),
-                      min(s.lo for s in spaces), max(s.hi for s in spaces)).to(dev)
+    space = UnitSpace.per_sample(spaces, counts).to(dev)
     y = None if labels is None else torch.tensor([int(c) for c, n in zip(labels, counts) for _ in range(n)]).to(dev)
     protector.fit(x, y, space, generator=make_generator(derive_seed(key, "fit", method)))
     model = getattr(protector, "model", None)

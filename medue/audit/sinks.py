@@ -75,9 +75,8 @@ class MlflowSink:
 
     def fail(self, status: str = "FAILED") -> None:
         """Close the run opened by :meth:`start` with ``status`` (FAILED, KILLED) when the release did not finish."""
-        run_id = getattr(self, "run_id", None)
-        if run_id:
-            self.mlflow.tracking.MlflowClient(tracking_uri=self.tracking_uri).set_terminated(run_id, status=status)
+        if self.run_id:
+            self.mlflow.tracking.MlflowClient(tracking_uri=self.tracking_uri).set_terminated(self.run_id, status=status)
             self.run_id = None
 
     def log_release(self, *, config: PipelineConfig, markers: Sequence[dict[str, Any]], summary_counts: dict[str, int],
@@ -129,8 +128,7 @@ class MlflowSink:
         tags.update(efficacy_tags)
         tags.update({"medue.check.diagnostic": c["result"] for c in release_checks
                      if c.get("check", "").startswith("diagnostic")})
-        opened = getattr(self, "run_id", None)
-        with (mlflow.start_run(run_id=opened) if opened else
+        with (mlflow.start_run(run_id=self.run_id) if self.run_id else
               mlflow.start_run(experiment_id=exp_id, run_name=f"release-{config.name}")) as run:
             mlflow.set_tags(tags)
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})

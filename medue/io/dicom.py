@@ -161,18 +161,18 @@ def check_declared_size(n_bytes: int, source: str) -> None:
 
 def _decode(ds: Dataset, source: str) -> np.ndarray:
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    check_declared_size(int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1)
-                        * int(ds.get("SamplesPerPixel", 1)) * max(int(ds.BitsAllocated), 8) // 8, source)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.Rows) * int(ds.Columns) * frames * int(ds.get("SamplesPerPixel", 1))
+    check_declared_size(samples * max(int(ds.BitsAllocated), 8) // 8, source)
     if ts is not None and not ts.is_compressed:
-        expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1)
-                    * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8)
+        expected = samples * int(ds.BitsAllocated) // 8
         held = len(ds.get("PixelData") or b"")
         if held < expected:
             raise IngestError(f"pixel data holds {held} bytes, {expected} expected: the file is truncated",
                               source=source, reason="truncated")
         if held > expected + (expected % 2) + 1:  # one padding byte is allowed
             raise IngestError(f"pixel data holds {held} bytes, {expected} expected for {int(ds.Rows)} x "
-                              f"{int(ds.Columns)} x {int(ds.get('NumberOfFrames', 1) or 1)} frame(s): the header "
+                              f"{int(ds.Columns)} x {frames} frame(s): the header "
                               "does not describe the pixels; re-export the file", source=source,
                               reason="bad_pixel_data")
     try:

@@ -99,8 +99,7 @@ def read_itk(path: str | Path, *, root: Path | None = None) -> Volume:
     sitk = _sitk()
     path = Path(path)
     label = relative_label(path, root)
-    if path.suffix.lower() in (".mha", ".mhd", ".nrrd", ".nhdr"):
-        check_text_header(path, label)
+    check_text_header(path, label)  # every ITK suffix medue reads is a MetaImage or NRRD text header
     try:
         info = sitk.ImageFileReader()
         info.SetFileName(str(path))
@@ -110,13 +109,6 @@ def read_itk(path: str | Path, *, root: Path | None = None) -> Volume:
         check_declared_size(int(np.prod(info.GetSize(), dtype=np.int64)) * info.GetNumberOfComponents()
                             * np.dtype(sitk.GetArrayViewFromImage(sitk.Image(1, 1, info.GetPixelID())).dtype).itemsize
                             if info.GetPixelID() >= 0 else 0, label)
-        spacing, origin = np.asarray(info.GetSpacing(), float), np.asarray(info.GetOrigin(), float)
-        direction = np.asarray(info.GetDirection(), float).reshape(len(spacing), len(spacing))
-        if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0) and np.all(np.isfinite(origin))
-                and np.all(np.isfinite(direction)) and abs(np.linalg.det(direction)) > 1e-6):
-            raise IngestError(f"{label}: geometry not usable (spacing {spacing.tolist()}, origin {origin.tolist()}, "
-                              "direction singular or not finite); expected finite positive spacing and an "
-                              "invertible direction", source=label, reason="bad_geometry")
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise IngestError(f"{label}: not readable by SimpleITK ({str(exc).strip().splitlines()[-1]})",

@@ -181,7 +181,7 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True) -> di
                                  "or amplitude) before giving up"}
         result["fidelity"] = fid.to_dict()
         stages["check"] = round(time.perf_counter() - t, 4)
-        on_purpose = getattr(protector, "unchanged_label", lambda label: False)(item.label)
+        on_purpose = protector.unchanged_label(item.label)
         if on_purpose:
             result["unchanged_on_purpose"] = ("class-wise noise with blank_class: this item's class carries no "
                                               "pattern, so the release's other classes do")

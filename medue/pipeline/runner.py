@@ -105,7 +105,7 @@ def _fit_samples(items: list[InputItem], config: PipelineConfig) -> FitSet:
     size: tuple[int, int] | None = (config.protect.fit_size, config.protect.fit_size) if config.protect.fit_size \
         else None
     quota: int | None = None
-    xs, labels, offsets, scales, owners, lo, hi, row = [], [], [], [], [], np.inf, -np.inf, 0
+    xs, labels, spaces, counts, owners, row = [], [], [], [], [], 0
     for item in items:
         if len(owners) >= wanted:
             break
@@ -127,16 +127,14 @@ def _fit_samples(items: list[InputItem], config: PipelineConfig) -> FitSet:
             t = torch.round(F.interpolate(t, size=size, mode="area"))
         xs.append(t)
         labels += [item.label] * len(picks)
-        offsets += [space.offset] * len(picks)
-        scales += [space.scale] * len(picks)
+        spaces.append(space)
+        counts.append(len(picks))
         owners.append((item.item_id, row, len(picks), native))
         row += len(picks)
-        lo, hi = min(lo, space.lo), max(hi, space.hi)
         del vol
     if not xs:
         raise IngestError("no readable input to fit the protector on", reason="empty")
-    space = UnitSpace(torch.tensor(offsets).view(-1, 1, 1, 1), torch.tensor(scales).view(-1, 1, 1, 1),
-                      float(lo), float(hi))
+    space = UnitSpace.per_sample(spaces, counts)
     y = None if any(v is None for v in labels) else torch.tensor(labels, dtype=torch.long)
     return FitSet(torch.cat(xs), y, space, owners)
 

@@ -52,6 +52,16 @@ class UnitSpace:
         return UnitSpace(move(self.offset), move(self.scale), self.lo, self.hi)
 
     @classmethod
+    def per_sample(cls, spaces: list[UnitSpace], counts: list[int]) -> UnitSpace:
+        """One space for slices stacked from several volumes: ``counts[i]`` slices in ``spaces[i]`` each, offset and
+        scale per sample, the valid range wide enough for all."""
+        def column(values: list[Any]) -> torch.Tensor:
+            return torch.tensor([float(v) for v, n in zip(values, counts) for _ in range(n)]).view(-1, 1, 1, 1)
+
+        return cls(column([s.offset for s in spaces]), column([s.scale for s in spaces]),
+                   float(min(s.lo for s in spaces)), float(max(s.hi for s in spaces)))
+
+    @classmethod
     def for_volume(cls, volume: Volume) -> UnitSpace:
         """Map a volume's 0.5-99.5 percentile intensity span to [0, 1]; valid range from its stored dtype."""
         arr = np.asarray(volume.array, dtype=np.float32)
@@ -114,6 +124,10 @@ class Protector(ABC):
         """Resolved constructor parameters, recorded in provenance (never the key)."""
         return {"epsilon": self.epsilon, "step": self.step, "batch_size": self.batch_size,
                 "foreground_only": self.foreground_only}
+
+    def unchanged_label(self, label: int | None) -> bool:
+        """Whether items of class ``label`` are released unchanged on purpose (none, unless a method says so)."""
+        return False
 
     def state_dict(self) -> dict[str, Any]:
         """Learned state (surrogate weights, filters, cluster noise). Empty when nothing is learned."""

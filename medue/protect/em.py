@@ -235,7 +235,7 @@ class EMProtector(Protector):
         return 0 if self.blank_class is True else int(self.blank_class)
 
     def unchanged_label(self, label: int | None) -> bool:
-        """Whether an item of class ``label`` is left unchanged on purpose (``blank_class``)."""
+        """Whether an item of class ``label`` is left unchanged on purpose (``blank_class``, class-wise only)."""
         return self.mode == "classwise" and label is not None and label == self._blank_index()
 
     def perturb(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
