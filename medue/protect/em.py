@@ -31,6 +31,7 @@ from medue.protect.minmin import (
     bilevel_classwise_tiled,
     bilevel_samplewise,
     error_minimizing_delta,
+    grating,
     tile_to,
 )
 from medue.protect.surrogate import make_surrogate
@@ -70,6 +71,13 @@ class EMProtector(Protector):
             first (or that) class without a pattern, the others with theirs. A model that learned
             "pattern -> its class" then reads a clean image (no pattern) as the first class, instead of falling
             back on the anatomy as it does when every class has a pattern and a clean image has none of them.
+        fine_ratio: ``placement="flat"`` class-wise only: the flattest ``fine_ratio`` of each image (inside the
+            flat region) carries a second grating of the same class orientation with period ``fine_tile`` and even
+            duty instead of the main pattern; 0 (default) turns it off. Kept for the record, not recommended: at
+            128 px (one H100, release files) period-2 lines alone caught ResNet-18 (0.71/0.61) and missed DenseNet
+            (0.99), periods 4-8 the other way round, and the two bands together missed DenseNet (0.99) and caught
+            ResNet-18 on one seed of two (benchmarks/results/README.md, session 5).
+        fine_tile: Period in pixels of the ``fine_ratio`` band's grating (even duty: ``fine_tile // 2`` px on).
         duty: Class-wise grating only: fraction of each period that is on (0.5: even stripes; 0.25: thin lines
             whose harmonics reach both a strided stem and a 3x3 one).
         placement: Class-wise only: where a sample carries its class pattern. ``"pattern"``: everywhere the
@@ -91,7 +99,7 @@ class EMProtector(Protector):
                  num_clusters: int = 2, rho: int | None = None, tile: int = 0, block: int = 1,
                  augment: tuple[str, ...] | list[str] = (), init: str = "zeros", placement: str = "pattern",
                  duty: float = 0.5, blank_class: bool | int = False, flat_max_level: float = 0.15,
-                 **kwargs: Any) -> None:
+                 fine_ratio: float = 0.0, fine_tile: int = 2, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         for name, value in (("tile", tile), ("block", block)):
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "tile" else 1):
@@ -115,6 +123,14 @@ class EMProtector(Protector):
                 or not 0.0 < flat_max_level <= 1.0:
             raise ValueError(f"flat_max_level must be in (0, 1], not {flat_max_level!r}")
         self.flat_max_level = float(flat_max_level)
+        if not isinstance(fine_ratio, (int, float)) or isinstance(fine_ratio, bool) or not 0.0 <= fine_ratio < 1.0:
+            raise ValueError(f"fine_ratio must be a fraction in [0, 1), not {fine_ratio!r}")
+        if not isinstance(fine_tile, int) or isinstance(fine_tile, bool) or fine_tile < 2:
+            raise ValueError(f"fine_tile must be a whole number of pixels >= 2, not {fine_tile!r}")
+        if fine_ratio > 0 and (placement != "flat" or mode != "classwise" or init != "grating"):
+            raise ValueError("fine_ratio needs mode: classwise, placement: flat and init: grating "
+                             f"(found mode {mode!r}, placement {placement!r}, init {init!r}); set fine_ratio: 0")
+        self.fine_ratio, self.fine_tile = float(fine_ratio), fine_tile
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         for name, value in (("inner_steps", inner_steps), ("train_steps", train_steps), ("max_rounds", max_rounds),
@@ -154,7 +170,8 @@ class EMProtector(Protector):
                 "max_rounds": s.max_rounds, "stop_accuracy": s.stop_accuracy, "surrogate": self.surrogate_arch,
                 "lr": s.lr, "rho": s.rho, "num_clusters": self.num_clusters, "tile": self.tile,
                 "block": self.block, "augment": list(self.augment), "init": self.init, "placement": self.placement,
-                "duty": self.duty, "blank_class": self.blank_class, "flat_max_level": self.flat_max_level}
+                "duty": self.duty, "blank_class": self.blank_class, "flat_max_level": self.flat_max_level,
+                "fine_ratio": self.fine_ratio, "fine_tile": self.fine_tile}
 
     @property
     def support_ratio(self) -> float:
@@ -179,6 +196,24 @@ class EMProtector(Protector):
             region = {"texture": textured_region_mask, "smooth": smooth_region_mask}[self.placement]
         return torch.cat([region(space.select(sl).to_model(x[sl]), self.support_ratio)
                           for sl in batches(x.shape[0], 256)])
+
+    def _class_delta(self, x: torch.Tensor, labels: torch.Tensor, space: UnitSpace) -> torch.Tensor:
+        """Class-wise delta before projection: each sample's class pattern on its placement (and fine band)."""
+        assert self.class_noise is not None
+        noise = tile_to(self.class_noise.to(x.device), *x.shape[-2:])
+        labels = labels.clamp(0, noise.shape[0] - 1)
+        placement = self._placement(x, space)
+        delta = noise[labels] if placement is None else noise[labels] * placement
+        if self.fine_ratio > 0:
+            fine = grating(noise.shape[0], self.fine_tile, self.fine_tile, period=self.fine_tile, duty=0.5)
+            fine = fine.clamp_min(0).to(x.device) * self.epsilon
+            if self._blank_index() is not None and self._blank_index() < fine.shape[0]:
+                fine[self._blank_index()] = 0
+            band = torch.cat([flat_region_mask(space.select(sl).to_model(x[sl]), self.fine_ratio,
+                                               max_level=None if self.flat_max_level >= 1.0 else self.flat_max_level)
+                              for sl in batches(x.shape[0], 256)])
+            delta = delta * (1 - band) + tile_to(fine, *x.shape[-2:])[labels] * band
+        return delta
 
     def fit(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
             generator: torch.Generator, return_delta: bool = True) -> torch.Tensor | None:
@@ -213,8 +248,7 @@ class EMProtector(Protector):
             if not return_delta:
                 self.fitted = True
                 return None
-            delta = tile_to(self.class_noise, *x_units.shape[-2:])[labels]
-            delta = project(delta if placement is None else delta * placement, x_units, space, self.epsilon)
+            delta = project(self._class_delta(x_units, labels, space), x_units, space, self.epsilon)
         else:
             delta, self.history = bilevel_samplewise(
                 self.model, x_units, labels, space, settings=self.settings, generator=generator,
@@ -249,12 +283,7 @@ class EMProtector(Protector):
             labels = assign(feats, self.centroids)
         labels = self._predict(x_units, space) if labels is None else labels
         if self.mode == "classwise":
-            assert self.class_noise is not None
-            noise = tile_to(self.class_noise.to(x_units.device), *x_units.shape[-2:])
-            labels = labels.clamp(0, noise.shape[0] - 1)
-            placement = self._placement(x_units, space)
-            delta = noise[labels] if placement is None else noise[labels] * placement
-            return project(delta, x_units, space, self.epsilon)
+            return project(self._class_delta(x_units, labels, space), x_units, space, self.epsilon)
         delta = torch.zeros_like(x_units)
         allowed = self._allowed(x_units, space)
         for sl in batches(x_units.shape[0], self.batch_size):

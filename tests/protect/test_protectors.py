@@ -226,3 +226,24 @@ def test_saved_protector_loads_without_pickle_and_perturbs_the_same(tmp_path, me
     a = p.perturb(x, y, space, generator=torch.Generator().manual_seed(2))
     b = q.perturb(x, y, space, generator=torch.Generator().manual_seed(2))
     assert torch.equal(a, b)
+
+
+def test_fine_band_puts_period_two_lines_on_the_flattest_pixels_of_patterned_classes_only():
+    x = torch.zeros(4, 1, 16, 16)
+    x[:, :, :, 8:] = torch.rand(4, 1, 16, 8, generator=torch.Generator().manual_seed(0)) * 200 + 50  # tissue half
+    y = torch.tensor([0, 1, 0, 1])
+    space = UnitSpace(0.0, 255.0, 0.0, 255.0)
+    common = dict(epsilon=8, mode="classwise", placement="flat", init="grating", tile=4, duty=0.25, max_rounds=0,
+                  blank_class=True, flat_max_level=1.0, mask_ratio=0.5)
+    plain = build_protector("salm", **common).fit(x, y, space, generator=torch.Generator().manual_seed(0))
+    p = build_protector("salm", fine_ratio=0.25, fine_tile=2, **common)
+    d = p.fit(x, y, space, generator=torch.Generator().manual_seed(0))
+    assert p.params()["fine_ratio"] == 0.25
+    assert torch.count_nonzero(d[y == 0]) == 0  # the blank class stays blank
+    assert torch.equal(d, p.perturb(x, y, space, generator=torch.Generator().manual_seed(1)))
+    # the band (a quarter of the pixels, background) is half on; the rest of the region keeps the 1-in-4 lines
+    changed = (d[y == 1] != 0).float().mean().item()
+    assert changed > (plain[y == 1] != 0).float().mean().item()
+    assert set(torch.unique(d).tolist()) <= {0.0, 8.0}
+    with pytest.raises(ValueError, match="fine_ratio needs"):
+        build_protector("salm", fine_ratio=0.2, placement="pattern")
