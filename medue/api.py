@@ -157,14 +157,14 @@ def protect_volume(data: np.ndarray | Volume, protector: Protector, *, key: str,
     t = thresholds or FidelityThresholds()
     if units.float_input is None:
         fid = check_fidelity(vol.array, protected.array, t, rescale_slope=vol.rescale[0],
-                             valid_range=vol.valid_range)
+                             valid_range=vol.valid_range, device=dev)
         delta = protected.array.astype(np.int64) - vol.array.astype(np.int64)
         return ProtectResult(protected.array, delta, fid, protected, 1.0)
     k = protected.array.astype(np.int64) - vol.array.astype(np.int64)
     original = units.float_input
     out = np.clip(original + k * units.unit, original.min(), original.max()).astype(original.dtype)
     # the policy is in units (max |delta| in units, PSNR/SSIM over the span in units), so check in unit space
-    fid = check_fidelity(vol.array, protected.array, t, valid_range=vol.valid_range)
+    fid = check_fidelity(vol.array, protected.array, t, valid_range=vol.valid_range, device=dev)
     return ProtectResult(out, out - original, fid, None, units.unit)
 
 

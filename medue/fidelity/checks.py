@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from medue.fidelity.metrics import compute_psnr, compute_ssim, fraction_changed, max_abs_diff
+from medue.fidelity.metrics import volume_metrics
 
 
 @dataclass(frozen=True)
@@ -59,21 +59,19 @@ class FidelityReport:
 
 def check_fidelity(original: np.ndarray, protected: np.ndarray, thresholds: FidelityThresholds, *,
                    rescale_slope: float = 1.0, data_range: float | None = None,
-                   valid_range: tuple[int, int] | None = None) -> FidelityReport:
+                   valid_range: tuple[int, int] | None = None, device: Any = None) -> FidelityReport:
     """Compare ``protected`` with ``original`` (both ``(z, y, x)`` stored units) and apply ``thresholds``.
 
     Args:
         data_range: Span used by PSNR/SSIM, in stored units. Default: ``thresholds.span`` (the original's
             max - min, or with ``data_range="dtype"`` the ``valid_range`` span), stated in the report so the
             numbers can be reproduced.
+        device: Where the metrics are computed (:func:`medue.fidelity.metrics.volume_metrics`; default CPU).
     """
     if data_range is None:
         data_range = thresholds.span(original, valid_range)
-    psnr = compute_psnr(original, protected, data_range=data_range)
-    ssim = compute_ssim(original, protected, data_range=data_range)
-    linf = max_abs_diff(original, protected)
-    frac = fraction_changed(original, protected)
-    per_slice = [compute_psnr(a, b, data_range=data_range) for a, b in zip(original, protected)]
+    m = volume_metrics(original, protected, data_range=data_range, device=device)
+    psnr, ssim, linf, frac, per_slice = m.psnr_db, m.ssim, m.max_abs_units, m.fraction_changed, m.per_slice_psnr_db
     failures = []
     t = thresholds
     if t.min_psnr_db is not None and psnr < t.min_psnr_db:

@@ -172,7 +172,7 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True) -> di
         result["protection"] = step.to_dict()
         slope, _ = volume.rescale
         fid = check_fidelity(volume.array, protected.array, ctx.thresholds, rescale_slope=slope,
-                             valid_range=volume.valid_range)
+                             valid_range=volume.valid_range, device=ctx.device)
         if not fid.passed and ctx.adapt_support:
             protected, fid, kept = adapt_support(volume, protected, fid, ctx, slope)
             result["protection"] = protected.history[-1].to_dict()
@@ -258,7 +258,8 @@ def adapt_support(volume: Any, protected: Any, fid: Any, ctx: JobContext, slope:
         stats = {**step.stats, "fraction_changed": float(np.count_nonzero(thinned) / max(thinned.size, 1)),
                  "linf_units": int(np.abs(thinned).max()) if thinned.size else 0}
         protected = volume.with_array(array, _dc.replace(step, stats=stats, output_fingerprint=fingerprint_array(array)))
-        fid = check_fidelity(original, array, t, rescale_slope=slope, valid_range=volume.valid_range)
+        fid = check_fidelity(original, array, t, rescale_slope=slope, valid_range=volume.valid_range,
+                             device=ctx.device)
         if fid.passed:
             break
     return protected, fid, {"kept_fraction": round(kept, 4), "amplitude_scale": round(scale, 4)}

@@ -62,3 +62,43 @@ def test_diagnostic_preservation_counts_drop_and_agreement():
         diagnostic_preservation(labels, original[:3], protected)
     with pytest.raises(ValueError, match=r"max_accuracy_drop must be in \[0, 1\]"):
         diagnostic_preservation(labels, original, protected, max_accuracy_drop=2)
+
+
+@pytest.mark.parametrize("shape, dtype, span", [((3, 64, 64), np.uint8, 255), ((2, 5, 9), np.uint8, 255),
+                                                ((4, 40, 33), np.int16, 4095), ((48, 48), np.int16, 2000)])
+def test_one_pass_metrics_match_scikit_image(shape, dtype, span):
+    """volume_metrics (torch, float64, chunked) gives scikit-image's PSNR and per-slice SSIM to rounding."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from medue.fidelity.metrics import volume_metrics
+
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, span, shape).astype(dtype)
+    b = np.clip(a.astype(np.int64) + rng.integers(-8, 9, shape) * (rng.random(shape) < 0.2), 0, span).astype(dtype)
+    m = volume_metrics(a, b, data_range=span, budget_bytes=1)  # one slice per chunk: the chunking is exercised
+    a3, b3 = (a[None], b[None]) if a.ndim == 2 else (a, b)
+    win = min(7, *shape[-2:])
+    win = win if win % 2 else win - 1
+    ref = np.mean([structural_similarity(x.astype(float), y.astype(float), data_range=span, win_size=win)
+                   for x, y in zip(a3, b3)])
+    assert m.ssim == pytest.approx(ref, abs=1e-12)
+    assert m.psnr_db == pytest.approx(peak_signal_noise_ratio(a.astype(float), b.astype(float), data_range=span))
+    assert m.per_slice_psnr_db == pytest.approx(
+        [peak_signal_noise_ratio(x.astype(float), y.astype(float), data_range=span) for x, y in zip(a3, b3)])
+    assert m.max_abs_units == max_abs_diff(a, b) and m.fraction_changed == fraction_changed(a, b)
+
+
+@pytest.mark.gpu
+def test_one_pass_metrics_are_the_same_on_a_gpu():
+    import torch
+
+    from medue.fidelity.metrics import volume_metrics
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 4000, (5, 64, 64)).astype(np.int16)
+    b = a + (rng.random(a.shape) < 0.1).astype(np.int16) * 8
+    gpu, cpu = volume_metrics(a, b, data_range=4000, device="cuda"), volume_metrics(a, b, data_range=4000)
+    assert gpu.ssim == pytest.approx(cpu.ssim, abs=1e-12) and gpu.psnr_db == pytest.approx(cpu.psnr_db)
+    assert (gpu.max_abs_units, gpu.fraction_changed) == (cpu.max_abs_units, cpu.fraction_changed)
