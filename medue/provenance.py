@@ -94,10 +94,15 @@ def capture_environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "medue": __version__,
     }
-    for mod in ("numpy", "torch", "pydicom", "nibabel", "SimpleITK", "skimage", "monai", "mlflow"):
+    from importlib.metadata import PackageNotFoundError, version
+
+    # read from the installed packages' metadata: importing mlflow, monai and SimpleITK only to ask took seconds
+    for mod, dist in (("numpy", "numpy"), ("torch", "torch"), ("pydicom", "pydicom"), ("nibabel", "nibabel"),
+                      ("SimpleITK", "SimpleITK"), ("skimage", "scikit-image"), ("monai", "monai"),
+                      ("mlflow", "mlflow")):
         try:
-            env[mod] = __import__(mod).__version__
-        except Exception:  # a missing optional library is recorded as absent, not an error
+            env[mod] = version(dist)
+        except PackageNotFoundError:  # a missing optional library is recorded as absent, not an error
             env[mod] = None
     try:
         from medue.device import determinism_flags
