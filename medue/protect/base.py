@@ -70,7 +70,7 @@ class UnitSpace:
         return cls(offset=float(lo_p), scale=float(max(hi_p - lo_p, 1.0)), lo=float(lo), hi=float(hi))
 
 
-def project(delta: torch.Tensor, x_units: torch.Tensor, space: UnitSpace, epsilon: int) -> torch.Tensor:
+def project(delta: torch.Tensor, x_units: torch.Tensor, space: UnitSpace, epsilon: float) -> torch.Tensor:
     """Round to whole units, clip to the L-inf budget, then to the valid stored range."""
     delta = torch.clamp(torch.round(delta), -epsilon, epsilon)
     return torch.clamp(x_units + delta, space.lo, space.hi) - x_units
@@ -157,6 +157,13 @@ class Protector(ABC):
         torch.save({k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in sorted(state.items())}, buf)
         return hashlib.sha256(buf.getvalue()).hexdigest()
 
+    @property
+    def budget(self) -> float:
+        """The L-inf bound :meth:`protect` projects onto, in stored units: ``epsilon`` for every method except one
+        published without a norm bound and run that way (``conv`` with ``clip: false``), where it is infinite and
+        the fidelity gate alone decides whether the release may go out."""
+        return float(self.epsilon)
+
     def _check_fitted(self) -> None:
         if not self.fitted:
             raise ProtectionError(f"{type(self).__name__} must be fitted first: call fit() on the release's samples")
@@ -189,7 +196,7 @@ class Protector(ABC):
             delta_t = torch.from_numpy(np.asarray(delta, dtype=np.float32)).reshape(x.shape).to(device)
         else:
             delta_t = self.perturb(x, labels, space, generator=generator)
-        delta_t = project(delta_t, x, space, self.epsilon)
+        delta_t = project(delta_t, x, space, self.budget)
         delta = None
         protected = (x + delta_t).squeeze(1).cpu().numpy()
         info = np.iinfo(array.dtype)
@@ -200,8 +207,8 @@ class Protector(ABC):
             linf = max(linf, int(np.abs(diff).max()) if diff.size else 0)
             changed += int(np.count_nonzero(diff))
             squared += float((diff.astype(np.float64) ** 2).sum())
-        if linf > self.epsilon:
-            raise ProtectionError(f"{self.key}: |delta| {linf} exceeds the budget {self.epsilon} after projection")
+        if linf > self.budget:
+            raise ProtectionError(f"{self.key}: |delta| {linf} exceeds the budget {self.budget:g} after projection")
         slope, _ = volume.rescale
         stats = {
             "linf_units": linf,

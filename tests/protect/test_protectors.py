@@ -31,12 +31,13 @@ def test_budget_integer_units_valid_range_and_shape(method, device):
     p = _make(method, epsilon=5)
     delta = p.fit(x, y, space, generator=make_generator(0))
     assert delta.shape == x.shape and delta.device.type == torch.device(device).type
-    assert float(delta.abs().max()) <= 5
+    assert float(delta.abs().max()) <= p.budget  # 5, except conv as published (unbounded: the gate decides)
     assert torch.equal(delta, torch.round(delta))
     assert float((x + delta).min()) >= 0 and float((x + delta).max()) <= 255
     assert float(delta.abs().sum()) > 0
     d2 = p.perturb(x[:4], y[:4], space, generator=make_generator(1))
-    assert float(d2.abs().max()) <= 5 and torch.equal(d2, torch.round(d2))
+    assert float(d2.abs().max()) <= p.budget and torch.equal(d2, torch.round(d2))
+    assert p.budget == (float("inf") if method == "conv" else 5.0)
 
 
 @pytest.mark.parametrize("method", PROTECTORS.keys())
@@ -247,3 +248,21 @@ def test_fine_band_puts_period_two_lines_on_the_flattest_pixels_of_patterned_cla
     assert set(torch.unique(d).tolist()) <= {0.0, 8.0}
     with pytest.raises(ValueError, match="fine_ratio needs"):
         build_protector("salm", fine_ratio=0.2, placement="pattern")
+
+
+def test_conv_follows_the_paper_unbounded_and_clips_only_when_asked():
+    x, y, space = _data(n=8)
+    p = build_protector("conv", epsilon=8)
+    d = p.fit(x, y, space, generator=make_generator(0))
+    w = p.filters
+    assert w.shape == (2, 1, 3, 3) and bool(((w == 1.0).sum(dim=(1, 2, 3)) == 1).all())  # one peak weight of 1
+    assert float(w[w < 1].max()) <= 0.3
+    assert float(d.abs().max()) > 8  # a blur, not a small noise: the paper has no norm bound
+    assert float((x + d).max(dim=-1).values.max(dim=-1).values.min()) >= 0
+    # each image keeps the top of its own range (the paper's img / img.max())
+    assert torch.allclose((x + d).amax(dim=(1, 2, 3)), x.amax(dim=(1, 2, 3)))
+    clipped = build_protector("conv", epsilon=8, clip=True)
+    dc = clipped.fit(x, y, space, generator=make_generator(0))
+    assert float(dc.abs().max()) <= 8 and clipped.params()["clip"] is True
+    with pytest.raises(ValueError, match="clip must be"):
+        build_protector("conv", clip="yes")
