@@ -74,7 +74,8 @@ def main() -> None:
                             "execution": {"device": args.device, "workers": 1},
                             "tracking": {"enabled": False},
                             "report": {"enabled": True, "efficacy_results": None},
-                            "key": {"env": "MEDUE_KEY", "file": str(Path("pipelines/demo.key").resolve())}})
+                            "key": {"env": "MEDUE_KEY", "file": str(Path("pipelines/demo.key").resolve())}},
+                           base_dir="pipelines")
         t = time.perf_counter()
         summary = run_pipeline(cfg)
         total_s = time.perf_counter() - t

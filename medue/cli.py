@@ -120,11 +120,11 @@ def _run(args: argparse.Namespace) -> int:
     from medue.pipeline.executor import parse_shard
     from medue.pipeline.runner import run_pipeline
 
-    overrides: dict = {}
+    overrides: dict = {}  # typed by the user: relative to the current folder, not to the config file
     if args.output:
-        overrides["output"] = args.output
+        overrides["output"] = str(Path(args.output).expanduser().resolve())
     if args.input:
-        overrides["input"] = args.input
+        overrides["input"] = str(Path(args.input).expanduser().resolve())
     execution = {k: v for k, v in (("workers", args.workers), ("backend", args.backend), ("device", args.device))
                  if v is not None}
     if execution:

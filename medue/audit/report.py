@@ -52,6 +52,15 @@ def _png(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _most_changed_window(diff: np.ndarray, size: int) -> tuple[int, int, int]:
+    """``(row, column, size)`` of the ``size`` x ``size`` window with the largest sum of ``diff``."""
+    n = min(size, *diff.shape)
+    c = np.pad(diff.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    sums = c[n:, n:] - c[:-n, n:] - c[n:, :-n] + c[:-n, :-n]
+    y0, x0 = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    return int(y0), int(x0), n
+
+
 def _panel(original: np.ndarray, protected: np.ndarray, title: str) -> str:
     import matplotlib
 
@@ -60,7 +69,8 @@ def _panel(original: np.ndarray, protected: np.ndarray, title: str) -> str:
 
     diff = np.abs(protected.astype(np.int64) - original.astype(np.int64))
     lo, hi = np.percentile(original, [0.5, 99.5])
-    fig, axes = plt.subplots(1, 4, figsize=(12, 3.2))
+    zoom = _most_changed_window(diff, 64) if min(diff.shape) > 96 else None  # 1-px lines vanish when shrunk
+    fig, axes = plt.subplots(1, 5 if zoom else 4, figsize=(15 if zoom else 12, 3.2))
     axes[0].imshow(original, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
     axes[0].set_title("before")
     axes[1].imshow(protected, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
@@ -70,6 +80,13 @@ def _panel(original: np.ndarray, protected: np.ndarray, title: str) -> str:
     fig.colorbar(im, ax=axes[2], fraction=0.046)
     axes[3].imshow(diff > 0, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     axes[3].set_title(f"mask ({100 * float((diff > 0).mean()):.1f}% changed)")
+    if zoom:
+        y0, x0, n = zoom
+        axes[4].imshow(diff[y0:y0 + n, x0:x0 + n], cmap="inferno", vmin=0, vmax=max(int(diff.max()), 1),
+                       interpolation="nearest")
+        axes[4].set_title(f"|delta|, {n}x{n} px at ({x0}, {y0}), not shrunk")
+        axes[2].add_patch(__import__("matplotlib.patches", fromlist=["Rectangle"]).Rectangle(
+            (x0 - 0.5, y0 - 0.5), n, n, fill=False, edgecolor="cyan", linewidth=1))
     for a in axes:
         a.set_xticks([])
         a.set_yticks([])

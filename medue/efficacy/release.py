@@ -204,7 +204,7 @@ def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path,
     labels_cfg = (LabelsConfig(source="table", table=str((root / "train_labels.csv").resolve()))
                   if labels_used else LabelsConfig())
     run_cfg = dataclasses.replace(config, input=str((root / "train").resolve()), output=str(work.resolve()),
-                                  labels=labels_cfg, base_dir=".",
+                                  labels=labels_cfg,
                                   report=dataclasses.replace(config.report, efficacy_results=None))
     t0 = time.perf_counter()
     if existing:

@@ -19,6 +19,8 @@ with dciodvfy in the tests (``tests/io/test_conformance.py``).
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
 import datetime as _dt
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from medue.errors import DeidentificationError, ExportError, IngestError
 from medue.io.paths import relative_label
 from medue.io.atomic import atomic_folder
-from medue.provenance import StepRecord, sha256_file
+from medue.provenance import StepRecord
 from medue.volume import Geometry, SourceRef, Volume
 
 #: Root under which medue makes UIDs (pydicom's registered prefix; a site may pass its own org root).
@@ -302,9 +304,12 @@ def read_dicom_series(paths: Sequence[str | Path], *, deidentification: str = "r
     label = relative_label(paths[0], root)
     datasets: list[Dataset] = []
     warnings: list[str] = []
+    digests: dict[Path, str] = {}
     for p in paths:
         try:
-            ds = pydicom.dcmread(p)
+            raw = p.read_bytes()  # read once: hashed and parsed from the same bytes
+            digests[p] = hashlib.sha256(raw).hexdigest()
+            ds = pydicom.dcmread(io.BytesIO(raw))
         except Exception as exc:  # truncated or corrupt files
             raise IngestError(f"{relative_label(p, root)}: not readable as DICOM ({exc})", source=label, reason="truncated") from exc
         sop = str(ds.get("SOPClassUID", ""))
@@ -416,7 +421,7 @@ def read_dicom_series(paths: Sequence[str | Path], *, deidentification: str = "r
     }
     if "WindowCenter" in first and "WindowWidth" in first:
         header["window"] = (_first_float(first.WindowCenter), _first_float(first.WindowWidth))
-    hashes = tuple(sha256_file(p) for p in order_paths)
+    hashes = tuple(digests[p] for p in order_paths)
     rel = tuple(relative_label(p, root) for p in order_paths)
     source = SourceRef(paths=rel, sha256=hashes, format="dicom", series_uid=str(first.get("SeriesInstanceUID", "")))
     vol = Volume(

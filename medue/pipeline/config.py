@@ -122,7 +122,7 @@ class PipelineConfig:
     base_dir: str = "."
 
     def resolve(self, path: str) -> Path:
-        """Resolve a config-relative path (relative to the current folder, as the CLI user typed it)."""
+        """Resolve a path of the config: relative ones are taken from the config file's folder (``base_dir``)."""
         p = Path(path).expanduser()
         return p if p.is_absolute() else Path(self.base_dir) / p
 
@@ -167,8 +167,8 @@ class PipelineConfig:
     def folder_problems(self) -> list[str]:
         """What is wrong with ``input``/``output`` as folders (`run` refuses, `check` reports): empty when fine."""
         if not self.input_path.exists():
-            return [f"input: folder {self.input} does not exist (relative paths are taken from the current "
-                    "folder); fix `input:` or pass --input"]
+            return [f"input: folder {self.input} does not exist (looked for {self.input_path}: relative paths in a "
+                    "config file are taken from the file's folder); fix `input:` or pass --input"]
         if self.output_path.resolve().is_relative_to(self.input_path.resolve()):
             return [f"output {self.output} lies inside input {self.input}: a later run would protect its own "
                     "outputs again; choose an output folder outside the input folder"]
@@ -368,7 +368,7 @@ def parse_config(data: Any, *, source: str = "config", base_dir: str | Path = ".
     if lab.get("source") is not None and lab.get("source") not in LABEL_SOURCES:
         problems.append(f"labels.source: expected one of {', '.join(LABEL_SOURCES)} or null, got {lab.get('source')!r}")
     if lab.get("source") == "table" and not lab.get("table"):
-        problems.append("labels.table: required with source 'table' (a CSV/TSV file, relative to the current folder)")
+        problems.append("labels.table: required with source 'table' (a CSV/TSV file; a relative path is taken from the config file's folder)")
     if lab.get("source") == "table" and lab.get("id_column", "path") not in ID_COLUMNS:
         problems.append(f"labels.id_column: expected one of {', '.join(ID_COLUMNS)}, got {lab.get('id_column')!r}")
     if lab.get("source") == "dicom_attribute" and not lab.get("attribute"):
@@ -429,7 +429,13 @@ def parse_config(data: Any, *, source: str = "config", base_dir: str | Path = ".
 
 
 def load_config(path: str | Path, *, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
-    """Read a YAML pipeline config; relative paths in it are taken from the current folder."""
+    """Read a YAML pipeline config.
+
+    Relative paths in the file (``input``, ``output``, ``labels.table``, ``key.file``, ``report.efficacy_results``)
+    are taken from the folder the file is in, so a config works from any current folder. ``overrides`` are values
+    given on the command line: make their paths absolute first (the CLI does), since they are the user's, not the
+    file's.
+    """
     path = Path(path)
     if not path.is_file():
         raise InvalidConfigError([f"config file {path} not found"], source=str(path))
@@ -441,7 +447,7 @@ def load_config(path: str | Path, *, overrides: Mapping[str, Any] | None = None)
         data = dict(data)
         for k, v in overrides.items():
             data[k] = {**data[k], **v} if isinstance(v, Mapping) and isinstance(data.get(k), Mapping) else v
-    return parse_config(data, source=str(path), base_dir=".")
+    return parse_config(data, source=str(path), base_dir=path.resolve().parent)
 
 
 def _json_type(annotation: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from medue.protect.base import Protector, UnitSpace, project
 from medue.protect.conv import ConvProtector
 from medue.protect.em import EMProtector, SEMProtector
 from medue.protect.salm import SALMProtector, salm_perturb
+from medue.protect.t2ue import T2UEProtector
 from medue.protect.uc import UCProtector
 from medue.registry import Registry
 
@@ -17,6 +18,7 @@ PROTECTORS.add("em", EMProtector)
 PROTECTORS.add("sem", SEMProtector)
 PROTECTORS.add("conv", ConvProtector, aliases=("cuda-conv",))
 PROTECTORS.add("uc", UCProtector)
+PROTECTORS.add("t2ue", T2UEProtector)
 
 
 def build_protector(method: str, **params: Any) -> Protector:
@@ -45,5 +47,5 @@ def load_protector(path: Any, device: Any = "cpu") -> Protector:
 
 
 __all__ = ["PROTECTORS", "ConvProtector", "EMProtector", "Protector", "SALMProtector", "SEMProtector",
-           "UCProtector", "UnitSpace", "build_protector", "load_protector", "project",
+           "T2UEProtector", "UCProtector", "UnitSpace", "build_protector", "load_protector", "project",
            "salm_perturb"]

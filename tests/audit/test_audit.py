@@ -94,3 +94,15 @@ def test_mlflow_run_opens_at_start_and_a_failed_release_is_recorded_failed(tiny_
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
     runs = client.search_runs([exp.experiment_id])
     assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
+
+
+def test_report_zooms_into_the_most_changed_region_of_large_images():
+    import numpy as np
+
+    from medue.audit.report import _most_changed_window
+
+    diff = np.zeros((300, 400), np.int64)
+    diff[200:210, 330:336] = 8  # a small patch of 1-px-scale change, invisible when a 400 px image is shrunk
+    y0, x0, n = _most_changed_window(diff, 64)
+    assert n == 64 and y0 <= 200 and y0 + n >= 210 and x0 <= 330 and x0 + n >= 336
+    assert _most_changed_window(np.ones((20, 30), np.int64), 64)[2] == 20  # never larger than the image

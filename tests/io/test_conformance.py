@@ -29,7 +29,7 @@ def test_released_dicom_has_no_new_dciodvfy_findings(tmp_path):
     cfg = yaml.safe_load(open("pipelines/default.yaml"))
     cfg.update(output=str(tmp_path / "out"), tracking={"enabled": False},
                report={"enabled": False, "efficacy_results": None})
-    summary = run_pipeline(parse_config(cfg))
+    summary = run_pipeline(parse_config(cfg, base_dir="pipelines"))  # its paths are relative to its folder
     index = json.loads((tmp_path / "out" / "private" / "inputs.local.json").read_text())
     pairs = []  # (output file, its source file), from each item's marker and the site-only input index
     for m in summary.markers:

@@ -109,3 +109,22 @@ def test_config_schema_accepts_the_shipped_pipelines_and_rejects_mistakes(capsys
     bad["execution"]["workers"] = "two"
     errors = list(jsonschema.Draft202012Validator(schema).iter_errors(bad))
     assert len(errors) >= 3
+
+
+def test_relative_paths_in_a_config_file_are_taken_from_its_folder(tmp_path, monkeypatch):
+    from medue.pipeline.config import load_config
+
+    folder = tmp_path / "site" / "configs"
+    folder.mkdir(parents=True)
+    (folder / "labels.csv").write_text("path,label\n")
+    (folder / "job.yaml").write_text("version: 1\nname: rel\ninput: ../data\noutput: ../out\n"
+                                     "labels: {source: table, table: labels.csv}\nkey: {file: site.key}\n")
+    monkeypatch.chdir(tmp_path)  # anywhere else
+    cfg = load_config(folder / "job.yaml")
+    assert cfg.input_path.resolve() == (tmp_path / "site" / "data").resolve()
+    assert cfg.output_path.resolve() == (tmp_path / "site" / "out").resolve()
+    assert cfg.resolve(cfg.labels.table) == folder / "labels.csv"
+    assert cfg.resolve(cfg.key.file) == folder / "site.key"
+    # values given on the command line are the user's: the CLI makes them absolute from the current folder
+    over = load_config(folder / "job.yaml", overrides={"input": str(tmp_path / "elsewhere")})
+    assert over.input_path == tmp_path / "elsewhere"

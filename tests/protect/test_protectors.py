@@ -19,7 +19,7 @@ def _data(n=16, size=16, seed=0):
 
 
 def _make(method, **kw):
-    params = {} if method == "conv" else dict(FAST)
+    params = {"conv": {}, "t2ue": {"train_steps": 4, "reference_size": 16}}.get(method, dict(FAST))
     params.update(kw)
     return build_protector(method, **params)
 
@@ -208,6 +208,7 @@ def test_uc_applies_at_release_the_noise_it_fitted_including_its_placement():
     ("em", {"epsilon": 4, "mode": "classwise", "max_rounds": 1, "inner_steps": 1, "train_steps": 2, "tile": 4}, True),
     ("uc", {"epsilon": 4, "max_rounds": 1, "inner_steps": 1, "train_steps": 2, "num_clusters": 2}, False),
     ("conv", {"epsilon": 4}, True),
+    ("t2ue", {"epsilon": 4, "train_steps": 3, "reference_size": 16, "texts": ["no finding", "a tumour"]}, True),
 ])
 def test_saved_protector_loads_without_pickle_and_perturbs_the_same(tmp_path, method, params, labelled):
     import torch
@@ -266,3 +267,31 @@ def test_conv_follows_the_paper_unbounded_and_clips_only_when_asked():
     assert float(dc.abs().max()) <= 8 and clipped.params()["clip"] is True
     with pytest.raises(ValueError, match="clip must be"):
         build_protector("conv", clip="yes")
+
+
+def test_t2ue_text_embedding_is_deterministic_and_relates_shared_words():
+    from medue.protect.t2ue import embed_text
+
+    a, b = embed_text("brain MRI with a tumour"), embed_text("brain MRI with a tumour")
+    assert torch.equal(a, b) and abs(float(a.norm()) - 1) < 1e-6
+    near, far = float(a @ embed_text("brain MRI without a tumour")), float(a @ embed_text("chest x-ray fracture"))
+    assert near > far
+
+
+def test_t2ue_is_zero_contact_the_images_never_enter_the_fit():
+    space = UnitSpace(0.0, 255.0, 0.0, 255.0)
+    y = torch.tensor([0, 1, 0, 1])
+    kw = dict(texts=["brain MRI, no tumour", "brain MRI with a tumour"], train_steps=6, reference_size=16, epsilon=8)
+    a = build_protector("t2ue", **kw)
+    a.fit(torch.zeros(4, 1, 16, 16), y, space, generator=make_generator(3), return_delta=False)
+    b = build_protector("t2ue", **kw)
+    b.fit(torch.round(torch.rand(4, 1, 24, 24) * 255), y, space, generator=make_generator(3), return_delta=False)
+    assert a.state_fingerprint() == b.state_fingerprint() != ""  # same key and texts: same generator
+    x = torch.zeros(2, 1, 16, 16)
+    x[:, :, :, 8:] = 150  # a body on the right half: the pattern goes on the flat background
+    d = a.perturb(x, torch.tensor([0, 1]), space, generator=make_generator(0))
+    assert torch.equal(d, torch.round(d)) and float(d.min()) >= 0 and float(d.max()) <= 8
+    assert float((d != 0).float().mean()) <= 0.15 and not torch.equal(d[0], d[1])
+    with pytest.raises(ValueError, match="one text per class"):
+        build_protector("t2ue", texts=["only one"], train_steps=1).fit(
+            x, torch.tensor([0, 2]), space, generator=make_generator(0))
