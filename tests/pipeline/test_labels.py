@@ -86,3 +86,15 @@ def test_blank_class_releases_the_first_class_unchanged_on_purpose(tiny_config, 
         by_label["normal" if name.endswith("vol.nii.gz") else "tumour"] = m
     assert by_label["normal"]["fidelity"]["fraction_changed"] == 0 and by_label["normal"]["unchanged_on_purpose"]
     assert by_label["tumour"]["fidelity"]["fraction_changed"] > 0 and "unchanged_on_purpose" not in by_label["tumour"]
+
+
+def test_unbounded_conv_fails_the_gate_as_published_and_is_not_thinned_into_another_method(tiny_config, tmp_path):
+    table = tmp_path / "labels.csv"
+    table.write_text("path,label\nseries_a,tumour\nvol.nii.gz,normal\n")
+    cfg = load_config(tiny_config(labels={"source": "table", "table": str(table)},
+                                  protect={"method": "conv", "params": {"epsilon": 4, "blur": 1.0}},
+                                  fidelity={"min_psnr_db": 45, "min_ssim": 0.5, "max_abs_units": 4}))
+    summary = run_pipeline(cfg)
+    assert summary.counts.get("gate_failed") == 2 and summary.exit_code == 3
+    for m in summary.markers:
+        assert "adapted" not in m and any("max |delta|" in f for f in m["fidelity"]["failures"])
