@@ -66,6 +66,7 @@ def _panel(original: np.ndarray, protected: np.ndarray, title: str) -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
 
     diff = np.abs(protected.astype(np.int64) - original.astype(np.int64))
     lo, hi = np.percentile(original, [0.5, 99.5])
@@ -85,8 +86,7 @@ def _panel(original: np.ndarray, protected: np.ndarray, title: str) -> str:
         axes[4].imshow(diff[y0:y0 + n, x0:x0 + n], cmap="inferno", vmin=0, vmax=max(int(diff.max()), 1),
                        interpolation="nearest")
         axes[4].set_title(f"|delta|, {n}x{n} px at ({x0}, {y0}), not shrunk")
-        axes[2].add_patch(__import__("matplotlib.patches", fromlist=["Rectangle"]).Rectangle(
-            (x0 - 0.5, y0 - 0.5), n, n, fill=False, edgecolor="cyan", linewidth=1))
+        axes[2].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), n, n, fill=False, edgecolor="cyan", linewidth=1))
     for a in axes:
         a.set_xticks([])
         a.set_yticks([])

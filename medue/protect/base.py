@@ -70,6 +70,13 @@ class UnitSpace:
         return cls(offset=float(lo_p), scale=float(max(hi_p - lo_p, 1.0)), lo=float(lo), hi=float(hi))
 
 
+def per_sample_mask(region: Any, x_units: torch.Tensor, space: UnitSpace, ratio: float,
+                    chunk: int = 256) -> torch.Tensor:
+    """``region(x_model, ratio)`` (a model-space mask such as :func:`medue.protect.masks.flat_region_mask`) over
+    ``x_units``, ``chunk`` slices at a time, each slice mapped to model space by its own part of ``space``."""
+    return torch.cat([region(space.select(sl).to_model(x_units[sl]), ratio) for sl in batches(x_units.shape[0], chunk)])
+
+
 def project(delta: torch.Tensor, x_units: torch.Tensor, space: UnitSpace, epsilon: float) -> torch.Tensor:
     """Round to whole units, clip to the L-inf budget, then to the valid stored range."""
     delta = torch.clamp(torch.round(delta), -epsilon, epsilon)

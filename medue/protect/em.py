@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 
-from medue.protect.base import Protector, UnitSpace, batches, project
+from medue.protect.base import Protector, UnitSpace, batches, per_sample_mask, project
 from medue.protect.clusters import assign, kmeans, surrogate_features
 from medue.protect.masks import flat_region_mask, foreground_mask, smooth_region_mask, textured_region_mask
 from medue.protect.minmin import (
@@ -188,14 +188,12 @@ class EMProtector(Protector):
         """Per-sample 0/1 mask of where the class pattern goes (``placement`` flat, texture or smooth), else ``None``."""
         if self.placement == "pattern":
             return None
-        if self.placement == "flat":
-            def region(xm: torch.Tensor, ratio: float) -> torch.Tensor:
-                return flat_region_mask(xm, ratio, max_level=None if self.flat_max_level >= 1.0
-                                        else self.flat_max_level)
-        else:
-            region = {"texture": textured_region_mask, "smooth": smooth_region_mask}[self.placement]
-        return torch.cat([region(space.select(sl).to_model(x[sl]), self.support_ratio)
-                          for sl in batches(x.shape[0], 256)])
+        region = {"flat": self._flat_region, "texture": textured_region_mask,
+                  "smooth": smooth_region_mask}[self.placement]
+        return per_sample_mask(region, x, space, self.support_ratio)
+
+    def _flat_region(self, x_model: torch.Tensor, ratio: float) -> torch.Tensor:
+        return flat_region_mask(x_model, ratio, max_level=None if self.flat_max_level >= 1.0 else self.flat_max_level)
 
     def _class_delta(self, x: torch.Tensor, labels: torch.Tensor, space: UnitSpace) -> torch.Tensor:
         """Class-wise delta before projection: each sample's class pattern on its placement (and fine band)."""
@@ -209,9 +207,7 @@ class EMProtector(Protector):
             fine = fine.clamp_min(0).to(x.device) * self.epsilon
             if self._blank_index() is not None and self._blank_index() < fine.shape[0]:
                 fine[self._blank_index()] = 0
-            band = torch.cat([flat_region_mask(space.select(sl).to_model(x[sl]), self.fine_ratio,
-                                               max_level=None if self.flat_max_level >= 1.0 else self.flat_max_level)
-                              for sl in batches(x.shape[0], 256)])
+            band = per_sample_mask(self._flat_region, x, space, self.fine_ratio)
             delta = delta * (1 - band) + tile_to(fine, *x.shape[-2:])[labels] * band
         return delta
 

@@ -34,13 +34,14 @@ The generator's weights are saved with the release's private protector state; th
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medue.protect.base import Protector, UnitSpace, batches, project
+from medue.protect.base import Protector, UnitSpace, per_sample_mask, project
 from medue.protect.masks import flat_region_mask
 from medue.protect.minmin import tile_to
 from medue.protect.surrogate import make_surrogate
@@ -163,13 +164,26 @@ class T2UEProtector(Protector):
         num_classes = max(int(labels.max()) + 1, len(self.texts or []), 2)
         class_texts = self.class_texts(num_classes)
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        # small enough for the CPU, and run on one thread: with several, the order of float sums in the backward
+        # pass varies from run to run and so would the generator (and every release made from it)
+        device = torch.device("cpu")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            self._fit_generator(class_texts, num_classes, seed, device)
+        finally:
+            torch.set_num_threads(threads)
+        self.fitted = True
+        return self.perturb(x_units, labels, space, generator=generator) if return_delta else None
+
+    def _fit_generator(self, class_texts: list[str], num_classes: int, seed: int, device: torch.device) -> None:
+        """The min-min loop of :meth:`fit` on synthetic reference images (on ``device``, one thread)."""
         g = torch.Generator().manual_seed(seed)
         words = torch.randint(len(VOCABULARY), (self.random_texts, 4), generator=g).tolist()
         pool = class_texts + [" ".join(VOCABULARY[i] for i in w) for w in words]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.generator_net = TextNoiseGenerator(self.tile)
-        device = torch.device("cpu")  # small enough that the reference fit is the same on every machine
         embeddings = torch.stack([embed_text(t) for t in pool])
         eps_model = self.epsilon / 255.0  # the reference images are 8-bit-like: [0, 1] spans 255 units
         size = self.reference_size
@@ -199,8 +213,6 @@ class T2UEProtector(Protector):
         self.generator_net.eval()
         for p in self.generator_net.parameters():
             p.requires_grad_(False)
-        self.fitted = True
-        return self.perturb(x_units, labels, space, generator=generator) if return_delta else None
 
     @torch.no_grad()
     def perturb(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
@@ -212,8 +224,7 @@ class T2UEProtector(Protector):
         patterns = torch.round(self._patterns(self.class_texts(num_classes), x_units.device) * self.epsilon)
         full = tile_to(patterns, *x_units.shape[-2:])
         level = None if self.flat_max_level >= 1.0 else self.flat_max_level
-        region = torch.cat([flat_region_mask(space.select(sl).to_model(x_units[sl]), self.mask_ratio,
-                                             max_level=level) for sl in batches(x_units.shape[0], 256)])
+        region = per_sample_mask(partial(flat_region_mask, max_level=level), x_units, space, self.mask_ratio)
         return project(full[labels] * region, x_units, space, self.epsilon)
 
     def state_dict(self) -> dict[str, Any]:
@@ -234,13 +245,4 @@ class T2UEProtector(Protector):
         self.fitted = True
 
 
-def pattern_separation(protector: T2UEProtector, texts: list[str]) -> float:
-    """Mean L1 distance in stored units between the patterns of ``texts`` (how far apart the classes' noises are)."""
-    pats = torch.round(protector._patterns(texts, torch.device("cpu")) * protector.epsilon).flatten(1)
-    d = torch.cdist(pats, pats, p=1) / pats.shape[1]
-    k = len(texts)
-    return float(d.sum() / max(k * (k - 1), 1)) if k > 1 else 0.0
-
-
-__all__ = ["EMBED_DIM", "VOCABULARY", "T2UEProtector", "TextNoiseGenerator", "embed_text", "pattern_separation",
-           "reference_images"]
+__all__ = ["EMBED_DIM", "VOCABULARY", "T2UEProtector", "TextNoiseGenerator", "embed_text", "reference_images"]

@@ -295,3 +295,20 @@ def test_t2ue_is_zero_contact_the_images_never_enter_the_fit():
     with pytest.raises(ValueError, match="one text per class"):
         build_protector("t2ue", texts=["only one"], train_steps=1).fit(
             x, torch.tensor([0, 2]), space, generator=make_generator(0))
+
+
+def test_t2ue_fit_is_the_same_whatever_the_thread_count():
+    space = UnitSpace(0.0, 255.0, 0.0, 255.0)
+    y = torch.tensor([0, 1])
+    threads = torch.get_num_threads()
+    fingerprints = []
+    try:
+        for n in (2, 2, 1):
+            torch.set_num_threads(n)
+            p = build_protector("t2ue", epsilon=8, train_steps=20)
+            p.fit(torch.zeros(2, 1, 8, 8), y, space, generator=make_generator(5), return_delta=False)
+            fingerprints.append(p.state_fingerprint())
+            assert torch.get_num_threads() == n  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(threads)
+    assert len(set(fingerprints)) == 1
