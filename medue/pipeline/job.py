@@ -227,8 +227,10 @@ def adapt_support(volume: Any, protected: Any, fid: Any, ctx: JobContext, slope:
     """Make a failing item pass the gate with less noise rather than drop it (which would skew the classes).
 
     A PSNR or fraction-changed failure keeps a keyed random subset of the changed voxels, sized from the
-    shortfall; an SSIM failure (noise in flat regions) scales the amplitude down. Never below ``min_kept`` of the
-    support or ``min_scale`` of the amplitude: an image that only passes with (almost) no noise is a gate
+    shortfall; an SSIM failure (noise in flat regions) scales the amplitude down. A fraction-changed failure
+    thins straight to the configured fraction (a dense method, class-wise EM for one, keeps the most voxels the
+    config allows, however few that is of its own support); PSNR-driven thinning stops at ``min_kept`` of the
+    support and amplitude scaling at ``min_scale``: an image that only passes with (almost) no noise is a gate
     failure, not a protected image. Returns ``(protected volume, fidelity report, what was kept)``.
     """
     import dataclasses as _dc
@@ -243,16 +245,19 @@ def adapt_support(volume: Any, protected: Any, fid: Any, ctx: JobContext, slope:
     t = ctx.thresholds
     step = protected.history[-1]
     for _ in range(attempts):
-        need = []
-        if t.min_psnr_db is not None and np.isfinite(fid.psnr_db) and fid.psnr_db < t.min_psnr_db:
-            need.append(10 ** (-(t.min_psnr_db - fid.psnr_db + 0.3) / 10))
-        if t.max_fraction_changed is not None and fid.fraction_changed > t.max_fraction_changed:
-            need.append(t.max_fraction_changed / max(fid.fraction_changed, 1e-12) * 0.98)
-        if need and kept > min_kept:
-            kept = max(kept * min(need), min_kept)
-        elif scale > min_scale:
+        over = t.max_fraction_changed is not None and fid.fraction_changed > t.max_fraction_changed
+        low_psnr = t.min_psnr_db is not None and np.isfinite(fid.psnr_db) and fid.psnr_db < t.min_psnr_db
+        changed = False
+        if over:  # the config's own limit: thin to it, whatever share of the support that leaves
+            kept *= t.max_fraction_changed / max(fid.fraction_changed, 1e-12) * 0.98
+            changed = True
+        if low_psnr and kept > min_kept:
+            kept = max(kept * 10 ** (-(t.min_psnr_db - fid.psnr_db + 0.3) / 10), min_kept)
+            changed = True
+        if not changed and scale > min_scale:  # SSIM, or PSNR with the support at its floor
             scale = max(scale * 0.7, min_scale)
-        else:
+            changed = True
+        if not changed:
             break
         thinned = np.where(order < kept, delta, 0)
         thinned = np.sign(thinned) * np.floor(np.abs(thinned) * scale + 0.5).astype(np.int64)

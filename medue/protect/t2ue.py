@@ -137,7 +137,7 @@ class T2UEProtector(Protector):
         self.tile, self.mask_ratio, self.flat_max_level = tile, float(mask_ratio), float(flat_max_level)
         self.train_steps, self.reference_size, self.random_texts, self.lr = train_steps, reference_size, random_texts, lr
         self.generator_net: TextNoiseGenerator | None = None
-        self.history: list[float] = []
+        self.losses: list[float] = []  # min-min loss per step
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "texts": self.texts, "tile": self.tile, "mask_ratio": self.mask_ratio,
@@ -190,7 +190,7 @@ class T2UEProtector(Protector):
         surrogate = make_surrogate("small", num_classes, seed=seed, device=device)
         opt_g = torch.optim.Adam(self.generator_net.parameters(), lr=self.lr)
         opt_s = torch.optim.Adam(surrogate.parameters(), lr=self.lr)
-        self.history = []
+        self.losses = []
         for step in range(self.train_steps):
             if step % 100 == 0:  # a fresh surrogate now and then: the patterns must be easy for any new model
                 surrogate = make_surrogate("small", num_classes, seed=seed + step, device=device)
@@ -209,7 +209,7 @@ class T2UEProtector(Protector):
             loss.backward()
             opt_s.step()
             opt_g.step()  # both minimise: error-minimising noise (min-min)
-            self.history.append(round(float(loss.detach()), 5))
+            self.losses.append(round(float(loss.detach()), 5))
         self.generator_net.eval()
         for p in self.generator_net.parameters():
             p.requires_grad_(False)
@@ -233,7 +233,7 @@ class T2UEProtector(Protector):
         return {f"generator.{k}": v for k, v in self.generator_net.state_dict().items()}
 
     def extra_state(self) -> dict[str, Any]:
-        return {"history": list(self.history)}
+        return {"losses": list(self.losses)}
 
     def load_state(self, state: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
         weights = {k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")}
@@ -241,7 +241,7 @@ class T2UEProtector(Protector):
             self.generator_net = TextNoiseGenerator(self.tile)
             self.generator_net.load_state_dict(weights)
             self.generator_net.eval()
-        self.history = list(extra.get("history", []))
+        self.losses = list(extra.get("losses", []))
         self.fitted = True
 
 

@@ -98,3 +98,30 @@ def test_unbounded_conv_fails_the_gate_as_published_and_is_not_thinned_into_anot
     assert summary.counts.get("gate_failed") == 2 and summary.exit_code == 3
     for m in summary.markers:
         assert "adapted" not in m and any("max |delta|" in f for f in m["fidelity"]["failures"])
+
+
+def test_gate_adaptation_thins_a_dense_delta_to_the_configured_fraction_and_keeps_the_rest():
+    """A dense method (class-wise EM changes ~every pixel) must not be dropped by a fraction-changed limit: the
+    item keeps a keyed random subset of its noise, as large as the limit allows, at full amplitude."""
+    import dataclasses
+
+    import numpy as np
+
+    from medue.fidelity.checks import FidelityThresholds, check_fidelity
+    from medue.pipeline.job import JobContext, adapt_support
+    from medue.provenance import StepRecord
+    from medue.testing import make_volume
+
+    vol = make_volume((2, 48, 48), dtype="uint16")
+    sign = np.where(np.indices(vol.array.shape).sum(0) % 2 == 0, 8, -8)
+    protected_array = (vol.array.astype(np.int64) + sign).clip(0, None).astype(vol.array.dtype)
+    protected = vol.with_array(protected_array, StepRecord(name="em", stats={"linf_units": 8}))
+    thresholds = FidelityThresholds(min_psnr_db=None, min_ssim=None, max_abs_units=8, max_fraction_changed=0.2)
+    fid = check_fidelity(vol.array, protected_array, thresholds)
+    assert not fid.passed and fid.fraction_changed > 0.7
+    ctx = JobContext(out=".", input_root=".", key="k" * 32, key_fingerprint="f", method="em", thresholds=thresholds)
+    out, fid2, kept = adapt_support(vol, protected, fid, ctx, 1.0)
+    assert fid2.passed, fid2.failures
+    assert 0.15 < fid2.fraction_changed <= 0.2 and fid2.max_abs_units == 8 and kept["amplitude_scale"] == 1.0
+    again, _, _ = adapt_support(vol, protected, fid, dataclasses.replace(ctx), 1.0)
+    assert np.array_equal(again.array, out.array)  # keyed: the same subset every time

@@ -19,7 +19,9 @@ def _data(n=16, size=16, seed=0):
 
 
 def _make(method, **kw):
-    params = {"conv": {}, "t2ue": {"train_steps": 4, "reference_size": 16}}.get(method, dict(FAST))
+    params = {"conv": {}, "t2ue": {"train_steps": 4, "reference_size": 16},
+              "uc": {"num_clusters": 2, "extractor_steps": 3, "generator_steps": 3, "fit_resolution": 16}
+              }.get(method, dict(FAST))
     params.update(kw)
     return build_protector(method, **params)
 
@@ -132,6 +134,7 @@ def test_foreground_only_leaves_background():
     ("conv", {"kernel_size": 4}, "kernel_size must be a positive odd integer"),
     ("conv", {"blur": 0}, r"blur must be in \(0, 1\]"),
     ("uc", {"num_clusters": 0}, "num_clusters must be an integer >= 1"),
+    ("uc", {"mask_ratio": 0}, r"mask_ratio must be null \(dense\) or in \(0, 1\]"),
     ("em", {"surrogate": "vgg"}, "surrogate must be"),
 ])
 def test_bad_arguments_raise(method, kwargs, match):
@@ -193,12 +196,27 @@ def test_unlabelled_class_wise_release_applies_the_clusters_it_was_fitted_on():
     assert torch.equal(d, p.perturb(x, None, space, generator=torch.Generator().manual_seed(1)))
 
 
-def test_uc_applies_at_release_the_noise_it_fitted_including_its_placement():
-    x = (torch.rand(12, 1, 16, 16, generator=torch.Generator().manual_seed(4)) * 255).round()
+def test_uc_is_cluster_wise_label_free_and_applies_at_release_the_noise_it_fitted():
+    g = torch.Generator().manual_seed(4)
+    dark = (torch.rand(8, 1, 32, 32, generator=g) * 40).round()
+    bright = (torch.rand(8, 1, 32, 32, generator=g) * 40 + 200).round()
+    x = torch.cat([dark, bright])
     space = UnitSpace(0.0, 255.0, 0.0, 255.0)
-    p = build_protector("uc", tile=4, placement="flat", init="grating", max_rounds=0)
-    d = p.fit(x, torch.zeros(12, dtype=torch.long), space, generator=torch.Generator().manual_seed(0))
+    p = build_protector("uc", num_clusters=2, extractor_steps=5, generator_steps=5, fit_resolution=16, epsilon=6)
+    d = p.fit(x, None, space, generator=torch.Generator().manual_seed(0))
+    with_labels = build_protector("uc", **{k: v for k, v in p.params().items()})
+    assert torch.equal(d, with_labels.fit(x, torch.arange(16) % 2, space, generator=torch.Generator().manual_seed(0)))
     assert torch.equal(d, p.perturb(x, None, space, generator=torch.Generator().manual_seed(1)))
+    clusters = p.clusters_of(x, space)
+    assert sorted(p.cluster_sizes) == sorted(torch.bincount(clusters, minlength=2).tolist())
+    pattern = torch.round(torch.nn.functional.interpolate(p.noise, size=(32, 32), mode="nearest") * 6)
+    inside = (x >= 6) & (x <= 249)  # where the valid range cannot clip the delta
+    for i in range(16):  # every image carries its cluster's one perturbation
+        assert torch.equal(d[i][inside[i]], pattern[clusters[i]][inside[i]])
+    assert 0 < d.abs().max() <= 6 and torch.equal(d, d.round())
+    sparse = build_protector("uc", **{**p.params(), "mask_ratio": 0.25})
+    ds = sparse.fit(x, None, space, generator=torch.Generator().manual_seed(0))
+    assert (ds != 0).float().mean(dim=(1, 2, 3)).max() <= 0.25 + 1e-6
 
 
 @pytest.mark.parametrize("method, params, labelled", [
@@ -206,7 +224,8 @@ def test_uc_applies_at_release_the_noise_it_fitted_including_its_placement():
     ("salm", {"epsilon": 4, "mode": "classwise", "placement": "flat", "init": "grating", "tile": 4,
               "max_rounds": 0, "blank_class": True}, True),
     ("em", {"epsilon": 4, "mode": "classwise", "max_rounds": 1, "inner_steps": 1, "train_steps": 2, "tile": 4}, True),
-    ("uc", {"epsilon": 4, "max_rounds": 1, "inner_steps": 1, "train_steps": 2, "num_clusters": 2}, False),
+    ("uc", {"epsilon": 4, "extractor_steps": 2, "generator_steps": 2, "num_clusters": 2, "fit_resolution": 16},
+     False),
     ("conv", {"epsilon": 4}, True),
     ("t2ue", {"epsilon": 4, "train_steps": 3, "reference_size": 16, "texts": ["no finding", "a tumour"]}, True),
 ])
