@@ -203,9 +203,9 @@ def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path,
     work = Path(work)
     labels_cfg = (LabelsConfig(source="table", table=str((root / "train_labels.csv").resolve()))
                   if labels_used else LabelsConfig())
-    run_cfg = dataclasses.replace(config, input=str((root / "train").resolve()), output=str(work.resolve()),
+    run_cfg = config.model_copy(update=dict(input=str((root / "train").resolve()), output=str(work.resolve()),
                                   labels=labels_cfg,
-                                  report=dataclasses.replace(config.report, efficacy_results=None))
+                                  report=config.report.model_copy(update={"efficacy_results": None})))
     t0 = time.perf_counter()
     if existing:
         log(f"reading the existing release in {work} (not re-run)")
@@ -293,7 +293,7 @@ def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path,
         "method": config.protect.method,
         "params": fit_info.get("params", {}),
         "config": {"fit_max_slices": config.protect.fit_max_slices, "fit_size": config.protect.fit_size,
-                   "fidelity": dataclasses.asdict(config.fidelity)},
+                   "fidelity": config.fidelity.model_dump()},
         "labels_used": bool(labels_used),
         "exported": {c: v["exported"] for c, v in per_class.items()},
         "expected": {c: v["expected"] for c, v in per_class.items()},

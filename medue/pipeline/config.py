@@ -1,37 +1,46 @@
-"""Pipeline configuration: declarative YAML parsed once into frozen dataclasses; every problem reported at once.
+"""Pipeline configuration: declarative YAML validated by pydantic models; every problem reported at once.
 
-Only registry keys and plain values are allowed: nothing in a config is imported or evaluated.
+Only registry keys and plain values are allowed: nothing in a config is imported or evaluated. The models below
+(frozen, unknown keys forbidden, strict types: ``"false"`` is not ``false``) check each value's type and range;
+what depends on several values or on the protector registry (an override needs a reason *and* a name, a label
+table with ``source: table``, each method's own ``protect.params``) is checked beside them, and
+:func:`parse_config` reports all of it in one :class:`~medue.errors.InvalidConfigError`, with did-you-mean for
+misspelt keys. ``medue config-schema`` prints the models' JSON Schema.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medue.errors import InvalidConfigError
 from medue.fidelity.checks import FidelityThresholds
 from medue.io.dicom import DEID_POLICIES
+from medue.labels import ID_COLUMNS, LABEL_SOURCES
 
 CONFIG_VERSION = 1
 
 
-@dataclass(frozen=True)
-class KeyConfig:
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class KeyConfig(_Section):
     """Where the secret protection key comes from: ``env`` variable first, then ``file``."""
 
-    env: str = "MEDUE_KEY"
+    env: str | None = "MEDUE_KEY"
     file: str | None = None
 
 
-@dataclass(frozen=True)
-class ProtectConfig:
+class ProtectConfig(_Section):
     """Protection method and how it is fitted.
 
     ``fit_max_slices``: ``None`` (default) fits on every slice of the release (dataset-level optimisation); a number
@@ -40,40 +49,46 @@ class ProtectConfig:
     """
 
     method: str = "salm"
-    params: Mapping[str, Any] = field(default_factory=dict)
-    fit_max_slices: int | None = None
-    fit_size: int | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    fit_max_slices: int | None = Field(None, ge=1)
+    fit_size: int | None = Field(None, ge=8)
     reversible: bool = False
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        from medue.protect import PROTECTORS
 
-@dataclass(frozen=True)
-class LabelsConfig:
+        PROTECTORS.get(value)  # raises with the registered names and a did-you-mean
+        return value
+
+
+class LabelsConfig(_Section):
     """Where each item's class comes from (see :mod:`medue.labels`); ``source: null`` means no labels."""
 
-    source: str | None = None
+    source: Literal[LABEL_SOURCES] | None = None  # type: ignore[valid-type]
     table: str | None = None
-    id_column: str = "path"
+    id_column: Literal[ID_COLUMNS] = "path"  # type: ignore[valid-type]
     label_column: str = "label"
     attribute: str | None = None
     include_in_release: bool = False
 
 
-@dataclass(frozen=True)
-class FidelityPolicy:
+class FidelityPolicy(_Section):
     """Release thresholds. ``None`` disables a threshold."""
 
-    min_psnr_db: float | None = 40.0
-    min_ssim: float | None = 0.95
-    max_abs_units: int | None = None
-    max_abs_physical: float | None = None
-    max_fraction_changed: float | None = None
+    min_psnr_db: float | None = Field(40.0, ge=0)
+    min_ssim: float | None = Field(0.95, ge=-1, le=1)
+    max_abs_units: int | None = Field(None, ge=0)
+    max_abs_physical: float | None = Field(None, ge=0)
+    max_fraction_changed: float | None = Field(None, ge=0, le=1)
     #: Largest drop in a clean-trained model's accuracy on protected vs original images, read from the efficacy
     #: results attached in ``report.efficacy_results`` (see :mod:`medue.fidelity.diagnostic`); ``None`` disables.
-    max_diagnostic_accuracy_drop: float | None = 0.02
+    max_diagnostic_accuracy_drop: float | None = Field(0.02, ge=0, le=1)
     override_reason: str | None = None
     override_by: str | None = None
     #: PSNR/SSIM data range: "volume" (original max - min) or "dtype" (stored type's span; for 8-bit images).
-    data_range: str = "volume"
+    data_range: Literal["volume", "dtype"] = "volume"
 
     @property
     def thresholds(self) -> FidelityThresholds:
@@ -82,35 +97,40 @@ class FidelityPolicy:
                                   max_fraction_changed=self.max_fraction_changed, data_range=self.data_range)
 
 
-@dataclass(frozen=True)
-class ExecutionConfig:
+class ExecutionConfig(_Section):
     device: str = "auto"
-    workers: int = 1
-    backend: str = "local"
+    workers: int = Field(1, ge=1)
+    backend: Literal["local", "ray"] = "local"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
-@dataclass(frozen=True)
-class TrackingConfig:
+class TrackingConfig(_Section):
     enabled: bool = True
     uri: str | None = None
     experiment: str = "medue"
 
 
-@dataclass(frozen=True)
-class ReportConfig:
+class ReportConfig(_Section):
     enabled: bool = True
     efficacy_results: str | None = None
-    max_items_pictured: int = 8
+    max_items_pictured: int = Field(8, ge=0)
 
 
-@dataclass(frozen=True)
-class PipelineConfig:
-    name: str
-    input: str
-    output: str
+class PipelineConfig(_Section):
+    """A whole release job. ``base_dir`` is not a setting: it is the config file's folder (see :meth:`resolve`)."""
+
+    name: str = Field(min_length=1)
+    input: str = Field(min_length=1)
+    output: str = Field(min_length=1)
     version: int = CONFIG_VERSION
-    deidentification: str = "refuse"
-    uid_mode: str = "keyed"
+    deidentification: Literal[DEID_POLICIES] = "refuse"  # type: ignore[valid-type]
+    uid_mode: Literal["keyed", "random"] = "keyed"
     uid_root: str | None = None
     key: KeyConfig = KeyConfig()
     labels: LabelsConfig = LabelsConfig()
@@ -119,7 +139,22 @@ class PipelineConfig:
     execution: ExecutionConfig = ExecutionConfig()
     tracking: TrackingConfig = TrackingConfig()
     report: ReportConfig = ReportConfig()
-    base_dir: str = "."
+    base_dir: str = Field(".", exclude=True)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: int) -> int:
+        if value != CONFIG_VERSION:
+            raise ValueError(f"this medue reads config version {CONFIG_VERSION}")
+        return value
+
+    @field_validator("uid_root")
+    @classmethod
+    def _uid_root(cls, value: str | None) -> str | None:
+        if value is not None and not (re.fullmatch(r"([1-9]\d*|0)(\.([1-9]\d*|0))*\.", value) and len(value) <= 40):
+            raise ValueError("expected your organisation's DICOM UID root ending in '.', at most 40 characters, "
+                             "digits and dots only, e.g. '1.2.826.0.1.3680043.10.1234.'")
+        return value
 
     def resolve(self, path: str) -> Path:
         """Resolve a path of the config: relative ones are taken from the config file's folder (``base_dir``)."""
@@ -135,10 +170,7 @@ class PipelineConfig:
         return self.resolve(self.output)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["protect"]["params"] = dict(self.protect.params)
-        d.pop("base_dir")
-        return d
+        return self.model_dump(mode="python")
 
     def config_hash(self) -> str:
         """Hash of what determines the release's content: not ``execution``, ``tracking`` or ``report``."""
@@ -234,7 +266,7 @@ def check_key_strength(key: str, where: str) -> str:
     return stripped
 
 
-_SECTIONS = {
+_SECTIONS: dict[str, type[_Section]] = {
     "key": KeyConfig,
     "labels": LabelsConfig,
     "protect": ProtectConfig,
@@ -245,13 +277,80 @@ _SECTIONS = {
 }
 
 
-def _fields(cls: type) -> set[str]:
-    return {f for f in cls.__dataclass_fields__ if f != "base_dir"}
+def _fields(cls: type[BaseModel]) -> list[str]:
+    return [f for f in cls.model_fields if f != "base_dir"]
 
 
-def _check_type(problems: list[str], where: str, value: Any, types: tuple[type, ...], expect: str) -> None:
-    if value is not None and (not isinstance(value, types) or isinstance(value, bool) and bool not in types):
-        problems.append(f"{where}: expected {expect}, got {type(value).__name__} {value!r}")
+_EXPECT = {"bool_type": "expected true or false", "int_type": "expected a whole number",
+           "float_type": "expected a number", "string_type": "expected a string", "dict_type": "expected a mapping",
+           "model_type": "expected a mapping", "model_attributes_type": "expected a mapping",
+           "list_type": "expected a list", "finite_number": "NaN or infinity is not a value here; give a number or null"}
+
+
+def _problem(error: Mapping[str, Any]) -> str:
+    """One pydantic error as medue words it: where, what was expected, what was found (and did-you-mean)."""
+    loc = tuple(str(p) for p in error["loc"])
+    where, kind, value = ".".join(loc), error["type"], error.get("input")
+    ctx = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        section = loc[0] if len(loc) > 1 else None
+        allowed = _fields(_SECTIONS[section]) if section in _SECTIONS else _fields(PipelineConfig)
+        close = difflib.get_close_matches(loc[-1], allowed, n=1)
+        return (f"unknown key {loc[-1]!r} " + (f"in {section}" if section else "at top level")
+                + (f" (did you mean {close[0]!r}?)" if close else "") + f"; allowed: {', '.join(sorted(allowed))}")
+    if kind == "missing" or (kind == "string_too_short" and where in ("name", "input", "output")):
+        example = "my-release" if where == "name" else "path/to/folder"
+        return f"{where}: required, e.g. {where}: {example}"
+    if kind in _EXPECT:
+        found = f"{type(value).__name__} {value!r}" if kind != "finite_number" else repr(value)
+        return f"{where}: {_EXPECT[kind]}, got {found}"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        ge, le = _bounds(loc)
+        span = f"in [{ge:g}, {le:g}]" if ge is not None and le is not None else (
+            f">= {ge:g}" if ge is not None else f"<= {le:g}")
+        return f"{where}: must be {span}, got {value!r}"
+    if kind == "literal_error":
+        return f"{where}: expected {ctx.get('expected', '')}, got {value!r}"
+    if kind == "value_error":
+        return f"{where}: {ctx.get('error', error['msg'])}, got {value!r}"
+    return f"{where}: {error['msg']}, got {value!r}"
+
+
+def _bounds(loc: tuple[str, ...]) -> tuple[float | None, float | None]:
+    """The ``ge``/``le`` bounds declared for the field at ``loc``."""
+    from annotated_types import Ge, Le
+
+    cls: type[BaseModel] = _SECTIONS[loc[0]] if len(loc) > 1 else PipelineConfig
+    info = cls.model_fields[loc[-1]]
+    ge = next((m.ge for m in info.metadata if isinstance(m, Ge)), None)
+    le = next((m.le for m in info.metadata if isinstance(m, Le)), None)
+    return ge, le
+
+
+def _cross_field_problems(data: Mapping[str, Any]) -> list[str]:
+    """Rules over several values, and each method's own parameters: checked on the raw mapping, beside the
+    models, so that they are reported together with every type and range problem."""
+    from medue.protect import PROTECTORS
+
+    def section(name: str) -> Mapping[str, Any]:
+        value = data.get(name)
+        return value if isinstance(value, Mapping) else {}
+
+    problems: list[str] = []
+    p, lab, f = section("protect"), section("labels"), section("fidelity")
+    method, params = p.get("method", "salm"), p.get("params") or {}
+    if isinstance(method, str) and method in PROTECTORS and isinstance(params, Mapping):
+        problems += _check_protect_params(method, params)
+        if getattr(PROTECTORS.get(method), "needs_labels", False) and lab.get("source") is None:
+            problems.append(f"protect.method {method!r} is class-wise and needs labels: add a `labels:` section")
+    if lab.get("source") == "table" and not lab.get("table"):
+        problems.append("labels.table: required with source 'table' (a CSV/TSV file; a relative path is taken from "
+                        "the config file's folder)")
+    if lab.get("source") == "dicom_attribute" and not lab.get("attribute"):
+        problems.append("labels.attribute: required with source 'dicom_attribute' (a DICOM keyword)")
+    if bool(f.get("override_reason")) != bool(f.get("override_by")):
+        problems.append("fidelity: an override needs both override_reason and override_by")
+    return problems
 
 
 #: Protector parameters that take more than one type (``blank_class``: true, false or a class index).
@@ -305,127 +404,22 @@ def _check_protect_params(method: str, params: Mapping[str, Any]) -> list[str]:
 
 def parse_config(data: Any, *, source: str = "config", base_dir: str | Path = ".") -> PipelineConfig:
     """Validate a loaded mapping and build a :class:`PipelineConfig`, raising with *all* problems found."""
-    from medue.protect import PROTECTORS
-
-    problems: list[str] = []
     if not isinstance(data, Mapping):
         raise InvalidConfigError([f"top level must be a mapping of settings, got {type(data).__name__}"], source=source)
-    top = _fields(PipelineConfig)
-    for k in data:
-        if k not in top:
-            problems.append(f"unknown key {k!r} at top level; allowed: {', '.join(sorted(top))}")
-    for required in ("name", "input", "output"):
-        if not data.get(required):
-            problems.append(f"{required}: required, e.g. {required}: {'my-release' if required == 'name' else 'path/to/folder'}")
-        else:
-            _check_type(problems, required, data.get(required), (str,), "a string")
-    if data.get("version", CONFIG_VERSION) != CONFIG_VERSION:
-        problems.append(f"version: this medue reads config version {CONFIG_VERSION}, got {data.get('version')!r}")
-    if data.get("deidentification", "refuse") not in DEID_POLICIES:
-        problems.append(f"deidentification: expected one of {', '.join(DEID_POLICIES)}, got {data.get('deidentification')!r}")
-    if data.get("uid_mode", "keyed") not in ("keyed", "random"):
-        problems.append(f"uid_mode: expected 'keyed' or 'random', got {data.get('uid_mode')!r}")
-    root = data.get("uid_root")
-    if root is not None and not (isinstance(root, str) and re.fullmatch(r"([1-9]\d*|0)(\.([1-9]\d*|0))*\.", root)
-                                 and len(root) <= 40):
-        problems.append(f"uid_root: expected your organisation's DICOM UID root ending in '.', at most 40 "
-                        f"characters, digits and dots only, e.g. '1.2.826.0.1.3680043.10.1234.'; got {root!r}")
-
-    sections: dict[str, Any] = {}
-    for name, cls in _SECTIONS.items():
-        raw = data.get(name, {}) or {}
-        if not isinstance(raw, Mapping):
-            problems.append(f"{name}: expected a mapping, got {type(raw).__name__}")
-            continue
-        allowed = _fields(cls)
-        for k in raw:
-            if k not in allowed:
-                problems.append(f"unknown key {k!r} in {name}; allowed: {', '.join(sorted(allowed))}")
-        sections[name] = {k: v for k, v in raw.items() if k in allowed}
-
-    p = sections.get("protect", {})
-    method = p.get("method", "salm")
-    params = p.get("params", {}) or {}
-    if method not in PROTECTORS:
-        try:
-            PROTECTORS.get(str(method))
-        except Exception as exc:  # UnknownComponentError text carries the did-you-mean
-            problems.append(f"protect.method: {exc}")
-    elif not isinstance(params, Mapping):
-        problems.append(f"protect.params: expected a mapping, got {type(params).__name__}")
-    else:
-        problems += _check_protect_params(method, params)
-    for k, lo in (("fit_max_slices", 1), ("fit_size", 8)):
-        v = p.get(k)
-        _check_type(problems, f"protect.{k}", v, (int,), "an integer or null")
-        if isinstance(v, int) and v < lo:
-            problems.append(f"protect.{k}: must be >= {lo}, got {v}")
-    _check_type(problems, "protect.reversible", p.get("reversible"), (bool,), "true or false")
-
-    lab = sections.get("labels", {})
-    from medue.labels import ID_COLUMNS, LABEL_SOURCES
-
-    if lab.get("source") is not None and lab.get("source") not in LABEL_SOURCES:
-        problems.append(f"labels.source: expected one of {', '.join(LABEL_SOURCES)} or null, got {lab.get('source')!r}")
-    if lab.get("source") == "table" and not lab.get("table"):
-        problems.append("labels.table: required with source 'table' (a CSV/TSV file; a relative path is taken from the config file's folder)")
-    if lab.get("source") == "table" and lab.get("id_column", "path") not in ID_COLUMNS:
-        problems.append(f"labels.id_column: expected one of {', '.join(ID_COLUMNS)}, got {lab.get('id_column')!r}")
-    if lab.get("source") == "dicom_attribute" and not lab.get("attribute"):
-        problems.append("labels.attribute: required with source 'dicom_attribute' (a DICOM keyword)")
-    _check_type(problems, "labels.include_in_release", lab.get("include_in_release"), (bool,), "true or false")
-    if (method in PROTECTORS and getattr(PROTECTORS.get(method), "needs_labels", False)
-            and lab.get("source") is None):
-        problems.append(f"protect.method {method!r} is class-wise and needs labels: add a `labels:` section")
-
-    f = sections.get("fidelity", {})
-    for k in ("min_psnr_db", "min_ssim", "max_abs_physical", "max_fraction_changed", "max_diagnostic_accuracy_drop"):
-        _check_type(problems, f"fidelity.{k}", f.get(k), (int, float), "a number or null")
-    _check_type(problems, "fidelity.max_abs_units", f.get("max_abs_units"), (int,), "an integer or null")
-    if isinstance(f.get("min_ssim"), (int, float)) and not -1 <= f["min_ssim"] <= 1:
-        problems.append(f"fidelity.min_ssim: must be in [-1, 1], got {f['min_ssim']}")
-    for k in ("max_fraction_changed", "max_diagnostic_accuracy_drop"):
-        if isinstance(f.get(k), (int, float)) and not 0 <= f[k] <= 1:
-            problems.append(f"fidelity.{k}: must be in [0, 1], got {f[k]}")
-    for k in ("min_psnr_db", "max_abs_units", "max_abs_physical"):
-        if isinstance(f.get(k), (int, float)) and f[k] < 0:
-            problems.append(f"fidelity.{k}: must be >= 0, got {f[k]}")
-    if f.get("data_range", "volume") not in ("volume", "dtype"):
-        problems.append(f"fidelity.data_range: expected 'volume' or 'dtype', got {f.get('data_range')!r}")
-    for k in ("min_psnr_db", "min_ssim", "max_abs_physical", "max_fraction_changed", "max_diagnostic_accuracy_drop"):
-        if isinstance(f.get(k), float) and f[k] != f[k]:
-            problems.append(f"fidelity.{k}: NaN is not a threshold; give a number or null")
-    if bool(f.get("override_reason")) != bool(f.get("override_by")):
-        problems.append("fidelity: an override needs both override_reason and override_by")
-
-    r = sections.get("report", {})
-    _check_type(problems, "report.enabled", r.get("enabled"), (bool,), "true or false")
-    _check_type(problems, "report.efficacy_results", r.get("efficacy_results"), (str,), "a path or null")
-    _check_type(problems, "report.max_items_pictured", r.get("max_items_pictured"), (int,), "a whole number")
-    t = sections.get("tracking", {})
-    _check_type(problems, "tracking.enabled", t.get("enabled"), (bool,), "true or false")
-    for k in ("uri", "experiment"):
-        _check_type(problems, f"tracking.{k}", t.get(k), (str,), "a string")
-    k_ = sections.get("key", {})
-    for k in ("env", "file"):
-        _check_type(problems, f"key.{k}", k_.get(k), (str,), "a string")
-
-    e = sections.get("execution", {})
-    if e.get("backend", "local") not in ("local", "ray"):
-        problems.append(f"execution.backend: expected 'local' or 'ray', got {e.get('backend')!r}")
-    _check_type(problems, "execution.workers", e.get("workers"), (int,), "an integer")
-    if isinstance(e.get("workers"), int) and e["workers"] < 1:
-        problems.append(f"execution.workers: must be >= 1, got {e['workers']}")
-    dev = e.get("device", "auto")
-    if not (dev in ("auto", "cpu", "cuda") or (isinstance(dev, str) and dev.startswith("cuda:") and dev[5:].isdigit())):
-        problems.append(f"execution.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {dev!r}")
-
-    if problems:
+    # an empty section (`report:` with nothing under it) reads as null in YAML: the section's defaults
+    values = {k: ({} if k in _SECTIONS and v is None else v) for k, v in data.items() if k != "base_dir"}
+    problems: list[str] = []
+    if "base_dir" in data:
+        problems.append("unknown key 'base_dir' at top level: relative paths are taken from the config file's folder")
+    config = None
+    try:
+        config = PipelineConfig.model_validate({**values, "base_dir": str(base_dir)})
+    except ValidationError as exc:
+        problems += [_problem(e) for e in exc.errors(include_url=False)]
+    problems += _cross_field_problems(values)
+    if problems or config is None:
         raise InvalidConfigError(problems, source=source)
-    built = {name: cls(**sections.get(name, {})) for name, cls in _SECTIONS.items()}
-    top_values = {k: data[k] for k in ("name", "input", "output", "version", "deidentification", "uid_mode",
-                                               "uid_root") if k in data}
-    return PipelineConfig(**top_values, **built, base_dir=str(base_dir))
+    return config
 
 
 def load_config(path: str | Path, *, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
@@ -450,52 +444,17 @@ def load_config(path: str | Path, *, overrides: Mapping[str, Any] | None = None)
     return parse_config(data, source=str(path), base_dir=path.resolve().parent)
 
 
-def _json_type(annotation: Any) -> dict[str, Any]:
-    """JSON Schema of a field annotation as written in this module (``str | None``, ``Mapping[str, Any]``...)."""
-    text = str(annotation).replace("typing.", "")
-    nullable = "None" in text
-    base = text.replace(" | None", "").replace("Optional[", "").strip()
-    if base.startswith(("Mapping", "dict")):
-        schema: dict[str, Any] = {"type": "object"}
-    elif base.startswith(("tuple", "list", "Sequence")):
-        schema = {"type": "array"}
-    else:
-        schema = {"type": {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}.get(base, "string")}
-    if nullable:
-        schema = {"anyOf": [schema, {"type": "null"}]}
-    return schema
-
-
-def _section_schema(cls: type) -> dict[str, Any]:
-    from dataclasses import MISSING, fields
-
-    props: dict[str, Any] = {}
-    for f in fields(cls):
-        if f.name == "base_dir":
-            continue
-        if f.name in _SECTIONS:
-            props[f.name] = _section_schema(_SECTIONS[f.name])
-            continue
-        entry = _json_type(f.type)
-        if f.default is not MISSING and isinstance(f.default, (str, int, float, bool, type(None))):
-            entry["default"] = f.default
-        props[f.name] = entry
-    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
-    out: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
-    if required:
-        out["required"] = required
-    return out
-
-
 def config_json_schema() -> dict[str, Any]:
-    """JSON Schema (draft 2020-12) of a pipeline config, with each method's ``protect.params`` and their defaults.
+    """JSON Schema (draft 2020-12) of a pipeline config, from the models, with each method's ``protect.params``
+    and their defaults.
 
-    Editors and CI can validate a YAML config with it before medue runs; medue's own validation (every problem
-    at once, ranges and cross-field rules) stays the authority.
+    Editors and CI can validate a YAML config with it before medue runs; :func:`parse_config` (cross-field rules
+    and each method's parameter ranges too) stays the authority.
     """
     from medue.protect import PROTECTORS
 
-    schema = _section_schema(PipelineConfig)
+    schema = PipelineConfig.model_json_schema(mode="validation")
+    schema["properties"].pop("base_dir", None)
     schema.update({"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "medue pipeline config",
                    "description": f"medue pipeline configuration, version {CONFIG_VERSION}"})
     methods = {}
@@ -503,7 +462,7 @@ def config_json_schema() -> dict[str, Any]:
         defaults = PROTECTORS.get(name)().params()
         methods[name] = {"type": "object", "additionalProperties": False,
                          "properties": {k: {"default": v} for k, v in defaults.items()}}
-    protect = schema["properties"]["protect"]
+    protect = schema["$defs"]["ProtectConfig"]
     protect["properties"]["method"]["enum"] = sorted(methods)
     protect["allOf"] = [{"if": {"properties": {"method": {"const": m}}},
                          "then": {"properties": {"params": s}}} for m, s in sorted(methods.items())]

@@ -16,7 +16,7 @@ def test_all_problems_reported_at_once(tmp_path):
     with pytest.raises(InvalidConfigError) as info:
         parse_config(bad)
     problems = "\n".join(info.value.problems)
-    for needle in ["unknown key 'colour'", "deidentification: expected one of refuse, warn, ignore",
+    for needle in ["unknown key 'colour'", "deidentification: expected 'refuse', 'warn' or 'ignore'",
                    "did you mean 'salm'", "unknown key 'typo' in protect", "min_ssim: must be in [-1, 1]",
                    "max_fraction_changed: must be in [0, 1]", "max_diagnostic_accuracy_drop: must be in [0, 1]", "min_psnr_db: expected a number",
                    "override needs both", "workers: must be >= 1", "backend: expected 'local' or 'ray'",
