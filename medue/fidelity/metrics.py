@@ -91,11 +91,18 @@ def volume_metrics(image_true: np.ndarray, image_test: np.ndarray, *, data_range
         a = torch.from_numpy(np.ascontiguousarray(a3[s:s + chunk], dtype=np.float64)).to(device)
         b = torch.from_numpy(np.ascontiguousarray(b3[s:s + chunk], dtype=np.float64)).to(device)
         d = b - a
-        squared.append((d * d).sum(dim=(1, 2)).cpu())
+        per_slice = (d * d).sum(dim=(1, 2))
+        squared.append(per_slice.cpu())
         linf = max(linf, int(d.abs().max()))
         changed += int(torch.count_nonzero(d))
         if win >= 3:
-            ssim.append(_ssim_slices(a, b, data_range, win).cpu())
+            # an unchanged slice has SSIM 1 exactly (every window's ratio is x/x): only changed slices are filtered
+            # (a release's blank class, or a volume whose noise missed some slices, costs no SSIM at all)
+            moved = per_slice > 0
+            values = torch.ones(a.shape[0], dtype=torch.float64, device=a.device)
+            if bool(moved.any()):
+                values[moved] = _ssim_slices(a[moved], b[moved], data_range, win)
+            ssim.append(values.cpu())
         else:  # too small for a window: identical or not
             ssim.append(torch.tensor([1.0 if bool(torch.equal(x, y)) else 0.0 for x, y in zip(a, b)]))
     sq = torch.cat(squared).tolist()

@@ -22,6 +22,7 @@ import copy
 import hashlib
 import io
 import datetime as _dt
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -150,6 +151,23 @@ def check_deidentified(ds: Dataset, *, policy: str, source: str) -> str | None:
 
 #: Largest decoded pixel block medue accepts per file, checked before decoding (declared sizes can be absurd).
 MAX_DECODED_BYTES = 8 * 1024**3
+
+#: Header-only datasets of the series read last, so that writing a derived copy needs no second read of the
+#: source files: keyed by the source paths and the SHA-256 each had when it was read. A worker reads, protects
+#: and writes one volume at a time, so a few series are enough; a miss (another process read it) reads the
+#: headers again.
+_HEADERS: OrderedDict[tuple[tuple[str, ...], tuple[str, ...]], list[Dataset]] = OrderedDict()
+_HEADERS_KEPT = 4
+
+
+def _keep_headers(key: tuple[tuple[str, ...], tuple[str, ...]], datasets: list[Dataset]) -> None:
+    for ds in datasets:  # what dcmread(stop_before_pixels=True) would have read: nothing from PixelData on
+        for tag in [t for t in ds.keys() if t >= 0x7FE00010]:
+            del ds[tag]
+    _HEADERS[key] = datasets
+    _HEADERS.move_to_end(key)
+    while len(_HEADERS) > _HEADERS_KEPT:
+        _HEADERS.popitem(last=False)
 
 
 def check_declared_size(n_bytes: int, source: str) -> None:
@@ -422,6 +440,7 @@ def read_dicom_series(paths: Sequence[str | Path], *, deidentification: str = "r
     if "WindowCenter" in first and "WindowWidth" in first:
         header["window"] = (_first_float(first.WindowCenter), _first_float(first.WindowWidth))
     hashes = tuple(digests[p] for p in order_paths)
+    _keep_headers((tuple(str(p) for p in order_paths), hashes), ordered)
     rel = tuple(relative_label(p, root) for p in order_paths)
     source = SourceRef(paths=rel, sha256=hashes, format="dicom", series_uid=str(first.get("SeriesInstanceUID", "")))
     vol = Volume(
@@ -592,7 +611,14 @@ def write_dicom_series(
     if not files:
         raise ExportError("volume has no DICOM source files to derive from; export it as NIfTI instead")
     now = _dt.datetime.now(_dt.timezone.utc)
-    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]  # the pixels come from the volume
+    # the headers as they were read (and hashed); the pixels come from the volume
+    sources = _HEADERS.pop((tuple(str(f) for f in files), tuple(volume.source.sha256)), None)
+    if sources is None:
+        try:
+            sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+        except (OSError, pydicom.errors.InvalidDicomError) as exc:
+            raise ExportError(f"the source series is no longer readable ({type(exc).__name__}); a derived copy "
+                              "takes its header from the source: read the series again") from exc
     # one new series per exported volume: a source series split into two volumes gets two new series
     members = "|".join(sorted(str(src.get("SOPInstanceUID", "")) for src in sources))
     new_series = derived_uid(uid_key, f"{sources[0].get('SeriesInstanceUID', '')}|{members}", "series", uid_root)
@@ -626,9 +652,11 @@ def _derive_dataset(src: Dataset, index: int, volume: Volume, new_series: str, d
     new_sop = derived_uid(uid_key, f"{old_sop}|{index}|{new_series}", "instance", uid_root)
     ds.file_meta = src.file_meta.copy()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    # big-endian and implicit-VR sources are written as Explicit VR Little Endian (values are already decoded)
-    for _ in ds.iterall():  # decode every raw element with the source's own encoding first
-        pass
+    # big-endian and implicit-VR sources are written as Explicit VR Little Endian: decode every raw element with
+    # the source's own encoding first (an Explicit VR Little Endian source's raw elements are written as they are)
+    if tuple(src.original_encoding) != (False, True):
+        for _ in ds.iterall():
+            pass
     ds.set_original_encoding(False, True, getattr(src, "original_character_set", None))
     ds.file_meta.MediaStorageSOPInstanceUID = new_sop
     ds.file_meta.MediaStorageSOPClassUID = src.SOPClassUID
@@ -671,7 +699,11 @@ def verify_dicom_series(written: Sequence[Path], sources: Sequence[Dataset], exp
     problems = []
     for path, src, pixels in zip(written, sources, expected):
         ds = pydicom.dcmread(path)
-        if not np.array_equal(np.asarray(ds.pixel_array), pixels):
+        # uncompressed, little endian, and the pixel module is checked against the source below: the bytes on disk
+        # equal to the array's bytes (plus the one pad byte of an odd length) mean the same decoded pixels
+        want = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<")).tobytes()
+        data = ds.get("PixelData")
+        if data is None or len(data) not in (len(want), len(want) + 1) or data[:len(want)] != want:
             problems.append(f"{path.name}: pixels differ from the protected array")
         if ds.SOPInstanceUID != ds.file_meta.MediaStorageSOPInstanceUID or ds.SOPInstanceUID == src.SOPInstanceUID:
             problems.append(f"{path.name}: SOP Instance UID not new or not equal to the file meta")

@@ -75,7 +75,11 @@ def test_one_pass_metrics_match_scikit_image(shape, dtype, span):
     rng = np.random.default_rng(1)
     a = rng.integers(0, span, shape).astype(dtype)
     b = np.clip(a.astype(np.int64) + rng.integers(-8, 9, shape) * (rng.random(shape) < 0.2), 0, span).astype(dtype)
+    if b.ndim == 3:
+        b[1] = a[1]  # an unchanged slice (SSIM 1 without filtering) among changed ones
     m = volume_metrics(a, b, data_range=span, budget_bytes=1)  # one slice per chunk: the chunking is exercised
+    whole = volume_metrics(a, b, data_range=span)  # all slices in one chunk, the unchanged one masked out
+    assert whole.ssim == pytest.approx(m.ssim, abs=1e-12)
     a3, b3 = (a[None], b[None]) if a.ndim == 2 else (a, b)
     win = min(7, *shape[-2:])
     win = win if win % 2 else win - 1

@@ -48,6 +48,20 @@ def test_roundtrip_derived_series(tmp_path):
     assert [pydicom.dcmread(f).SOPInstanceUID for f in again] == [o.SOPInstanceUID for o in outs]
 
 
+def test_writing_takes_the_headers_read_with_the_pixels_and_reads_no_source_again(tmp_path):
+    import shutil
+
+    paths = make_dicom_series(tmp_path / "s", slices=3, size=16)
+    vol = read_dicom_series(paths)
+    shutil.move(tmp_path / "s", tmp_path / "moved")  # the sources are gone: the headers read with them are kept
+    files = write_dicom_series(vol.with_array(vol.array, StepRecord(name="t")), tmp_path / "out", derivation="x",
+                               uid_key="k")
+    assert len(files) == 3 and all(pydicom.dcmread(f).ImageType[0] == "DERIVED" for f in files)
+    with pytest.raises(ExportError, match="source series is no longer readable"):  # the kept headers were used up
+        write_dicom_series(vol.with_array(vol.array, StepRecord(name="t")), tmp_path / "out2", derivation="x")
+    assert not (tmp_path / "out2").exists()
+
+
 def test_deidentification_policy(tmp_path):
     paths = make_dicom_series(tmp_path / "s", slices=2, size=8, deidentified=False)
     with pytest.raises(DeidentificationError, match="does not declare de-identification"):
