@@ -27,6 +27,28 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return device
 
 
+def memory_budget(device: torch.device | str, *, memory_gb: float | None = None, workers: int = 1) -> int:
+    """Working memory in bytes one worker may use for a volume's tensors (protect, fidelity check).
+
+    ``memory_gb`` (``execution.memory_gb``) when given, shared by the ``workers``; otherwise half the device's free
+    memory on a GPU (``torch.cuda.mem_get_info``) and, on the CPU, a quarter of the available physical memory per
+    worker, at most 1 GiB. Only how many slices go through at once depends on it, never the result.
+    """
+    device = torch.device(device)
+    if memory_gb is not None:
+        return max(int(memory_gb * 2**30) // max(workers, 1), 2**24)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(free // 2 // max(workers, 1), 2**26)
+    try:
+        import os
+
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: a conservative fixed budget
+        available = 4 * 2**30
+    return int(min(max(available // 4 // max(workers, 1), 2**26), 2**30))
+
+
 def device_count() -> int:
     """Number of visible CUDA devices (0 on CPU-only machines)."""
     return torch.cuda.device_count() if torch.cuda.is_available() else 0

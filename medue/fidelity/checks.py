@@ -59,7 +59,8 @@ class FidelityReport:
 
 def check_fidelity(original: np.ndarray, protected: np.ndarray, thresholds: FidelityThresholds, *,
                    rescale_slope: float = 1.0, data_range: float | None = None,
-                   valid_range: tuple[int, int] | None = None, device: Any = None) -> FidelityReport:
+                   valid_range: tuple[int, int] | None = None, device: Any = None,
+                   budget_bytes: int | None = None) -> FidelityReport:
     """Compare ``protected`` with ``original`` (both ``(z, y, x)`` stored units) and apply ``thresholds``.
 
     Args:
@@ -67,10 +68,11 @@ def check_fidelity(original: np.ndarray, protected: np.ndarray, thresholds: Fide
             max - min, or with ``data_range="dtype"`` the ``valid_range`` span), stated in the report so the
             numbers can be reproduced.
         device: Where the metrics are computed (:func:`medue.fidelity.metrics.volume_metrics`; default CPU).
+        budget_bytes: Working memory for the metrics (how many slices at a time; never changes a number).
     """
     if data_range is None:
         data_range = thresholds.span(original, valid_range)
-    m = volume_metrics(original, protected, data_range=data_range, device=device)
+    m = volume_metrics(original, protected, data_range=data_range, device=device, budget_bytes=budget_bytes)
     psnr, ssim, linf, frac, per_slice = m.psnr_db, m.ssim, m.max_abs_units, m.fraction_changed, m.per_slice_psnr_db
     failures = []
     t = thresholds

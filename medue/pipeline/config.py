@@ -98,9 +98,17 @@ class FidelityPolicy(_Section):
 
 
 class ExecutionConfig(_Section):
+    """Where and how the release runs; nothing here changes what is released.
+
+    ``memory_gb``: working memory for the volume tensors, shared by the workers (``None``: half the GPU's free
+    memory, or a quarter of the machine's available memory per worker, at most 1 GiB; see
+    :func:`medue.device.memory_budget`): volumes larger than it are protected and checked a few slices at a time.
+    """
+
     device: str = "auto"
     workers: int = Field(1, ge=1)
     backend: Literal["local", "ray"] = "local"
+    memory_gb: float | None = Field(None, gt=0)
 
     @field_validator("device")
     @classmethod
@@ -304,6 +312,8 @@ def _problem(error: Mapping[str, Any]) -> str:
     if kind in _EXPECT:
         found = f"{type(value).__name__} {value!r}" if kind != "finite_number" else repr(value)
         return f"{where}: {_EXPECT[kind]}, got {found}"
+    if kind in ("greater_than", "less_than"):
+        return f"{where}: must be {'>' if kind == 'greater_than' else '<'} {ctx.get('gt', ctx.get('lt'))}, got {value!r}"
     if kind in ("greater_than_equal", "less_than_equal"):
         ge, le = _bounds(loc)
         span = f"in [{ge:g}, {le:g}]" if ge is not None and le is not None else (

@@ -49,6 +49,8 @@ class JobContext:
     #: When an item fails the fidelity gate, retry it with less noise (see :func:`adapt_support`) before giving
     #: up, so the gate does not silently drop the images hardest to protect (class skew).
     adapt_support: bool = True
+    #: Working memory for one volume's tensors (:func:`medue.device.memory_budget`); ``None``: unbounded.
+    memory_bytes: int | None = None
 
     @property
     def layout(self) -> OutputLayout:
@@ -165,14 +167,15 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True) -> di
         fitted = _fitted_delta(layout, item.item_id, volume.array.shape)
         t = time.perf_counter()
         protected = protector.protect(volume, label=item.label, seed=derive_seed(ctx.key, "volume", item.item_id),
-                                      device=ctx.device, key_fingerprint=ctx.key_fingerprint, delta=fitted)
+                                      device=ctx.device, key_fingerprint=ctx.key_fingerprint, delta=fitted,
+                                      memory_bytes=ctx.memory_bytes)
         stages["protect"] = round(time.perf_counter() - t, 4)
         t = time.perf_counter()
         step = protected.history[-1]
         result["protection"] = step.to_dict()
         slope, _ = volume.rescale
         fid = check_fidelity(volume.array, protected.array, ctx.thresholds, rescale_slope=slope,
-                             valid_range=volume.valid_range, device=ctx.device)
+                             valid_range=volume.valid_range, device=ctx.device, budget_bytes=ctx.memory_bytes)
         if not fid.passed and ctx.adapt_support and protector.budget != float("inf"):
             # (a method published without a norm bound, conv as CUDA, is not thinned into another method: the
             # gate's verdict stands, and only a recorded override exports it)
@@ -266,7 +269,7 @@ def adapt_support(volume: Any, protected: Any, fid: Any, ctx: JobContext, slope:
                  "linf_units": int(np.abs(thinned).max()) if thinned.size else 0}
         protected = volume.with_array(array, _dc.replace(step, stats=stats, output_fingerprint=fingerprint_array(array)))
         fid = check_fidelity(original, array, t, rescale_slope=slope, valid_range=volume.valid_range,
-                             device=ctx.device)
+                             device=ctx.device, budget_bytes=ctx.memory_bytes)
         if fid.passed:
             break
     return protected, fid, {"kept_fraction": round(kept, 4), "amplitude_scale": round(scale, 4)}

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from medue.audit.manifest import write_checksums, write_manifest
 from medue.audit.report import build_report
 from medue.audit.sinks import open_sink
-from medue.device import derive_seed, make_generator, resolve_device
+from medue.device import derive_seed, make_generator, memory_budget, resolve_device
 from medue.errors import IngestError, InvalidConfigError
 from medue.fidelity.diagnostic import release_diagnostic_check
 from medue.io import InputItem, discover_inputs, read_item
@@ -323,6 +323,7 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
         thresholds=fp.thresholds,
         override_reason=fp.override_reason, override_by=fp.override_by, deidentification=config.deidentification,
         uid_mode=config.uid_mode, uid_root=config.uid_root, reversible=config.protect.reversible, device=str(device),
+        memory_bytes=memory_budget(device, memory_gb=config.execution.memory_gb, workers=config.execution.workers),
     )
     workers = config.execution.workers
     if config.execution.backend == "ray":

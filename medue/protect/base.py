@@ -23,6 +23,10 @@ from medue.provenance import StepRecord, fingerprint_array
 from medue.volume import Volume
 
 
+#: Bytes of working memory per voxel of a slice going through :meth:`Protector.protect` (float32 input, delta,
+#: placement masks and their sorting buffers, the projected result): sizes its chunks from a memory budget.
+BYTES_PER_VOXEL = 48
+
 #: Format tag of a saved protector (:meth:`Protector.save`).
 STATE_FORMAT = "medue.protector/1"
 
@@ -64,8 +68,7 @@ class UnitSpace:
     @classmethod
     def for_volume(cls, volume: Volume) -> UnitSpace:
         """Map a volume's 0.5-99.5 percentile intensity span to [0, 1]; valid range from its stored dtype."""
-        arr = np.asarray(volume.array, dtype=np.float32)
-        lo_p, hi_p = np.percentile(arr, [0.5, 99.5])
+        lo_p, hi_p = np.percentile(volume.array, [0.5, 99.5])  # on the stored integers: no float copy
         lo, hi = volume.valid_range
         return cls(offset=float(lo_p), scale=float(max(hi_p - lo_p, 1.0)), lo=float(lo), hi=float(hi))
 
@@ -165,6 +168,13 @@ class Protector(ABC):
         return hashlib.sha256(buf.getvalue()).hexdigest()
 
     @property
+    def slice_independent(self) -> bool:
+        """Whether :meth:`perturb` treats every slice on its own and draws nothing from the generator, so that a
+        volume may go through :meth:`protect` a few slices at a time with the same result (class-wise patterns,
+        filters, clusters). Sample-wise optimisation draws random numbers per batch: it gets the whole volume."""
+        return False
+
+    @property
     def budget(self) -> float:
         """The L-inf bound :meth:`protect` projects onto, in stored units: ``epsilon`` for every method except one
         published without a norm bound and run that way (``conv`` with ``clip: false``), where it is infinite and
@@ -178,12 +188,14 @@ class Protector(ABC):
     # --- volume template ------------------------------------------------------------------------------------
     def protect(self, volume: Volume, *, label: int | None = None, seed: int = 0,
                 device: torch.device | str = "cpu", key_fingerprint: str = "",
-                delta: np.ndarray | None = None) -> Volume:
+                delta: np.ndarray | None = None, memory_bytes: int | None = None) -> Volume:
         """Protect every slice of ``volume`` and return a new Volume with a StepRecord appended.
 
         ``delta`` (same shape as the array) is the noise a dataset-level :meth:`fit` already optimised for this
         volume; without it the delta comes from :meth:`perturb`. Either way the array keeps its dtype and the
-        delta is whole stored units within ``epsilon`` and the valid range.
+        delta is whole stored units within ``epsilon`` and the valid range. ``memory_bytes`` bounds the working
+        memory: when the delta is given or the method is :attr:`slice_independent`, the volume goes through a few
+        slices at a time (the result is the same for any budget).
         """
         device = torch.device(device)
         if self.needs_labels and label is None and not getattr(self, "label_free_apply", False):
@@ -193,21 +205,28 @@ class Protector(ABC):
         if array.size == 0:
             raise InvalidVolumeError("cannot protect an empty volume")
         space = UnitSpace.for_volume(volume)
-        x = torch.from_numpy(np.asarray(array, dtype=np.float32)).unsqueeze(1).to(device)
-        labels = None if label is None else torch.full((x.shape[0],), int(label), dtype=torch.long, device=device)
         generator = make_generator(seed)
         fitted = delta is not None
-        if self.epsilon == 0:
-            delta_t = torch.zeros_like(x)
-        elif delta is not None:
-            delta_t = torch.from_numpy(np.asarray(delta, dtype=np.float32)).reshape(x.shape).to(device)
-        else:
-            delta_t = self.perturb(x, labels, space, generator=generator)
-        delta_t = project(delta_t, x, space, self.budget)
-        delta = None
-        protected = (x + delta_t).squeeze(1).cpu().numpy()
+        n, per_slice = array.shape[0], int(np.prod(array.shape[1:]))
+        chunk = n
+        if memory_bytes is not None and (fitted or self.slice_independent or self.epsilon == 0):
+            chunk = int(max(1, min(n, memory_bytes // (BYTES_PER_VOXEL * max(per_slice, 1)))))
+        protected = np.empty_like(array)
         info = np.iinfo(array.dtype)
-        protected = np.clip(np.rint(protected), info.min, info.max).astype(array.dtype)
+        for sl in batches(n, chunk):
+            x = torch.from_numpy(np.asarray(array[sl], dtype=np.float32)).unsqueeze(1).to(device)
+            labels = None if label is None else torch.full((x.shape[0],), int(label), dtype=torch.long, device=device)
+            if self.epsilon == 0:
+                delta_t = torch.zeros_like(x)
+            elif fitted:
+                assert delta is not None
+                delta_t = torch.from_numpy(np.asarray(delta[sl], dtype=np.float32)).reshape(x.shape).to(device)
+            else:
+                delta_t = self.perturb(x, labels, space, generator=generator)
+            delta_t = project(delta_t, x, space, self.budget)
+            protected[sl] = np.clip(np.rint((x + delta_t).squeeze(1).cpu().numpy()), info.min, info.max)
+            del x, delta_t
+        delta = None
         linf, changed, squared = 0, 0, 0.0
         for before, after in zip(array, protected):  # slice by slice: no int64 copy of the whole volume
             diff = after.astype(np.int64) - before.astype(np.int64)

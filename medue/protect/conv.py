@@ -76,6 +76,10 @@ class ConvProtector(Protector):
         self.fitted = True
         return self.perturb(x_units, labels, space, generator=generator) if return_delta else None
 
+    @property
+    def slice_independent(self) -> bool:
+        return True  # one filter per class, each slice blurred on its own
+
     def perturb(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
                 generator: torch.Generator) -> torch.Tensor:
         self._check_fitted()

@@ -211,6 +211,10 @@ class EMProtector(Protector):
             delta = delta * (1 - band) + tile_to(fine, *x.shape[-2:])[labels] * band
         return delta
 
+    @property
+    def slice_independent(self) -> bool:
+        return self.mode == "classwise"  # a class pattern on a per-slice placement
+
     def fit(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
             generator: torch.Generator, return_delta: bool = True) -> torch.Tensor | None:
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))

@@ -214,6 +214,10 @@ class T2UEProtector(Protector):
         for p in self.generator_net.parameters():
             p.requires_grad_(False)
 
+    @property
+    def slice_independent(self) -> bool:
+        return True  # one generated pattern per class on a per-slice placement
+
     @torch.no_grad()
     def perturb(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
                 generator: torch.Generator) -> torch.Tensor:

@@ -227,6 +227,10 @@ class UCProtector(Protector):
         self.noise = torch.cat(noise)
 
     # --- applying ---------------------------------------------------------------------------------------------
+    @property
+    def slice_independent(self) -> bool:
+        return True  # each slice assigned to its cluster on its own
+
     @torch.no_grad()
     def clusters_of(self, x_units: torch.Tensor, space: UnitSpace) -> torch.Tensor:
         """The fitted cluster of every slice of ``x_units`` (nearest centroid of its extractor features)."""

@@ -128,3 +128,15 @@ def test_relative_paths_in_a_config_file_are_taken_from_its_folder(tmp_path, mon
     # values given on the command line are the user's: the CLI makes them absolute from the current folder
     over = load_config(folder / "job.yaml", overrides={"input": str(tmp_path / "elsewhere")})
     assert over.input_path == tmp_path / "elsewhere"
+
+
+def test_memory_budget_from_the_config_or_the_machine():
+    from medue.device import memory_budget
+
+    assert parse_config({"name": "x", "input": "i", "output": "o",
+                         "execution": {"memory_gb": 2.5}}).execution.memory_gb == 2.5
+    with pytest.raises(InvalidConfigError, match="execution.memory_gb: must be > 0"):
+        parse_config({"name": "x", "input": "i", "output": "o", "execution": {"memory_gb": 0}})
+    assert memory_budget("cpu", memory_gb=2, workers=2) == 2**30  # shared by the workers
+    machine = memory_budget("cpu")
+    assert 2**26 <= machine <= 2**30 and memory_budget("cpu", workers=4) <= machine

@@ -331,3 +331,28 @@ def test_t2ue_fit_is_the_same_whatever_the_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert len(set(fingerprints)) == 1
+
+
+@pytest.mark.parametrize("method, params", [
+    ("salm", {"mode": "classwise", "placement": "flat", "init": "grating", "tile": 4, "max_rounds": 0,
+              "mask_ratio": 0.3}),
+    ("em", {"mode": "classwise", "max_rounds": 1, "inner_steps": 1, "train_steps": 2, "tile": 4}),
+    ("conv", {}),
+    ("t2ue", {"train_steps": 3, "reference_size": 16}),
+    ("uc", {"num_clusters": 2, "extractor_steps": 2, "generator_steps": 2, "fit_resolution": 16}),
+    ("salm", FAST),  # sample-wise: draws random numbers, so it is chunked only with the fitted delta
+])
+def test_protect_in_slice_chunks_under_a_memory_budget_gives_the_same_volume(method, params):
+    vol = make_volume((5, 24, 24), dtype="uint16")
+    x = torch.from_numpy(vol.array.astype(np.float32)).unsqueeze(1)
+    labels = torch.tensor([1, 0, 1, 0, 1])
+    p = build_protector(method, epsilon=6, **params)
+    fitted = p.fit(x, labels, UnitSpace.for_volume(vol), generator=make_generator(0))
+    one_slice = 1  # bytes: one slice per chunk
+    whole = p.protect(vol, label=1, seed=3)
+    chunked = p.protect(vol, label=1, seed=3, memory_bytes=one_slice)
+    assert np.array_equal(whole.array, chunked.array) and whole.history[-1].stats == chunked.history[-1].stats
+    if p.slice_independent is False:
+        d = fitted.squeeze(1).numpy()
+        assert np.array_equal(p.protect(vol, label=1, delta=d).array,
+                              p.protect(vol, label=1, delta=d, memory_bytes=one_slice).array)
