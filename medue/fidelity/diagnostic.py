@@ -65,7 +65,14 @@ def efficacy_applies(efficacy: dict[str, Any], method: str, params: dict[str, An
     if efficacy.get("method") != method:
         return False, f"the attached results measured method {efficacy.get('method')!r}, this release uses {method!r}"
     evaluated = efficacy.get("params") or {}
-    differing = sorted(k for k in set(params) | set(evaluated) if params.get(k) != evaluated.get(k))
+    try:  # a parameter added to medue after the evaluation ran behaved as its default there
+        from medue.protect import PROTECTORS
+
+        defaults = PROTECTORS.get(method)().params()
+    except Exception:  # an unknown method: compare the values as they are
+        defaults = {}
+    differing = sorted(k for k in set(params) | set(evaluated) if params.get(k) != evaluated.get(k)
+                       and not (k not in evaluated and k in defaults and params.get(k) == defaults[k]))
     if differing:
         return False, ("measured with other protector parameters (" + ", ".join(
             f"{k}: {evaluated.get(k)!r} there, {params.get(k)!r} here" for k in differing[:6]) + ")")

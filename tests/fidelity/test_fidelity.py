@@ -106,3 +106,18 @@ def test_one_pass_metrics_are_the_same_on_a_gpu():
     gpu, cpu = volume_metrics(a, b, data_range=4000, device="cuda"), volume_metrics(a, b, data_range=4000)
     assert gpu.ssim == pytest.approx(cpu.ssim, abs=1e-12) and gpu.psnr_db == pytest.approx(cpu.psnr_db)
     assert (gpu.max_abs_units, gpu.fraction_changed) == (cpu.max_abs_units, cpu.fraction_changed)
+
+
+def test_efficacy_evidence_applies_across_parameters_added_later_at_their_defaults():
+    from medue.fidelity.diagnostic import efficacy_applies
+    from medue.protect import build_protector
+
+    now = build_protector("salm", epsilon=8).params()
+    then = {k: v for k, v in now.items() if k not in ("fine_ratio", "fine_tile")}  # measured before they existed
+    result = {"schema": "medue.release_efficacy/1", "method": "salm", "params": then}
+    assert efficacy_applies(result, "salm", now) == (True, "")
+    changed = {**now, "fine_ratio": 0.2}  # not the default: it was not measured
+    ok, why = efficacy_applies(result, "salm", changed)
+    assert not ok and "fine_ratio: None there, 0.2 here" in why
+    ok, why = efficacy_applies(result, "salm", {**now, "epsilon": 4})
+    assert not ok and "epsilon: 8 there, 4 here" in why
