@@ -37,7 +37,7 @@ from medue.protect.minmin import (
 from medue.protect.surrogate import make_surrogate
 
 MODES = ("samplewise", "classwise")
-INITS = ("zeros", "random", "grating", "cosine")
+INITS = ("zeros", "random", "grating", "cosine", "dots")
 PLACEMENTS = ("pattern", "flat", "texture", "smooth")
 
 
@@ -63,7 +63,8 @@ class EMProtector(Protector):
         init: Class-wise only: ``"zeros"`` (paper), ``"random"`` (random signs at the budget, from the key) or
             ``"grating"`` (one stripe orientation per class, :func:`medue.protect.minmin.grating`) or ``"cosine"``
             (the same orientations as a sampled cosine: with period 4 the values +1, 0, -1, 0, zero-mean, half the
-            pixels unchanged, all of its energy at the one frequency).
+            pixels unchanged, all of its energy at the one frequency) or ``"dots"`` (one pixel on per ``tile`` x
+            ``tile`` cell, :func:`medue.protect.minmin.dots`).
         flat_max_level: ``placement="flat"`` only: the flat region stops where the local mean reaches this level
             (model space: the volume's 0.5-99.5 percentile span is [0, 1]); 0.15 keeps to air and background, 1
             lets the region reach the flattest tissue when there is too little background.

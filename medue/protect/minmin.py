@@ -181,6 +181,15 @@ def grating(num_classes: int, height: int, width: int, period: int = 4, duty: fl
     return torch.stack(out).unsqueeze(1)
 
 
+def dots(num_classes: int, height: int, width: int, period: int = 4) -> torch.Tensor:
+    """``(K, 1, height, width)`` lattices in {-1, 1}: one pixel on in every ``period`` x ``period`` cell, the lattice
+    of class ``k`` shifted by ``k`` pixels along both axes. A 2D pulse train: harmonics at periods ``period``,
+    ``period / 2``… along both axes and the diagonals, unchanged by flips up to a shift."""
+    v, u = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    return torch.stack([torch.where((torch.remainder(u - k, period) == 0) & (torch.remainder(v - k, period) == 0),
+                                    1.0, -1.0) for k in range(num_classes)]).unsqueeze(1)
+
+
 def cosine_grating(num_classes: int, height: int, width: int, period: int = 4) -> torch.Tensor:
     """``(K, 1, height, width)`` sampled cosines rounded to {-1, 0, 1}, one orientation per class (as :func:`grating`).
 
@@ -226,12 +235,14 @@ def bilevel_classwise_tiled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
         noise = grating(num_classes, th, tw, period=tile or 4, duty=duty) * eps
     elif init == "cosine":
         noise = cosine_grating(num_classes, th, tw, period=tile or 4) * eps
+    elif init == "dots":
+        noise = dots(num_classes, th, tw, period=tile or 4) * eps
     else:
         noise = torch.zeros((num_classes, 1, th, tw))
     noise = noise.clamp(lo_noise, eps).to(x.device)
     support = block_mask(torch.rand((num_classes, 1, th, tw), generator=generator).to(x.device), mask_ratio, block) \
         if mask_ratio < 1.0 else torch.ones_like(noise)
-    if init == "grating" and positive:
+    if init in ("grating", "dots") and positive:
         # the stripes are the shortcut: the optimisation sets their strength, it does not move them
         support = (noise > 0).to(noise.dtype)
     opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9, weight_decay=5e-4)

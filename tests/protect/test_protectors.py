@@ -356,3 +356,13 @@ def test_protect_in_slice_chunks_under_a_memory_budget_gives_the_same_volume(met
         d = fitted.squeeze(1).numpy()
         assert np.array_equal(p.protect(vol, label=1, delta=d).array,
                               p.protect(vol, label=1, delta=d, memory_bytes=one_slice).array)
+
+
+def test_dots_lattice_one_pixel_per_cell_shifted_per_class():
+    from medue.protect.minmin import dots
+
+    d = dots(2, 8, 8, period=4)
+    assert d.shape == (2, 1, 8, 8) and set(d.unique().tolist()) == {-1.0, 1.0}
+    assert [int((d[k] > 0).sum()) for k in range(2)] == [4, 4]
+    assert d[0, 0, 0, 0] == 1 and d[1, 0, 1, 1] == 1 and d[1, 0, 0, 0] == -1
+    assert torch.equal(d[0].flip(-1).roll(1, -1), d[0])  # a flip only shifts the lattice
