@@ -253,6 +253,14 @@ def _report(args: argparse.Namespace) -> int:
               f"medue {r['medue_version']}")
         print(f"  items {s['items']}: exported {s['done']}, quarantined {s['quarantined']}, failed the fidelity gate "
               f"{s['gate_failed']}, failed {s['failed']}, files ignored on purpose {s.get('ignored', 0)}")
+        pol = r.get("policies") or {}
+        if pol:
+            print(f"  policies: de-identification {pol.get('deidentification')}, UIDs {pol.get('uid_mode')}, labels in "
+                  f"release {'yes' if pol.get('labels_in_release') else 'no'}, reversible "
+                  f"{'yes' if pol.get('reversible') else 'no'}, gate override "
+                  + (f"by {pol['fidelity_override'].get('by')}" if pol.get("fidelity_override") else "none"))
+        for w in r.get("warnings", []):
+            print(f"  warning: {w['item_id']}: {w['warning']}")
         for c in r["conformance"]:
             print(f"  check: {c['check']}: {c['result']}" + (f" ({c['note']})" if c.get("note") else ""))
         v = r.get("efficacy_verdict")

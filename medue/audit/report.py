@@ -218,6 +218,12 @@ def build_report(layout: OutputLayout, config: PipelineConfig, markers: Sequence
                       "fit_slices": fit_info.get("slices"), "fit_seconds": fit_info.get("fit_seconds"),
                       "surrogate_accuracy_per_round": fit_info.get("surrogate_accuracy_per_round", [])},
         "policy": config.to_dict()["fidelity"],
+        "policies": {"deidentification": config.deidentification, "uid_mode": config.uid_mode,
+                     "labels_in_release": config.labels.include_in_release, "reversible": config.protect.reversible,
+                     "fidelity_override": ({"reason": config.fidelity.override_reason, "by": config.fidelity.override_by}
+                                           if config.fidelity.override_reason else None)},
+        "warnings": [{"item_id": m["item_id"], "warning": str(w)}
+                     for m in sorted(markers, key=lambda m: m["item_id"]) for w in m.get("warnings", [])],
         "summary": {"items": len(markers), **counts, "ignored": len(ignored),
                     "ignored_reasons": {r: sum(1 for i in ignored if i["reason"] == r)
                                         for r in sorted({i["reason"] for i in ignored})}},
@@ -254,6 +260,34 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
+DEID_WORDS = {"refuse": "refuse: an input that is not marked de-identified is quarantined, not released",
+              "warn": "warn: an input that is not marked de-identified is released with a warning (below)",
+              "ignore": "ignore: de-identification is not checked; the site vouches for it"}
+
+
+def _policies_html(report: dict[str, Any]) -> str:
+    """The release's handling rules in words, then every item warning (or that there were none)."""
+    pol = report.get("policies") or {}
+    override = pol.get("fidelity_override")
+    rows = [["de-identification", DEID_WORDS.get(pol.get("deidentification", ""), pol.get("deidentification", ""))],
+            ["DICOM UIDs", "keyed: new UIDs derived from the key (the same input gives the same UIDs)"
+             if pol.get("uid_mode") == "keyed" else "random: new UIDs on every run"],
+            ["labels in the release", "yes (labels.include_in_release)" if pol.get("labels_in_release") else
+             "no: labels were used to fit the noise and are not published"],
+            ["reversible", "yes: the deltas are kept under private/ for an authorised restore"
+             if pol.get("reversible") else "no: nothing kept that could restore the originals"],
+            ["fidelity gate override", f"recorded by {override.get('by')}: {override.get('reason')}" if override
+             else "none: an image that fails the gate is not exported"]]
+    warnings = report.get("warnings") or []
+    out = _table(["policy", "in force"], rows)
+    if warnings:
+        out += (f"<p class='fail'><b>{len(warnings)} warning(s):</b></p>"
+                + _table(["item", "warning"], [[w["item_id"], w["warning"]] for w in warnings]))
+    else:
+        out += "<p>No item carried a warning.</p>"
+    return out
+
+
 def render_html(report: dict[str, Any], markers: Sequence[dict[str, Any]], layout: OutputLayout,
                 max_pictures: int) -> str:
     """A single HTML file with every picture inlined as a data URI (opens offline, can be e-mailed)."""
@@ -273,6 +307,8 @@ def render_html(report: dict[str, Any], markers: Sequence[dict[str, Any]], layou
         _table(["items", "exported", "quarantined", "failed fidelity gate", "failed", "files ignored on purpose"],
                [[s["items"], s["done"], s["quarantined"], s["gate_failed"], s["failed"],
                  f"{s.get('ignored', 0)} " + ", ".join(f"({n} {r})" for r, n in s.get("ignored_reasons", {}).items())]]),
+        "<h2>Policies and warnings</h2>",
+        _policies_html(report),
         "<h2>Clinical utility (fidelity)</h2>",
         "<p>PSNR and SSIM use an explicit data range (the original volume's max - min in stored units, given per "
         "row). |delta| is in stored units and in physical units (HU for CT) after rescale.</p>",

@@ -106,3 +106,22 @@ def test_report_zooms_into_the_most_changed_region_of_large_images():
     y0, x0, n = _most_changed_window(diff, 64)
     assert n == 64 and y0 <= 200 and y0 + n >= 210 and x0 <= 330 and x0 + n >= 336
     assert _most_changed_window(np.ones((20, 30), np.int64), 64)[2] == 20  # never larger than the image
+
+
+def test_report_states_the_policies_in_force_and_every_warning(tiny_config, tmp_path, capsys):
+    from medue.cli import main
+    from medue.testing import make_dicom_series
+
+    path = tiny_config(deidentification="warn")
+    cfg = load_config(path)
+    make_dicom_series(cfg.input_path / "identified", slices=2, size=24, seed=5, deidentified=False)
+    summary = run_pipeline(cfg)
+    report = json.loads(summary.report_json.read_text())
+    validate_report(report)
+    assert report["policies"]["deidentification"] == "warn" and report["policies"]["reversible"] is True
+    assert len(report["warnings"]) == 1 and "de-identification" in report["warnings"][0]["warning"]
+    html = summary.report_html.read_text()
+    assert "Policies and warnings" in html and "1 warning(s)" in html and "released with a warning" in html
+    main(["report", str(cfg.output_path)])
+    out = capsys.readouterr().out
+    assert "policies: de-identification warn" in out and out.count("  warning: ") == 1
