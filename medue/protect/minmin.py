@@ -190,6 +190,14 @@ def dots(num_classes: int, height: int, width: int, period: int = 4) -> torch.Te
                                     1.0, -1.0) for k in range(num_classes)]).unsqueeze(1)
 
 
+def grid(num_classes: int, height: int, width: int, period: int = 4) -> torch.Tensor:
+    """``(K, 1, height, width)`` in {-1, 1}: 1-px lines along both axes every ``period`` px (a grid), the grid of
+    class ``k`` shifted by ``k`` pixels. The period-``period`` content of :func:`grating` along both axes at once."""
+    v, u = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    return torch.stack([torch.where((torch.remainder(u - k, period) == 0) | (torch.remainder(v - k, period) == 0),
+                                    1.0, -1.0) for k in range(num_classes)]).unsqueeze(1)
+
+
 def cosine_grating(num_classes: int, height: int, width: int, period: int = 4) -> torch.Tensor:
     """``(K, 1, height, width)`` sampled cosines rounded to {-1, 0, 1}, one orientation per class (as :func:`grating`).
 
@@ -237,12 +245,14 @@ def bilevel_classwise_tiled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
         noise = cosine_grating(num_classes, th, tw, period=tile or 4) * eps
     elif init == "dots":
         noise = dots(num_classes, th, tw, period=tile or 4) * eps
+    elif init == "grid":
+        noise = grid(num_classes, th, tw, period=tile or 4) * eps
     else:
         noise = torch.zeros((num_classes, 1, th, tw))
     noise = noise.clamp(lo_noise, eps).to(x.device)
     support = block_mask(torch.rand((num_classes, 1, th, tw), generator=generator).to(x.device), mask_ratio, block) \
         if mask_ratio < 1.0 else torch.ones_like(noise)
-    if init in ("grating", "dots") and positive:
+    if init in ("grating", "dots", "grid") and positive:
         # the stripes are the shortcut: the optimisation sets their strength, it does not move them
         support = (noise > 0).to(noise.dtype)
     opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9, weight_decay=5e-4)

@@ -366,3 +366,7 @@ def test_dots_lattice_one_pixel_per_cell_shifted_per_class():
     assert [int((d[k] > 0).sum()) for k in range(2)] == [4, 4]
     assert d[0, 0, 0, 0] == 1 and d[1, 0, 1, 1] == 1 and d[1, 0, 0, 0] == -1
     assert torch.equal(d[0].flip(-1).roll(1, -1), d[0])  # a flip only shifts the lattice
+    from medue.protect.minmin import grid
+
+    g = grid(2, 8, 8, period=4)
+    assert int((g[0] > 0).sum()) == 28 and bool((g[0] >= d[0]).all())  # 2 rows + 2 columns of 8, crossing in 4
