@@ -254,7 +254,7 @@ def adapt_support(volume: Any, protected: Any, fid: Any, ctx: JobContext, slope:
         if over:  # the config's own limit: thin to it, whatever share of the support that leaves
             kept *= t.max_fraction_changed / max(fid.fraction_changed, 1e-12) * 0.98
             changed = True
-        if low_psnr and kept > min_kept:
+        elif low_psnr and kept > min_kept:  # (after a fraction thinning the PSNR is measured again first)
             kept = max(kept * 10 ** (-(t.min_psnr_db - fid.psnr_db + 0.3) / 10), min_kept)
             changed = True
         if not changed and scale > min_scale:  # SSIM, or PSNR with the support at its floor
