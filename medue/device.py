@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -47,6 +48,18 @@ def memory_budget(device: torch.device | str, *, memory_gb: float | None = None,
     except (ValueError, OSError, AttributeError):  # not a POSIX system: a conservative fixed budget
         available = 4 * 2**30
     return int(min(max(available // 4 // max(workers, 1), 2**26), 2**30))
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run the block on one torch CPU thread, then restore the count: with several threads the order of float sums
+    in a backward pass varies from run to run, so a small fit made inside is the same for a key on every run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def device_count() -> int:

@@ -624,13 +624,13 @@ def write_dicom_series(
     new_series = derived_uid(uid_key, f"{sources[0].get('SeriesInstanceUID', '')}|{members}", "series", uid_root)
     out_dir = Path(out_dir)
     written: list[Path] = []
-    expected: list[np.ndarray] = []
+    expected: list[bytes] = []
     with atomic_folder(out_dir) as tmp:
         for i, src in enumerate(sources):
             ds = _derive_dataset(src, i, volume, new_series, derivation, uid_key, __version__, now, uid_root)
             pixels = volume.array if volume.header.get("multiframe") else volume.array[i]
-            pixels = np.ascontiguousarray(pixels, dtype=volume.array.dtype.newbyteorder("<"))
-            ds.PixelData = pixels.tobytes()
+            data = np.ascontiguousarray(pixels, dtype=volume.array.dtype.newbyteorder("<")).tobytes()
+            ds.PixelData = data
             ds["PixelData"].VR = "OB" if int(src.BitsAllocated) <= 8 else "OW"
             ds["PixelData"].is_undefined_length = False
             for tag in ("SmallestImagePixelValue", "LargestImagePixelValue"):
@@ -639,7 +639,7 @@ def write_dicom_series(
             name = f"slice_{i:04d}.dcm"
             ds.save_as(tmp / name, enforce_file_format=True)
             written.append(out_dir / name)
-            expected.append(pixels)
+            expected.append(data)
         verify_dicom_series(sorted(tmp.iterdir()), sources, expected, new_series)
     return written
 
@@ -693,15 +693,17 @@ def _derive_dataset(src: Dataset, index: int, volume: Volume, new_series: str, d
     return ds
 
 
-def verify_dicom_series(written: Sequence[Path], sources: Sequence[Dataset], expected: Sequence[np.ndarray],
+def verify_dicom_series(written: Sequence[Path], sources: Sequence[Dataset], expected: Sequence[bytes],
                         series_uid: str) -> None:
-    """Re-read written files and check pixels, UIDs and the derived-image tags; raise ExportError on any miss."""
+    """Re-read written files and check pixels, UIDs and the derived-image tags; raise ExportError on any miss.
+
+    ``expected``: each file's protected pixels as the little-endian bytes that were written.
+    """
     problems = []
-    for path, src, pixels in zip(written, sources, expected):
+    for path, src, want in zip(written, sources, expected):
         ds = pydicom.dcmread(path)
         # uncompressed, little endian, and the pixel module is checked against the source below: the bytes on disk
         # equal to the array's bytes (plus the one pad byte of an odd length) mean the same decoded pixels
-        want = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<")).tobytes()
         data = ds.get("PixelData")
         if data is None or len(data) not in (len(want), len(want) + 1) or data[:len(want)] != want:
             problems.append(f"{path.name}: pixels differ from the protected array")

@@ -369,8 +369,6 @@ MIXED_TYPE_PARAMS = frozenset({"blank_class"})
 
 def _check_protect_params(method: str, params: Mapping[str, Any]) -> list[str]:
     """Every problem with ``protect.params``: unknown names (with the allowed list), types, then ranges."""
-    import difflib
-
     from medue.protect import PROTECTORS, build_protector
 
     cls = PROTECTORS.get(method)

@@ -181,21 +181,28 @@ def grating(num_classes: int, height: int, width: int, period: int = 4, duty: fl
     return torch.stack(out).unsqueeze(1)
 
 
+def _lattice(num_classes: int, height: int, width: int, period: int, *, both: bool) -> torch.Tensor:
+    """Pixels on a 1-px line every ``period`` px along columns and rows (``both``: where the lines cross; else
+    anywhere on either), class ``k`` shifted by ``k`` px along both axes; ``(K, 1, height, width)`` in {-1, 1}."""
+    v, u = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    out = []
+    for k in range(num_classes):
+        on_column, on_row = torch.remainder(u - k, period) == 0, torch.remainder(v - k, period) == 0
+        out.append(torch.where(on_column & on_row if both else on_column | on_row, 1.0, -1.0))
+    return torch.stack(out).unsqueeze(1)
+
+
 def dots(num_classes: int, height: int, width: int, period: int = 4) -> torch.Tensor:
     """``(K, 1, height, width)`` lattices in {-1, 1}: one pixel on in every ``period`` x ``period`` cell, the lattice
     of class ``k`` shifted by ``k`` pixels along both axes. A 2D pulse train: harmonics at periods ``period``,
     ``period / 2``… along both axes and the diagonals, unchanged by flips up to a shift."""
-    v, u = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    return torch.stack([torch.where((torch.remainder(u - k, period) == 0) & (torch.remainder(v - k, period) == 0),
-                                    1.0, -1.0) for k in range(num_classes)]).unsqueeze(1)
+    return _lattice(num_classes, height, width, period, both=True)
 
 
 def grid(num_classes: int, height: int, width: int, period: int = 4) -> torch.Tensor:
     """``(K, 1, height, width)`` in {-1, 1}: 1-px lines along both axes every ``period`` px (a grid), the grid of
     class ``k`` shifted by ``k`` pixels. The period-``period`` content of :func:`grating` along both axes at once."""
-    v, u = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    return torch.stack([torch.where((torch.remainder(u - k, period) == 0) | (torch.remainder(v - k, period) == 0),
-                                    1.0, -1.0) for k in range(num_classes)]).unsqueeze(1)
+    return _lattice(num_classes, height, width, period, both=False)
 
 
 def cosine_grating(num_classes: int, height: int, width: int, period: int = 4) -> torch.Tensor:

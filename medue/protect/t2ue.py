@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medue.device import single_thread
 from medue.protect.base import Protector, UnitSpace, per_sample_mask, project
 from medue.protect.masks import flat_region_mask
 from medue.protect.minmin import tile_to
@@ -164,15 +165,10 @@ class T2UEProtector(Protector):
         num_classes = max(int(labels.max()) + 1, len(self.texts or []), 2)
         class_texts = self.class_texts(num_classes)
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
-        # small enough for the CPU, and run on one thread: with several, the order of float sums in the backward
-        # pass varies from run to run and so would the generator (and every release made from it)
-        device = torch.device("cpu")
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            self._fit_generator(class_texts, num_classes, seed, device)
-        finally:
-            torch.set_num_threads(threads)
+        # small enough for the CPU, and on one thread so that the generator (and every release made from it) is
+        # the same for a key on every run
+        with single_thread():
+            self._fit_generator(class_texts, num_classes, seed, torch.device("cpu"))
         self.fitted = True
         return self.perturb(x_units, labels, space, generator=generator) if return_delta else None
 

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medue.device import single_thread
 from medue.protect.base import Protector, UnitSpace, batches, per_sample_mask, project
 from medue.protect.clusters import assign, kmeans
 from medue.protect.masks import flat_region_mask
@@ -156,12 +157,8 @@ class UCProtector(Protector):
         scale = space.scale.reshape(-1, 1, 1, 1).float().cpu() if isinstance(space.scale, torch.Tensor) else None
         eps = self.epsilon / (scale if scale is not None and scale.shape[0] == small.shape[0]
                               else torch.full((small.shape[0], 1, 1, 1), float(space.scale)))
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # a key must give the same release: one thread fixes the order of float sums
-        try:
+        with single_thread():  # a key must give the same release
             self._fit(small, eps, seed)
-        finally:
-            torch.set_num_threads(threads)
         self.fitted = True
         return self.perturb(x_units, None, space, generator=generator) if return_delta else None
 
