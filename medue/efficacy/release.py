@@ -301,7 +301,7 @@ def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path,
         "release_exit_code": exit_code,
         "release_existing": existing,
         "release_seconds": release_seconds,
-        "fit": {k: fit_info.get(k) for k in ("slices", "fit_resolution", "fit_seconds", "labels_used",
+        "fit": {k: fit_info.get(k) for k in ("slices", "fit_resolution", "fit_seconds", "labels_used", "pixels_used",
                                               "surrogate_accuracy_per_round", "state_fingerprint")},
         "fidelity": _fidelity_summary(status),
         "device": str(device),
@@ -377,7 +377,10 @@ def results_markdown(result: dict[str, Any]) -> str:
                   f"{f['max_abs_units']} units. "
                   + ("Release read back from an existing output folder (not re-run here)"
                      if result.get("release_existing") else f"Release run {result['release_seconds']} s")
-                  + f" (fit {result['fit'].get('fit_seconds')} s on {result['fit'].get('slices')} slices).", ""]
+                  + f" (fit {result['fit'].get('fit_seconds')} s "
+                  + ("from the labels alone: a placed pattern, no pixels read)."
+                     if result['fit'].get('pixels_used') is False else f"on {result['fit'].get('slices')} slices)."),
+                  ""]
     lines += ["## Summary (clean-test accuracy; rows whose model did not fit its training set are left out)", "",
               "| attacker | augmentation | countermeasure | clean data | protected (mean) | protected (max) | runs | "
               "unfit |", "|---|---|---|---|---|---|---|---|"]

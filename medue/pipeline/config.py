@@ -103,12 +103,16 @@ class ExecutionConfig(_Section):
     ``memory_gb``: working memory for the volume tensors, shared by the workers (``None``: half the GPU's free
     memory, or a quarter of the machine's available memory per worker, at most 1 GiB; see
     :func:`medue.device.memory_budget`): volumes larger than it are protected and checked a few slices at a time.
+    ``read_ahead``: one worker reads the next volume in a thread while the current one is protected, checked and
+    written (``"auto"``: on a GPU, where the compute leaves the CPU free; ``true``/``false``: always/never). It holds
+    a second volume in memory, so it is off on a CPU by default.
     """
 
     device: str = "auto"
     workers: int = Field(1, ge=1)
     backend: Literal["local", "ray"] = "local"
     memory_gb: float | None = Field(None, gt=0)
+    read_ahead: bool | Literal["auto"] = "auto"
 
     @field_validator("device")
     @classmethod

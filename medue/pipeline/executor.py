@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from typing import Any, Iterator, Sequence
 
 from medue.device import device_count
 from medue.errors import InvalidConfigError
 from medue.io import InputItem
-from medue.pipeline.job import JobContext, process_item
+from medue.pipeline.job import JobContext, process_item, read_ahead_needed, read_volume
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -56,10 +56,32 @@ def _init_worker(threads: int) -> None:
         pass  # not Linux: workers end when the pool is shut down
 
 
+def _with_read_ahead(items: Sequence[InputItem], ctx: JobContext, *, resume: bool) -> Iterator[dict[str, Any]]:
+    """One worker, reading item k + 1 in a thread while item k is protected, checked and written.
+
+    At most one volume is read ahead (two in memory); items skipped on resume are not read. The markers are the
+    ones :func:`process_item` writes without read-ahead: only when the read happens changes.
+    """
+    items = list(items)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medue-read-ahead") as reader:
+        def start(k: int) -> Future | None:
+            if k >= len(items) or not read_ahead_needed(items[k], ctx, resume=resume):
+                return None
+            return reader.submit(read_volume, items[k], ctx)
+
+        pending = start(0)
+        for k, item in enumerate(items):
+            current, pending = pending, start(k + 1)
+            yield process_item(item, ctx, resume=resume, prefetched=current)
+
+
 def execute_local(items: Sequence[InputItem], ctx: JobContext, *, workers: int = 1, resume: bool = True,
                   devices: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
     """Run ``process_item`` over ``items`` and yield each marker as it completes (completion order)."""
     devices = list(devices or worker_devices(ctx.device, workers))
+    if workers <= 1 and ctx.read_ahead:
+        yield from _with_read_ahead(items, ctx.with_device(devices[0]), resume=resume)
+        return
     if workers <= 1:
         for item in items:
             yield process_item(item, ctx.with_device(devices[0]), resume=resume)

@@ -12,6 +12,7 @@ import json
 import shutil
 import time
 import traceback
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,8 @@ class JobContext:
     adapt_support: bool = True
     #: Working memory for one volume's tensors (:func:`medue.device.memory_budget`); ``None``: unbounded.
     memory_bytes: int | None = None
+    #: Read the next volume while this one is processed (single worker; see ``execution.read_ahead``).
+    read_ahead: bool = False
 
     @property
     def layout(self) -> OutputLayout:
@@ -131,10 +134,26 @@ def _quarantine(item: InputItem, ctx: JobContext, reason: str, message: str) -> 
     return info
 
 
-def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True) -> dict[str, Any]:
+def read_ahead_needed(item: InputItem, ctx: JobContext, *, resume: bool) -> bool:
+    """Whether :func:`process_item` will read ``item`` (not an intact item skipped on resume)."""
+    if not resume or not ctx.layout.marker(item.item_id).exists():
+        return True
+    previous = read_marker(ctx.layout.marker(item.item_id))
+    return previous is None or not _outputs_intact(ctx.layout, previous)
+
+
+def read_volume(item: InputItem, ctx: JobContext) -> Any:
+    """The volume of ``item`` as :func:`process_item` reads it (a read-ahead thread calls this)."""
+    return read_item(item, root=ctx.input_root, deidentification=ctx.deidentification)
+
+
+def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True, prefetched: Future | None = None
+                 ) -> dict[str, Any]:
     """Protect and export one item; return (and write) its completion marker.
 
     With ``resume`` an item whose marker exists is skipped and its marker returned (``"skipped": True``).
+    ``prefetched`` is a future of :func:`read_volume` for this item, started while the previous item was processed
+    (its failure is this item's quarantine, exactly as a read here); ``stage_seconds["read"]`` is then the wait.
     """
     layout = ctx.layout
     marker_path = layout.marker(item.item_id)
@@ -147,7 +166,7 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True) -> di
     stages: dict[str, float] = {}
     result["stage_seconds"] = stages
     try:
-        volume = read_item(item, root=ctx.input_root, deidentification=ctx.deidentification)
+        volume = prefetched.result() if prefetched is not None else read_volume(item, ctx)
     except Exception as exc:  # any reader failure is this item's problem, never the batch's
         reason = exc.reason if isinstance(exc, IngestError) else "unreadable"
         text = str(exc) if isinstance(exc, IngestError) else (
@@ -158,6 +177,8 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True) -> di
         result["quarantine"] = _quarantine(item, ctx, reason, message)
         return _finish(result, marker_path, t0)
     stages["read"] = round(time.perf_counter() - t0, 4)
+    if prefetched is not None:
+        result["read_ahead"] = True
 
     result.update(format=volume.source.format, modality=volume.modality, shape=list(volume.array.shape),
                   dtype=str(volume.array.dtype), input_sha256=list(volume.source.sha256),
@@ -215,8 +236,10 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True) -> di
         result["outputs"] = [{"path": str(f.relative_to(layout.release)), "sha256": sha256_file(f),
                               "bytes": f.stat().st_size} for f in files]
         if ctx.reversible:
+            t = time.perf_counter()
             delta_path = write_delta(volume.array, protected.array, layout.private / "deltas" / f"{item.item_id}.npz")
             result["delta"] = {"path": str(delta_path.relative_to(layout.root)), "sha256": sha256_file(delta_path)}
+            stages["delta"] = round(time.perf_counter() - t, 4)
         result["status"] = DONE
     except Exception as exc:  # the item fails, the batch goes on
         reason = "export_failed" if isinstance(exc, ExportError) else type(exc).__name__

@@ -139,6 +139,18 @@ def _fit_samples(items: list[InputItem], config: PipelineConfig) -> FitSet:
     return FitSet(torch.cat(xs), y, space, owners)
 
 
+def _label_only_fit(items: list[InputItem]) -> FitSet:
+    """One stand-in sample per item (zeros, ``(N, 1, 1, 1)``) with its label, for a protector whose fit uses the
+    labels alone (:meth:`~medue.protect.base.Protector.fit_uses_pixels`): no volume is read before export."""
+    if not items:
+        raise IngestError("no readable input to fit the protector on", reason="empty")
+    n = len(items)
+    space = UnitSpace(torch.zeros(n, 1, 1, 1), torch.ones(n, 1, 1, 1), 0.0, 1.0)
+    labels = None if any(it.label is None for it in items) else \
+        torch.tensor([int(it.label) for it in items], dtype=torch.long)  # type: ignore[arg-type]
+    return FitSet(torch.zeros(n, 1, 1, 1), labels, space, [(it.item_id, i, 1, False) for i, it in enumerate(items)])
+
+
 #: What a resumed run must share with the fit it reuses, and how to name each in a message.
 IDENTITY_NAMES = {"key_fingerprint": "key", "method": "protection method", "params": "protector parameters",
                   "labels_sha256": "set of labels", "config_hash": "configuration (method, parameters, labels, "
@@ -167,7 +179,9 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
     # an interrupted fit must never look like a finished one to --resume: its record goes first, comes back last
     (layout.private / "protector.json").unlink(missing_ok=True)
     protector = build_protector(config.protect.method, **dict(config.protect.params))
-    fit = _fit_samples(items, config)
+    labelled = bool(items) and all(it.label is not None for it in items)
+    pixels = protector.fit_uses_pixels(labelled)
+    fit = _fit_samples(items, config) if pixels else _label_only_fit(items)
     if protector.needs_labels and fit.labels is None:
         raise InvalidConfigError([f"protect.method {config.protect.method!r} is class-wise and needs a label per "
                                   "item: add a `labels:` section to the config"])
@@ -176,9 +190,11 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
     t0 = time.perf_counter()
     if progress:
         progress(f"fitting {config.protect.method} on {fit.x.shape[0]} slice(s) of {len(fit.owners)} item(s) at "
-                 f"{fit.x.shape[-2]}x{fit.x.shape[-1]} px, {'true labels' if fit.labels is not None else 'no labels'}")
+                 f"{fit.x.shape[-2]}x{fit.x.shape[-1]} px, {'true labels' if fit.labels is not None else 'no labels'}"
+                 if pixels else f"fitting {config.protect.method} on the labels of {len(fit.owners)} item(s) "
+                 "(a placed pattern: no pixels are read)")
     samplewise = getattr(protector, "mode", "") == "samplewise"
-    slices, resolution = int(fit.x.shape[0]), list(fit.x.shape[-2:])
+    slices, resolution = (int(fit.x.shape[0]), list(fit.x.shape[-2:])) if pixels else (0, None)
     try:
         delta = protector.fit(fit.x.to(device), None if fit.labels is None else fit.labels.to(device),
                               fit.space.to(device), generator=make_generator(derive_seed(key, "fit", config.name)),
@@ -210,7 +226,7 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
     info = {"method": config.protect.method, "config_hash": config.config_hash(), "identity": identity or {},
             "slices": slices,
             "items": len(fit.owners), "fit_resolution": resolution,
-            "labels_used": fit.labels is not None, "items_with_fitted_delta": stored,
+            "labels_used": fit.labels is not None, "pixels_used": pixels, "items_with_fitted_delta": stored,
             "fit_seconds": round(time.perf_counter() - t0, 2), "state_fingerprint": protector.state_fingerprint(),
             "state_sha256": sha256_file(layout.protector_state), "params": protector.params(),
             "surrogate_accuracy_per_round": list(getattr(protector, "history", []) or [])}
@@ -324,6 +340,8 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
         override_reason=fp.override_reason, override_by=fp.override_by, deidentification=config.deidentification,
         uid_mode=config.uid_mode, uid_root=config.uid_root, reversible=config.protect.reversible, device=str(device),
         memory_bytes=memory_budget(device, memory_gb=config.execution.memory_gb, workers=config.execution.workers),
+        read_ahead=(device.type == "cuda" if config.execution.read_ahead == "auto"
+                    else bool(config.execution.read_ahead)),
     )
     workers = config.execution.workers
     if config.execution.backend == "ray":

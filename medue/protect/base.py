@@ -125,6 +125,15 @@ class Protector(ABC):
         self.fitted = True
         return self.perturb(x_units, labels, space, generator=generator) if return_delta else None
 
+    def fit_uses_pixels(self, labelled: bool) -> bool:
+        """Whether :meth:`fit` reads the release's pixels (``labelled``: every sample has a label).
+
+        A method whose fit uses the labels alone (a placed class pattern, model-free class filters, a generator
+        fitted on synthetic images) returns ``False``: the release job then fits it on one stand-in sample per item
+        (zeros, shape ``(N, 1, 1, 1)``, their labels) and reads no volume before export, with the same result.
+        """
+        return True
+
     @abstractmethod
     def perturb(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
                 generator: torch.Generator) -> torch.Tensor:

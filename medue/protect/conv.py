@@ -80,6 +80,9 @@ class ConvProtector(Protector):
     def slice_independent(self) -> bool:
         return True  # one filter per class, each slice blurred on its own
 
+    def fit_uses_pixels(self, labelled: bool) -> bool:
+        return False  # the filters are drawn from the key, one per class
+
     def perturb(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
                 generator: torch.Generator) -> torch.Tensor:
         self._check_fitted()

@@ -217,6 +217,12 @@ class EMProtector(Protector):
     def slice_independent(self) -> bool:
         return self.mode == "classwise"  # a class pattern on a per-slice placement
 
+    def fit_uses_pixels(self, labelled: bool) -> bool:
+        # a class pattern that is placed, not optimised (no min-min round, or no budget), of a fixed period needs
+        # only the classes; labels from clusters or a full-size pattern (tile 0) need the images
+        return not (labelled and self.mode == "classwise" and self.tile > 0
+                    and (self.settings.max_rounds == 0 or self.epsilon == 0))
+
     def fit(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
             generator: torch.Generator, return_delta: bool = True) -> torch.Tensor | None:
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))

@@ -214,6 +214,9 @@ class T2UEProtector(Protector):
     def slice_independent(self) -> bool:
         return True  # one generated pattern per class on a per-slice placement
 
+    def fit_uses_pixels(self, labelled: bool) -> bool:
+        return False  # the generator learns on synthetic reference images: of the release only the classes count
+
     @torch.no_grad()
     def perturb(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
                 generator: torch.Generator) -> torch.Tensor:

@@ -125,3 +125,42 @@ def test_gate_adaptation_thins_a_dense_delta_to_the_configured_fraction_and_keep
     assert 0.15 < fid2.fraction_changed <= 0.2 and fid2.max_abs_units == 8 and kept["amplitude_scale"] == 1.0
     again, _, _ = adapt_support(vol, protected, fid, dataclasses.replace(ctx), 1.0)
     assert np.array_equal(again.array, out.array)  # keyed: the same subset every time
+
+
+@pytest.mark.parametrize("method,params", [
+    ("salm", {"epsilon": 4, "mode": "classwise", "placement": "flat", "mask_ratio": 0.45, "tile": 3,
+              "init": "grating", "duty": 0.25, "blank_class": True, "max_rounds": 0}),
+    ("conv", {"epsilon": 4}),
+    ("t2ue", {"epsilon": 4, "train_steps": 3, "reference_size": 16, "random_texts": 2}),
+])
+def test_fit_from_labels_alone_reads_no_volume_and_matches_the_pixel_fit(method, params, tiny_config, tmp_path,
+                                                                        monkeypatch):
+    """A placed class pattern (and conv, t2ue) is fitted from the labels: no volume is read before export, and the
+    protector is the one a fit over every slice gives."""
+    import medue.pipeline.runner as runner
+    from medue.protect.base import Protector
+
+    table = tmp_path / "labels.csv"
+    table.write_text("path,label\nseries_a,tumour\nvol.nii.gz,normal\n")
+    fingerprints = {}
+    for pixels in (True, False):
+        cfg = load_config(tiny_config(labels={"source": "table", "table": str(table)},
+                                      protect={"method": method, "params": params},
+                                      fidelity={"min_psnr_db": 0, "min_ssim": 0, "max_abs_units": 10**6},
+                                      output=str(tmp_path / f"out_{pixels}")))
+        with monkeypatch.context() as m:
+            if pixels:
+                m.setattr(Protector, "fit_uses_pixels", lambda self, labelled: True)
+                m.setattr(type(runner.build_protector(method, **params)), "fit_uses_pixels",
+                          lambda self, labelled: True)
+            else:
+                def no_read(*args, **kwargs):
+                    raise AssertionError("the fit read a volume")
+                m.setattr(runner, "read_item", no_read)  # the items themselves are read by the jobs, not here
+            summary = run_pipeline(cfg)
+        assert summary.exit_code == 0 and summary.counts["done"] == 2
+        fit = json.loads((cfg.output_path / "private" / "protector.json").read_text())
+        assert fit["pixels_used"] is pixels and fit["labels_used"] is True
+        assert fit["slices"] == (4 + 3 if pixels else 0)
+        fingerprints[pixels] = fit["state_fingerprint"]
+    assert fingerprints[True] == fingerprints[False]

@@ -155,6 +155,25 @@ def test_process_pool_matches_serial(tiny_config):
     assert nif(serial) == nif(pooled) and pooled.counts["done"] == 2
 
 
+def test_read_ahead_matches_serial_and_quarantines_a_bad_read(tiny_config):
+    cfg = load_config(tiny_config())
+    (cfg.input_path / "broken.nii.gz").write_bytes(b"not a NIfTI file at all" * 10)
+    serial = run_pipeline(cfg)
+    ahead_cfg = load_config(tiny_config(output=str(cfg.output_path) + "_ahead", execution={"read_ahead": True}))
+    ahead = run_pipeline(ahead_cfg)
+    assert serial.counts == ahead.counts and ahead.counts["quarantined"] == 1 and ahead.counts["done"] == 2
+    by_id = lambda s: {m["item_id"]: m for m in s.markers}  # noqa: E731
+    for item_id, m in by_id(ahead).items():
+        other = by_id(serial)[item_id]
+        assert m["status"] == other["status"] and m.get("reason") == other.get("reason")
+        if m["status"] == "done":
+            assert m["read_ahead"] is True and m["fidelity"] == other["fidelity"]
+            if m["format"] == "nifti":  # DICOM files carry a creation time; NIfTI bytes are the pixels
+                assert [o["sha256"] for o in m["outputs"]] == [o["sha256"] for o in other["outputs"]]
+    again = run_pipeline(ahead_cfg, resume=True)  # every item has its final marker: none is read again
+    assert again.counts["skipped"] == 3
+
+
 def test_kill_9_then_resume_finishes_exactly_once(tmp_path):
     from medue.testing import make_nifti
 
