@@ -134,12 +134,18 @@ def _quarantine(item: InputItem, ctx: JobContext, reason: str, message: str) -> 
     return info
 
 
+def _finished_marker(item: InputItem, ctx: JobContext, *, resume: bool) -> dict[str, Any] | None:
+    """The marker of an item that ``resume`` skips (its marker and outputs intact), else ``None``."""
+    marker_path = ctx.layout.marker(item.item_id)
+    if not resume or not marker_path.exists():
+        return None
+    previous = read_marker(marker_path)
+    return previous if previous is not None and _outputs_intact(ctx.layout, previous) else None
+
+
 def read_ahead_needed(item: InputItem, ctx: JobContext, *, resume: bool) -> bool:
     """Whether :func:`process_item` will read ``item`` (not an intact item skipped on resume)."""
-    if not resume or not ctx.layout.marker(item.item_id).exists():
-        return True
-    previous = read_marker(ctx.layout.marker(item.item_id))
-    return previous is None or not _outputs_intact(ctx.layout, previous)
+    return _finished_marker(item, ctx, resume=resume) is None
 
 
 def read_volume(item: InputItem, ctx: JobContext) -> Any:
@@ -157,10 +163,9 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True, prefe
     """
     layout = ctx.layout
     marker_path = layout.marker(item.item_id)
-    if resume and marker_path.exists():
-        previous = read_marker(marker_path)
-        if previous is not None and _outputs_intact(layout, previous):
-            return {**previous, "skipped": True}
+    previous = _finished_marker(item, ctx, resume=resume)
+    if previous is not None:
+        return {**previous, "skipped": True}
     t0 = time.perf_counter()
     result: dict[str, Any] = {"item_id": item.item_id, "kind": item.kind, "skipped": False}
     stages: dict[str, float] = {}
