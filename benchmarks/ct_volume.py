@@ -112,12 +112,14 @@ def main() -> None:
              f"peak RSS {result['peak_rss_mb']} MB; I/O: plain pydicom/nibabel loop {result['plain_read_write_seconds']} s, "
              f"medue read + write + verify {result['medue_read_write_verify_seconds']} s "
              f"(plain / medue = {result['io_ratio_plain_over_medue']}).", "",
-             "| format | shape | read s | protect s | check s | write+verify s | item s | protect s/slice | item s/Mvox |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| format | shape | read s | protect s | check s | write+verify s | delta s | item s | protect s/slice | "
+             "item s/Mvox |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for i in items:
         st = i["stage_seconds"]
         lines.append(f"| {i['format']} | {'x'.join(map(str, i['shape']))} | {st.get('read')} | {st.get('protect')} | "
-                     f"{st.get('check')} | {st.get('write_verify')} | {i['seconds']} | {i['protect_s_per_slice']} | "
+                     f"{st.get('check')} | {st.get('write_verify')} | {st.get('delta')} | {i['seconds']} | "
+                     f"{i['protect_s_per_slice']} | "
                      f"{i['item_s_per_megavoxel']} |")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -10,7 +10,6 @@ against scikit-image.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,16 +84,17 @@ def volume_metrics(image_true: np.ndarray, image_test: np.ndarray, *, data_range
         return VolumeMetrics(float("inf"), 1.0, 0, 0.0, [])
     budget = budget_bytes or (2**30 if device.type == "cuda" else 2**28)
     per_slice_bytes = 8 * 14 * int(np.prod(a3.shape[1:]))  # float64 inputs, products and filtered maps
-    # on a CPU the chunks go through a few threads (torch's cumsum runs on one core; the budget is shared out)
-    threads = 1 if device.type != "cpu" else max(1, min(torch.get_num_threads(), a3.shape[0]))
-    chunk = max(1, budget // threads // max(per_slice_bytes, 1))
+    chunk = max(1, budget // max(per_slice_bytes, 1))
     win = _window(a3.shape)
-
-    def one_chunk(s: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    squared, ssim, linf, changed = [], [], 0, 0
+    for s in range(0, a3.shape[0], chunk):
         a = torch.from_numpy(np.ascontiguousarray(a3[s:s + chunk], dtype=np.float64)).to(device)
         b = torch.from_numpy(np.ascontiguousarray(b3[s:s + chunk], dtype=np.float64)).to(device)
         d = b - a
         per_slice = (d * d).sum(dim=(1, 2))
+        squared.append(per_slice.cpu())
+        linf = max(linf, int(d.abs().max()))
+        changed += int(torch.count_nonzero(d))
         if win >= 3:
             # an unchanged slice has SSIM 1 exactly (every window's ratio is x/x): only changed slices are filtered
             # (a release's blank class, or a volume whose noise missed some slices, costs no SSIM at all)
@@ -102,18 +102,9 @@ def volume_metrics(image_true: np.ndarray, image_test: np.ndarray, *, data_range
             values = torch.ones(a.shape[0], dtype=torch.float64, device=a.device)
             if bool(moved.any()):
                 values[moved] = _ssim_slices(a[moved], b[moved], data_range, win)
+            ssim.append(values.cpu())
         else:  # too small for a window: identical or not
-            values = torch.tensor([1.0 if bool(torch.equal(x, y)) else 0.0 for x, y in zip(a, b)], dtype=torch.float64)
-        return per_slice.cpu(), values.cpu(), int(d.abs().max()), int(torch.count_nonzero(d))
-
-    starts = range(0, a3.shape[0], chunk)
-    if threads > 1 and len(starts) > 1:
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="medue-fidelity") as pool:
-            parts = list(pool.map(one_chunk, starts))  # in order: every number is the serial one
-    else:
-        parts = [one_chunk(s) for s in starts]
-    squared, ssim = [p[0] for p in parts], [p[1] for p in parts]
-    linf, changed = max(p[2] for p in parts), sum(p[3] for p in parts)
+            ssim.append(torch.tensor([1.0 if bool(torch.equal(x, y)) else 0.0 for x, y in zip(a, b)]))
     sq = torch.cat(squared).tolist()
     per_slice_voxels = int(np.prod(a3.shape[1:]))
     return VolumeMetrics(psnr_db=_psnr(sum(sq), a3.size, data_range), ssim=float(torch.cat(ssim).mean()),
