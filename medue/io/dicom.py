@@ -646,11 +646,10 @@ def write_dicom_series(
 
 def _derive_dataset(src: Dataset, index: int, volume: Volume, new_series: str, derivation: str,
                     uid_key: str | None, version: str, now: _dt.datetime, uid_root: str | None = None) -> Dataset:
-    ds = copy.deepcopy(src)
+    ds = copy.deepcopy(src)  # file meta included: a shallow copy would share (and rewrite) the source's elements
     old_sop = str(src.SOPInstanceUID)
     # each instance its own new UID, even where the source repeats one (index and new series in the seed)
     new_sop = derived_uid(uid_key, f"{old_sop}|{index}|{new_series}", "instance", uid_root)
-    ds.file_meta = src.file_meta.copy()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     # big-endian and implicit-VR sources are written as Explicit VR Little Endian: decode every raw element with
     # the source's own encoding first (an Explicit VR Little Endian source's raw elements are written as they are)

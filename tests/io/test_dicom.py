@@ -90,6 +90,8 @@ def test_compressed_input_decoded_and_written_uncompressed(tmp_path):
     out = pydicom.dcmread(files[0])
     assert out.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
     assert np.array_equal(out.pixel_array, ref)
+    # decompressed from a lossless source, never lossy: said so (the source's own header is left as it was read)
+    assert out.LossyImageCompression == "00"
 
 
 def test_missing_decoder_gives_clear_reason(tmp_path, monkeypatch):
