@@ -262,7 +262,9 @@ def bilevel_classwise_tiled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     if init in ("grating", "dots", "grid") and positive:
         # the stripes are the shortcut: the optimisation sets their strength, it does not move them
         support = (noise > 0).to(noise.dtype)
-    opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9, weight_decay=5e-4)
+    # (built only for a refinement: torch's first optimiser imports torch._dynamo, seconds for a placed pattern)
+    opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9, weight_decay=5e-4) \
+        if settings.max_rounds > 0 else None
     history: list[float] = []
     n = x.shape[0]
 
@@ -276,6 +278,7 @@ def bilevel_classwise_tiled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
         return attacker_view(sp.to_model(inp_units), augment, generator, noise_std=settings.rho / 255.0)
 
     for r in range(settings.max_rounds):
+        assert opt is not None
         full = expand(noise * support)
         model.train()
         for _ in range(settings.train_steps):
