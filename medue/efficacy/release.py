@@ -247,8 +247,12 @@ def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path,
                            adversarial_epsilon=settings.adversarial_epsilon if cm == "adversarial_training" else 0.0)
         x = countermeasures.PREPROCESSING.get(cm, lambda a: a)(x)
         t = time.perf_counter()
+        def epoch_done(epoch: int, epochs: int, loss: float, batch_accuracy: float) -> None:
+            log(f"    {arch} {cm} {data} seed {seed}: epoch {epoch}/{epochs}, loss {loss:.4f}, "
+                f"training-batch accuracy {batch_accuracy:.3f}, {time.perf_counter() - t:.0f} s")
+
         res, model = train_classifier(arch, x, y, x_test, y_test, settings=ts, seed=derive_seed(seed, arch, cm),
-                                      device=device, return_model=True)
+                                      device=device, return_model=True, progress=epoch_done)
         row = {"architecture": arch, "augmentation": aug, "countermeasure": cm, "training_data": data,
                "seed": seed, "train_accuracy": round(res["train_accuracy"], 4),
                "clean_test_accuracy": round(res["test_accuracy"], 4), "epochs": settings.epochs,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -49,8 +50,13 @@ def _pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: 
 
 def train_classifier(arch: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
                      *, settings: TrainSettings, seed: int, device: torch.device,
-                     return_model: bool = False) -> dict[str, float] | tuple[dict[str, float], nn.Module]:
-    """Train ``arch`` on uint8 ``(N, H, W)`` images and return train and clean-test accuracy (and the model)."""
+                     return_model: bool = False, progress: Callable[[int, int, float, float], None] | None = None
+                     ) -> dict[str, float] | tuple[dict[str, float], nn.Module]:
+    """Train ``arch`` on uint8 ``(N, H, W)`` images and return train and clean-test accuracy (and the model).
+
+    ``progress(epoch, epochs, mean loss, accuracy on the epoch's training batches)`` is called after each epoch
+    (numbers the training computed anyway: it changes nothing of the result).
+    """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     num_classes = int(max(y_train.max(), y_test.max())) + 1
@@ -61,8 +67,9 @@ def train_classifier(arch: str, x_train: np.ndarray, y_train: np.ndarray, x_test
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     steps_per_epoch = max(1, -(-len(xt) // settings.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=settings.epochs * steps_per_epoch)
-    for _ in range(settings.epochs):
+    for epoch in range(settings.epochs):
         model.train()
+        seen, loss_sum, correct = 0, 0.0, 0
         perm = torch.randperm(len(xt), generator=gen)
         for i in range(0, len(xt), settings.batch_size):
             idx = perm[i:i + settings.batch_size]
@@ -74,11 +81,18 @@ def train_classifier(arch: str, x_train: np.ndarray, y_train: np.ndarray, x_test
                 model.eval()
                 xb = _pgd(model, xb, yb, settings.adversarial_epsilon, settings.adversarial_steps)
                 model.train()
-            loss = F.cross_entropy(model(xb), yb)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+            if progress is not None:
+                seen += len(yb)
+                loss_sum += float(loss.detach()) * len(yb)
+                correct += int((logits.detach().argmax(1) == yb).sum())
+        if progress is not None:
+            progress(epoch + 1, settings.epochs, loss_sum / max(seen, 1), correct / max(seen, 1))
     result = {"train_accuracy": evaluate(model, x_train, y_train, device),
               "test_accuracy": evaluate(model, x_test, y_test, device)}
     return (result, model) if return_model else result

@@ -68,7 +68,10 @@ def test_evaluate_reads_what_run_wrote_and_never_protects_test_images(tmp_path):
     settings = ReleaseEvalSettings(attackers=(("plain_cnn", "none"),), countermeasures=("bit_depth_3",),
                                    countermeasure_attacker=("plain_cnn", "none"), seeds=(0, 1), epochs=1, width=4,
                                    device="cpu")
-    res = evaluate_release(_fast_config(), root, work=tmp_path / "work", settings=settings, log=lambda s: None)
+    lines: list[str] = []
+    res = evaluate_release(_fast_config(), root, work=tmp_path / "work", settings=settings, log=lines.append)
+    # progress: one line per epoch of each training run, then the row
+    assert sum("epoch 1/1" in line for line in lines) == 6 and sum("clean-test" in line for line in lines) == 6
 
     # the release run wrote the files the attackers trained on
     released = sorted((tmp_path / "work" / "release").glob("*.nii.gz"))
