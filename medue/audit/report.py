@@ -90,8 +90,8 @@ def _panel(original: np.ndarray, protected: np.ndarray, title: str) -> str:
     """One PNG data URI: before | after | amplified |delta| | mask, and for images larger than 96 px the 64 x 64
     window where the most changed, not shrunk (1-px lines vanish when a 512 px slice is reduced).
 
-    Drawn with Pillow: about 20-50 ms against about 1 s for the same figure through matplotlib, which made the
-    report most of a release's tail. Pictures larger than :data:`PANEL_SIDE` are reduced by whole blocks (the
+    Drawn with Pillow: about 0.1 s for a 512 px slice against about 1 s for the same figure through matplotlib,
+    which made the report most of a release's tail. Pictures larger than :data:`PANEL_SIDE` are reduced by whole blocks (the
     images by their mean, |delta| and the mask by their maximum, so a changed pixel never disappears).
     """
     from PIL import Image, ImageDraw, ImageFont
@@ -118,7 +118,7 @@ def _panel(original: np.ndarray, protected: np.ndarray, title: str) -> str:
         y0, x0, n = zoom
         window, _ = _to_side(diff[y0:y0 + n, x0:x0 + n], "max")
         pictures.append((_inferno(window / peak), f"|delta|, {n}x{n} px at ({x0}, {y0}), not shrunk"))
-    font = ImageFont.load_default(size=13)
+    font, small = ImageFont.load_default(size=13), ImageFont.load_default(size=11)
     gap, top, head = 12, 26, 20
     side_h = max(p.shape[0] for p, _ in pictures)
     widths = [max(p.shape[1], 1) for p, _ in pictures]
@@ -128,7 +128,7 @@ def _panel(original: np.ndarray, protected: np.ndarray, title: str) -> str:
     x = gap
     for (picture, caption), w in zip(pictures, widths):
         canvas.paste(Image.fromarray(picture), (x, top + head))
-        draw.text((x, top + 2), caption, fill="black", font=ImageFont.load_default(size=11))
+        draw.text((x, top + 2), caption, fill="black", font=small)
         x += w + gap
     if zoom:
         y0, x0, n = zoom
