@@ -192,7 +192,7 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
         progress(f"fitting {config.protect.method} on {fit.x.shape[0]} slice(s) of {len(fit.owners)} item(s) at "
                  f"{fit.x.shape[-2]}x{fit.x.shape[-1]} px, {'true labels' if fit.labels is not None else 'no labels'}"
                  if pixels else f"fitting {config.protect.method} on the labels of {len(fit.owners)} item(s) "
-                 "(a placed pattern: no pixels are read)")
+                 "(its fit needs the labels alone: no volume is read)")
     samplewise = getattr(protector, "mode", "") == "samplewise"
     slices, resolution = (int(fit.x.shape[0]), list(fit.x.shape[-2:])) if pixels else (0, None)
     try:
