@@ -247,6 +247,7 @@ def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path,
                            adversarial_epsilon=settings.adversarial_epsilon if cm == "adversarial_training" else 0.0)
         x = countermeasures.PREPROCESSING.get(cm, lambda a: a)(x)
         t = time.perf_counter()
+
         def epoch_done(epoch: int, epochs: int, loss: float, batch_accuracy: float) -> None:
             log(f"    {arch} {cm} {data} seed {seed}: epoch {epoch}/{epochs}, loss {loss:.4f}, "
                 f"training-batch accuracy {batch_accuracy:.3f}, {time.perf_counter() - t:.0f} s")
@@ -382,7 +383,7 @@ def results_markdown(result: dict[str, Any]) -> str:
                   + ("Release read back from an existing output folder (not re-run here)"
                      if result.get("release_existing") else f"Release run {result['release_seconds']} s")
                   + f" (fit {result['fit'].get('fit_seconds')} s "
-                  + ("from the labels alone: a placed pattern, no pixels read)."
+                  + ("from the labels alone, no pixels read)."
                      if result['fit'].get('pixels_used') is False else f"on {result['fit'].get('slices')} slices)."),
                   ""]
     lines += ["## Summary (clean-test accuracy; rows whose model did not fit its training set are left out)", "",
