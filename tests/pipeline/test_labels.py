@@ -138,7 +138,6 @@ def test_fit_from_labels_alone_reads_no_volume_and_matches_the_pixel_fit(method,
     """A placed class pattern (and conv, t2ue) is fitted from the labels: no volume is read before export, and the
     protector is the one a fit over every slice gives."""
     import medue.pipeline.runner as runner
-    from medue.protect.base import Protector
 
     table = tmp_path / "labels.csv"
     table.write_text("path,label\nseries_a,tumour\nvol.nii.gz,normal\n")
@@ -150,7 +149,6 @@ def test_fit_from_labels_alone_reads_no_volume_and_matches_the_pixel_fit(method,
                                       output=str(tmp_path / f"out_{pixels}")))
         with monkeypatch.context() as m:
             if pixels:
-                m.setattr(Protector, "fit_uses_pixels", lambda self, labelled: True)
                 m.setattr(type(runner.build_protector(method, **params)), "fit_uses_pixels",
                           lambda self, labelled: True)
             else:
