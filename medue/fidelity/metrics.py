@@ -114,13 +114,12 @@ def volume_metrics(image_true: np.ndarray, image_test: np.ndarray, *, data_range
 
 def ssim_cost_map(image_true: np.ndarray, image_test: np.ndarray, *, data_range: float,
                   budget_bytes: int | None = None) -> np.ndarray:
-    """What each voxel's change costs the mean SSIM: ``(z, y, x)`` (or 2D) float64, summing to ``1 - SSIM``.
+    """What each changed voxel costs the mean SSIM: ``(z, y, x)`` (or 2D) float64, summing to ``1 - SSIM``.
 
-    Every window position's loss ``1 - s`` is shared out over the ``win x win`` voxels it covers and scaled by the
-    number of windows in the volume, so the map sums to ``1 - mean slice SSIM`` of :func:`volume_metrics`. A
-    voxel's value bounds what undoing its change alone can give back (its windows may hold other changes), which is
-    how the release gate's adaptation decides which changes to undo first (:func:`medue.pipeline.job.adapt_support`).
-    Unchanged slices cost nothing.
+    Every window position's loss ``1 - s`` is shared equally among the changed voxels it holds and scaled by the
+    number of windows in the volume, so the map sums to ``1 - mean slice SSIM`` of :func:`volume_metrics` and is 0
+    on unchanged voxels. It ranks the changes for the release gate's adaptation
+    (:func:`medue.pipeline.job.adapt_support`): those in flat, dark windows, where SSIM is harshest, come first.
     """
     _check(image_true, image_test, data_range)
     a3 = image_true[None] if image_true.ndim == 2 else image_true
@@ -146,8 +145,10 @@ def ssim_cost_map(image_true: np.ndarray, image_test: np.ndarray, *, data_range:
         vy = cov_norm * (mean(b * b) - uy * uy)
         vxy = cov_norm * (mean(a * b) - ux * uy)
         loss = 1 - ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-        spread = F.conv_transpose2d(loss, ones) / (win * win * positions)
-        out[s:s + chunk] = spread[:, 0].numpy()
+        moved = (a != b).to(torch.float64)
+        holds = mean(moved) * (win * win)  # changed voxels per window (a window without one has loss 0)
+        share = torch.where(holds > 0, loss / holds.clamp(min=1), torch.zeros_like(loss))
+        out[s:s + chunk] = (F.conv_transpose2d(share, ones) * moved)[:, 0].numpy() / positions
     return out.reshape(image_true.shape)
 
 
