@@ -112,46 +112,6 @@ def volume_metrics(image_true: np.ndarray, image_test: np.ndarray, *, data_range
                          per_slice_psnr_db=[_psnr(v, per_slice_voxels, data_range) for v in sq])
 
 
-def ssim_cost_map(image_true: np.ndarray, image_test: np.ndarray, *, data_range: float,
-                  budget_bytes: int | None = None) -> np.ndarray:
-    """What each changed voxel costs the mean SSIM: ``(z, y, x)`` (or 2D) float64, summing to ``1 - SSIM``.
-
-    Every window position's loss ``1 - s`` is shared equally among the changed voxels it holds and scaled by the
-    number of windows in the volume, so the map sums to ``1 - mean slice SSIM`` of :func:`volume_metrics` and is 0
-    on unchanged voxels. It ranks the changes for the release gate's adaptation
-    (:func:`medue.pipeline.job.adapt_support`): those in flat, dark windows, where SSIM is harshest, come first.
-    """
-    _check(image_true, image_test, data_range)
-    a3 = image_true[None] if image_true.ndim == 2 else image_true
-    b3 = image_test[None] if image_test.ndim == 2 else image_test
-    out = np.zeros(a3.shape, dtype=np.float64)
-    win = _window(a3.shape)
-    if a3.size == 0 or win < 3:
-        return out.reshape(image_true.shape)
-    chunk = max(1, (budget_bytes or 2**28) // max(8 * 16 * int(np.prod(a3.shape[1:])), 1))
-    positions = (a3.shape[1] - win + 1) * (a3.shape[2] - win + 1) * a3.shape[0]
-    ones = torch.ones(1, 1, win, win, dtype=torch.float64)
-    c1, c2 = (_K1 * data_range) ** 2, (_K2 * data_range) ** 2
-    cov_norm = win * win / (win * win - 1.0)
-    for s in range(0, a3.shape[0], chunk):
-        a = torch.from_numpy(np.ascontiguousarray(a3[s:s + chunk], dtype=np.float64))[:, None]
-        b = torch.from_numpy(np.ascontiguousarray(b3[s:s + chunk], dtype=np.float64))[:, None]
-
-        def mean(t: torch.Tensor) -> torch.Tensor:
-            return F.avg_pool2d(t, win, stride=1)
-
-        ux, uy = mean(a), mean(b)
-        vx = cov_norm * (mean(a * a) - ux * ux)
-        vy = cov_norm * (mean(b * b) - uy * uy)
-        vxy = cov_norm * (mean(a * b) - ux * uy)
-        loss = 1 - ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-        moved = (a != b).to(torch.float64)
-        holds = mean(moved) * (win * win)  # changed voxels per window (a window without one has loss 0)
-        share = torch.where(holds > 0, loss / holds.clamp(min=1), torch.zeros_like(loss))
-        out[s:s + chunk] = (F.conv_transpose2d(share, ones) * moved)[:, 0].numpy() / positions
-    return out.reshape(image_true.shape)
-
-
 def compute_psnr(image_true: np.ndarray, image_test: np.ndarray, *, data_range: float) -> float:
     """PSNR in dB; ``inf`` for identical images."""
     return volume_metrics(image_true, image_test, data_range=data_range).psnr_db

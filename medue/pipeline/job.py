@@ -254,41 +254,30 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True, prefe
 
 
 def adapt_support(volume: Any, protected: Any, fid: Any, ctx: JobContext, slope: float,
-                  attempts: int = 12, min_kept: float = 0.25, min_scale: float = 0.25) -> tuple[Any, Any, dict]:
+                  attempts: int = 8, min_kept: float = 0.25, min_scale: float = 0.25) -> tuple[Any, Any, dict]:
     """Make a failing item pass the gate with less noise rather than drop it (which would skew the classes).
 
     A PSNR or fraction-changed failure keeps a keyed random subset of the changed voxels, sized from the
-    shortfall. An SSIM failure lowers the amplitude of the changes that cost SSIM most
-    (:func:`~medue.fidelity.metrics.ssim_cost_map`: in flat, dark windows, where SSIM is harshest) by steps of 0.7
-    and leaves the others at full amplitude: the item keeps its whole pattern, weaker only where it had to be.
-    (Undoing those changes instead, at full amplitude elsewhere, was measured and rejected: a class pattern on a few
-    percent of an image is not learnt, and attackers learnt the anatomy, README.) A fraction-changed failure thins
-    straight to the configured fraction (a dense method, class-wise EM for one, keeps the most voxels the config
-    allows, however few that is of its own support); PSNR-driven thinning stops at ``min_kept`` of the support,
-    after which the amplitude is scaled down everywhere; no amplitude goes below ``min_scale``: an image that only
-    passes with (almost) no noise is a gate failure, not a protected image. Returns ``(protected volume, fidelity
-    report, what was kept)``: ``kept_fraction`` of the support, the overall ``amplitude_scale`` and the share of
-    the kept changes whose amplitude the SSIM step lowered (``lowered_fraction``).
+    shortfall; an SSIM failure (noise in flat regions) scales the amplitude down. A fraction-changed failure
+    thins straight to the configured fraction (a dense method, class-wise EM for one, keeps the most voxels the
+    config allows, however few that is of its own support); PSNR-driven thinning stops at ``min_kept`` of the
+    support and amplitude scaling at ``min_scale``: an image that only passes with (almost) no noise is a gate
+    failure, not a protected image. Returns ``(protected volume, fidelity report, what was kept)``.
     """
     import dataclasses as _dc
 
     from medue.device import derive_seed as _seed
-    from medue.fidelity.metrics import ssim_cost_map
 
     original = volume.array
     delta = protected.array.astype(np.int64) - original.astype(np.int64)
-    support = np.count_nonzero(delta)
     rng = np.random.default_rng(_seed(ctx.key, "adapt", volume.fingerprint))
     order = rng.random(delta.shape)
     kept, scale = 1.0, 1.0
-    local = np.ones(delta.shape)  # per-voxel amplitude factor of the SSIM step
     t = ctx.thresholds
     step = protected.history[-1]
-    thinned = delta
     for _ in range(attempts):
         over = t.max_fraction_changed is not None and fid.fraction_changed > t.max_fraction_changed
         low_psnr = t.min_psnr_db is not None and np.isfinite(fid.psnr_db) and fid.psnr_db < t.min_psnr_db
-        low_ssim = t.min_ssim is not None and fid.ssim < t.min_ssim
         changed = False
         if over:  # the config's own limit: thin to it, whatever share of the support that leaves
             kept *= t.max_fraction_changed / max(fid.fraction_changed, 1e-12) * 0.98
@@ -296,28 +285,13 @@ def adapt_support(volume: Any, protected: Any, fid: Any, ctx: JobContext, slope:
         elif low_psnr and kept > min_kept:  # (after a fraction thinning the PSNR is measured again first)
             kept = max(kept * 10 ** (-(t.min_psnr_db - fid.psnr_db + 0.3) / 10), min_kept)
             changed = True
-        elif low_ssim and not low_psnr:
-            # lower the costliest changes until their share of the SSIM loss covers the shortfall twice over
-            # (lowering a voxel does not restore windows that hold other changes)
-            current = np.flatnonzero(thinned)
-            current = current[local.ravel()[current] * scale > min_scale]
-            if len(current):
-                cost = ssim_cost_map(original, original.astype(np.int64) + thinned, data_range=fid.data_range,
-                                     budget_bytes=ctx.memory_bytes).ravel()[current]
-                ranked = np.argsort(-cost, kind="stable")
-                need = 2 * (t.min_ssim - fid.ssim) + 1e-4
-                count = int(np.searchsorted(np.cumsum(cost[ranked]), need)) + 1
-                count = min(max(count, int(0.05 * len(current)) + 1), len(current))
-                chosen = current[ranked[:count]]
-                local.ravel()[chosen] = np.maximum(local.ravel()[chosen] * 0.7, min_scale / scale)
-                changed = True
-        if not changed and scale > min_scale:  # PSNR with the support at its floor
+        if not changed and scale > min_scale:  # SSIM, or PSNR with the support at its floor
             scale = max(scale * 0.7, min_scale)
             changed = True
         if not changed:
             break
         thinned = np.where(order < kept, delta, 0)
-        thinned = np.sign(thinned) * np.floor(np.abs(thinned) * np.maximum(scale * local, min_scale) + 0.5).astype(np.int64)
+        thinned = np.sign(thinned) * np.floor(np.abs(thinned) * scale + 0.5).astype(np.int64)
         array = (original.astype(np.int64) + thinned).astype(original.dtype)
         stats = {**step.stats, "fraction_changed": float(np.count_nonzero(thinned) / max(thinned.size, 1)),
                  "linf_units": int(np.abs(thinned).max()) if thinned.size else 0}
@@ -326,11 +300,7 @@ def adapt_support(volume: Any, protected: Any, fid: Any, ctx: JobContext, slope:
                              device=ctx.device, budget_bytes=ctx.memory_bytes)
         if fid.passed:
             break
-    remaining = thinned != 0
-    lowered = float(np.count_nonzero(remaining & (local < 1)) / max(np.count_nonzero(remaining), 1))
-    kept = float(np.count_nonzero(thinned) / max(support, 1))
-    return protected, fid, {"kept_fraction": round(kept, 4), "amplitude_scale": round(scale, 4),
-                            "lowered_fraction": round(lowered, 4)}
+    return protected, fid, {"kept_fraction": round(kept, 4), "amplitude_scale": round(scale, 4)}
 
 
 def _outputs_intact(layout: OutputLayout, marker: dict[str, Any]) -> bool:

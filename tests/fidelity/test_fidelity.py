@@ -121,19 +121,3 @@ def test_efficacy_evidence_applies_across_parameters_added_later_at_their_defaul
     assert not ok and "fine_ratio: None there, 0.2 here" in why
     ok, why = efficacy_applies(result, "salm", {**now, "epsilon": 4})
     assert not ok and "epsilon: 8 there, 4 here" in why
-
-
-def test_ssim_cost_map_shares_out_the_ssim_loss_over_the_changed_windows():
-    from medue.fidelity.metrics import ssim_cost_map, volume_metrics
-
-    rng = np.random.default_rng(3)
-    a = rng.integers(0, 200, size=(3, 40, 36)).astype(np.uint8)
-    b = a.copy()
-    b[0, 5:9, 5:9] += 8  # one small patch in slice 0, another in slice 2; slice 1 unchanged
-    b[2, 30:, 20:] += 5
-    cost = ssim_cost_map(a, b, data_range=255)
-    ssim = volume_metrics(a, b, data_range=255).ssim
-    assert cost.shape == a.shape and cost.min() >= -1e-12
-    assert abs(cost.sum() - (1 - ssim)) < 1e-9  # the map accounts for the whole loss
-    assert cost[1].max() == 0 and cost[0, 20:, 20:].max() == 0  # nothing changed within a window: no cost
-    assert cost[0, 7, 7] > 0 and cost[2, 35, 30] > 0
