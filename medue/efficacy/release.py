@@ -336,8 +336,11 @@ def _reusable_clean_rows(earlier: dict[str, Any], info: dict[str, Any], root: Pa
                             "rerun without reusing clean rows or with the same setting")
     if problems:
         raise InvalidConfigError(problems, source="evaluate")
+    # a result trains one clean baseline per row (at its first seed), so its clean rows serve any seeds here (a
+    # reused row keeps its own seed, so the record says which model it was)
+    first = (theirs.get("seeds") or [None])[0]
     return {(r["architecture"], r["augmentation"], r["countermeasure"]): r for r in earlier.get("rows", [])
-            if r.get("training_data") == "clean" and r.get("seed") == settings.seeds[0]}
+            if r.get("training_data") == "clean" and (first is None or r.get("seed") == first)}
 
 
 def summarise(result: dict[str, Any]) -> list[dict[str, Any]]:

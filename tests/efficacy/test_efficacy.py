@@ -97,6 +97,15 @@ def test_evaluate_reads_what_run_wrote_and_never_protects_test_images(tmp_path):
     assert "tiny" in md and "Every run" in md
     json.dumps(res)  # JSON-ready
 
+    # more seeds of the same release later: read back, the clean baselines reused (whatever seed trained them)
+    more = ReleaseEvalSettings(attackers=(("plain_cnn", "none"),), countermeasures=(), seeds=(2,), epochs=1, width=4,
+                               device="cpu")
+    again = evaluate_release(_fast_config(), root, work=tmp_path / "work", settings=more, existing=True,
+                             clean_from={**res, "file": "first.json"}, log=lambda s: None)
+    assert [(r["training_data"], r["seed"], r.get("reused_from")) for r in again["rows"]] == [
+        ("clean", 0, "first.json"), ("protected", 2, None)]
+    assert again["rows"][0]["clean_test_accuracy"] == rows[0]["clean_test_accuracy"] and again["release_existing"]
+
 
 def test_release_without_labels_and_gate_skew_is_reported(tmp_path):
     images, labels = _sample_images(6, 16)
