@@ -121,3 +121,11 @@ def test_shell_completion_completes_commands_and_options(capsys, tmp_path):
              'COMP_WORDS=(medue evaluate --qu); COMP_CWORD=2; _medue; echo "${COMPREPLY[@]}"')
     out = subprocess.run(["bash", "-c", probe, "_", str(script)], capture_output=True, text=True).stdout.split("\n")
     assert out[0] == "evaluate" and out[1] == "--quick"
+
+
+def test_progress_in_a_log_is_whole_lines(tiny_config, capsys):
+    """Captured output (a log file, a scheduler) gets progress lines, not a redrawn bar's carriage returns."""
+    assert main(["run", str(tiny_config())]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert "protect: 2/2 (100%)" in err and "done 2" in err

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,6 +235,34 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
     return info
 
 
+class _LineProgress:
+    """Progress as whole lines, at most every ``seconds`` or ``step`` of the items (for logs, where a redrawn bar
+    becomes thousands of carriage returns)."""
+
+    def __init__(self, total: int, say: Callable[[str], None], *, seconds: float = 30.0, step: float = 0.1) -> None:
+        self.total, self.say, self.seconds = total, say, seconds
+        self.every = max(1, int(total * step))
+        self.done, self.counts = 0, {}  # type: ignore[var-annotated]
+        self.start = self.last = time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if self.done == self.total or self.done % self.every == 0 or now - self.last >= self.seconds:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            left = (self.total - self.done) / rate if rate > 0 else float("inf")
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()))
+            self.say(f"protect: {self.done}/{self.total} ({100 * self.done / max(self.total, 1):.0f}%), "
+                     f"{rate:.1f} volume/s, about {left:.0f} s left [{counts}]")
+
+    def set_postfix_str(self, status: str) -> None:
+        self.counts[status] = self.counts.get(status, 0) + 1
+
+    def close(self) -> None:
+        pass
+
+
 def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), resume: bool = False,
                  progress: Callable[[str], None] | None = None, show_bar: bool = False) -> RunSummary:
     """Run a whole release job. Returns a :class:`RunSummary`; nothing is raised for per-item problems.
@@ -351,17 +380,19 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
                              gpus_per_worker=1.0 if device.type == "cuda" else 0.0)
     else:
         stream = execute_local(mine, ctx, workers=workers, resume=resume)
-    bar = None
-    if show_bar:
+    bar: Any = None
+    if show_bar and sys.stderr.isatty():
         from tqdm import tqdm
 
         bar = tqdm(total=len(mine), unit="volume", desc="protect", dynamic_ncols=True)
+    elif show_bar:  # a log file or a scheduler's capture: whole lines, not a redrawn bar
+        bar = _LineProgress(len(mine), say)
     markers = []
     for marker in stream:
         markers.append(marker)
         if bar is not None:
-            bar.update(1)
             bar.set_postfix_str(marker.get("status", ""))
+            bar.update(1)
         if marker.get("status") != DONE and not marker.get("skipped"):
             say(f"{marker['item_id']}: {marker.get('status')} ({marker.get('reason', '')}) {marker.get('message', '')[:200]}")
     if bar is not None:
