@@ -1,33 +1,74 @@
-"""Diagnostic (in memory, not a release measurement): does the leak come from the tumour images whose pattern the
-gate weakened? Train on the release files as they are, then without the weak tumour images."""
-import sys, json, time, numpy as np, torch
+"""Diagnostic, in memory and **not a release measurement**: do attackers learn the anatomy from the tumour images
+whose class pattern the fidelity gate weakened?
+
+Reads a release that ``medue run`` wrote of a benchmark set's training split (a ``medue evaluate --work`` folder),
+finds the images of the patterned class whose largest change is below the budget (the gate scaled them down), and
+trains each attacker twice with the evaluation's own training code and seeds: on every released image, and without
+the weakened ones. Prints one JSON line per run: training and clean-test accuracy, the test images of the patterned
+class read as that class, and how the model reads the weakened images.
+
+    python benchmarks/exploration/weak_items_diagnostic.py --release /tmp/work --runs densenet121:0 resnet18:2
+
+Session 8's output is ``benchmarks/results/exploration/logs/s8_weak_items_diagnostic.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
 from pathlib import Path
-from medue.efficacy.release import read_release, read_labels_table, load_split, _as_uint8
-from medue.efficacy.train import TrainSettings, train_classifier, predict
+
+import numpy as np
+import torch
+
 from medue.device import derive_seed
-torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 2)
-root = Path('/work/main/benchmarks/data/br35h_64_nifti')
-out = Path(sys.argv[1]); runs = sys.argv[2].split(',')
-table = read_labels_table(root / 'train_labels.csv'); classes = sorted(set(table.values()))
-rel, exp, status = read_release(out, root / 'train', table, classes)
-clean, ys, rels = load_split(root, 'train', classes)
-test, yt, _ = load_split(root, 'test', classes)
-x_test = _as_uint8(test, (64, 64)); x_clean = _as_uint8(clean, (64, 64))
-x = _as_uint8([rel[r] for r in rels], (64, 64)); y = ys
-amp = np.abs(x.astype(int) - x_clean.astype(int)).reshape(len(x), -1).max(1)
-weak = (y == 1) & (amp < 8)
-print('weak tumour images', weak.sum(), flush=True)
-for run in runs:
-    arch, seed, subset = run.split(':')
-    keep = ~weak if subset == 'strong' else np.ones(len(y), bool)
-    ts = TrainSettings(epochs=10, width=16, augmentation=True)
-    t = time.time()
-    res, model = train_classifier(arch, x[keep], y[keep], x_test, yt, settings=ts, seed=derive_seed(int(seed), arch, 'none'),
-                                  device=torch.device('cpu'), return_model=True)
-    p_orig = predict(model, x_clean, torch.device('cpu'))
-    p_weak = predict(model, x[weak], torch.device('cpu'))
-    out_row = dict(run=run, n=int(keep.sum()), train=round(res['train_accuracy'], 4), test=round(res['test_accuracy'], 4),
-                   test_tumour_recall=round(float((predict(model, x_test, torch.device('cpu'))[yt == 1] == 1).mean()), 4),
-                   clean_originals_tumour_read_as_tumour=round(float((p_orig[y == 1] == 1).mean()), 4),
-                   weak_released_read_as_tumour=round(float((p_weak == 1).mean()), 4), seconds=round(time.time() - t))
-    print(json.dumps(out_row), flush=True)
+from medue.efficacy.release import _as_uint8, load_split, read_labels_table, read_release
+from medue.efficacy.train import TrainSettings, predict, train_classifier
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", type=Path, default=Path("benchmarks/data/br35h_64_nifti"))
+    ap.add_argument("--release", type=Path, required=True, help="output folder of the release (medue run)")
+    ap.add_argument("--runs", nargs="+", default=["densenet121:0", "resnet18:2"], metavar="ARCH:SEED")
+    ap.add_argument("--budget", type=int, default=8, help="the release's epsilon (stored units)")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    root = args.dataset
+    size = tuple(json.loads((root / "dataset.json").read_text())["image_size"])
+    table = read_labels_table(root / "train_labels.csv")
+    classes = sorted(set(table.values()))
+    released, _, _ = read_release(args.release, root / "train", table, classes)
+    clean, y, rels = load_split(root, "train", classes)
+    test, y_test, _ = load_split(root, "test", classes)
+    x_test, x_clean = _as_uint8(test, size), _as_uint8(clean, size)
+    x = _as_uint8([released[r] for r in rels], size)  # every item must have been exported
+    amp = np.abs(x.astype(int) - x_clean.astype(int)).reshape(len(x), -1).max(1)
+    patterned = int(np.bincount(y[amp > 0]).argmax())
+    weak = (y == patterned) & (amp < args.budget)
+    print(json.dumps({"patterned_class": classes[patterned], "weakened_images": int(weak.sum()),
+                      "of": int((y == patterned).sum())}), flush=True)
+    for run in args.runs:
+        arch, seed = run.split(":")
+        for subset in ("all", "without_weakened"):
+            keep = ~weak if subset != "all" else np.ones(len(y), bool)
+            t = time.time()
+            res, model = train_classifier(arch, x[keep], y[keep], x_test, y_test,
+                                          settings=TrainSettings(epochs=args.epochs, augmentation=True),
+                                          seed=derive_seed(int(seed), arch, "none"), device=device, return_model=True)
+            p_test = predict(model, x_test, device)
+            p_weak = predict(model, x[weak], device) if weak.any() else np.array([])
+            print(json.dumps({
+                "arch": arch, "seed": int(seed), "training_set": subset, "n": int(keep.sum()),
+                "train": round(res["train_accuracy"], 4), "test": round(res["test_accuracy"], 4),
+                "test_patterned_class_recall": round(float((p_test[y_test == patterned] == patterned).mean()), 4),
+                "weakened_read_as_patterned_class": round(float((p_weak == patterned).mean()), 4) if weak.any() else None,
+                "seconds": round(time.time() - t)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
