@@ -128,4 +128,4 @@ def test_progress_in_a_log_is_whole_lines(tiny_config, capsys):
     assert main(["run", str(tiny_config())]) == EXIT_OK
     err = capsys.readouterr().err
     assert "\r" not in err
-    assert "protect: 2/2 (100%)" in err and "done 2" in err
+    assert "protect: 2/2 (100%)" in err and "[done 2]" in err

@@ -236,13 +236,14 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
 
 
 class _LineProgress:
-    """Progress as whole lines, at most every ``seconds`` or ``step`` of the items (for logs, where a redrawn bar
-    becomes thousands of carriage returns)."""
+    """Progress as whole lines, one every ``step`` of the items or after ``seconds`` without one (for logs, where a
+    redrawn bar becomes thousands of carriage returns); the tqdm methods the release loop calls."""
 
     def __init__(self, total: int, say: Callable[[str], None], *, seconds: float = 30.0, step: float = 0.1) -> None:
         self.total, self.say, self.seconds = total, say, seconds
         self.every = max(1, int(total * step))
-        self.done, self.counts = 0, {}  # type: ignore[var-annotated]
+        self.done = 0
+        self.counts: dict[str, int] = {}
         self.start = self.last = time.perf_counter()
 
     def update(self, n: int = 1) -> None:
