@@ -66,7 +66,8 @@ def main() -> None:
                 "arch": arch, "seed": int(seed), "training_set": subset, "n": int(keep.sum()),
                 "train": round(res["train_accuracy"], 4), "test": round(res["test_accuracy"], 4),
                 "test_patterned_class_recall": round(float((p_test[y_test == patterned] == patterned).mean()), 4),
-                "weakened_read_as_patterned_class": round(float((p_weak == patterned).mean()), 4) if weak.any() else None,
+                "weakened_read_as_patterned_class": (round(float((p_weak == patterned).mean()), 4)
+                                                     if weak.any() else None),
                 "seconds": round(time.time() - t)}), flush=True)
 
 

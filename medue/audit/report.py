@@ -91,8 +91,8 @@ def _panel(original: np.ndarray, protected: np.ndarray, title: str) -> str:
     window where the most changed, not shrunk (1-px lines vanish when a 512 px slice is reduced).
 
     Drawn with Pillow: about 0.1 s for a 512 px slice against about 1 s for the same figure through matplotlib,
-    which made the report most of a release's tail. Pictures larger than :data:`PANEL_SIDE` are reduced by whole blocks (the
-    images by their mean, |delta| and the mask by their maximum, so a changed pixel never disappears).
+    which made the report most of a release's tail. Pictures larger than :data:`PANEL_SIDE` are reduced by whole
+    blocks (the images by their mean, |delta| and the mask by their maximum, so a changed pixel never disappears).
     """
     from PIL import Image, ImageDraw, ImageFont
 

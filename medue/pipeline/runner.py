@@ -251,8 +251,8 @@ class _LineProgress:
         now = time.perf_counter()
         if self.done == self.total or self.done % self.every == 0 or now - self.last >= self.seconds:
             self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            left = (self.total - self.done) / rate if rate > 0 else float("inf")
+            rate = self.done / max(now - self.start, 1e-9)  # > 0: at least one item is done here
+            left = (self.total - self.done) / rate
             counts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()))
             self.say(f"protect: {self.done}/{self.total} ({100 * self.done / max(self.total, 1):.0f}%), "
                      f"{rate:.1f} volume/s, about {left:.0f} s left [{counts}]")
