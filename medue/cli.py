@@ -1,4 +1,4 @@
-"""``medue`` command line: run | protect | check | report | evaluate | inspect | restore | methods.
+"""``medue`` command line: run | protect | fit | check | report | evaluate | inspect | restore | methods.
 
 Exit codes: 0 ok, 1 unexpected error, 2 invalid config or arguments, 3 fidelity gate failed,
 4 partial batch (some inputs quarantined or failed).
@@ -22,7 +22,8 @@ EPILOG = """exit codes: 0 ok, 1 unexpected error, 2 invalid config/arguments, 3 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", type=Path, help="pipeline YAML (see pipelines/)")
     p.add_argument("--shard", metavar="i/N", help="process only shard i of N (stable split by item id)")
-    p.add_argument("--resume", action="store_true", help="skip items whose completion marker exists")
+    p.add_argument("--resume", action="store_true",
+                   help="skip items whose completion marker exists; continue an interrupted fit from its last round")
     p.add_argument("--workers", type=int, help="override execution.workers")
     p.add_argument("--backend", choices=["local", "ray"], help="override execution.backend")
     p.add_argument("--device", help="override execution.device (auto, cpu, cuda, cuda:N)")
@@ -52,6 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("protect", help="same as run (protect + check + export + report + tracking)", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_args(p)
+
+    p = sub.add_parser(
+        "fit", help="fit the protector on the whole release and stop (several GPUs or machines with torchrun)",
+        description="Fits the protector of CONFIG's release (the sample-wise EM family streams every slice from "
+                    "disk and checkpoints every round under <output>/private/fit) and writes it to "
+                    "<output>/private; `medue run CONFIG --resume` then exports with it. In several processes: "
+                    "torchrun --nproc-per-node 4 -m medue.cli fit CONFIG (add --nnodes/--rdzv-endpoint for several "
+                    "machines; the output folder must be on storage every machine sees).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", type=Path, help="pipeline YAML (see pipelines/)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted fit from its last checkpointed round (same key and config)")
+    p.add_argument("--device", help="override execution.device (auto, cpu, cuda); under torchrun each process "
+                                    "takes the GPU of its LOCAL_RANK")
+    p.add_argument("--output", help="override the config's output folder")
+    p.add_argument("--input", help="override the config's input folder")
+    p.add_argument("--quiet", action="store_true", help="no log lines")
 
     p = sub.add_parser("check", help="validate a pipeline config and list its inputs, without protecting anything")
     p.add_argument("config", type=Path)
@@ -151,6 +169,44 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  mlflow:  run {summary.mlflow_run_id} in {summary.tracking_uri}")
         print(f"           view with: mlflow ui --backend-store-uri {summary.tracking_uri}")
     return summary.exit_code
+
+
+def _fit(args: argparse.Namespace) -> int:
+    import os
+
+    from medue.pipeline.config import load_config
+    from medue.pipeline.runner import fit_release
+
+    overrides: dict = {}
+    for name in ("output", "input"):
+        if getattr(args, name):
+            overrides[name] = str(Path(getattr(args, name)).expanduser().resolve())
+    if args.device:
+        overrides["execution"] = {"device": args.device}
+    config = load_config(args.config, overrides=overrides)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:  # launched by torchrun: join its process group
+        import torch
+        import torch.distributed as dist
+
+        gpu = torch.cuda.is_available() and config.execution.device != "cpu"
+        dist.init_process_group("nccl" if gpu else "gloo")
+    try:
+        log = logging.getLogger("medue.fit")
+        info = fit_release(config, resume=args.resume, progress=(lambda s: None) if args.quiet else log.info)
+        if info.get("rank", 0) == 0:
+            rounds = info.get("surrogate_accuracy_per_round") or []
+            print(f"fitted {info['method']} on {info.get('slices', 0)} slice(s) of {info.get('items', 0)} item(s)"
+                  + (f", {len(rounds)} round(s), last surrogate accuracy {rounds[-1]:.3f}" if rounds else "")
+                  + (f", {info['processes']} process(es)" if info.get("processes") else ""))
+            print(f"  state:   {config.output_path / 'private' / 'protector.json'}")
+            print(f"  export:  medue run {args.config} --resume")
+        return EXIT_OK
+    finally:
+        if distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 def _check(args: argparse.Namespace, config: object = None) -> int:
@@ -367,7 +423,7 @@ def _methods(_: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": _run, "protect": _run, "check": _check, "inspect": _inspect, "report": _report,
+COMMANDS = {"run": _run, "protect": _run, "fit": _fit, "check": _check, "inspect": _inspect, "report": _report,
             "evaluate": _evaluate, "restore": _restore, "methods": _methods, "config-schema": _config_schema,
             "completion": _completion}
 

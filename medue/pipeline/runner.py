@@ -11,6 +11,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ from medue.pipeline.config import PipelineConfig
 from medue.pipeline.executor import execute_local, select_shard
 from medue.pipeline.job import DONE, FAILED, GATE_FAILED, QUARANTINED, JobContext, read_marker
 from medue.protect import UnitSpace, build_protector
+from medue.protect.stream import FitCheckpoint, RowFile, SliceStore, SliceWriter, World
 from medue.provenance import capture_environment, key_fingerprint, sha256_file
 
 log = logging.getLogger("medue")
@@ -81,14 +84,18 @@ class FitSet:
     at the item's own resolution (so the fitted deltas can be exported as they are).
     """
 
-    x: torch.Tensor
+    x: torch.Tensor | SliceStore
     labels: torch.Tensor | None
     space: UnitSpace
     owners: list[tuple[str, int, int, bool]]
 
 
-def _fit_samples(items: list[InputItem], config: PipelineConfig) -> FitSet:
+def _fit_samples(items: list[InputItem], config: PipelineConfig, store: Path | None = None) -> FitSet:
     """Every slice of every readable item (dataset-level fit), at the exported resolution unless ``fit_size``.
+
+    With ``store`` (a protector whose fit streams, :attr:`~medue.protect.base.Protector.streams_fit`) the slices are
+    appended to that file and read a batch at a time (:class:`~medue.protect.stream.SliceStore`), so
+    :data:`MAX_FIT_BYTES` does not apply: every slice of the release is fitted, only ``fit_max_slices`` caps them.
 
     One pass over the items, holding only the slices kept (never whole volumes side by side). The fit resolution is
     ``fit_size``, else the in-plane shape of the first readable item; slices of other shapes are area-resized to it
@@ -106,7 +113,9 @@ def _fit_samples(items: list[InputItem], config: PipelineConfig) -> FitSet:
     size: tuple[int, int] | None = (config.protect.fit_size, config.protect.fit_size) if config.protect.fit_size \
         else None
     quota: int | None = None
-    xs, labels, spaces, counts, owners, row = [], [], [], [], [], 0
+    xs: list[torch.Tensor] = []
+    labels, spaces, counts, owners, row = [], [], [], [], 0
+    writer = SliceWriter(store) if store is not None else None
     for item in items:
         if len(owners) >= wanted:
             break
@@ -117,7 +126,8 @@ def _fit_samples(items: list[InputItem], config: PipelineConfig) -> FitSet:
         if size is None:
             size = tuple(int(v) for v in vol.array.shape[1:])  # type: ignore[assignment]
         if quota is None:
-            budget = min(config.protect.fit_max_slices or 2**62, max(1, MAX_FIT_BYTES // (4 * size[0] * size[1])))
+            cap = 2**62 if store is not None else max(1, MAX_FIT_BYTES // (4 * size[0] * size[1]))
+            budget = min(config.protect.fit_max_slices or 2**62, cap)
             quota = max(1, budget // wanted)
         space = UnitSpace.for_volume(vol)
         z = vol.array.shape[0]
@@ -126,18 +136,37 @@ def _fit_samples(items: list[InputItem], config: PipelineConfig) -> FitSet:
         native = tuple(t.shape[-2:]) == tuple(size) and len(picks) == z
         if tuple(t.shape[-2:]) != tuple(size):
             t = torch.round(F.interpolate(t, size=size, mode="area"))
-        xs.append(t)
+        if writer is not None:
+            writer.append(t)
+        else:
+            xs.append(t)
         labels += [item.label] * len(picks)
         spaces.append(space)
         counts.append(len(picks))
         owners.append((item.item_id, row, len(picks), native))
         row += len(picks)
         del vol
-    if not xs:
+    if not owners:
         raise IngestError("no readable input to fit the protector on", reason="empty")
     space = UnitSpace.per_sample(spaces, counts)
     y = None if any(v is None for v in labels) else torch.tensor(labels, dtype=torch.long)
-    return FitSet(torch.cat(xs), y, space, owners)
+    return FitSet(writer.close() if writer is not None else torch.cat(xs), y, space, owners)
+
+
+def _store_meta(fit: FitSet) -> dict[str, Any]:
+    """What the other processes of a distributed fit need besides the slice file (written by process 0)."""
+    sp = fit.space
+    return {"shape": list(fit.x.shape), "owners": [list(o) for o in fit.owners],
+            "labels": None if fit.labels is None else fit.labels.tolist(),
+            "offset": sp.offset.flatten().tolist(), "scale": sp.scale.flatten().tolist(), "lo": sp.lo, "hi": sp.hi}
+
+
+def _fit_from_meta(meta: dict[str, Any], store: Path) -> FitSet:
+    column = (lambda v: torch.tensor(v, dtype=torch.float32).view(-1, 1, 1, 1))
+    space = UnitSpace(column(meta["offset"]), column(meta["scale"]), meta["lo"], meta["hi"])
+    labels = None if meta["labels"] is None else torch.tensor(meta["labels"], dtype=torch.long)
+    return FitSet(SliceStore.open(store, tuple(meta["shape"])), labels, space,
+                  [(str(o[0]), int(o[1]), int(o[2]), bool(o[3])) for o in meta["owners"]])
 
 
 def _label_only_fit(items: list[InputItem]) -> FitSet:
@@ -168,21 +197,48 @@ def release_identity(config: PipelineConfig, key_fingerprint: str, labels: Any) 
 
 def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, device: torch.device,
                   progress: Callable[[str], None] | None = None,
-                  identity: dict[str, Any] | None = None) -> dict[str, Any]:
+                  identity: dict[str, Any] | None = None, resume: bool = False) -> dict[str, Any]:
     """Fit the configured protector on the whole release and save it (and sample-wise deltas) under ``private/``.
 
     Sample-wise methods keep the delta the bi-level optimisation found for each slice
     (``private/noise/<item_id>.npz``), so every exported slice carries noise optimised jointly with the surrogate;
     class-wise methods keep one pattern per class and apply it by label.
-    """
 
+    A method whose fit streams (:attr:`~medue.protect.base.Protector.streams_fit`: the sample-wise EM family) gets
+    every slice of the release in ``private/fit/slices.f32`` (read a batch at a time), keeps its deltas
+    in two buffer files there and checkpoints every round (:mod:`medue.protect.stream`); with ``resume`` a fit
+    interrupted after round ``r`` continues at round ``r + 1``. Under a ``torch.distributed`` group (``medue fit``
+    launched by ``torchrun``) process 0 writes the slices and the results, and all processes share the rounds. The
+    folder is removed once the fit is saved.
+    """
     layout = OutputLayout(config.output_path)
+    world = World.current()
     # an interrupted fit must never look like a finished one to --resume: its record goes first, comes back last
-    (layout.private / "protector.json").unlink(missing_ok=True)
+    if world.rank == 0:
+        (layout.private / "protector.json").unlink(missing_ok=True)
     protector = build_protector(config.protect.method, **dict(config.protect.params))
     labelled = bool(items) and all(it.label is not None for it in items)
     pixels = protector.fit_uses_pixels(labelled)
-    fit = _fit_samples(items, config) if pixels else _label_only_fit(items)
+    fit_dir = layout.private / "fit"
+    streamed = pixels and protector.streams_fit
+    if streamed:
+        store = fit_dir / "slices.f32"
+        if world.rank == 0:
+            fit = _fit_samples(items, config, store=store)
+            write_text_atomic(fit_dir / "slices.json", json.dumps(_store_meta(fit)))
+            world.barrier()
+        else:
+            world.barrier()  # process 0 is writing the slices
+            fit = _fit_from_meta(json.loads((fit_dir / "slices.json").read_text()), store)
+        rows = hashlib.sha256(json.dumps([list(o) for o in fit.owners]).encode()).hexdigest()
+        protector.checkpoint = FitCheckpoint(  # type: ignore[attr-defined]
+            fit_dir, {**(identity or {}), "rows": rows, "processes": world.size}, resume=resume)
+    elif world.size > 1:
+        raise InvalidConfigError([f"protect.method {config.protect.method!r} with these parameters does not fit in "
+                                  "several processes (only the sample-wise EM family streams its fit); run "
+                                  "`medue fit` in one process, or `medue run` directly"])
+    else:
+        fit = _fit_samples(items, config) if pixels else _label_only_fit(items)
     if protector.needs_labels and fit.labels is None:
         raise InvalidConfigError([f"protect.method {config.protect.method!r} is class-wise and needs a label per "
                                   "item: add a `labels:` section to the config"])
@@ -208,6 +264,9 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
     model = getattr(protector, "model", None)
     if model is not None:
         model.to("cpu")
+    resumed_from = getattr(getattr(protector, "checkpoint", None), "resumed_from", None)
+    if world.rank != 0:  # process 0 writes the results
+        return {"method": config.protect.method, "rank": world.rank}
     layout.private.mkdir(parents=True, exist_ok=True)
     stored = 0
     noise_dir = layout.private / "noise"
@@ -215,11 +274,13 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
         stale.unlink()
     if getattr(protector, "mode", "") == "samplewise":
         noise_dir.mkdir(parents=True, exist_ok=True)
-        d = torch.round(delta).to(torch.int16).squeeze(1).cpu().numpy()
+        d = delta if isinstance(delta, (np.ndarray, RowFile)) \
+            else torch.round(delta).to(torch.int16).cpu().numpy()  # a streamed fit: its int16 buffer on disk
         for item_id, first, n, native in fit.owners:
             if native:
+                rows = d.read(slice(first, first + n)) if isinstance(d, RowFile) else d[first:first + n]
                 with atomic_file(noise_dir / f"{item_id}.npz") as tmp, open(tmp, "wb") as fh:
-                    np.savez_compressed(fh, delta=d[first:first + n])
+                    np.savez_compressed(fh, delta=np.asarray(rows, dtype=np.int16)[:, 0])
                 stored += 1
     tmp = layout.protector_state.with_suffix(".tmp")
     protector.save(tmp)
@@ -231,7 +292,11 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
             "fit_seconds": round(time.perf_counter() - t0, 2), "state_fingerprint": protector.state_fingerprint(),
             "state_sha256": sha256_file(layout.protector_state), "params": protector.params(),
             "surrogate_accuracy_per_round": list(getattr(protector, "history", []) or [])}
+    if streamed:
+        info.update({"streamed_from_disk": True, "processes": world.size, "resumed_after_round": resumed_from})
     write_text_atomic(layout.private / "protector.json", json.dumps(info, indent=2))
+    if streamed:
+        shutil.rmtree(fit_dir, ignore_errors=True)  # slices and buffers: the noise is in private/noise/ now
     return info
 
 
@@ -262,6 +327,56 @@ class _LineProgress:
 
     def close(self) -> None:
         pass
+
+
+def fit_release(config: PipelineConfig, *, resume: bool = False, progress: Callable[[str], None] | None = None
+                ) -> dict[str, Any]:
+    """Fit the protector of ``config``'s release and stop (no export): ``medue fit``.
+
+    Run it in one process, or in every process of a ``torch.distributed`` group (``torchrun ... -m medue.cli fit``),
+    several GPUs or machines sharing the rounds of a streamed fit (:mod:`medue.protect.stream`); ``medue run
+    --resume`` then exports with the fitted protector. With ``resume`` an interrupted fit continues from its last
+    checkpointed round, and a finished fit of the same release is kept as it is. Returns the fit record
+    (``private/protector.json``; on processes other than 0, only the method and the rank).
+
+    Raises:
+        InvalidConfigError: bad folders, key or labels, or a method whose fit does not run in several processes.
+    """
+    from medue.io.atomic import exclusive_lock
+
+    problems = config.folder_problems()
+    if problems:
+        raise InvalidConfigError(problems)
+    say = progress or (lambda s: log.info(s))
+    world = World.current()
+    key = config.read_key()
+    layout = OutputLayout(config.output_path)
+    items = discover_inputs(config.input_path, ignored=[])
+    labels = config.read_labels(items)
+    if labels is not None:
+        items = [dataclasses.replace(it, label=labels.by_item.get(it.item_id)) for it in items]
+    identity = release_identity(config, key_fingerprint(key), labels)
+    previous = layout.private / "protector.json"
+    if resume and previous.exists() and layout.protector_state.exists():
+        info = json.loads(previous.read_text())
+        if info.get("identity") == identity:
+            say(f"{config.output} already holds this release's fitted protector; nothing to fit")
+            return info if world.rank == 0 else {"method": config.protect.method, "rank": world.rank}
+    with contextlib.ExitStack() as stack:
+        if world.rank == 0:
+            layout.root.mkdir(parents=True, exist_ok=True)
+            try:
+                stack.enter_context(exclusive_lock(config.output_path))
+            except BlockingIOError as exc:
+                raise InvalidConfigError([f"another medue run is writing to {config.output} (see its .medue.lock); "
+                                          "wait for it to finish or choose another output folder"]) from exc
+        device = resolve_device(config.execution.device)
+        if device.type == "cuda" and world.size > 1:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", world.rank)) % torch.cuda.device_count())
+        say(f"fit of {len(items)} item(s) on {device}" + (f", process {world.rank} of {world.size}"
+                                                            if world.size > 1 else ""))
+        return fit_protector([it for it in items if not it.problem], config, key, device=device,
+                             progress=say if world.rank == 0 else None, identity=identity, resume=resume)
 
 
 def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), resume: bool = False,
@@ -347,7 +462,7 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
         say(f"reusing fitted {config.protect.method} protector (state {fit_info['state_fingerprint'][:12]})")
     else:
         fit_info = fit_protector([it for it in items if not it.problem], config, key, device=device, progress=say,
-                                 identity=identity)
+                                 identity=identity, resume=resume)
 
     fp = config.fidelity
     release_checks = [release_diagnostic_check(efficacy, config.protect.method, fit_info.get("params", {}),

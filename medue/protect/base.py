@@ -125,6 +125,12 @@ class Protector(ABC):
         self.fitted = True
         return self.perturb(x_units, labels, space, generator=generator) if return_delta else None
 
+    @property
+    def streams_fit(self) -> bool:
+        """Whether :meth:`fit` takes a :class:`~medue.protect.stream.SliceStore` (the release's slices on disk, read
+        batch by batch) in place of a tensor, so that a release larger than memory is fitted whole."""
+        return False
+
     def fit_uses_pixels(self, labelled: bool) -> bool:
         """Whether :meth:`fit` reads the release's pixels (``labelled``: every sample has a label).
 

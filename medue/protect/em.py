@@ -34,7 +34,8 @@ from medue.protect.minmin import (
     grating,
     tile_to,
 )
-from medue.protect.surrogate import make_surrogate
+from medue.protect.stream import FitCheckpoint
+from medue.protect.surrogate import SURROGATES, make_surrogate
 
 MODES = ("samplewise", "classwise")
 INITS = ("zeros", "random", "grating", "cosine", "dots", "grid")
@@ -50,7 +51,8 @@ class EMProtector(Protector):
         train_steps: Surrogate optimiser steps per round.
         max_rounds: Upper bound on min-min rounds; class-wise noise may use 0 (its initial pattern, unrefined).
         stop_accuracy: Stop once the surrogate reaches this accuracy on perturbed data.
-        surrogate: ``"small"`` (fast) or ``"resnet18"``.
+        surrogate: ``"small"`` (fast), ``"strided"`` (a stride-2 stem: for a fit at 512 px and more) or
+            ``"resnet18"``; see :mod:`medue.protect.surrogate`.
         lr: Surrogate learning rate (SGD, momentum 0.9).
         num_clusters: Pseudo-label count when ``fit`` gets no labels.
         rho: SEM's random-noise radius in stored units (0 for EM).
@@ -145,8 +147,8 @@ class EMProtector(Protector):
         if not isinstance(stop_accuracy, (int, float)) or isinstance(stop_accuracy, bool) \
                 or not 0.0 < stop_accuracy <= 1.0:
             raise ValueError(f"stop_accuracy must be in (0, 1], not {stop_accuracy}")
-        if surrogate not in ("small", "resnet18"):
-            raise ValueError(f"surrogate must be 'small' or 'resnet18', not {surrogate!r}")
+        if surrogate not in SURROGATES:
+            raise ValueError(f"surrogate must be one of {SURROGATES}, not {surrogate!r}")
         rho = self.rho_default(self.epsilon) if rho is None else rho
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
             raise ValueError(f"lr must be a positive number, not {lr!r}")
@@ -165,6 +167,9 @@ class EMProtector(Protector):
         self.centroids: torch.Tensor | None = None
         self.history: list[float] = []
         self.progress: Callable[[str], None] | None = None
+        #: Sample-wise fit only: where the release path keeps its per-round checkpoint and delta buffers
+        #: (:class:`~medue.protect.stream.FitCheckpoint`); ``None`` keeps the deltas in memory.
+        self.checkpoint: FitCheckpoint | None = None
 
     def params(self) -> dict[str, Any]:
         s = self.settings
@@ -223,8 +228,15 @@ class EMProtector(Protector):
         return not (labelled and self.mode == "classwise" and self.tile > 0
                     and (self.settings.max_rounds == 0 or self.epsilon == 0))
 
+    @property
+    def streams_fit(self) -> bool:
+        return self.mode == "samplewise"
+
     def fit(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
             generator: torch.Generator, return_delta: bool = True) -> torch.Tensor | None:
+        """Fit on every slice. Sample-wise, ``x_units`` may also be a :class:`~medue.protect.stream.SliceStore` (the
+        release on disk, streamed batch by batch) and, with :attr:`checkpoint` set, the deltas returned are the
+        checkpoint's int16 buffer of the last round."""
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
         if labels is None:
             self.feature_seed = seed
@@ -235,7 +247,7 @@ class EMProtector(Protector):
         self.model = make_surrogate(self.surrogate_arch, max(num_classes, 2), seed=seed, device=x_units.device)
         if self.epsilon == 0:
             self.fitted = True
-            return torch.zeros_like(x_units) if return_delta else None
+            return torch.zeros(x_units.shape, device=x_units.device) if return_delta else None
         if self.mode == "classwise":
             # the per-sample placement is needed to refine the pattern or to return deltas, not otherwise
             needed = self.settings.max_rounds > 0 or return_delta
@@ -260,7 +272,8 @@ class EMProtector(Protector):
         else:
             delta, self.history = bilevel_samplewise(
                 self.model, x_units, labels, space, settings=self.settings, generator=generator,
-                mask_fn=self.mask_fn(), allowed=self._allowed(x_units, space), progress=self.progress)
+                mask_fn=self.mask_fn(), allowed=self._allowed if self.foreground_only else None,
+                progress=self.progress, checkpoint=self.checkpoint)
         self.fitted = True
         return delta
 

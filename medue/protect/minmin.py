@@ -12,12 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medue.device import make_generator
 from medue.protect.base import UnitSpace, batches, project
 from medue.protect.masks import topk_mask
+from medue.protect.stream import DeltaBuffers, FitCheckpoint, RowFile, SliceStore, World, batch_seed
 
 #: ``mask_fn(grad, x_model, proposed) -> 0/1 mask``: where the update may act (SALM); ``None`` means everywhere.
 #: ``proposed`` is the delta after the unmasked sign step, so a mask may favour pixels already perturbed.
@@ -69,15 +72,22 @@ def error_minimizing_delta(model: nn.Module, x: torch.Tensor, y: torch.Tensor, d
     return delta.detach()
 
 
-def train_surrogate(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                    delta: torch.Tensor, space: UnitSpace, *, settings: MinMinSettings, steps: int,
-                    generator: torch.Generator) -> None:
-    """``steps`` SGD steps on random batches of ``x + delta`` (SEM: plus random noise)."""
+def train_surrogate(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor | SliceStore, y: torch.Tensor,
+                    delta: torch.Tensor | Callable[[torch.Tensor], torch.Tensor], space: UnitSpace, *,
+                    settings: MinMinSettings, steps: int, generator: torch.Generator, world: World = World()) -> None:
+    """``steps`` SGD steps on random batches of ``x + delta`` (SEM: plus random noise).
+
+    ``delta`` is a tensor or a function of the row indices (deltas streamed from disk). Under a
+    ``torch.distributed`` group every process draws the same ``size`` batches and trains on its own, ``model``
+    (a ``DistributedDataParallel``) averaging the gradients.
+    """
     model.train()
     n = x.shape[0]
+    b = min(settings.batch_size, n)
     for _ in range(steps):
-        idx = torch.randint(n, (min(settings.batch_size, n),), generator=generator).to(x.device)
-        inp = x[idx] + delta[idx]
+        idx = torch.randint(n, (b * world.size,), generator=generator)[world.rank * b:(world.rank + 1) * b]
+        idx = idx.to(x.device)
+        inp = x[idx] + (delta(idx) if callable(delta) else delta[idx])
         if settings.rho > 0:
             inp = inp + torch.round(uniform_noise(inp.shape, settings.rho, generator, x.device))
         loss = F.cross_entropy(model(space.select(idx).to_model(inp)), y[idx])
@@ -97,28 +107,80 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Te
     return correct / max(x.shape[0], 1)
 
 
-def bilevel_samplewise(model: nn.Module, x: torch.Tensor, y: torch.Tensor, space: UnitSpace, *,
+def bilevel_samplewise(model: nn.Module, x: torch.Tensor | SliceStore, y: torch.Tensor, space: UnitSpace, *,
                        settings: MinMinSettings, generator: torch.Generator, mask_fn: MaskFn | None = None,
-                       allowed: torch.Tensor | None = None, progress: Callable[[str], None] | None = None
-                       ) -> tuple[torch.Tensor, list[float]]:
-    """Bi-level loop with one delta per sample. Returns ``(delta, accuracy per round)``."""
+                       allowed: torch.Tensor | Callable[[torch.Tensor, UnitSpace], torch.Tensor] | None = None,
+                       progress: Callable[[str], None] | None = None, checkpoint: FitCheckpoint | None = None
+                       ) -> tuple[torch.Tensor | np.ndarray | RowFile, list[float]]:
+    """Bi-level loop with one delta per sample, streaming ``x`` batch by batch. Returns ``(delta, accuracy per
+    round)``.
+
+    ``x`` is a tensor or a :class:`~medue.protect.stream.SliceStore` (slices read from disk a batch at a time);
+    ``allowed`` a 0/1 tensor or a function of a batch and its space. Without ``checkpoint`` the deltas are kept in
+    memory and returned as a tensor on ``x``'s device; with one they live in its two buffer files, every finished
+    round is recorded, a fit continues from the last recorded round when the checkpoint allows it, and the returned
+    delta is the int16 :class:`~medue.protect.stream.RowFile` of the last round (read it a few rows at a time). Under
+    a ``torch.distributed`` group (:class:`~medue.protect.stream.World`) the processes share the work; see
+    :mod:`medue.protect.stream`.
+    """
+    world = World.current()
+    device = x.device
+    shape = tuple(int(v) for v in x.shape)
+    n = shape[0]
+    base_seed = int(torch.randint(2**62, (1,), generator=generator))
+    train_model: nn.Module = model
+    if world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9, weight_decay=5e-4)
-    delta = torch.zeros_like(x)
+    buffers = checkpoint.buffers(shape, world) if checkpoint is not None else DeltaBuffers(shape)
     history: list[float] = []
-    for r in range(settings.max_rounds):
-        train_surrogate(model, opt, x, y, delta, space, settings=settings, steps=settings.train_steps,
-                        generator=generator)
-        for sl in batches(x.shape[0], settings.batch_size):
-            delta[sl] = error_minimizing_delta(model, x[sl], y[sl], delta[sl], space.select(sl), settings=settings,
-                                               steps=settings.inner_steps, generator=generator, mask_fn=mask_fn,
-                                               allowed=None if allowed is None else allowed[sl])
-        acc = accuracy(model, x, y, delta, space, settings.batch_size)
+    first = 0
+    loaded = checkpoint.load(shape) if checkpoint is not None else None
+    if loaded is not None:
+        rec, state = loaded
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        history = list(state["history"])
+        first = int(rec["round"]) + 1
+        if progress:
+            progress(f"continuing the fit from its checkpoint: round {first} of {settings.max_rounds} finished")
+    done = bool(history) and history[-1] >= settings.stop_accuracy
+    last = first - 1
+    for r in range(first, settings.max_rounds if not done else first):
+        train_surrogate(train_model, opt, x, y, lambda idx: buffers.read(r - 1, idx, device), space,
+                        settings=settings, steps=settings.train_steps, generator=generator, world=world)
+        world.broadcast_buffers(model)
+        correct = 0
+        for b, sl in enumerate(batches(n, settings.batch_size)):
+            if b % world.size != world.rank:
+                continue
+            xb, sp = x[sl], space.select(sl)
+            keep = allowed(xb, sp) if callable(allowed) else (None if allowed is None else allowed[sl])
+            delta = error_minimizing_delta(model, xb, y[sl], buffers.read(r - 1, sl, device), sp, settings=settings,
+                                           steps=settings.inner_steps, generator=make_generator(
+                                               batch_seed(base_seed, r, b)), mask_fn=mask_fn, allowed=keep)
+            buffers.write(r, sl, delta)
+            with torch.no_grad():
+                correct += int((model(sp.to_model(xb + delta)).argmax(1) == y[sl]).sum())
+        buffers.flush()
+        acc = world.sum(correct, device) / max(n, 1)  # also the barrier: every process's deltas are written
         history.append(acc)
+        last = r
+        if checkpoint is not None and world.rank == 0:
+            checkpoint.save(r, shape, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                       "generator": generator.get_state(), "history": history})
+        world.barrier()
         if progress:
             progress(f"round {r + 1}/{settings.max_rounds}: surrogate accuracy on perturbed data {acc:.3f}")
         if acc >= settings.stop_accuracy:
             break
-    return delta, history
+    if checkpoint is None:
+        return torch.from_numpy(np.asarray(buffers.array(last), dtype=np.float32)).to(device) if last >= 0 \
+            else torch.zeros(shape, device=device), history
+    return (buffers.array(last) if last >= 0 else np.zeros(shape, dtype=np.int16)), history
 
 
 def tile_to(noise: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -1,7 +1,15 @@
-"""Surrogate networks trained here (nothing downloaded), and a small training helper.
+"""Surrogate networks trained here (nothing downloaded), built from torch building blocks.
 
 ``SmallResNet`` is a fully convolutional ResNet-style classifier (global average pooling), so one surrogate
-fitted on 64x64 samples also takes 512x512 CT slices.
+fitted on 64x64 samples also takes 512x512 CT slices. Three layouts (``surrogate`` of the EM family):
+
+* ``"small"`` (default): a 3x3 stem at full resolution and stages of 16, 32 and 64 channels. Its first stage runs at
+  the input's resolution, where a release's 1-px structure lives: the choice for images up to about 256 px;
+* ``"strided"``: the same stages after a 3x3 stem of stride 2, so every layer runs at a quarter of the pixels. The
+  choice for a dataset-level fit at full CT/MR resolution (512 px and more), where the stride-1 stem and first stage
+  are most of the cost: ``benchmarks/surrogate_cost.py`` measures a training step (forward, backward) and a noise step
+  (gradient with respect to the input) of each layout; the input gradient stays full-resolution either way;
+* ``"resnet18"``: the ResNet-18 layout with a CIFAR-style stem, for a surrogate as strong as common attackers.
 """
 
 from __future__ import annotations
@@ -36,12 +44,13 @@ class SmallResNet(nn.Module):
             ``blocks=2`` is the ResNet-18 layout.
         blocks: Residual blocks per stage.
         in_channels: Input channels (1 for grayscale medical images).
+        stem_stride: Stride of the 3x3 stem (2: every later layer at a quarter of the pixels).
     """
 
     def __init__(self, num_classes: int, *, widths: tuple[int, ...] = (16, 32, 64), blocks: int = 1,
-                 in_channels: int = 1) -> None:
+                 in_channels: int = 1, stem_stride: int = 1) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, stem_stride, 1, bias=False),
                                   nn.BatchNorm2d(widths[0]), nn.ReLU())
         layers = []
         cin = widths[0]
@@ -65,14 +74,20 @@ def resnet18(num_classes: int, *, in_channels: int = 1, width: int = 64) -> Smal
                        in_channels=in_channels)
 
 
+#: Surrogate layouts :func:`make_surrogate` builds.
+SURROGATES = ("small", "strided", "resnet18")
+
+
 def make_surrogate(arch: str, num_classes: int, *, seed: int, device: torch.device) -> nn.Module:
     """Build a surrogate with weights initialised from ``seed`` (independent of the global RNG)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if arch == "small":
             model = SmallResNet(num_classes)
+        elif arch == "strided":
+            model = SmallResNet(num_classes, stem_stride=2)
         elif arch == "resnet18":
             model = resnet18(num_classes)
         else:
-            raise ValueError(f"unknown surrogate architecture {arch!r}; expected 'small' or 'resnet18'")
+            raise ValueError(f"unknown surrogate architecture {arch!r}; expected one of {SURROGATES}")
     return model.to(device)
