@@ -357,11 +357,15 @@ def fit_release(config: PipelineConfig, *, resume: bool = False, progress: Calla
         items = [dataclasses.replace(it, label=labels.by_item.get(it.item_id)) for it in items]
     identity = release_identity(config, key_fingerprint(key), labels)
     previous = layout.private / "protector.json"
-    if resume and previous.exists() and layout.protector_state.exists():
-        info = json.loads(previous.read_text())
-        if info.get("identity") == identity:
-            say(f"{config.output} already holds this release's fitted protector; nothing to fit")
-            return info if world.rank == 0 else {"method": config.protect.method, "rank": world.rank}
+    info = json.loads(previous.read_text()) if previous.exists() and layout.protector_state.exists() else None
+    if resume and info is not None and info.get("identity") == identity:
+        say(f"{config.output} already holds this release's fitted protector; nothing to fit")
+        return info if world.rank == 0 else {"method": config.protect.method, "rank": world.rank}
+    if layout.markers.is_dir() and any(layout.markers.glob("*.json")):
+        raise InvalidConfigError([
+            f"{config.output} already holds exported items (markers/) of an earlier fit; a new fit would mix two "
+            "protections in one release. Finish that release with `medue run --resume` and its own config, or fit "
+            "into a new output folder"])
     with contextlib.ExitStack() as stack:
         if world.rank == 0:
             layout.root.mkdir(parents=True, exist_ok=True)

@@ -147,6 +147,9 @@ def bilevel_samplewise(model: nn.Module, x: torch.Tensor | SliceStore, y: torch.
         first = int(rec["round"]) + 1
         if progress:
             progress(f"continuing the fit from its checkpoint: round {first} of {settings.max_rounds} finished")
+    elif checkpoint is not None and checkpoint.not_continued and progress:
+        progress(f"not continuing the checkpoint in {checkpoint.folder}: {checkpoint.not_continued}; fitting from "
+                 "round 1")
     done = bool(history) and history[-1] >= settings.stop_accuracy
     last = first - 1
     for r in range(first, settings.max_rounds if not done else first):

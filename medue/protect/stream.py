@@ -302,6 +302,8 @@ class FitCheckpoint:
         self.identity = identity
         self.resume = resume
         self.resumed_from: int | None = None
+        #: Why a checkpoint found there was not continued (``None``: continued, or none found).
+        self.not_continued: str | None = None
 
     @property
     def record(self) -> Path:
@@ -328,8 +330,13 @@ class FitCheckpoint:
         except (OSError, ValueError):
             return None
         state = self.folder / "state.pt"
-        if (rec.get("format") != CHECKPOINT_FORMAT or rec.get("identity") != self.identity
-                or rec.get("shape") != list(shape) or not state.exists() or _sha256(state) != rec.get("state_sha256")):
+        mine = rec.get("identity") or {}
+        differs = sorted(k for k in set(mine) | set(self.identity) if mine.get(k) != self.identity.get(k))
+        if rec.get("format") != CHECKPOINT_FORMAT or differs or rec.get("shape") != list(shape):
+            self.not_continued = "it belongs to another fit (" + ", ".join(differs or ["slice shape"]) + " differ)"
+            return None
+        if not state.exists() or _sha256(state) != rec.get("state_sha256"):
+            self.not_continued = "its state.pt is missing or damaged"
             return None
         return rec
 

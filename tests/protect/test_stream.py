@@ -12,7 +12,8 @@ import yaml
 
 from medue.device import make_generator
 from medue.pipeline.config import load_config
-from medue.pipeline.runner import EXIT_OK, run_pipeline
+from medue.errors import InvalidConfigError
+from medue.pipeline.runner import EXIT_OK, fit_release, run_pipeline
 from medue.protect import UnitSpace, build_protector
 from medue.protect.stream import FitCheckpoint, RowFile, SliceStore, SliceWriter
 
@@ -63,7 +64,7 @@ def test_an_interrupted_fit_continues_to_the_same_result(tmp_path):
     assert record["round"] == 1 and record["buffer"] == "delta1.i16"
     # another release's checkpoint is never continued; this one is, from round 2
     other, _ = _fit(store, y, FitCheckpoint(tmp_path / "b", {"release": "other"}, resume=True), max_rounds=1)
-    assert other.checkpoint.resumed_from is None
+    assert other.checkpoint.resumed_from is None and "release differ" in other.checkpoint.not_continued
     with pytest.raises(KeyboardInterrupt):
         _fit(store, y, FitCheckpoint(tmp_path / "b", {"release": "a"}), stop_after=2)
     cont, d_cont = _fit(store, y, FitCheckpoint(tmp_path / "b", {"release": "a"}, resume=True))
@@ -105,6 +106,11 @@ def test_the_release_fits_every_slice_and_resume_continues_an_interrupted_fit(tm
     assert info["slices"] == 12 and info["streamed_from_disk"] and info["items_with_fitted_delta"] == 4
     assert not (config.output_path / "private" / "fit").exists()  # slices and buffers go once the fit is saved
     noise = {p.name: np.load(p)["delta"] for p in (config.output_path / "private" / "noise").glob("*.npz")}
+    # medue fit on a folder that holds this release: nothing to do with --resume; without, a new fit is refused
+    said = []
+    assert fit_release(config, resume=True, progress=said.append)["slices"] == 12 and "nothing to fit" in said[-1]
+    with pytest.raises(InvalidConfigError, match="mix two protections"):
+        fit_release(config)
 
     # a second release, killed after its second round: --resume continues the fit, not a new one
     config2 = load_config(tmp_path / "pipeline.yaml", overrides={"output": str(tmp_path / "out2")})
