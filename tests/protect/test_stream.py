@@ -154,3 +154,20 @@ def test_torchrun_fit_in_two_processes_then_run_resume_exports(tmp_path):
     summary = run_pipeline(config, resume=True, progress=said.append)
     assert summary.exit_code == EXIT_OK and summary.counts["done"] == 4
     assert any("reusing fitted em protector" in s for s in said)
+
+
+def test_row_files_read_any_rows_in_any_order_and_travel_to_other_processes(tmp_path):
+    import pickle
+
+    from medue.protect.stream import create_row_file
+
+    rows = create_row_file(tmp_path / "r.i16", (10, 1, 3, 3), np.int16)
+    data = np.arange(90, dtype=np.int16).reshape(10, 1, 3, 3)
+    rows.write(0, data[:6])
+    rows.write(6, data[6:])
+    assert np.array_equal(rows.read(np.array([7, 2, 2, 0])), data[[7, 2, 2, 0]])
+    assert np.array_equal(rows.read(slice(3, 9, 2)), data[3:9:2]) and rows.read(slice(4, 4)).shape == (0, 1, 3, 3)
+    again = pickle.loads(pickle.dumps(rows))  # reopened by path, not copied
+    assert np.array_equal(again.to_array(), data)
+    with pytest.raises(ValueError, match="expected 360"):
+        RowFile(tmp_path / "r.i16", (20, 1, 3, 3), np.int16)
