@@ -35,7 +35,7 @@ from medue.protect.minmin import (
     tile_to,
 )
 from medue.protect.stream import FitCheckpoint
-from medue.protect.surrogate import SURROGATES, make_surrogate
+from medue.protect.surrogate import SURROGATES, make_surrogate, surrogate_for
 
 MODES = ("samplewise", "classwise")
 INITS = ("zeros", "random", "grating", "cosine", "dots", "grid")
@@ -51,8 +51,9 @@ class EMProtector(Protector):
         train_steps: Surrogate optimiser steps per round.
         max_rounds: Upper bound on min-min rounds; class-wise noise may use 0 (its initial pattern, unrefined).
         stop_accuracy: Stop once the surrogate reaches this accuracy on perturbed data.
-        surrogate: ``"small"`` (fast), ``"strided"`` (a stride-2 stem: for a fit at 512 px and more) or
-            ``"resnet18"``; see :mod:`medue.protect.surrogate`.
+        surrogate: ``"auto"`` (``"strided"`` for a fit at :data:`~medue.protect.surrogate.STRIDED_FROM` px and
+            more, else ``"small"``; the fitted protector records which), ``"small"``, ``"strided"`` (a stride-2 stem)
+            or ``"resnet18"``; see :mod:`medue.protect.surrogate` for the costs behind the choice.
         lr: Surrogate learning rate (SGD, momentum 0.9).
         num_clusters: Pseudo-label count when ``fit`` gets no labels.
         rho: SEM's random-noise radius in stored units (0 for EM).
@@ -99,7 +100,7 @@ class EMProtector(Protector):
     rho_default: Callable[[int], int] = staticmethod(lambda eps: 0)  # type: ignore[assignment]
 
     def __init__(self, *, mode: str = "samplewise", inner_steps: int = 20, train_steps: int = 10,
-                 max_rounds: int = 10, stop_accuracy: float = 0.99, surrogate: str = "small", lr: float = 0.1,
+                 max_rounds: int = 10, stop_accuracy: float = 0.99, surrogate: str = "auto", lr: float = 0.1,
                  num_clusters: int = 2, rho: int | None = None, tile: int = 0, block: int = 1,
                  augment: tuple[str, ...] | list[str] = (), init: str = "zeros", placement: str = "pattern",
                  duty: float = 0.5, blank_class: bool | int = False, flat_max_level: float = 0.15,
@@ -147,8 +148,8 @@ class EMProtector(Protector):
         if not isinstance(stop_accuracy, (int, float)) or isinstance(stop_accuracy, bool) \
                 or not 0.0 < stop_accuracy <= 1.0:
             raise ValueError(f"stop_accuracy must be in (0, 1], not {stop_accuracy}")
-        if surrogate not in SURROGATES:
-            raise ValueError(f"surrogate must be one of {SURROGATES}, not {surrogate!r}")
+        if surrogate not in ("auto", *SURROGATES):
+            raise ValueError(f"surrogate must be one of {('auto', *SURROGATES)}, not {surrogate!r}")
         rho = self.rho_default(self.epsilon) if rho is None else rho
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
             raise ValueError(f"lr must be a positive number, not {lr!r}")
@@ -244,6 +245,8 @@ class EMProtector(Protector):
             labels, self.centroids = kmeans(feats, self.num_clusters, generator=generator)
         labels = labels.to(x_units.device)
         num_classes = int(labels.max()) + 1 if labels.numel() else 1
+        if self.surrogate_arch == "auto":
+            self.surrogate_arch = surrogate_for(tuple(x_units.shape[-2:]))
         self.model = make_surrogate(self.surrogate_arch, max(num_classes, 2), seed=seed, device=x_units.device)
         if self.epsilon == 0:
             self.fitted = True

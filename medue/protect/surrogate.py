@@ -1,7 +1,8 @@
 """Surrogate networks trained here (nothing downloaded), built from torch building blocks.
 
 ``SmallResNet`` is a fully convolutional ResNet-style classifier (global average pooling), so one surrogate
-fitted on 64x64 samples also takes 512x512 CT slices. Three layouts (``surrogate`` of the EM family):
+fitted on 64x64 samples also takes 512x512 CT slices. Three layouts (``surrogate`` of the EM family; its default
+``"auto"`` takes ``"strided"`` when the fit runs at :data:`STRIDED_FROM` px or more, else ``"small"``):
 
 * ``"small"`` (default): a 3x3 stem at full resolution and stages of 16, 32 and 64 channels. Its first stage runs at
   the input's resolution, where a release's 1-px structure lives: the choice for images up to about 256 px;
@@ -76,6 +77,14 @@ def resnet18(num_classes: int, *, in_channels: int = 1, width: int = 64) -> Smal
 
 #: Surrogate layouts :func:`make_surrogate` builds.
 SURROGATES = ("small", "strided", "resnet18")
+
+#: Fit resolution (the smaller side, px) from which ``surrogate: auto`` takes ``"strided"``.
+STRIDED_FROM = 256
+
+
+def surrogate_for(size: tuple[int, ...]) -> str:
+    """The layout ``surrogate: auto`` takes for slices of ``size`` (height, width)."""
+    return "strided" if min(size) >= STRIDED_FROM else "small"
 
 
 def make_surrogate(arch: str, num_classes: int, *, seed: int, device: torch.device) -> nn.Module:

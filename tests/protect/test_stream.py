@@ -171,3 +171,15 @@ def test_row_files_read_any_rows_in_any_order_and_travel_to_other_processes(tmp_
     assert np.array_equal(again.to_array(), data)
     with pytest.raises(ValueError, match="expected 360"):
         RowFile(tmp_path / "r.i16", (20, 1, 3, 3), np.int16)
+
+
+def test_auto_surrogate_is_strided_at_ct_resolution_and_the_saved_protector_says_so(tmp_path):
+    from medue.protect import load_protector
+
+    for size, arch in ((16, "small"), (256, "strided")):
+        x, y = _data(n=4, size=size)
+        p, _ = _fit(x, y, max_rounds=1, inner_steps=1, train_steps=1, batch_size=4)
+        assert p.params()["surrogate"] == arch and p.model.stem[0].stride == ((2, 2) if arch == "strided" else (1, 1))
+        p.save(tmp_path / f"{size}.pt")
+        back = load_protector(tmp_path / f"{size}.pt")
+        assert back.params()["surrogate"] == arch and back.state_fingerprint() == p.state_fingerprint()
