@@ -56,11 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "fit", help="fit the protector on the whole release and stop (several GPUs or machines with torchrun)",
-        description="Fits the protector of CONFIG's release (the sample-wise EM family streams every slice from "
-                    "disk and checkpoints every round under <output>/private/fit) and writes it to "
-                    "<output>/private; `medue run CONFIG --resume` then exports with it. In several processes: "
-                    "torchrun --nproc-per-node 4 -m medue.cli fit CONFIG (add --nnodes/--rdzv-endpoint for several "
-                    "machines; the output folder must be on storage every machine sees).",
+        description="Fits the protector of CONFIG's release and writes it to <output>/private (the sample-wise EM\n"
+                    "family streams every slice from disk and checkpoints every round under <output>/private/fit);\n"
+                    "`medue run CONFIG --resume` then exports with it. In several processes (GPUs, or machines that\n"
+                    "share the output folder), launch it with torchrun:\n\n"
+                    "  torchrun --standalone --nproc-per-node 4 -m medue.cli fit CONFIG\n"
+                    "  medue run CONFIG --resume\n\n"
+                    "(several machines: --nnodes N --rdzv-endpoint HOST:PORT in place of --standalone). Python API:\n"
+                    "medue.pipeline.runner.fit_release.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", type=Path, help="pipeline YAML (see pipelines/)")
     p.add_argument("--resume", action="store_true",
