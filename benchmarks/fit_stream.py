@@ -7,8 +7,8 @@ Part 1 times one surrogate training step (forward + backward, a batch of ``--bat
 Part 2 writes ``--volumes`` synthetic CT-like volumes (``medue.testing.make_nifti``, int16) of 512 x 512 x
 ``--slices``, labelled ``a``/``b``, and fits sample-wise EM on every slice with :func:`medue.pipeline.runner.fit_release`
 (the code ``medue fit`` runs): slices streamed from ``private/fit/slices.f32``, a checkpoint every round. It reports
-the fit's seconds per round, the store's size on disk and this process's peak RSS (``ru_maxrss``, which includes
-torch itself), then interrupts a second fit after its first round and continues it with ``resume``, and checks that
+the fit's seconds per round, the store's size on disk and the peak RSS of the process that fits (a child of this
+one, started after the synthetic volumes are written; ``ru_maxrss``, torch itself included), then interrupts a second fit after its first round and continues it with ``resume``, and checks that
 the continued fit wrote the same noise as the uninterrupted one.
 
     python benchmarks/fit_stream.py --out benchmarks/results/fit_stream_cpu
@@ -39,14 +39,14 @@ def _time(fn, reps: int) -> float:
     return float(np.median(times))
 
 
-def surrogate_cost(batch: int, reps: int) -> list[dict]:
-    from medue.protect.surrogate import SURROGATES, make_surrogate
+def surrogate_cost(batch: int, reps: int, archs: list[str], sizes: list[int]) -> list[dict]:
+    from medue.protect.surrogate import make_surrogate
 
     rows = []
-    for size in (256, 512):
+    for size in sizes:
         x = torch.rand(batch, 1, size, size)
         y = torch.arange(batch) % 2
-        for arch in SURROGATES:
+        for arch in archs:
             model = make_surrogate(arch, 2, seed=0, device=torch.device("cpu"))
             opt = torch.optim.SGD(model.parameters(), lr=0.01)
 
@@ -85,8 +85,9 @@ def _config(root: Path, out: Path, args: argparse.Namespace) -> Path:
 
 
 def streamed_fit(args: argparse.Namespace) -> dict:
-    from medue.pipeline.config import load_config
-    from medue.pipeline.runner import fit_release
+    """Writes the synthetic release, then fits it in a child process, so that the child's peak RSS is the fit's."""
+    import multiprocessing
+
     from medue.testing import make_nifti
 
     with tempfile.TemporaryDirectory(dir=args.scratch) as tmp:
@@ -96,39 +97,50 @@ def streamed_fit(args: argparse.Namespace) -> dict:
         (root / "labels.csv").write_text("path,label\n" + "".join(f"vol{k}.nii,{'ab'[k % 2]}\n"
                                                                   for k in range(args.volumes)))
         (root / "site.key").write_text("benchmark-key-0123456789")
-        store_bytes = args.volumes * args.slices * 512 * 512 * 4
-        said: list[tuple[float, str]] = []
-        t0 = time.perf_counter()
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            result = pool.apply(_fit_in_child, (root, args))
+        result["peak_rss_mb_fit_process"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+        return result
 
-        def log(msg: str) -> None:
-            said.append((round(time.perf_counter() - t0, 2), msg))
-            print(f"[{said[-1][0]:8.1f} s] {msg}", flush=True)
 
-        whole = fit_release(load_config(_config(root, root / "whole", args)), progress=log)
-        seconds = round(time.perf_counter() - t0, 2)
-        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        rounds = [t for t, m in said if m.startswith("round ")]
+def _fit_in_child(root: Path, args: argparse.Namespace) -> dict:
+    from medue.pipeline.config import load_config
+    from medue.pipeline.runner import fit_release
 
-        # interrupted after round 1, then continued
-        def stop(msg: str) -> None:
-            log(msg)
-            if msg.startswith("round 1/"):
-                raise KeyboardInterrupt
+    torch.set_num_threads(args.threads)
+    store_bytes = args.volumes * args.slices * 512 * 512 * 4
+    said: list[tuple[float, str]] = []
+    t0 = time.perf_counter()
 
-        part = load_config(_config(root, root / "part", args))
-        try:
-            fit_release(part, progress=stop)
-        except KeyboardInterrupt:
-            pass
-        cont = fit_release(part, resume=True, progress=log)
-        same = all(np.array_equal(np.load(p)["delta"], np.load(root / "part" / "private" / "noise" / p.name)["delta"])
-                   for p in sorted((root / "whole" / "private" / "noise").glob("*.npz")))
-        return {"volumes": args.volumes, "slices_per_volume": args.slices, "size": 512, "surrogate": args.surrogate,
-                "rounds": args.rounds, "inner_steps": args.inner_steps, "train_steps": args.train_steps,
-                "batch": args.batch, "fit_seconds": whole["fit_seconds"], "wall_seconds": seconds,
-                "round_end_times_s": rounds, "store_bytes": store_bytes, "peak_rss_mb": round(rss_mb, 1),
-                "accuracy_per_round": whole["surrogate_accuracy_per_round"],
-                "continued_after_round": cont.get("resumed_after_round"), "continued_equals_whole": bool(same)}
+    def log(msg: str) -> None:
+        said.append((round(time.perf_counter() - t0, 2), msg))
+        print(f"[{said[-1][0]:8.1f} s] {msg}", flush=True)
+
+    whole = fit_release(load_config(_config(root, root / "whole", args)), progress=log)
+    seconds = round(time.perf_counter() - t0, 2)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this child: the fits only
+    rounds = [t for t, m in said if m.startswith("round ")]
+
+    # interrupted after round 1, then continued
+    def stop(msg: str) -> None:
+        log(msg)
+        if msg.startswith("round 1/"):
+            raise KeyboardInterrupt
+
+    part = load_config(_config(root, root / "part", args))
+    try:
+        fit_release(part, progress=stop)
+    except KeyboardInterrupt:
+        pass
+    cont = fit_release(part, resume=True, progress=log)
+    same = all(np.array_equal(np.load(p)["delta"], np.load(root / "part" / "private" / "noise" / p.name)["delta"])
+               for p in sorted((root / "whole" / "private" / "noise").glob("*.npz")))
+    return {"volumes": args.volumes, "slices_per_volume": args.slices, "size": 512, "surrogate": args.surrogate,
+            "rounds": args.rounds, "inner_steps": args.inner_steps, "train_steps": args.train_steps,
+            "batch": args.batch, "fit_seconds": whole["fit_seconds"], "wall_seconds": seconds,
+            "round_end_times_s": rounds, "store_bytes": store_bytes, "peak_rss_mb": round(rss_mb, 1),
+            "accuracy_per_round": whole["surrogate_accuracy_per_round"],
+            "continued_after_round": cont.get("resumed_after_round"), "continued_equals_whole": bool(same)}
 
 
 def main() -> None:
@@ -142,7 +154,11 @@ def main() -> None:
     ap.add_argument("--surrogate", default="strided")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads of the fit")
     ap.add_argument("--skip-cost", action="store_true")
+    ap.add_argument("--cost-surrogates", nargs="+", default=["small", "strided", "resnet18"],
+                    help="layouts to time (resnet18 at 512 px takes minutes per step on a 2-core CPU)")
+    ap.add_argument("--cost-sizes", nargs="+", type=int, default=[256, 512])
     ap.add_argument("--scratch", default=None, help="folder for the synthetic release (default: the system's temp)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
@@ -150,8 +166,12 @@ def main() -> None:
                           "torch": torch.__version__, "threads": torch.get_num_threads()},
               "command": "python benchmarks/fit_stream.py " + " ".join(
                   f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                  if k not in ("out", "skip_cost", "scratch") and v is not None),
-              "surrogate_cost": [] if args.skip_cost else surrogate_cost(args.batch, args.reps)}
+                  if k not in ("out", "skip_cost", "scratch", "cost_surrogates", "cost_sizes", "threads")
+                  and v is not None)
+              + " --cost-surrogates " + " ".join(args.cost_surrogates)
+              + " --cost-sizes " + " ".join(map(str, args.cost_sizes)),
+              "surrogate_cost": [] if args.skip_cost else surrogate_cost(args.batch, args.reps, args.cost_surrogates,
+                                                                          args.cost_sizes)}
     result["streamed_fit"] = streamed_fit(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
