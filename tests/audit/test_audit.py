@@ -33,7 +33,8 @@ def test_mlflow_run_has_params_metrics_artifacts_and_no_phi(tiny_config, tmp_pat
     from medue.testing import make_release_efficacy
 
     efficacy = tmp_path / "efficacy.json"
-    params = build_protector("salm", epsilon=4, mask_ratio=0.1, max_rounds=1, inner_steps=2, train_steps=2).params()
+    params = build_protector("salm", epsilon=4, mask_ratio=0.1, max_rounds=1, inner_steps=2, train_steps=2,
+                             surrogate="small").params()  # as fitted: `surrogate: auto` resolved at 16 px
     efficacy.write_text(json.dumps(make_release_efficacy("salm", params, drop=0.01, protected=0.55)))
     cfg = load_config(tiny_config(tracking={"enabled": True, "uri": uri, "experiment": "medue-test"},
                                   report={"enabled": True, "efficacy_results": str(efficacy)}))

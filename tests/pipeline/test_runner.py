@@ -71,8 +71,9 @@ def _efficacy_json(path, drop, **param_overrides):
     from medue.protect import build_protector
     from medue.testing import make_release_efficacy
 
+    # the parameters as the fitted protector records them (`surrogate: auto` resolved for the 16 px fit)
     params = build_protector("salm", **{"epsilon": 4, "mask_ratio": 0.1, "max_rounds": 1, "inner_steps": 2,
-                                        "train_steps": 2, **param_overrides}).params()
+                                        "train_steps": 2, "surrogate": "small", **param_overrides}).params()
     path.write_text(json.dumps(make_release_efficacy("salm", params, drop=drop)))
     return str(path)
 
