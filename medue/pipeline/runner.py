@@ -292,7 +292,7 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
             "fit_seconds": round(time.perf_counter() - t0, 2), "state_fingerprint": protector.state_fingerprint(),
             "state_sha256": sha256_file(layout.protector_state), "params": protector.params(),
             "surrogate_accuracy_per_round": list(getattr(protector, "history", []) or [])}
-    if streamed:
+    if streamed:  # resumed_after_round: index (from 0, as in checkpoint.json) of the last round before a resume
         info.update({"streamed_from_disk": True, "processes": world.size, "resumed_after_round": resumed_from})
     write_text_atomic(layout.private / "protector.json", json.dumps(info, indent=2))
     if streamed:
