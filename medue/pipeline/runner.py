@@ -147,6 +147,8 @@ def _fit_samples(items: list[InputItem], config: PipelineConfig, store: Path | N
         row += len(picks)
         del vol
     if not owners:
+        if writer is not None:
+            writer.discard()
         raise IngestError("no readable input to fit the protector on", reason="empty")
     space = UnitSpace.per_sample(spaces, counts)
     y = None if any(v is None for v in labels) else torch.tensor(labels, dtype=torch.long)

@@ -173,6 +173,11 @@ class SliceWriter:
         self._fh.write(np.ascontiguousarray(slices.detach().cpu().numpy(), dtype=np.float32).tobytes())
         self.rows += int(slices.shape[0])
 
+    def discard(self) -> None:
+        """Close and remove the file (nothing readable was written)."""
+        self._fh.close()
+        self.path.unlink(missing_ok=True)
+
     def close(self, device: torch.device | str = "cpu") -> SliceStore:
         self._fh.flush()
         os.fsync(self._fh.fileno())
