@@ -136,23 +136,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _overrides(args: argparse.Namespace) -> dict:
+    """Config overrides from the options of ``run`` or ``fit`` that the command has and the user gave."""
+    overrides: dict = {}
+    for name in ("output", "input"):  # typed by the user: relative to the current folder, not to the config file
+        if getattr(args, name, None):
+            overrides[name] = str(Path(getattr(args, name)).expanduser().resolve())
+    execution = {k: v for k in ("workers", "backend", "device") if (v := getattr(args, k, None)) is not None}
+    if execution:
+        overrides["execution"] = execution
+    if getattr(args, "no_tracking", False):
+        overrides["tracking"] = {"enabled": False}
+    return overrides
+
+
 def _run(args: argparse.Namespace) -> int:
     from medue.pipeline.config import load_config
     from medue.pipeline.executor import parse_shard
     from medue.pipeline.runner import run_pipeline
 
-    overrides: dict = {}  # typed by the user: relative to the current folder, not to the config file
-    if args.output:
-        overrides["output"] = str(Path(args.output).expanduser().resolve())
-    if args.input:
-        overrides["input"] = str(Path(args.input).expanduser().resolve())
-    execution = {k: v for k, v in (("workers", args.workers), ("backend", args.backend), ("device", args.device))
-                 if v is not None}
-    if execution:
-        overrides["execution"] = execution
-    if args.no_tracking:
-        overrides["tracking"] = {"enabled": False}
-    config = load_config(args.config, overrides=overrides)  # overrides are validated like the file's own values
+    config = load_config(args.config, overrides=_overrides(args))  # validated like the file's own values
     if args.dry_run:
         return _check(args, config=config)
     shard = parse_shard(args.shard)
@@ -180,13 +183,7 @@ def _fit(args: argparse.Namespace) -> int:
     from medue.pipeline.config import load_config
     from medue.pipeline.runner import fit_release
 
-    overrides: dict = {}
-    for name in ("output", "input"):
-        if getattr(args, name):
-            overrides[name] = str(Path(getattr(args, name)).expanduser().resolve())
-    if args.device:
-        overrides["execution"] = {"device": args.device}
-    config = load_config(args.config, overrides=overrides)
+    config = load_config(args.config, overrides=_overrides(args))
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:  # launched by torchrun: join its process group
         import torch

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -344,8 +344,6 @@ def fit_release(config: PipelineConfig, *, resume: bool = False, progress: Calla
     Raises:
         InvalidConfigError: bad folders, key or labels, or a method whose fit does not run in several processes.
     """
-    from medue.io.atomic import exclusive_lock
-
     problems = config.folder_problems()
     if problems:
         raise InvalidConfigError(problems)
@@ -353,10 +351,7 @@ def fit_release(config: PipelineConfig, *, resume: bool = False, progress: Calla
     world = World.current()
     key = config.read_key()
     layout = OutputLayout(config.output_path)
-    items = discover_inputs(config.input_path, ignored=[])
-    labels = config.read_labels(items)
-    if labels is not None:
-        items = [dataclasses.replace(it, label=labels.by_item.get(it.item_id)) for it in items]
+    items, labels = _labelled_inputs(config, ignored=[])
     identity = release_identity(config, key_fingerprint(key), labels)
     previous = layout.private / "protector.json"
     info = json.loads(previous.read_text()) if previous.exists() and layout.protector_state.exists() else None
@@ -368,14 +363,7 @@ def fit_release(config: PipelineConfig, *, resume: bool = False, progress: Calla
             f"{config.output} already holds exported items (markers/) of an earlier fit; a new fit would mix two "
             "protections in one release. Finish that release with `medue run --resume` and its own config, or fit "
             "into a new output folder"])
-    with contextlib.ExitStack() as stack:
-        if world.rank == 0:
-            layout.root.mkdir(parents=True, exist_ok=True)
-            try:
-                stack.enter_context(exclusive_lock(config.output_path))
-            except BlockingIOError as exc:
-                raise InvalidConfigError([f"another medue run is writing to {config.output} (see its .medue.lock); "
-                                          "wait for it to finish or choose another output folder"]) from exc
+    with _output_lock(config) if world.rank == 0 else contextlib.nullcontext():  # process 0 holds it for all
         device = resolve_device(config.execution.device)
         if device.type == "cuda" and world.size > 1:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", world.rank)) % torch.cuda.device_count())
@@ -393,18 +381,34 @@ def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), res
         InvalidConfigError: bad input/output folders, labels, a resume that does not match the fitted release,
             or another run holding the output folder's lock.
     """
-    from medue.io.atomic import exclusive_lock
-
     problems = config.folder_problems()
     if problems:
         raise InvalidConfigError(problems)
+    with _output_lock(config):
+        return _run_locked(config, shard=shard, resume=resume, progress=progress, show_bar=show_bar)
+
+
+@contextlib.contextmanager
+def _output_lock(config: PipelineConfig) -> Iterator[None]:
+    """Hold the output folder's lock (one run or fit writes to a folder at a time), or say who holds it."""
+    from medue.io.atomic import exclusive_lock
+
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(exclusive_lock(config.output_path))
         except BlockingIOError as exc:
             raise InvalidConfigError([f"another medue run is writing to {config.output} (see its .medue.lock); "
                                       "wait for it to finish or choose another output folder"]) from exc
-        return _run_locked(config, shard=shard, resume=resume, progress=progress, show_bar=show_bar)
+        yield
+
+
+def _labelled_inputs(config: PipelineConfig, ignored: list[dict[str, str]]) -> tuple[list[InputItem], Any]:
+    """The release's inputs (files skipped on purpose go to ``ignored``), each with its label, and the labels."""
+    items = discover_inputs(config.input_path, ignored=ignored)
+    labels = config.read_labels(items)
+    if labels is not None:
+        items = [dataclasses.replace(it, label=labels.by_item.get(it.item_id)) for it in items]
+    return items, labels
 
 
 def _run_locked(config: PipelineConfig, *, shard: tuple[int, int], resume: bool,
@@ -440,13 +444,11 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
     if removed:
         say(f"removed {len(removed)} partial output(s) left by an interrupted run")
     ignored: list[dict[str, str]] = []
-    items = discover_inputs(config.input_path, ignored=ignored)
+    items, labels = _labelled_inputs(config, ignored)
     write_text_atomic(layout.private / "ignored.local.json", json.dumps(ignored, indent=2))
     if ignored:
         say(f"ignored {len(ignored)} file(s) on purpose (hidden files, sidecars); listed in private/ignored.local.json")
-    labels = config.read_labels(items)
     if labels is not None:
-        items = [dataclasses.replace(it, label=labels.by_item.get(it.item_id)) for it in items]
         write_text_atomic(layout.private / "labels.local.json", json.dumps(labels.to_dict(), indent=2))
         say(f"labels from {config.labels.source}: " + ", ".join(f"{c} {n}" for c, n in labels.counts().items()))
     mine = select_shard(items, shard)

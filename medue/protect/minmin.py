@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medue.device import make_generator
+from medue.device import derive_seed, make_generator
 from medue.protect.base import UnitSpace, batches, project
 from medue.protect.masks import topk_mask
-from medue.protect.stream import DeltaBuffers, FitCheckpoint, RowFile, SliceStore, World, batch_seed
+from medue.protect.stream import DeltaBuffers, FitCheckpoint, RowFile, SliceStore, World
 
 #: ``mask_fn(grad, x_model, proposed) -> 0/1 mask``: where the update may act (SALM); ``None`` means everywhere.
 #: ``proposed`` is the delta after the unmasked sign step, so a mask may favour pixels already perturbed.
@@ -164,7 +164,7 @@ def bilevel_samplewise(model: nn.Module, x: torch.Tensor | SliceStore, y: torch.
             keep = allowed(xb, sp) if callable(allowed) else (None if allowed is None else allowed[sl])
             delta = error_minimizing_delta(model, xb, y[sl], buffers.read(r - 1, sl, device), sp, settings=settings,
                                            steps=settings.inner_steps, generator=make_generator(
-                                               batch_seed(base_seed, r, b)), mask_fn=mask_fn, allowed=keep)
+                                               derive_seed(base_seed, r, b)), mask_fn=mask_fn, allowed=keep)
             buffers.write(r, sl, delta)
             with torch.no_grad():
                 correct += int((model(sp.to_model(xb + delta)).argmax(1) == y[sl]).sum())

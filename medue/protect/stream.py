@@ -24,7 +24,6 @@ It reads the slices from a :class:`SliceStore` and keeps the noise of every slic
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -33,6 +32,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from medue.provenance import sha256_file
 
 #: Format tag of ``checkpoint.json``.
 CHECKPOINT_FORMAT = "medue.fit_checkpoint/1"
@@ -277,21 +278,6 @@ class World:
                 dist.broadcast(buf, 0)
 
 
-def batch_seed(base: int, round_index: int, batch_index: int) -> int:
-    """Seed of the random draws of one noise batch in one round: the same in a fit that continues from a checkpoint
-    and whichever process updates that batch."""
-    digest = hashlib.sha256(f"{base}\x1f{round_index}\x1f{batch_index}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class FitCheckpoint:
     """Per-round checkpoint of the sample-wise fit under ``folder``, and the delta buffers beside it.
 
@@ -340,7 +326,7 @@ class FitCheckpoint:
         if rec.get("format") != CHECKPOINT_FORMAT or differs or rec.get("shape") != list(shape):
             self.not_continued = "it belongs to another fit (" + ", ".join(differs or ["slice shape"]) + " differ)"
             return None
-        if not state.exists() or _sha256(state) != rec.get("state_sha256"):
+        if not state.exists() or sha256_file(state) != rec.get("state_sha256"):
             self.not_continued = "its state.pt is missing or damaged"
             return None
         return rec
@@ -363,7 +349,7 @@ class FitCheckpoint:
             os.fsync(fh.fileno())
         tmp.replace(self.folder / "state.pt")
         rec = {"format": CHECKPOINT_FORMAT, "round": round_index, "buffer": DeltaBuffers.names[round_index % 2],
-               "shape": list(shape), "identity": self.identity, "state_sha256": _sha256(self.folder / "state.pt"),
+               "shape": list(shape), "identity": self.identity, "state_sha256": sha256_file(self.folder / "state.pt"),
                "history": state.get("history", [])}
         tmp = self.record.with_suffix(".tmp")
         tmp.write_text(json.dumps(rec, indent=2))
