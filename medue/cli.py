@@ -83,28 +83,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print report.json as it is")
 
     p = sub.add_parser(
-        "evaluate", help="efficacy of a release: run CONFIG on a labelled benchmark set, attack the released files",
-        description="Releases the training split of DATASET with exactly the code `medue run` runs, reads the "
-                    "released files back and trains unauthorised models on them with the true labels (test images "
-                    "stay clean), with and without countermeasures; every countermeasure row has its clean "
-                    "baseline. Build a benchmark set with benchmarks/build_br35h.py.",
+        "evaluate", help="efficacy of a release: attack released files the way people train, beside clean baselines",
+        description="Two ways to measure a protection, both on files `medue run` wrote, attacked with the true "
+                    "labels and tested on clean images the attackers never saw:\n\n"
+                    "  medue evaluate CONFIG --dataset SET   release the training split of a labelled benchmark "
+                    "set\n                                        (benchmarks/build_br35h.py) with CONFIG and attack it\n"
+                    "  medue evaluate CONFIG --self [--holdout 0.2]\n"
+                    "                                        the site's own release: labels.holdout of each class is "
+                    "kept\n                                        clean and unreleased, attacks train on the release "
+                    "and are\n                                        tested on that held-out part; the report then "
+                    "shows it as\n                                        this release's own evidence\n\n"
+                    "Attack suites (--suite): quick = plain CNN, ResNet-18 flip+crop, MONAI tutorial augmentations; "
+                    "standard = quick + half resolution, clean mixing 10/25 %, DenseNet, JPEG q10, 3-bit, median "
+                    "3x3, Gaussian blur, adversarial training; full = standard + double resolution, 30-epoch SGD "
+                    "cosine, full-width MONAI ResNet-18 and DenseNet-121, a small ViT (headline attacks on "
+                    "--headline-seeds). Every attack also trains on clean data (its baseline). Results: OUT.json "
+                    "and OUT.md, rewritten after every row while the suite runs.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", type=Path, help="pipeline YAML under test (its input/output/labels are replaced)")
-    p.add_argument("--dataset", type=Path, required=True, help="benchmark set folder (train/, test/, *_labels.csv)")
+    p.add_argument("config", type=Path, nargs="?", help="pipeline YAML under test (with --dataset its input/output/"
+                                                         "labels are replaced)")
+    p.add_argument("--dataset", type=Path, help="benchmark set folder (train/, test/, *_labels.csv)")
+    p.add_argument("--self", dest="own", action="store_true",
+                   help="evaluate the config's own release on its held-out part (labels.holdout or --holdout)")
+    p.add_argument("--holdout", type=float, help="with --self: fraction of each class kept clean and unreleased "
+                                                 "(overrides labels.holdout; part of the release's identity)")
     p.add_argument("--no-labels", action="store_true", help="release without labels (label-agnostic path)")
-    p.add_argument("--attackers", nargs="+", metavar="ARCH:AUG",
-                   help="attackers and their augmentation (none|flip_crop); default resnet18:flip_crop "
-                        "densenet121:flip_crop plain_cnn:none")
-    p.add_argument("--countermeasures", nargs="*", default=None,
-                   help="default: jpeg_q10 bit_depth_3 median_3x3 adversarial_training ('none' for none)")
+    p.add_argument("--suite", choices=["quick", "standard", "full"], default="standard",
+                   help="which attacks (default standard; see above)")
+    p.add_argument("--attacks", nargs="+", metavar="NAME", help="only these attacks of the catalogue "
+                                                                "(`medue evaluate --list-attacks`)")
+    p.add_argument("--list-attacks", action="store_true", help="print every attack and the suites, then exit")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="seeds of every protected row")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--quick", action="store_true",
-                   help="iteration setting: plain_cnn and resnet18 only, one seed, no countermeasures")
+    p.add_argument("--headline-seeds", nargs="+", type=int, default=None,
+                   help="seeds of the headline attacks (default: 0 1 2 3 with --suite full, else --seeds)")
+    p.add_argument("--epochs", type=int, default=12, help="epochs of the attacks that do not set their own")
+    p.add_argument("--quick", action="store_true", help="--suite quick with one seed (for iteration)")
     p.add_argument("--device", default="auto")
     p.add_argument("--work", type=Path, help="release output folder (default: OUT without suffix + '_release')")
-    p.add_argument("--out", type=Path, help="writes OUT.json and OUT.md (default "
-                   "benchmarks/results/release_efficacy_<dataset>_<method>)")
+    p.add_argument("--out", type=Path, help="writes OUT.json and OUT.md (default out/evaluate/release_efficacy_"
+                                            "<dataset>_<method>; with --self OUTPUT/private/self_evaluation)")
     p.add_argument("--name", help="result name (default <dataset>_<method>)")
     p.add_argument("--existing", action="store_true",
                    help="--work already holds a release of DATASET/train written by `medue run` (any version): "
@@ -347,41 +364,63 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from medue.efficacy.release import (DEFAULT_ATTACKERS, DEFAULT_COUNTERMEASURES, ReleaseEvalSettings,
-                                        evaluate_release, results_markdown)
+    from medue.efficacy.release import (ReleaseEvalSettings, evaluate_own_release, evaluate_release,
+                                        results_markdown)
+    from medue.efficacy.suite import CATALOGUE, SUITES
     from medue.errors import InvalidConfigError
     from medue.pipeline.config import load_config
 
-    config = load_config(args.config)
-    if not (args.dataset / "dataset.json").is_file():
-        raise InvalidConfigError([f"--dataset {args.dataset}: no dataset.json; build a benchmark set with "
-                                  "benchmarks/build_br35h.py (or medue.efficacy.write_image_set)"])
+    if args.list_attacks:
+        for name, a in CATALOGUE.items():
+            suites = ", ".join(s for s, names in SUITES.items() if name in names)
+            print(f"{name:32s} {a.habit:13s} [{suites}]{' headline' if a.headline else ''}\n    {a.words}")
+        return EXIT_OK
+    problems = [] if args.config else ["a pipeline config is needed: medue evaluate CONFIG --dataset SET | --self"]
+    if args.own == bool(args.dataset):
+        problems.append("give either --dataset SET (a benchmark set) or --self (the config's own release)")
+    if args.dataset and not (args.dataset / "dataset.json").is_file():
+        problems.append(f"--dataset {args.dataset}: no dataset.json; build a benchmark set with "
+                        "benchmarks/build_br35h.py (or medue.efficacy.write_image_set)")
     if args.existing and not args.work:
-        raise InvalidConfigError(["--existing needs --work: the output folder of the release to read back"])
-    attackers = DEFAULT_ATTACKERS
-    if args.attackers:
-        attackers = tuple(tuple(a.split(":", 1)) if ":" in a else (a, "none") for a in args.attackers)
-    cms = DEFAULT_COUNTERMEASURES if args.countermeasures is None else tuple(c for c in args.countermeasures
-                                                                           if c != "none")
-    settings = ReleaseEvalSettings(attackers=attackers, countermeasures=cms, seeds=tuple(args.seeds),
-                                   epochs=args.epochs, device=args.device)
-    if args.quick:
-        settings = ReleaseEvalSettings(attackers=(("plain_cnn", "none"), ("resnet18", "flip_crop")),
-                                       countermeasures=(), seeds=(args.seeds[0],), epochs=args.epochs,
-                                       device=args.device)
-    name = args.name or f"{args.dataset.name}_{config.protect.method}" + ("_nolabels" if args.no_labels else "")
-    out = args.out or Path("benchmarks/results") / f"release_efficacy_{name}"
-    work = args.work or out.with_name(out.name + "_release")
-    res = evaluate_release(config, args.dataset, work=work, labels_used=not args.no_labels, settings=settings,
-                           name=name, log=logging.getLogger("medue.evaluate").info,
-                           existing=args.existing,
-                           clean_from=({**json.loads(args.clean_from.read_text()), "file": str(args.clean_from)}
-                                       if args.clean_from else None))
+        problems.append("--existing needs --work: the output folder of the release to read back")
+    if args.holdout is not None and not args.own:
+        problems.append("--holdout goes with --self (a benchmark's test split is its held-out part)")
+    if args.holdout is not None and not 0 < args.holdout < 1:
+        problems.append(f"--holdout must be between 0 and 1 (exclusive), got {args.holdout}")
+    if problems:
+        raise InvalidConfigError(problems, source="evaluate")
+    config = load_config(args.config)
+    suite = "quick" if args.quick else args.suite
+    seeds = (args.seeds[0],) if args.quick else tuple(args.seeds)
+    headline = tuple(args.headline_seeds) if args.headline_seeds else ((0, 1, 2, 3) if suite == "full" else ())
+    settings = ReleaseEvalSettings(suite=suite, attacks=tuple(args.attacks or ()), seeds=seeds,
+                                   headline_seeds=headline, epochs=args.epochs, device=args.device)
+    log = logging.getLogger("medue.evaluate").info
+    if args.own:
+        if args.holdout is not None:
+            config = config.model_copy(update={"labels": config.labels.model_copy(update={"holdout": args.holdout})})
+        out = args.out or config.output_path / "private" / "self_evaluation"
+        res = evaluate_own_release(config, settings=settings, log=log, partial=out.with_suffix(".json"))
+    else:
+        name = args.name or f"{args.dataset.name}_{config.protect.method}" + ("_nolabels" if args.no_labels else "")
+        out = args.out or Path("out/evaluate") / f"release_efficacy_{name}"
+        work = args.work or out.with_name(out.name + "_release")
+        res = evaluate_release(config, args.dataset, work=work, labels_used=not args.no_labels, settings=settings,
+                               name=name, log=log, existing=args.existing, partial=out.with_suffix(".json"),
+                               clean_from=({**json.loads(args.clean_from.read_text()), "file": str(args.clean_from)}
+                                           if args.clean_from else None))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str))
     out.with_suffix(".md").write_text(results_markdown(res))
     print(results_markdown(res))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    if args.own:
+        from medue.pipeline.runner import run_pipeline
+
+        config = config.model_copy(update={"report": config.report.model_copy(
+            update={"efficacy_results": str(out.with_suffix(".json").resolve())})})
+        summary = run_pipeline(config, resume=True, progress=log)
+        print(f"report with this release's own evidence: {summary.report_html}")
     return EXIT_OK
 
 

@@ -10,16 +10,34 @@ Every attacker is a standard architecture an outside party would reach for, not 
 * ``plain_cnn``: 8 convolutions (3x3, batch norm, ReLU) in 4 stages with max pooling, global average pooling and
   one linear layer, no residual connections: the simplest model a stranger would train, without augmentation.
 * ``monai_classifier``: MONAI's ``Classifier`` (strided convolutions), kept for the earlier tables.
+* ``resnet18_full``, ``densenet121_full``: MONAI's ``resnet18`` and ``DenseNet121`` exactly as the library builds
+  them (full widths, 7x7 stride-2 stem and max pool for the ResNet), single-channel input.
+* ``vit_small``: MONAI ``ViT`` with 8 px patches, 6 layers of width 192 and 6 heads; classification head.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-ATTACKERS = ("resnet18", "densenet121", "plain_cnn", "monai_classifier")
+ATTACKERS = ("resnet18", "densenet121", "plain_cnn", "monai_classifier", "resnet18_full", "densenet121_full",
+             "vit_small")
 
-#: SGD learning rate per architecture when TrainSettings.lr is None.
-DEFAULT_LR = {"resnet18": 0.05, "densenet121": 0.05, "plain_cnn": 0.05, "monai_classifier": 0.01}
+#: SGD learning rate per architecture when TrainSettings.lr is None (Adam: ADAM_LR).
+DEFAULT_LR = {"resnet18": 0.05, "densenet121": 0.05, "plain_cnn": 0.05, "monai_classifier": 0.01,
+              "resnet18_full": 0.05, "densenet121_full": 0.05, "vit_small": 0.01}
+ADAM_LR = 1e-3
+
+
+class _Logits(nn.Module):
+    """The logits of a network that returns ``(logits, hidden states)`` (MONAI's ViT)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):  # noqa: D102
+        out = self.net(x)
+        return out[0] if isinstance(out, tuple) else out
 
 
 def plain_cnn(num_classes: int, *, width: int = 16, in_channels: int = 1) -> nn.Sequential:
@@ -56,4 +74,18 @@ def build_attacker(arch: str, num_classes: int, *, image_size: int, width: int =
 
         return Classifier(in_shape=(1, image_size, image_size), classes=num_classes,
                           channels=(width, 2 * width, 4 * width), strides=(2, 2, 2))
+    if arch == "resnet18_full":
+        from monai.networks.nets import resnet18
+
+        return resnet18(spatial_dims=2, n_input_channels=1, num_classes=num_classes)
+    if arch == "densenet121_full":
+        from monai.networks.nets import DenseNet121
+
+        return DenseNet121(spatial_dims=2, in_channels=1, out_channels=num_classes)
+    if arch == "vit_small":
+        from monai.networks.nets import ViT
+
+        patch = 8 if image_size % 8 == 0 and image_size >= 16 else 4 if image_size % 4 == 0 else 1
+        return _Logits(ViT(in_channels=1, img_size=image_size, patch_size=patch, hidden_size=192, mlp_dim=768,
+                           num_layers=6, num_heads=6, classification=True, num_classes=num_classes, spatial_dims=2))
     raise ValueError(f"unknown attacker architecture {arch!r}; expected one of {', '.join(ATTACKERS)}")

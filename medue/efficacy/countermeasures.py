@@ -35,6 +35,19 @@ def median(images: np.ndarray, *, size: int = 3) -> np.ndarray:
     return median_filter(images, size=(1, size, size))
 
 
+def gaussian_blur(images: np.ndarray, *, sigma: float = 1.0) -> np.ndarray:
+    """Gaussian smoothing of ``sigma`` px per image (MONAI ``GaussianSmooth``), rounded back to uint8."""
+    import torch
+    from monai.transforms import GaussianSmooth
+
+    smooth = GaussianSmooth(sigma=sigma)
+    out = np.empty_like(images)
+    for i, img in enumerate(images):
+        s = smooth(torch.from_numpy(img.astype(np.float32))[None])
+        out[i] = np.clip(np.rint(np.asarray(s)[0]), 0, 255).astype(np.uint8)
+    return out
+
+
 def grayscale(images: np.ndarray) -> np.ndarray:
     """Grayscale conversion; the identity on single-channel images (recorded as such in results)."""
     return images
@@ -44,6 +57,7 @@ PREPROCESSING: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "jpeg_q10": lambda x: jpeg(x, quality=10),
     "bit_depth_3": lambda x: bit_depth(x, bits=3),
     "median_3x3": lambda x: median(x, size=3),
+    "gaussian_blur_1": lambda x: gaussian_blur(x, sigma=1.0),
     "grayscale": grayscale,
 }
 

@@ -1,4 +1,9 @@
-"""Train an unauthorised classifier on (protected) images and measure clean-test accuracy."""
+"""Train an unauthorised classifier on (protected) images and measure clean-test accuracy.
+
+Images come as uint8 ``(N, H, W)`` (divided by 255) or float ``(N, H, W)`` already in ``[0, 1]`` (resampled
+images). The augmentation recipe (:mod:`medue.efficacy.augment`), optimiser and schedule are the attacker's habits
+(:class:`medue.efficacy.suite.Attack`); the same code runs on CPU and GPU.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medue.efficacy.attackers import ATTACKERS, DEFAULT_LR, build_attacker
+from medue.efficacy.attackers import ADAM_LR, ATTACKERS, DEFAULT_LR, build_attacker
 
 ARCHITECTURES = ATTACKERS
 
@@ -19,9 +24,11 @@ ARCHITECTURES = ATTACKERS
 class TrainSettings:
     epochs: int = 15
     batch_size: int = 64
-    lr: float | None = None  # None: DEFAULT_LR of the architecture
+    lr: float | None = None  # None: DEFAULT_LR of the architecture (ADAM_LR with Adam)
     width: int = 16
-    augmentation: bool = False
+    augmentation: bool = False  # flip + crop when ``recipe`` is None
+    recipe: str | None = None  # a key of medue.efficacy.augment.RECIPES
+    optimizer: str = "sgd_onecycle"  # sgd_onecycle | sgd_cosine | adam
     adversarial_epsilon: float = 0.0  # in [0, 1] model units (e.g. 4/255); 0 disables PGD training
     adversarial_steps: int = 3
 
@@ -48,35 +55,56 @@ def _pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: 
     return torch.clamp(x + delta, 0, 1).detach()
 
 
+def _as_unit(x: np.ndarray) -> torch.Tensor:
+    """``(N, H, W)`` uint8 (divided by 255) or float in [0, 1] as a float32 ``(N, 1, H, W)`` tensor."""
+    x = np.asarray(x)
+    t = torch.from_numpy(x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32))
+    return t.unsqueeze(1)
+
+
+def _optimiser(model: nn.Module, arch: str, settings: TrainSettings, total_steps: int
+               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=settings.lr or ADAM_LR), None
+    lr = DEFAULT_LR[arch] if settings.lr is None else settings.lr
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    if settings.optimizer == "sgd_cosine":
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    if settings.optimizer == "sgd_onecycle":
+        return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps)
+    raise ValueError(f"unknown optimizer {settings.optimizer!r}; expected sgd_onecycle, sgd_cosine or adam")
+
+
 def train_classifier(arch: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
                      *, settings: TrainSettings, seed: int, device: torch.device,
                      return_model: bool = False, progress: Callable[[int, int, float, float], None] | None = None
                      ) -> dict[str, float] | tuple[dict[str, float], nn.Module]:
-    """Train ``arch`` on uint8 ``(N, H, W)`` images and return train and clean-test accuracy (and the model).
+    """Train ``arch`` on ``(N, H, W)`` images and return train and clean-test accuracy (and the model).
 
     ``progress(epoch, epochs, mean loss, accuracy on the epoch's training batches)`` is called after each epoch
     (numbers the training computed anyway: it changes nothing of the result).
     """
+    from medue.efficacy.augment import apply_recipe, build_recipe
+
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     num_classes = int(max(y_train.max(), y_test.max())) + 1
     model = build_attacker(arch, num_classes, image_size=x_train.shape[-1], width=settings.width).to(device)
-    xt = torch.from_numpy(x_train.astype(np.float32) / 255.0).unsqueeze(1)
+    xt = _as_unit(x_train)
     yt = torch.from_numpy(y_train.astype(np.int64))
-    lr = DEFAULT_LR[arch] if settings.lr is None else settings.lr
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    recipe = build_recipe(settings.recipe or ("flip_crop" if settings.augmentation else "none"), x_train.shape[-1])
+    if recipe is not None:
+        recipe.set_random_state(seed=seed % 2**32)
     steps_per_epoch = max(1, -(-len(xt) // settings.batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=settings.epochs * steps_per_epoch)
+    opt, sched = _optimiser(model, arch, settings, settings.epochs * steps_per_epoch)
     for epoch in range(settings.epochs):
         model.train()
         seen, loss_sum, correct = 0, 0.0, 0
         perm = torch.randperm(len(xt), generator=gen)
         for i in range(0, len(xt), settings.batch_size):
             idx = perm[i:i + settings.batch_size]
-            xb, yb = xt[idx], yt[idx]
-            if settings.augmentation:
-                xb = _augment(xb, gen)
-            xb, yb = xb.to(device), yb.to(device)
+            xb, yb = xt[idx].to(device), yt[idx].to(device)
+            xb = apply_recipe(recipe, xb)
             if settings.adversarial_epsilon > 0:
                 model.eval()
                 xb = _pgd(model, xb, yb, settings.adversarial_epsilon, settings.adversarial_steps)
@@ -86,7 +114,8 @@ def train_classifier(arch: str, x_train: np.ndarray, y_train: np.ndarray, x_test
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            if sched is not None:
+                sched.step()
             if progress is not None:
                 seen += len(yb)
                 loss_sum += float(loss.detach()) * len(yb)
@@ -100,11 +129,11 @@ def train_classifier(arch: str, x_train: np.ndarray, y_train: np.ndarray, x_test
 
 @torch.no_grad()
 def predict(model: nn.Module, x: np.ndarray, device: torch.device, batch_size: int = 256) -> np.ndarray:
-    """Class predictions for uint8 ``(N, H, W)`` images."""
+    """Class predictions for ``(N, H, W)`` images (uint8, or float in [0, 1])."""
     model.eval()
     preds = []
     for i in range(0, len(x), batch_size):
-        xb = torch.from_numpy(x[i:i + batch_size].astype(np.float32) / 255.0).unsqueeze(1).to(device)
+        xb = _as_unit(x[i:i + batch_size]).to(device)
         preds.append(model(xb).argmax(1).cpu().numpy())
     return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
 

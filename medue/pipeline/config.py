@@ -72,6 +72,9 @@ class LabelsConfig(_Section):
     label_column: str = "label"
     attribute: str | None = None
     include_in_release: bool = False
+    #: Fraction of each class kept clean and unreleased (never fitted, never exported), so that
+    #: ``medue evaluate --self`` can test attackers trained on the release on the site's own images.
+    holdout: float = Field(0.0, ge=0, lt=1)
 
 
 class FidelityPolicy(_Section):
@@ -360,6 +363,8 @@ def _cross_field_problems(data: Mapping[str, Any]) -> list[str]:
     if lab.get("source") == "table" and not lab.get("table"):
         problems.append("labels.table: required with source 'table' (a CSV/TSV file; a relative path is taken from "
                         "the config file's folder)")
+    if lab.get("holdout") and lab.get("source") is None:
+        problems.append("labels.holdout: a held-out part is drawn per class and needs labels (a `labels.source`)")
     if lab.get("source") == "dicom_attribute" and not lab.get("attribute"):
         problems.append("labels.attribute: required with source 'dicom_attribute' (a DICOM keyword)")
     if bool(f.get("override_reason")) != bool(f.get("override_by")):

@@ -351,7 +351,7 @@ def fit_release(config: PipelineConfig, *, resume: bool = False, progress: Calla
     world = World.current()
     key = config.read_key()
     layout = OutputLayout(config.output_path)
-    items, labels = _labelled_inputs(config, ignored=[])
+    items, labels = _labelled_inputs(config, ignored=[], key=key)
     identity = release_identity(config, key_fingerprint(key), labels)
     previous = layout.private / "protector.json"
     info = json.loads(previous.read_text()) if previous.exists() and layout.protector_state.exists() else None
@@ -402,13 +402,48 @@ def _output_lock(config: PipelineConfig) -> Iterator[None]:
         yield
 
 
-def _labelled_inputs(config: PipelineConfig, ignored: list[dict[str, str]]) -> tuple[list[InputItem], Any]:
-    """The release's inputs (files skipped on purpose go to ``ignored``), each with its label, and the labels."""
+def _labelled_inputs(config: PipelineConfig, ignored: list[dict[str, str]], key: str | None = None
+                     ) -> tuple[list[InputItem], Any]:
+    """The release's inputs (files skipped on purpose go to ``ignored``), each with its label, and the labels.
+
+    With ``labels.holdout`` the held-out items (:func:`holdout_ids`, drawn with ``key``) are left out: they are
+    never fitted on or exported.
+    """
     items = discover_inputs(config.input_path, ignored=ignored)
     labels = config.read_labels(items)
     if labels is not None:
         items = [dataclasses.replace(it, label=labels.by_item.get(it.item_id)) for it in items]
+    if config.labels.holdout and labels is not None:
+        held = holdout_ids(labels, config.labels.holdout, key or config.read_key())
+        items = [it for it in items if it.item_id not in held]
     return items, labels
+
+
+def holdout_ids(labels: Any, fraction: float, key: str) -> set[str]:
+    """The items kept clean and unreleased: ``round(fraction * n)`` of each class's ``n`` labelled items (at least
+    one where a class has two or more), ranked by a key-derived hash of the item id, so the same release always
+    holds out the same items and nobody without the key can tell which."""
+    held: set[str] = set()
+    for c in range(len(labels.classes)):
+        ids = sorted((i for i, lab in labels.by_item.items() if lab == c), key=lambda i: derive_seed(key, "holdout", i))
+        n = int(round(fraction * len(ids)))
+        if fraction > 0 and len(ids) >= 2:
+            n = min(max(n, 1), len(ids) - 1)
+        held.update(ids[:n])
+    return held
+
+
+def _write_holdout(layout: OutputLayout, config: PipelineConfig, labels: Any, key: str,
+                   say: Callable[[str], None]) -> None:
+    """``private/holdout.local.json``: the held-out items (id, class, paths) that ``medue evaluate --self`` tests on."""
+    held = holdout_ids(labels, config.labels.holdout, key)
+    by_id = {it.item_id: it for it in discover_inputs(config.input_path)}
+    record = {"fraction": config.labels.holdout, "classes": list(labels.classes),
+              "items": {i: {"label": labels.classes[labels.by_item[i]], "kind": by_id[i].kind,
+                            "paths": list(by_id[i].paths)} for i in sorted(held) if i in by_id}}
+    write_text_atomic(layout.private / "holdout.local.json", json.dumps(record, indent=2))
+    say(f"held out {len(held)} labelled item(s) ({config.labels.holdout:.0%} of each class): never fitted or "
+        "exported; listed in private/holdout.local.json for `medue evaluate --self`")
 
 
 def _run_locked(config: PipelineConfig, *, shard: tuple[int, int], resume: bool,
@@ -444,8 +479,10 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
     if removed:
         say(f"removed {len(removed)} partial output(s) left by an interrupted run")
     ignored: list[dict[str, str]] = []
-    items, labels = _labelled_inputs(config, ignored)
+    items, labels = _labelled_inputs(config, ignored, key)
     write_text_atomic(layout.private / "ignored.local.json", json.dumps(ignored, indent=2))
+    if config.labels.holdout and labels is not None:
+        _write_holdout(layout, config, labels, key, say)
     if ignored:
         say(f"ignored {len(ignored)} file(s) on purpose (hidden files, sidecars); listed in private/ignored.local.json")
     if labels is not None:

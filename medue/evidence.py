@@ -1,0 +1,193 @@
+"""Efficacy evidence: what a ``medue evaluate`` result says, and whether it belongs to a given release.
+
+A result (schema :data:`RESULT_SCHEMA`) measured one release of one dataset. It is this release's evidence only
+when it measured the same method with every same parameter *and* data like this release's: the same modality, the
+same image size and the same class names (:class:`ReleaseFacts`, :func:`evidence_applies`). A self-evaluation
+(``medue evaluate --holdout``) measured this very release on its own held-out items and applies to it alone.
+Otherwise the report calls it "evidence from <dataset>, not measured on this release" and every check that rests on
+it reads "not tested".
+
+The verdict (:func:`verdict`) counts an attack as stopped only when the *worst* seed of every fitted run stays at or
+below :data:`TARGET` clean-test accuracy, and lists in words what the protection stops, what it does not stop, and
+what nobody tested. This module imports nothing of medue's pipeline or report, so both can use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable
+
+import numpy as np
+
+RESULT_SCHEMA = "medue.release_efficacy/1"
+
+#: "Protects against": the worst seed's clean-test accuracy at or below this (chance is 0.50 on two balanced classes).
+TARGET = 0.60
+
+#: What no attacker suite runs (kept in step with :data:`medue.efficacy.suite.NOT_TESTED`).
+NEVER_TESTED = (
+    "fine-tuning a network pretrained on other images",
+    "self-supervised pretraining on the release, then a classifier",
+    "3D models trained on whole volumes",
+    "segmentation and other tasks than the release's classification",
+    "labels other than the release's (other classes, other groupings)",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReleaseFacts:
+    """What a release holds, to compare with a result's dataset.
+
+    Attributes:
+        modalities: DICOM modalities of the release's items (``"OT"`` where the format has none, such as NIfTI).
+        image_sizes: In-plane sizes ``(rows, columns)`` of its items.
+        classes: Its label classes (sorted), empty without labels.
+        config_hash: The release config's hash (a self-evaluation applies to its own release only).
+    """
+
+    modalities: tuple[str, ...] = ()
+    image_sizes: tuple[tuple[int, int], ...] = ()
+    classes: tuple[str, ...] = ()
+    config_hash: str = ""
+
+    @classmethod
+    def from_items(cls, items: Iterable[dict[str, Any]], classes: Iterable[str] = (), config_hash: str = ""
+                   ) -> "ReleaseFacts":
+        """Facts from item records carrying ``modality`` and ``shape`` (``(z, y, x)`` or ``(y, x)``)."""
+        items = list(items)
+        mods = sorted({str(i.get("modality") or "OT") for i in items})
+        sizes = sorted({tuple(int(v) for v in i["shape"][-2:]) for i in items if i.get("shape")})
+        return cls(tuple(mods), tuple(sizes), tuple(sorted(classes)), config_hash)
+
+
+def _param_differences(evaluated: dict[str, Any], params: dict[str, Any], method: str) -> list[str]:
+    try:  # a parameter added to medue after the evaluation ran behaved as its default there
+        from medue.protect import PROTECTORS
+
+        defaults = PROTECTORS.get(method)().params()
+    except Exception:  # an unknown method: compare the values as they are
+        defaults = {}
+    return sorted(k for k in set(params) | set(evaluated) if params.get(k) != evaluated.get(k)
+                  and not (k not in evaluated and k in defaults and params.get(k) == defaults[k]))
+
+
+def evidence_applies(result: dict[str, Any], method: str, params: dict[str, Any],
+                     facts: ReleaseFacts | None = None) -> tuple[bool, str]:
+    """Whether ``result`` measured this release's method, parameters and kind of data; if not, why not.
+
+    Without ``facts`` only the method and parameters are compared (a caller that knows no data).
+    """
+    if result.get("schema") != RESULT_SCHEMA:
+        return False, ("the attached results are not a release evaluation (schema "
+                       f"{result.get('schema')!r}); re-run `medue evaluate CONFIG --dataset ...`")
+    if result.get("method") != method:
+        return False, f"the attached results measured method {result.get('method')!r}, this release uses {method!r}"
+    differing = _param_differences(result.get("params") or {}, params, method)
+    if differing:
+        return False, ("measured with other protector parameters (" + ", ".join(
+            f"{k}: {(result.get('params') or {}).get(k)!r} there, {params.get(k)!r} here" for k in differing[:6])
+            + ")")
+    if facts is None:
+        return True, ""
+    if result.get("self_evaluation"):
+        if result.get("release_config_hash") != facts.config_hash:
+            return False, "a self-evaluation of another release (its config hash differs)"
+        return True, ""
+    d = result.get("dataset") or {}
+    problems = []
+    theirs_mod = d.get("modality")
+    if theirs_mod is None or set(facts.modalities) != {theirs_mod}:
+        problems.append(f"modality {theirs_mod or 'unknown'} there, {', '.join(facts.modalities) or 'unknown'} here")
+    size = tuple(result.get("image_size") or ())
+    if not facts.image_sizes or any(tuple(s) != size for s in facts.image_sizes):
+        problems.append(f"image size {'x'.join(map(str, size)) or 'unknown'} there, "
+                        + (", ".join("x".join(map(str, s)) for s in facts.image_sizes[:4]) or "unknown") + " here")
+    theirs_cls = sorted(d.get("classes") or [])
+    if theirs_cls != list(facts.classes):
+        problems.append(f"classes {', '.join(theirs_cls) or 'none'} there, "
+                        f"{', '.join(facts.classes) or 'no labels'} here")
+    if problems:
+        return False, f"evidence from {d.get('name', '?')}, not measured on this release (" + "; ".join(problems) + ")"
+    return True, ""
+
+
+def describe(result: dict[str, Any]) -> str:
+    """One line naming the dataset, size, method, labels and suite of a result."""
+    d = result.get("dataset") or {}
+    size = "x".join(str(v) for v in result.get("image_size") or [])
+    own = "this release's own held-out items, " if result.get("self_evaluation") else ""
+    return (f"{own}{d.get('name', '?')} ({d.get('modality', 'modality unknown')}, {d.get('format', '?')}, {size} px, "
+            f"{d.get('train', '?')} train / {d.get('test', '?')} test), method {result.get('method')}, labels "
+            f"given to the release: {'yes' if result.get('labels_used') else 'no'}, suite "
+            f"{(result.get('settings') or {}).get('suite', 'custom')}, result {result.get('name', '')}")
+
+
+def row_key(row: dict[str, Any]) -> str:
+    """The attack a result row belongs to: its ``attack`` name, or (results before the suite) its
+    architecture, augmentation and countermeasure."""
+    if row.get("attack"):
+        return str(row["attack"])
+    cm = row.get("countermeasure", "none")
+    return f"{row['architecture']}_{row.get('augmentation', 'none')}" + ("" if cm == "none" else f"_{cm}")
+
+
+def summarise(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One line per attack: clean baseline, protected mean / worst / best over seeds, runs that did not fit."""
+    groups: dict[str, dict[str, Any]] = {}
+    for r in result.get("rows", []):
+        g = groups.setdefault(row_key(r), {"first": r, "clean": [], "protected": [], "unfit": 0, "train": []})
+        if not r["fit"]:
+            g["unfit"] += 1
+            continue
+        g[r["training_data"]].append(r)
+        if r["training_data"] == "protected":
+            g["train"].append(r["train_accuracy"])
+    out = []
+    for name, g in groups.items():
+        first = g["first"]
+        prot = [r["clean_test_accuracy"] for r in g["protected"]]
+        clean = [r["clean_test_accuracy"] for r in g["clean"]]
+        out.append({"attack": name, "habit": first.get("habit", "plain" if first.get("countermeasure", "none")
+                                                            == "none" else "purification"),
+                    "architecture": first["architecture"], "augmentation": first.get("augmentation", "none"),
+                    "countermeasure": first.get("countermeasure", "none"),
+                    "clean": round(float(np.mean(clean)), 4) if clean else None,
+                    "protected_mean": round(float(np.mean(prot)), 4) if prot else None,
+                    "protected_max": round(float(np.max(prot)), 4) if prot else None,
+                    "protected_min": round(float(np.min(prot)), 4) if prot else None,
+                    "train_min": round(float(np.min(g["train"])), 4) if g["train"] else None,
+                    "protected_runs": len(prot), "unfit_runs": g["unfit"]})
+    return out
+
+
+def verdict(result: dict[str, Any], *, method: str, params: dict[str, Any], facts: ReleaseFacts | None = None,
+            target: float = TARGET) -> dict[str, Any]:
+    """Plain lists from a result: what the release is protected against, what not, and what was not tested.
+
+    An attack is "protected against" when its worst fitted protected run is at or below ``target``; an attack whose
+    runs all failed to fit their training set, and everything in :data:`NEVER_TESTED`, is "not tested". When the
+    result is not this release's evidence (:func:`evidence_applies`), nothing is "protected against": every measured
+    attack moves to "not tested" and ``note`` says whose evidence it is.
+    """
+    applies, why = evidence_applies(result, method, params, facts)
+    out: dict[str, Any] = {"evidence": describe(result), "applies": applies, "own": bool(result.get("self_evaluation")),
+                           "target": target, "protects_against": [], "does_not_protect_against": [],
+                           "not_tested": []}
+    if not applies:
+        out["note"] = why if why.startswith("evidence from") else "not measured for this release: " + why
+    for s in summarise(result):
+        words = s["attack"]
+        if s["protected_max"] is None:
+            out["not_tested"].append(f"{words} (no run fitted its training set)" if s["unfit_runs"] else words)
+            continue
+        clean = "not tested" if s["clean"] is None else f"{s['clean']:.3f}"
+        text = (f"{words}: worst seed {s['protected_max']:.3f} (of {s['protected_runs']} runs; best "
+                f"{s['protected_min']:.3f}) vs {clean} on clean data")
+        if not applies:
+            out["not_tested"].append(f"{words} (measured on other data: {s['protected_max']:.3f})")
+        else:
+            out["protects_against" if s["protected_max"] <= target else "does_not_protect_against"].append(text)
+    out["not_tested"] += list(NEVER_TESTED)
+    for name in (result.get("not_run") or []):
+        out["not_tested"].append(name)
+    return out
