@@ -338,9 +338,10 @@ def _report(args: argparse.Namespace) -> int:
             print(f"  check: {c['check']}: {c['result']}" + (f" ({c['note']})" if c.get("note") else ""))
         v = r.get("efficacy_verdict")
         if v:
-            print(f"  efficacy evidence: {v['evidence']}" + ("" if v["applies"] else f" [{v.get('note', '')}]"))
-            print("  protects against: " + ("; ".join(v["protects_against"]) or "nothing measured"))
-            print("  does not protect against: " + ("; ".join(v["does_not_protect_against"]) or "none measured"))
+            from medue.audit.report import verdict_lines
+
+            for line in verdict_lines(v):
+                print("  " + line)
         else:
             print("  efficacy: not measured for this release (no report.efficacy_results)")
         for i in r["items"]:

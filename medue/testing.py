@@ -141,21 +141,24 @@ def read_dicom_pixels(paths: list[Path]) -> np.ndarray:
 
 
 def make_release_efficacy(method: str, params: dict, *, drop: float = 0.0, protected: float = 0.5,
-                          clean: float = 0.95, name: str = "synthetic") -> dict:
+                          clean: float = 0.95, name: str = "synthetic", modality: str = "OT",
+                          image_size: tuple[int, int] = (16, 16), classes: tuple[str, ...] = ("a", "b")) -> dict:
     """A release-efficacy result (``medue.release_efficacy/1``) with chosen numbers, for report and gate tests.
 
-    ``params`` must be the protector's resolved parameters (``build_protector(method, **p).params()``) for the
+    ``params`` must be the protector's resolved parameters (``build_protector(method, **p).params()``), and
+    ``modality``, ``image_size`` and ``classes`` the release's (:class:`medue.evidence.ReleaseFacts`), for the
     result to apply to a release.
     """
-    rows = [{"architecture": "resnet18", "augmentation": "flip_crop", "countermeasure": "none",
+    rows = [{"attack": "resnet18_flip_crop", "habit": "plain", "architecture": "resnet18",
+             "augmentation": "flip_crop", "countermeasure": "none",
              "training_data": data, "seed": seed, "train_accuracy": 1.0,
              "clean_test_accuracy": clean if data == "clean" else protected, "epochs": 1, "seconds": 0.1, "fit": True}
             for data, seed in (("clean", 0), ("protected", 0), ("protected", 1))]
     diag = {"images": 100, "accuracy_original": 0.9, "accuracy_protected": round(0.9 - drop, 4),
             "accuracy_drop": drop, "agreement": 0.9, "max_accuracy_drop": 0.02, "passed": drop <= 0.02}
     return {"schema": "medue.release_efficacy/1", "name": name,
-            "dataset": {"name": "synthetic-set", "format": "nifti", "train": 80, "test": 20, "classes": ["a", "b"],
-                        "majority_class_accuracy": 0.5, "split_seed": 0},
-            "image_size": [16, 16], "method": method, "params": params, "labels_used": True,
+            "dataset": {"name": "synthetic-set", "format": "nifti", "modality": modality, "train": 80, "test": 20,
+                        "classes": list(classes), "majority_class_accuracy": 0.5, "split_seed": 0},
+            "image_size": list(image_size), "method": method, "params": params, "labels_used": True,
             "exported": {"a": 40, "b": 40}, "expected": {"a": 40, "b": 40}, "not_exported": {}, "rows": rows,
             "diagnostic": {"resnet18": diag, "plain_cnn": {**diag, "accuracy_drop": 0.0}}}

@@ -166,9 +166,11 @@ def _fidelity_plot(items: Sequence[dict[str, Any]]) -> str | None:
 
 
 def _efficacy_plot(efficacy: dict[str, Any]) -> str | None:
-    from medue.efficacy.release import summarise
+    """Clean baseline and release per attack; the release bar is the mean over seeds, its whisker spans the best to
+    the worst seed (the worst decides the verdict), and the target line is drawn."""
+    from medue.evidence import TARGET, summarise
 
-    summary = summarise(efficacy) if efficacy.get("rows") else []
+    summary = [s for s in summarise(efficacy)] if efficacy.get("rows") else []
     if not summary:
         return None
     import matplotlib
@@ -176,47 +178,49 @@ def _efficacy_plot(efficacy: dict[str, Any]) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [f"{s['architecture']}\n{s['augmentation']}\n{s['countermeasure']}" for s in summary]
-    fig, ax = plt.subplots(figsize=(10, 3.8))
+    names = [s["attack"].replace("_", "\n", 1) for s in summary]
+    fig, ax = plt.subplots(figsize=(max(8, 0.75 * len(summary) + 2), 4.2))
     x = np.arange(len(summary))
-    ax.bar(x - 0.2, [s["clean"] or 0 for s in summary], 0.4, label="trained on clean data")
-    ax.bar(x + 0.2, [s["protected_mean"] or 0 for s in summary], 0.4, label="trained on the release (mean)")
+    ax.bar(x - 0.2, [s["clean"] or 0 for s in summary], 0.4, label="trained on clean data", color="#88aacc")
+    mean = np.array([s["protected_mean"] if s["protected_mean"] is not None else np.nan for s in summary])
+    lo = np.array([s["protected_min"] if s["protected_min"] is not None else np.nan for s in summary])
+    hi = np.array([s["protected_max"] if s["protected_max"] is not None else np.nan for s in summary])
+    ax.bar(x + 0.2, np.nan_to_num(mean), 0.4, label="trained on the release (mean of seeds)", color="#cc6677")
+    ax.errorbar(x + 0.2, mean, yerr=[np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)], fmt="none",
+                ecolor="black", capsize=3, label="best to worst seed")
+    ax.axhline(TARGET, color="#228833", linestyle=":", linewidth=1.5, label=f"target {TARGET:.2f} (worst seed)")
     chance = efficacy.get("dataset", {}).get("majority_class_accuracy")
     if chance is not None:
         ax.axhline(chance, color="black", linestyle="--", linewidth=1, label="majority class")
-    ax.set_xticks(x, names, fontsize=7)
+    ax.set_xticks(x, names, fontsize=7, rotation=60, ha="right")
     ax.set_ylabel("clean-test accuracy")
     ax.set_ylim(0, 1)
     ax.set_title("Unauthorised training on released files (true labels): " + efficacy.get("name", ""), fontsize=9)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     return _png(fig)
 
 
-def efficacy_verdict(efficacy: dict[str, Any], *, method: str, params: dict[str, Any], target: float = 0.70
-                     ) -> dict[str, Any]:
-    """A plain verdict from a release-efficacy result: attacks it protects against and attacks it does not.
+def efficacy_verdict(efficacy: dict[str, Any], *, method: str, params: dict[str, Any], facts: Any = None,
+                     target: float | None = None) -> dict[str, Any]:
+    """What the release is protected against, what not, and what was not tested (:func:`medue.evidence.verdict`)."""
+    from medue.evidence import TARGET, verdict
 
-    An attack counts as defeated ("protects against") when every fitted protected run stays at or below
-    ``target`` clean-test accuracy. When the result measured other parameters the verdict says so.
-    """
-    from medue.efficacy.release import summarise
-    from medue.fidelity.diagnostic import describe_evidence, efficacy_applies
+    return verdict(efficacy, method=method, params=params, facts=facts, target=TARGET if target is None else target)
 
-    applies, why = efficacy_applies(efficacy, method, params)
-    verdict: dict[str, Any] = {"evidence": describe_evidence(efficacy), "applies": applies, "target": target,
-                               "protects_against": [], "does_not_protect_against": [], "not_tested": []}
-    if not applies:
-        verdict["note"] = "not measured for this release's parameters: " + why
-    for s in summarise(efficacy) if efficacy.get("rows") else []:
-        name = f"{s['architecture']} ({s['augmentation']}, countermeasure {s['countermeasure']})"
-        if s["protected_max"] is None:
-            verdict["not_tested"].append(name)
-        else:
-            clean = "not tested" if s["clean"] is None else f"{s['clean']:.3f}"
-            text = f"{name}: {s['protected_max']:.3f} (worst of {s['protected_runs']} runs) vs {clean} on clean data"
-            verdict["protects_against" if s["protected_max"] <= target else "does_not_protect_against"].append(text)
-    return verdict
+
+def verdict_lines(v: dict[str, Any]) -> list[str]:
+    """The verdict in plain lines, the same words in ``medue report`` and the HTML report."""
+    whose = "this release's own held-out items" if v.get("own") else v["evidence"]
+    lines = [f"efficacy evidence: {whose}" + ("" if v["applies"] else f" [{v.get('note', '')}]"),
+             f"stopped means: the worst seed's clean-test accuracy at or below {v['target']:.2f} (chance 0.50 on "
+             "two balanced classes)"]
+    lines.append("protects against: " + ("; ".join(v["protects_against"]) or
+                                         ("nothing: the evidence is not this release's" if not v["applies"]
+                                          else "nothing measured")))
+    lines.append("does not protect against: " + ("; ".join(v["does_not_protect_against"]) or "none measured"))
+    lines.append("not tested: " + ("; ".join(v.get("not_tested") or []) or "none"))
+    return lines
 
 
 def _conformance(markers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -238,7 +242,7 @@ def build_report(layout: OutputLayout, config: PipelineConfig, markers: Sequence
                  fit_info: dict[str, Any], key_fingerprint: str, env: dict[str, Any],
                  manifest: dict[str, Any], efficacy: dict[str, Any] | None = None,
                  release_checks: Sequence[dict[str, Any]] = (),
-                 ignored: Sequence[dict[str, str]] = ()) -> tuple[Path, Path]:
+                 ignored: Sequence[dict[str, str]] = (), facts: Any = None) -> tuple[Path, Path]:
     """Write ``release/report.json`` (schema-validated) and ``release/report.html``; return their paths.
 
     ``efficacy`` is the attached ``medue evaluate`` result (:meth:`PipelineConfig.load_efficacy_results`).
@@ -277,7 +281,7 @@ def build_report(layout: OutputLayout, config: PipelineConfig, markers: Sequence
         "conformance": _conformance(markers) + list(release_checks),
         "efficacy": efficacy,
         "efficacy_verdict": (efficacy_verdict(efficacy, method=config.protect.method,
-                                              params=fit_info.get("params", {})) if efficacy else None),
+                                              params=fit_info.get("params", {}), facts=facts) if efficacy else None),
         "limitations": LIMITATIONS,
         "environment": env,
     }
@@ -334,6 +338,29 @@ def _policies_html(report: dict[str, Any]) -> str:
     return out
 
 
+def _verdict_html(verdict: dict[str, Any]) -> str:
+    """The efficacy verdict as three lists in plain words, headed by whose evidence it is."""
+    if verdict.get("own"):
+        head = ("<p><b>Evidence: this release's own.</b> Attackers trained on this release's files with the true "
+                "labels and were tested on the site's held-out images, which were never released.</p>")
+    elif verdict["applies"]:
+        head = (f"<p><b>Evidence:</b> {html.escape(verdict['evidence'])}. Attackers trained with the true labels on "
+                "files a release wrote, tested on clean held-out images.</p>")
+    else:
+        head = (f"<p class='fail'><b>{html.escape(verdict.get('note', 'not measured on this release'))}.</b> "
+                f"Evidence: {html.escape(verdict['evidence'])}. Nothing below is a measurement of this release.</p>")
+
+    def items(xs: Sequence[str], empty: str) -> str:
+        return "<ul>" + ("".join(f"<li>{html.escape(x)}</li>" for x in xs) or f"<li>{empty}</li>") + "</ul>"
+
+    return (head + f"<p>An attack counts as stopped when its <b>worst</b> seed stays at or below "
+            f"{verdict['target']:.2f} clean-test accuracy (chance is 0.50 on two balanced classes).</p>"
+            "<div class='verdict'><h3>Protects against</h3>"
+            + items(verdict["protects_against"], "nothing" if not verdict["applies"] else "nothing measured")
+            + "<h3 class='fail'>Does not protect against</h3>" + items(verdict["does_not_protect_against"], "none measured")
+            + "<h3>Not tested</h3>" + items(verdict.get("not_tested") or [], "none") + "</div>")
+
+
 def render_html(report: dict[str, Any], markers: Sequence[dict[str, Any]], layout: OutputLayout,
                 max_pictures: int) -> str:
     """A single HTML file with every picture inlined as a data URI (opens offline, can be e-mailed)."""
@@ -343,7 +370,8 @@ def render_html(report: dict[str, Any], markers: Sequence[dict[str, Any]], layou
         f"<title>medue protection report: {html.escape(report['release'])}</title>",
         "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #bbb;padding:3px 8px}"
-        "th{background:#eee}.pass{color:#176}.fail{color:#b00}img{max-width:100%}</style></head><body>",
+        "th{background:#eee}.pass{color:#176}.fail{color:#b00}img{max-width:100%}"
+        ".verdict{border:2px solid #888;padding:0 1em;margin:1em 0}</style></head><body>",
         f"<h1>Protection report: {html.escape(report['release'])}</h1>",
         f"<p>Created {html.escape(report['created'])} by medue {html.escape(report['medue_version'])}. "
         f"Method <b>{html.escape(report['method'])}</b>; key fingerprint <code>{report['key_fingerprint']}</code>; "
@@ -353,6 +381,11 @@ def render_html(report: dict[str, Any], markers: Sequence[dict[str, Any]], layou
         _table(["items", "exported", "quarantined", "failed fidelity gate", "failed", "files ignored on purpose"],
                [[s["items"], s["done"], s["quarantined"], s["gate_failed"], s["failed"],
                  f"{s.get('ignored', 0)} " + ", ".join(f"({n} {r})" for r, n in s.get("ignored_reasons", {}).items())]]),
+        "<h2>What the protection stops</h2>",
+        (_verdict_html(report["efficacy_verdict"]) if report.get("efficacy_verdict") else
+         "<p class='fail'><b>Not measured.</b> No efficacy results are attached to this release (run "
+         "<code>medue evaluate CONFIG --self</code> on a labelled release, or attach a benchmark result in "
+         "report.efficacy_results): nothing is known about what it stops.</p>"),
         "<h2>Policies and warnings</h2>",
         _policies_html(report),
         "<h2>Clinical utility (fidelity)</h2>",
@@ -391,25 +424,20 @@ def render_html(report: dict[str, Any], markers: Sequence[dict[str, Any]], layou
     eff = report.get("efficacy")
     verdict = report.get("efficacy_verdict")
     if eff and verdict:
-        parts.append(f"<p><b>Evidence:</b> {html.escape(verdict['evidence'])}. Attackers trained with the true labels "
-                     "on files a release wrote, tested on clean held-out images.</p>")
-        if verdict.get("note"):
-            parts.append(f"<p class='fail'><b>{html.escape(verdict['note'])}</b></p>")
-        parts.append(f"<p><b>Protects against</b> (every run at or below {verdict['target']:.2f} clean-test "
-                     "accuracy): " + (html.escape("; ".join(verdict["protects_against"])) or "nothing measured")
-                     + "</p>")
-        parts.append("<p class='fail'><b>Does not protect against:</b> "
-                     + (html.escape("; ".join(verdict["does_not_protect_against"])) or "none measured") + "</p>")
+        parts.append("<p>The verdict is at the top of this report. " + html.escape(verdict_lines(verdict)[0]) + "</p>")
         chart = _efficacy_plot(eff)
         if chart:
             parts.append(f"<img alt='efficacy chart' src='{chart}'>")
-        from medue.efficacy.release import summarise
+        from medue.evidence import summarise
 
-        rows = [[s["architecture"], s["augmentation"], s["countermeasure"], _fmt(s["clean"]),
-                 _fmt(s["protected_mean"]), _fmt(s["protected_max"]), s["protected_runs"], s["unfit_runs"]]
+        rows = [[s["attack"], s["habit"], _fmt(s["clean"]), _fmt(s["protected_max"]), _fmt(s["protected_min"]),
+                 _fmt(s["protected_mean"]), _fmt(s["train_min"]), s["protected_runs"], s["unfit_runs"]]
                 for s in summarise(eff)]
-        parts.append(_table(["attacker", "augmentation", "countermeasure", "clean data", "release (mean)",
-                             "release (max)", "runs", "runs that did not fit"], rows))
+        parts.append(_table(["attack", "habit", "clean data", "release: worst seed", "best seed", "mean",
+                             "attacker's training accuracy (lowest)", "runs", "runs that did not fit"], rows))
+        if eff.get("attacks"):
+            parts.append("<p>" + "; ".join(f"<b>{html.escape(k)}</b>: {html.escape(v)}"
+                                          for k, v in eff["attacks"].items()) + ".</p>")
     else:
         parts.append("<p>No efficacy results attached (set report.efficacy_results to the JSON written by "
                      "<code>medue evaluate</code>). The protection of this release is not measured.</p>")

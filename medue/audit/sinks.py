@@ -83,7 +83,7 @@ class MlflowSink:
                     fit_info: dict[str, Any], key_fingerprint: str, env: dict[str, Any], manifest: dict[str, Any],
                     report_paths: tuple[Path | None, Path | None], seconds: float,
                     efficacy: dict[str, Any] | None = None,
-                    release_checks: Sequence[dict[str, Any]] = ()) -> tuple[str, str]:
+                    release_checks: Sequence[dict[str, Any]] = (), facts: Any = None) -> tuple[str, str]:
         mlflow = self.mlflow
         mlflow.set_tracking_uri(self.tracking_uri)
         exp_id = self._experiment_id()
@@ -105,15 +105,14 @@ class MlflowSink:
                            gate_pass_rate=float(np.mean([bool(f["passed"]) for f in fids])))
         efficacy_tags: dict[str, str] = {}
         if efficacy:
-            from medue.efficacy.release import summarise
-            from medue.fidelity.diagnostic import describe_evidence, efficacy_applies
+            from medue.evidence import describe, evidence_applies, summarise
 
-            applies, why = efficacy_applies(efficacy, config.protect.method, fit_info.get("params", {}))
-            efficacy_tags = {"medue.efficacy.evidence": describe_evidence(efficacy)[:500],
+            applies, why = evidence_applies(efficacy, config.protect.method, fit_info.get("params", {}), facts)
+            efficacy_tags = {"medue.efficacy.evidence": describe(efficacy)[:500],
                              "medue.efficacy.applies": "yes" if applies else f"no: {why}"[:500]}
-            if applies:  # numbers measured for another method or other parameters are not this release's
+            if applies:  # numbers measured for another method, parameters or data are not this release's
                 for row in summarise(efficacy):
-                    name = f"efficacy.{row['architecture']}.{row['countermeasure']}"
+                    name = f"efficacy.{row['attack']}"
                     for k in ("clean", "protected_max"):
                         if row[k] is not None:
                             metrics[f"{name}.{k}"] = float(row[k])

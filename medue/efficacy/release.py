@@ -201,14 +201,16 @@ def resample(x: np.ndarray, scale: float) -> np.ndarray:
 
 
 def _mix_pick(y_pool: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """``n`` indices of the pool, every class in proportion to its share of the pool, drawn with ``seed``."""
+    """``n`` indices of the pool, every class in proportion to its share of the pool (largest remainders), drawn
+    with ``seed``."""
     rng = np.random.default_rng(seed)
-    picks = []
     classes = np.unique(y_pool)
-    for c in classes:
-        idx = np.flatnonzero(y_pool == c)
-        k = min(len(idx), int(round(n * len(idx) / len(y_pool))))
-        picks.append(rng.permutation(idx)[:k])
+    n = min(n, len(y_pool))
+    exact = np.array([n * np.sum(y_pool == c) / len(y_pool) for c in classes]) if len(classes) else np.zeros(0)
+    quota = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - quota))[:n - int(quota.sum())]:
+        quota[i] += 1
+    picks = [rng.permutation(np.flatnonzero(y_pool == c))[:k] for c, k in zip(classes, quota)]
     return np.sort(np.concatenate(picks)) if picks else np.zeros(0, dtype=int)
 
 
@@ -522,6 +524,10 @@ def evaluate_own_release(config: Any, *, settings: ReleaseEvalSettings = Release
         "params": fit_info.get("params", {}),
         "labels_used": True,
         "exported": {c: sum(1 for m in done if labels["by_item"][m["item_id"]] == i) for i, c in enumerate(classes)},
+        "expected": {c: sum(1 for item, lab in labels["by_item"].items() if lab == i and item not in held)
+                     for i, c in enumerate(classes)},
+        "not_exported": {st: n for st in ("quarantined", "gate_failed", "failed")
+                         if (n := sum(1 for m in markers if m.get("status") == st))},
         "release_exit_code": exit_code,
         "release_seconds": release_seconds,
         "fit": {k: fit_info.get(k) for k in ("slices", "fit_seconds", "labels_used", "pixels_used",
@@ -586,7 +592,7 @@ def results_markdown(result: dict[str, Any]) -> str:
     d, f = result["dataset"], result.get("fidelity") or {}
     lines = [f"# Release efficacy: {result['name']}", "",
              f"Dataset **{d['name']}** ({d['format']}, {result['image_size'][0]}x{result['image_size'][1]} px, "
-             f"{d['train']} train / {d['test']} test, split seed {d['split_seed']}; majority class "
+             f"{d['train']} train / {d['test']} test, split seed {d.get('split_seed', 'none')}; majority class "
              f"{d['majority_class_accuracy']:.3f}). Method **{result['method']}**, labels given to the release: "
              f"**{'yes' if result['labels_used'] else 'no'}**. Attackers always train with the true labels on the "
              f"files the release wrote, and are tested on clean held-out images. Device {result['device']}.", "",

@@ -6,7 +6,7 @@ versions of the same held-out images: accuracy on each, the drop, and the fracti
 did not change (agreement). :func:`medue.efficacy.evaluate_release` computes it for each attacker's clean-trained model on the
 released training images; the release pipeline reads that result and applies
 ``fidelity.max_diagnostic_accuracy_drop`` from its policy, only when the result measured the same method and
-parameters.
+parameters on data like this release's (:mod:`medue.evidence`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from medue.evidence import ReleaseFacts, describe, evidence_applies
+
+#: One line naming a result's dataset, method and suite (kept under its earlier name).
+describe_evidence = describe
 
 
 def diagnostic_preservation(labels: np.ndarray, pred_original: np.ndarray, pred_protected: np.ndarray, *,
@@ -54,46 +59,19 @@ def diagnostic_preservation(labels: np.ndarray, pred_original: np.ndarray, pred_
 DIAGNOSTIC_CHECK = "diagnostic content preserved (clean-trained model on released vs original images)"
 
 
-def efficacy_applies(efficacy: dict[str, Any], method: str, params: dict[str, Any]) -> tuple[bool, str]:
-    """Whether a release-efficacy result measured this method with these parameters, and if not why not.
-
-    Results for another method, other parameters, or not from a release evaluation count as "not tested".
-    """
-    if efficacy.get("schema") != "medue.release_efficacy/1":
-        return False, ("the attached results are not a release evaluation (schema "
-                       f"{efficacy.get('schema')!r}); re-run `medue evaluate CONFIG --dataset ...`")
-    if efficacy.get("method") != method:
-        return False, f"the attached results measured method {efficacy.get('method')!r}, this release uses {method!r}"
-    evaluated = efficacy.get("params") or {}
-    try:  # a parameter added to medue after the evaluation ran behaved as its default there
-        from medue.protect import PROTECTORS
-
-        defaults = PROTECTORS.get(method)().params()
-    except Exception:  # an unknown method: compare the values as they are
-        defaults = {}
-    differing = sorted(k for k in set(params) | set(evaluated) if params.get(k) != evaluated.get(k)
-                       and not (k not in evaluated and k in defaults and params.get(k) == defaults[k]))
-    if differing:
-        return False, ("measured with other protector parameters (" + ", ".join(
-            f"{k}: {evaluated.get(k)!r} there, {params.get(k)!r} here" for k in differing[:6]) + ")")
-    return True, ""
-
-
-def describe_evidence(efficacy: dict[str, Any]) -> str:
-    """One line naming the dataset, size, method, labels and parameters of an efficacy result."""
-    d = efficacy.get("dataset") or {}
-    size = "x".join(str(v) for v in efficacy.get("image_size") or [])
-    return (f"{d.get('name', '?')} ({d.get('format', '?')}, {size} px, {d.get('train', '?')} train / "
-            f"{d.get('test', '?')} test), method {efficacy.get('method')}, labels given to the release: "
-            f"{'yes' if efficacy.get('labels_used') else 'no'}, result {efficacy.get('name', '')}")
+def efficacy_applies(efficacy: dict[str, Any], method: str, params: dict[str, Any],
+                     facts: ReleaseFacts | None = None) -> tuple[bool, str]:
+    """Whether a release-efficacy result is this release's evidence (:func:`medue.evidence.evidence_applies`)."""
+    return evidence_applies(efficacy, method, params, facts)
 
 
 def release_diagnostic_check(efficacy: dict[str, Any] | None, method: str, params: dict[str, Any],
-                             max_accuracy_drop: float | None) -> dict[str, Any]:
+                             max_accuracy_drop: float | None, facts: ReleaseFacts | None = None) -> dict[str, Any]:
     """The release-level diagnostic check from a release-efficacy result (the JSON ``medue evaluate`` writes).
 
     Uses the worst accuracy drop over the attackers' clean-trained models. ``result`` is ``"pass"``, ``"fail"``,
-    or ``"not tested"`` (no threshold, no results attached, or results for another method or other parameters),
+    or ``"not tested"`` (no threshold, no results attached, or results for another method, other parameters or,
+    given ``facts``, other data than this release's: another modality, image size or classes),
     with a ``note`` saying why; ``evidence`` names the dataset, method and parameters the number comes from.
     """
     entry: dict[str, Any] = {"check": DIAGNOSTIC_CHECK, "result": "not tested", "max_accuracy_drop": max_accuracy_drop}
@@ -101,8 +79,8 @@ def release_diagnostic_check(efficacy: dict[str, Any] | None, method: str, param
         return {**entry, "note": "fidelity.max_diagnostic_accuracy_drop is null"}
     if not efficacy:
         return {**entry, "note": "no efficacy results attached (report.efficacy_results)"}
-    entry["evidence"] = describe_evidence(efficacy)
-    applies, why = efficacy_applies(efficacy, method, params)
+    entry["evidence"] = describe(efficacy)
+    applies, why = evidence_applies(efficacy, method, params, facts)
     if not applies:
         return {**entry, "note": why}
     per_arch = efficacy.get("diagnostic") or {}

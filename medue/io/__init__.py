@@ -91,6 +91,36 @@ def discover_inputs(root: str | Path, *, ignored: list[dict[str, str]] | None = 
     return sorted(items, key=lambda it: it.item_id)
 
 
+def peek(item: InputItem) -> tuple[str, tuple[int, int]] | None:
+    """``(modality, (rows, columns))`` of an item from its header alone (no pixels), or ``None`` when unreadable.
+
+    Formats without a modality (NIfTI, MHA/NRRD) give ``"OT"``, as their readers do.
+    """
+    try:
+        if item.kind == "dicom":
+            import pydicom
+
+            ds = pydicom.dcmread(item.paths[0], stop_before_pixels=True,
+                                 specific_tags=["Modality", "Rows", "Columns"])
+            return str(ds.get("Modality") or "OT"), (int(ds.Rows), int(ds.Columns))
+        if item.kind == "nifti":
+            import nibabel as nib
+
+            shape = nib.load(item.paths[0]).shape
+            return "OT", (int(shape[1]) if len(shape) > 1 else 1, int(shape[0]))
+        if item.kind == "itk":
+            import SimpleITK as sitk
+
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(item.paths[0])
+            reader.ReadImageInformation()
+            size = reader.GetSize()
+            return "OT", (int(size[1]) if len(size) > 1 else 1, int(size[0]))
+    except Exception:  # an unreadable header: the item is quarantined when it is read
+        return None
+    return None
+
+
 def read_item(item: InputItem, *, root: str | Path | None = None, deidentification: str = "refuse") -> Volume:
     """Read one discovered item with the reader its kind names; the reader key is recorded in the history."""
     if item.problem:

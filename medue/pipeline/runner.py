@@ -29,7 +29,8 @@ from medue.audit.sinks import open_sink
 from medue.device import derive_seed, make_generator, memory_budget, resolve_device
 from medue.errors import IngestError, InvalidConfigError
 from medue.fidelity.diagnostic import release_diagnostic_check
-from medue.io import InputItem, discover_inputs, read_item
+from medue.evidence import ReleaseFacts
+from medue.io import InputItem, discover_inputs, peek, read_item
 from medue.io.atomic import atomic_file, remove_partials, write_text_atomic
 from medue.layout import OutputLayout
 from medue.pipeline.config import PipelineConfig
@@ -419,6 +420,15 @@ def _labelled_inputs(config: PipelineConfig, ignored: list[dict[str, str]], key:
     return items, labels
 
 
+def release_facts(items: list[InputItem], labels: Any, config: PipelineConfig) -> ReleaseFacts:
+    """Modality, in-plane sizes and classes of a release's readable items, from their headers (no pixels read), to
+    decide whether an efficacy result is this release's evidence."""
+    peeked = [p for it in items if not it.problem and (p := peek(it)) is not None]
+    return ReleaseFacts.from_items([{"modality": m, "shape": s} for m, s in peeked],
+                                   classes=labels.classes if labels is not None else (),
+                                   config_hash=config.config_hash())
+
+
 def holdout_ids(labels: Any, fraction: float, key: str) -> set[str]:
     """The items kept clean and unreleased: ``round(fraction * n)`` of each class's ``n`` labelled items (at least
     one where a class has two or more), ranked by a key-derived hash of the item id, so the same release always
@@ -510,8 +520,9 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
                                  identity=identity, resume=resume)
 
     fp = config.fidelity
+    facts = release_facts(items, labels, config) if efficacy else None
     release_checks = [release_diagnostic_check(efficacy, config.protect.method, fit_info.get("params", {}),
-                                               fp.max_diagnostic_accuracy_drop)]
+                                               fp.max_diagnostic_accuracy_drop, facts)]
     if release_checks[0]["result"] == "fail":
         if fp.override_reason:
             release_checks[0]["override"] = {"reason": fp.override_reason, "by": fp.override_by}
@@ -570,7 +581,8 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
     if config.report.enabled:
         summary.report_json, summary.report_html = build_report(layout, config, all_markers, fit_info, fingerprint,
                                                                 env, manifest, efficacy=efficacy,
-                                                                release_checks=release_checks, ignored=ignored)
+                                                                release_checks=release_checks, ignored=ignored,
+                                                                facts=facts)
         write_checksums(layout, manifest)  # now over the reports too
     summary.seconds = round(time.perf_counter() - t_start, 2)
     if sink is not None:
@@ -578,5 +590,5 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
             config=config, markers=all_markers, summary_counts=summary.counts, fit_info=fit_info,
             key_fingerprint=fingerprint, env=env, manifest=manifest, report_paths=(summary.report_json,
                                                                                   summary.report_html),
-            seconds=summary.seconds, efficacy=efficacy, release_checks=release_checks)
+            seconds=summary.seconds, efficacy=efficacy, release_checks=release_checks, facts=facts)
     return summary

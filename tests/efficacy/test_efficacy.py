@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -65,13 +66,15 @@ def test_evaluate_reads_what_run_wrote_and_never_protects_test_images(tmp_path):
     root = tmp_path / "set"
     write_image_set(root, images, labels, ["no", "yes"], fmt="nifti", name="tiny")
     test_hashes = {f.name: sha256_file(f) for f in (root / "test").iterdir()}
-    settings = ReleaseEvalSettings(attackers=(("plain_cnn", "none"),), countermeasures=("bit_depth_3",),
-                                   countermeasure_attacker=("plain_cnn", "none"), seeds=(0, 1), epochs=1, width=4,
+    settings = ReleaseEvalSettings(attacks=("plain_cnn", "resnet18_bit_depth_3"), seeds=(0, 1), epochs=1, width=4,
                                    device="cpu")
     lines: list[str] = []
-    res = evaluate_release(_fast_config(), root, work=tmp_path / "work", settings=settings, log=lines.append)
+    partial = tmp_path / "partial.json"
+    res = evaluate_release(_fast_config(), root, work=tmp_path / "work", settings=settings, log=lines.append,
+                           partial=partial)
     # progress: one line per epoch of each training run, then the row
     assert sum("epoch 1/1" in line for line in lines) == 6 and sum("clean-test" in line for line in lines) == 6
+    assert len(json.loads(partial.read_text())["rows"]) == 6  # rewritten after every row
 
     # the release run wrote the files the attackers trained on
     released = sorted((tmp_path / "work" / "release").glob("*.nii.gz"))
@@ -83,23 +86,25 @@ def test_evaluate_reads_what_run_wrote_and_never_protects_test_images(tmp_path):
     assert {f.name: sha256_file(f) for f in (root / "test").iterdir()} == test_hashes  # test set untouched
     assert res["labels_used"] and res["method"] == "salm" and res["params"]["mode"] == "classwise"
     assert res["fidelity"]["max_abs_units"] <= 8 and res["dataset"]["name"] == "tiny"
+    assert res["dataset"]["modality"] == "OT" and res["dataset"]["clean_pool"] == 0  # no mixing: nothing held out
 
     rows = res["rows"]
-    # (plain_cnn none) + (plain_cnn bit_depth_3), each: clean seed 0 + protected seeds 0 and 1
+    # two attacks, each: clean seed 0 + protected seeds 0 and 1
     assert len(rows) == 6
-    assert {(r["countermeasure"], r["training_data"], r["seed"]) for r in rows} == {
-        (c, d, s) for c in ("none", "bit_depth_3") for d, s in (("clean", 0), ("protected", 0), ("protected", 1))}
+    assert {(r["attack"], r["training_data"], r["seed"]) for r in rows} == {
+        (a, d, s) for a in ("plain_cnn", "resnet18_bit_depth_3")
+        for d, s in (("clean", 0), ("protected", 0), ("protected", 1))}
     for r in rows:
-        assert set(r) >= {"architecture", "augmentation", "countermeasure", "training_data", "seed",
-                          "train_accuracy", "clean_test_accuracy", "epochs", "seconds", "fit"}
-        assert r["fit"] == (r["train_accuracy"] >= 0.98)
+        assert set(r) >= {"attack", "habit", "architecture", "augmentation", "countermeasure", "training_data",
+                          "seed", "train_accuracy", "clean_test_accuracy", "epochs", "seconds", "fit",
+                          "train_images"}
+        assert r["fit"] == (r["train_accuracy"] >= 0.98) and r["train_images"] == 16
     md = results_markdown(res)
-    assert "tiny" in md and "Every run" in md
+    assert "tiny" in md and "Every run" in md and "worst seed" in md
     json.dumps(res)  # JSON-ready
 
     # more seeds of the same release later: read back, the clean baselines reused (whatever seed trained them)
-    more = ReleaseEvalSettings(attackers=(("plain_cnn", "none"),), countermeasures=(), seeds=(2,), epochs=1, width=4,
-                               device="cpu")
+    more = ReleaseEvalSettings(attacks=("plain_cnn",), seeds=(2,), epochs=1, width=4, device="cpu")
     again = evaluate_release(_fast_config(), root, work=tmp_path / "work", settings=more, existing=True,
                              clean_from={**res, "file": "first.json"}, log=lambda s: None)
     assert [(r["training_data"], r["seed"], r.get("reused_from")) for r in again["rows"]] == [
@@ -107,23 +112,128 @@ def test_evaluate_reads_what_run_wrote_and_never_protects_test_images(tmp_path):
     assert again["rows"][0]["clean_test_accuracy"] == rows[0]["clean_test_accuracy"] and again["release_existing"]
 
 
+def test_mixing_attacks_draw_from_a_pool_the_release_never_held(tmp_path):
+    images, labels = _sample_images(10, 16)
+    root = tmp_path / "set"
+    write_image_set(root, images, labels, ["no", "yes"], fmt="nifti", name="tiny")
+    settings = ReleaseEvalSettings(attacks=("resnet18_mix25", "resnet18_half_resolution"), seeds=(0,), epochs=1,
+                                   width=4, device="cpu", mix_pool=0.25)
+    res = evaluate_release(_fast_config(), root, work=tmp_path / "work", settings=settings, log=lambda s: None)
+    held = json.loads((tmp_path / "work" / "private" / "holdout.local.json").read_text())["items"]
+    assert len(held) == 4 and sorted(e["label"] for e in held.values()) == ["no", "no", "yes", "yes"]
+    # no held-out image was fitted on, exported or listed in the manifest
+    manifest = json.loads((tmp_path / "work" / "release" / "manifest.json").read_text())
+    listed = json.dumps(manifest)
+    assert not any(i in listed for i in held) and len(list((tmp_path / "work" / "release").glob("*.nii.gz"))) == 12
+    assert not any((tmp_path / "work" / "markers" / f"{i}.json").exists() for i in held)
+    assert res["dataset"]["train"] == 12 and res["dataset"]["clean_pool"] == 4
+    mix = [r for r in res["rows"] if r["attack"] == "resnet18_mix25"]
+    assert [r["train_images"] for r in mix] == [15, 15]  # 12 + 25 % of 12 clean pool images, both classes
+    half = [r for r in res["rows"] if r["attack"] == "resnet18_half_resolution"]
+    assert half and all(r["scale"] == 0.5 for r in half)
+
+
+def test_suites_name_every_everyday_habit():
+    from medue.efficacy.suite import CATALOGUE, SUITES, suite_attacks
+
+    full = {a.name: a for a in suite_attacks("full")}
+    assert set(SUITES["quick"]) < set(SUITES["standard"]) < set(full)
+    habits = {a.habit for a in full.values()}
+    assert habits == {"plain", "augmentation", "resampling", "mixing", "training", "network", "purification"}
+    assert {a.purification for a in full.values()} >= {"jpeg_q10", "bit_depth_3", "median_3x3", "gaussian_blur_1",
+                                                        "adversarial_training"}
+    assert {a.scale for a in full.values()} == {0.5, 1.0, 2.0} and {a.clean_mix for a in full.values()} >= {0.1, 0.25}
+    assert {a.architecture for a in full.values()} >= {"resnet18_full", "densenet121_full", "vit_small"}
+    assert full["resnet18_monai_tutorial"].recipe == "monai_tutorial"
+    assert full["resnet18_sgd_cosine_30"].epochs == 30 and full["resnet18_sgd_cosine_30"].optimizer == "sgd_cosine"
+    with pytest.raises(KeyError, match="unknown attack"):
+        suite_attacks(names=("resnet50",))
+    assert list(CATALOGUE)[:2] == ["plain_cnn", "resnet18_flip_crop"]
+
+
+def test_monai_recipes_are_seeded_and_change_images():
+    import torch
+
+    from medue.efficacy.augment import apply_recipe, build_recipe
+
+    x = torch.rand(4, 1, 32, 32)
+    outs = []
+    for _ in range(2):
+        recipe = build_recipe("monai_tutorial", 32)
+        recipe.set_random_state(seed=3)
+        outs.append(apply_recipe(recipe, x))
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], x)
+    assert outs[0].shape == x.shape and float(outs[0].min()) >= 0 and float(outs[0].max()) <= 1
+    assert apply_recipe(build_recipe("none", 32), x) is x
+
+
+def test_resample_halves_and_doubles():
+    from medue.efficacy.release import resample
+
+    x = np.full((2, 8, 8), 255, dtype=np.uint8)
+    x[:, :, :4] = 0
+    half, double = resample(x, 0.5), resample(x, 2.0)
+    assert half.shape == (2, 4, 4) and double.shape == (2, 16, 16)
+    assert np.allclose(half[:, :, :2], 0) and np.allclose(half[:, :, 2:], 1)
+
+
 def test_release_without_labels_and_gate_skew_is_reported(tmp_path):
     images, labels = _sample_images(6, 16)
     root = tmp_path / "set"
     write_image_set(root, images, labels, ["no", "yes"], fmt="nifti", name="tiny")
     cfg = parse_config({**_fast_config().to_dict(), "fidelity": {"min_psnr_db": 99, "min_ssim": 0.5}})
-    settings = ReleaseEvalSettings(attackers=(("plain_cnn", "none"),), countermeasures=(), seeds=(0,), epochs=1,
-                                   width=4, device="cpu")
+    settings = ReleaseEvalSettings(attacks=("plain_cnn", "resnet18_mix10"), seeds=(0,), epochs=1, width=4,
+                                   device="cpu")
     res = evaluate_release(cfg, root, work=tmp_path / "work", labels_used=False, settings=settings,
                            log=lambda s: None)
     assert res["labels_used"] is False and res["exported"] == {"no": 0, "yes": 0}
     assert res["not_exported"] == {"gate_failed": 10} and res["release_exit_code"] == 3
     assert [r["training_data"] for r in res["rows"]] == ["clean"]  # nothing released: no protected row
+    assert res["not_run"] and res["not_run"][0].startswith("resnet18_mix10")  # no labels: no held-out pool
 
 
 def test_settings_validation_lists_every_problem():
     with pytest.raises(InvalidConfigError) as err:
-        ReleaseEvalSettings(attackers=(("vgg", "none"), ("plain_cnn", "mixup")), countermeasures=("blur",),
-                            epochs=0).validate()
+        ReleaseEvalSettings(attacks=("vgg",), epochs=0, seeds=(), mix_pool=1.5).validate()
     text = str(err.value)
-    assert "vgg" in text and "mixup" in text and "blur" in text and "epochs" in text
+    assert "vgg" in text and "epochs" in text and "seed" in text and "mix_pool" in text
+
+
+def test_self_evaluation_tests_on_held_out_items_never_released_and_the_report_names_it_own(tmp_path, capsys):
+    import yaml
+
+    from medue.cli import EXIT_OK, main
+
+    images, labels = _sample_images(10, 16)
+    root = tmp_path / "site"
+    write_image_set(root, images, labels, ["no", "yes"], fmt="nifti", test_fraction=0.0, name="site")
+    cfg = _fast_config().to_dict()
+    cfg.update(input=str(root / "train"), output=str(tmp_path / "out"),
+               labels={"source": "table", "table": str(root / "train_labels.csv")},
+               report={"enabled": True}, key={"file": str(Path("pipelines/demo.key").resolve())})
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["evaluate", str(path), "--self", "--holdout", "0.2", "--attacks", "plain_cnn", "--epochs", "1",
+                 "--seeds", "0", "--device", "cpu"]) == EXIT_OK
+    out = tmp_path / "out"
+    held = json.loads((out / "private" / "holdout.local.json").read_text())["items"]
+    assert len(held) == 4  # 20 % of each class of 10
+    released = list((out / "release").glob("*.nii.gz"))
+    assert len(released) == 16 and not any((out / "markers" / f"{i}.json").exists() for i in held)
+    assert not any(i in (out / "release" / "manifest.json").read_text() for i in held)
+    held_files = {Path(p).name for e in held.values() for p in e["paths"]}
+    originals = {f.name: np.asarray(nib.load(f).dataobj) for f in (root / "train").iterdir() if f.name in held_files}
+    for f in released:  # no released file is a held-out image, protected or not
+        data = np.asarray(nib.load(f).dataobj).astype(int)
+        assert all(np.abs(data - o.astype(int)).max() > 8 or data.shape != o.shape for o in originals.values())
+
+    res = json.loads((out / "private" / "self_evaluation.json").read_text())
+    assert res["self_evaluation"] and res["dataset"]["test"] == 4 and res["dataset"]["train"] == 16
+    assert res["complete"] and {r["attack"] for r in res["rows"]} == {"plain_cnn"}
+    report = json.loads((out / "release" / "report.json").read_text())
+    verdict = report["efficacy_verdict"]
+    assert verdict["own"] and verdict["applies"]
+    assert "Evidence: this release's own." in (out / "release" / "report.html").read_text()
+    capsys.readouterr()
+    main(["report", str(out)])
+    assert "efficacy evidence: this release's own held-out items" in capsys.readouterr().out

@@ -74,32 +74,64 @@ def _efficacy_json(path, drop, **param_overrides):
     # the parameters as the fitted protector records them (`surrogate: auto` resolved for the 16 px fit)
     params = build_protector("salm", **{"epsilon": 4, "mask_ratio": 0.1, "max_rounds": 1, "inner_steps": 2,
                                         "train_steps": 2, "surrogate": "small", **param_overrides}).params()
-    path.write_text(json.dumps(make_release_efficacy("salm", params, drop=drop)))
+    # the data of the release under test: one unlabelled 24 px CT series (SERIES below)
+    path.write_text(json.dumps(make_release_efficacy("salm", params, drop=drop, modality="CT", image_size=(24, 24),
+                                                     classes=())))
     return str(path)
+
+
+def _series(tmp_path):
+    """The tiny_config's CT series alone as the input (a release whose data an efficacy result can match)."""
+    return str(tmp_path / "in" / "series_a")
 
 
 def test_diagnostic_check_blocks_release_unless_override(tiny_config, tmp_path):
     bad = _efficacy_json(tmp_path / "bad.json", 0.15)
-    cfg = load_config(tiny_config(report={"enabled": True, "efficacy_results": bad}))
+    cfg = load_config(tiny_config(input=_series(tmp_path), report={"enabled": True, "efficacy_results": bad}))
     summary = run_pipeline(cfg)
     assert summary.exit_code == EXIT_GATE and summary.blocked and not summary.counts.get("done")
-    assert not list((cfg.output_path / "release").glob("*.nii*"))
+    assert {p.name for p in (cfg.output_path / "release").iterdir()} <= {
+        "report.json", "report.html", "manifest.json", "SHA256SUMS"}
     report = json.loads((cfg.output_path / "release" / "report.json").read_text())
     check = next(c for c in report["conformance"] if c["check"].startswith("diagnostic content preserved"))
     assert check["result"] == "fail" and check["architecture"] == "resnet18" and check["accuracy_drop"] == 0.15
     assert "synthetic-set" in check["evidence"] and "method salm" in check["evidence"]
     assert "diagnostic content preserved" in (cfg.output_path / "release" / "report.html").read_text()
 
-    cfg = load_config(tiny_config(report={"enabled": True, "efficacy_results": bad}, output=str(tmp_path / "o2"),
+    cfg = load_config(tiny_config(input=_series(tmp_path), report={"enabled": True, "efficacy_results": bad},
+                                  output=str(tmp_path / "o2"),
                                   fidelity={"override_reason": "accepted by the imaging board", "override_by": "pi"}))
     summary = run_pipeline(cfg)
-    assert summary.exit_code == EXIT_OK and summary.counts["done"] == 2
+    assert summary.exit_code == EXIT_OK and summary.counts["done"] == 1
     assert summary.release_checks[0]["override"]["by"] == "pi"
 
     good = _efficacy_json(tmp_path / "good.json", 0.01)
-    cfg = load_config(tiny_config(report={"enabled": True, "efficacy_results": good}, output=str(tmp_path / "o3")))
+    cfg = load_config(tiny_config(input=_series(tmp_path), report={"enabled": True, "efficacy_results": good},
+                                  output=str(tmp_path / "o3")))
     summary = run_pipeline(cfg)
     assert summary.exit_code == EXIT_OK and summary.release_checks[0]["result"] == "pass"
+    verdict = json.loads(summary.report_json.read_text())["efficacy_verdict"]
+    assert verdict["applies"] and verdict["protects_against"][0].startswith("resnet18_flip_crop: worst seed 0.500")
+
+
+def test_evidence_of_another_dataset_is_borrowed_never_pass(tiny_config, tmp_path):
+    # the result matches method and parameters, and would pass; but it measured 24 px CT without labels, and this
+    # release holds a CT series and a NIfTI volume of other sizes
+    good = _efficacy_json(tmp_path / "good.json", 0.0)
+    cfg = load_config(tiny_config(report={"enabled": True, "efficacy_results": good}))
+    summary = run_pipeline(cfg)
+    check = summary.release_checks[0]
+    assert check["result"] == "not tested" and summary.exit_code == EXIT_OK
+    assert check["note"].startswith("evidence from synthetic-set, not measured on this release")
+    assert "modality CT there, CT, OT here" in check["note"] and "image size 24x24 there" in check["note"]
+    report = json.loads(summary.report_json.read_text())
+    verdict = report["efficacy_verdict"]
+    assert not verdict["applies"] and verdict["protects_against"] == [] == verdict["does_not_protect_against"]
+    assert "resnet18_flip_crop (measured on other data: 0.500)" in verdict["not_tested"]
+    assert any("pretrained" in t for t in verdict["not_tested"])
+    page = summary.report_html.read_text()
+    assert "evidence from synthetic-set, not measured on this release" in page
+    assert "Nothing below is a measurement of this release" in page
 
 
 def test_results_for_other_parameters_are_not_tested_and_missing_results_are_a_config_error(tiny_config, tmp_path):
