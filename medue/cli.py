@@ -325,7 +325,8 @@ def _report(args: argparse.Namespace) -> int:
         print(f"release {r['release']}: method {r['method']}, key fingerprint {r['key_fingerprint']}, "
               f"medue {r['medue_version']}")
         print(f"  items {s['items']}: exported {s['done']}, quarantined {s['quarantined']}, failed the fidelity gate "
-              f"{s['gate_failed']}, failed {s['failed']}, files ignored on purpose {s.get('ignored', 0)}")
+              f"{s['gate_failed']}, failed {s['failed']}, files ignored on purpose {s.get('ignored', 0)}"
+              + (f", held out for self-evaluation (never released) {s['held_out']}" if s.get("held_out") else ""))
         pol = r.get("policies") or {}
         if pol:
             print(f"  policies: de-identification {pol.get('deidentification')}, UIDs {pol.get('uid_mode')}, labels in "

@@ -27,7 +27,7 @@ def render_report(html_path: str | Path, *, screenshot: str | Path | None = None
     """Load ``html_path`` in headless Chromium and describe what rendered.
 
     Returns:
-        ``{"title", "headings", "images": [{"alt", "width", "height", "complete"}], "broken_images",
+        ``{"title", "headings", "verdict" (the verdict box's headings and items, as shown), "images": [{"alt", "width", "height", "complete"}], "broken_images",
         "console_errors", "page_height", "ok"}``; ``ok`` is true when at least one image is shown, no image
         failed to decode and the page raised no error.
 
@@ -55,6 +55,8 @@ def render_report(html_path: str | Path, *, screenshot: str | Path | None = None
             info = page.evaluate("""() => ({
                 title: document.title,
                 headings: Array.from(document.querySelectorAll('h1, h2')).map(h => h.textContent.trim()),
+                verdict: Array.from(document.querySelectorAll('.verdict h3, .verdict li')).map(
+                    e => e.tagName + ': ' + e.textContent.trim()),
                 images: Array.from(document.images).map(i => ({alt: i.alt, width: i.naturalWidth,
                                                                 height: i.naturalHeight, complete: i.complete})),
                 page_height: document.documentElement.scrollHeight,

@@ -255,6 +255,8 @@ def build_report(layout: OutputLayout, config: PipelineConfig, markers: Sequence
             entry["fidelity"] = {k: v for k, v in entry["fidelity"].items() if k != "per_slice_psnr_db"}
         items.append(entry)
     counts = {s: sum(1 for m in markers if m.get("status") == s) for s in (DONE, QUARANTINED, GATE_FAILED, FAILED)}
+    holdout = layout.private / "holdout.local.json"
+    held_out = len(json.loads(holdout.read_text())["items"]) if holdout.is_file() else 0
     report = {
         "schema": REPORT_SCHEMA,
         "release": config.name,
@@ -274,7 +276,7 @@ def build_report(layout: OutputLayout, config: PipelineConfig, markers: Sequence
                                            if config.fidelity.override_reason else None)},
         "warnings": [{"item_id": m["item_id"], "warning": str(w)}
                      for m in sorted(markers, key=lambda m: m["item_id"]) for w in m.get("warnings", [])],
-        "summary": {"items": len(markers), **counts, "ignored": len(ignored),
+        "summary": {"items": len(markers), **counts, "ignored": len(ignored), "held_out": held_out,
                     "ignored_reasons": {r: sum(1 for i in ignored if i["reason"] == r)
                                         for r in sorted({i["reason"] for i in ignored})}},
         "items": items,
@@ -378,8 +380,9 @@ def render_html(report: dict[str, Any], markers: Sequence[dict[str, Any]], layou
         f"config hash <code>{report['config_hash']}</code>; protector state "
         f"<code>{html.escape(report['protector']['state_fingerprint'][:16])}</code>.</p>",
         "<h2>Summary</h2>",
-        _table(["items", "exported", "quarantined", "failed fidelity gate", "failed", "files ignored on purpose"],
-               [[s["items"], s["done"], s["quarantined"], s["gate_failed"], s["failed"],
+        _table(["items", "exported", "quarantined", "failed fidelity gate", "failed",
+                "held out for self-evaluation (never released)", "files ignored on purpose"],
+               [[s["items"], s["done"], s["quarantined"], s["gate_failed"], s["failed"], s.get("held_out", 0),
                  f"{s.get('ignored', 0)} " + ", ".join(f"({n} {r})" for r, n in s.get("ignored_reasons", {}).items())]]),
         "<h2>What the protection stops</h2>",
         (_verdict_html(report["efficacy_verdict"]) if report.get("efficacy_verdict") else

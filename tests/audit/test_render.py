@@ -24,6 +24,28 @@ def test_report_renders_with_all_images(tiny_config, tmp_path):
     assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_verdict_box_shows_borrowed_evidence_as_not_tested(tiny_config, tmp_path):
+    import json
+
+    from medue.protect import build_protector
+    from medue.testing import make_release_efficacy
+
+    params = build_protector("salm", epsilon=4, mask_ratio=0.1, max_rounds=1, inner_steps=2, train_steps=2,
+                             surrogate="small").params()
+    result = tmp_path / "br35h.json"  # measured on other data (16 px, classes a/b) than this release
+    result.write_text(json.dumps(make_release_efficacy("salm", params, protected=0.5)))
+    cfg = load_config(tiny_config(report={"enabled": True, "efficacy_results": str(result)}))
+    assert run_pipeline(cfg).exit_code == EXIT_OK
+    info = render_report(cfg.output_path / "release" / "report.html")
+    assert info["ok"], info
+    assert info["headings"][:3] == ["Protection report: test-release", "Summary", "What the protection stops"]
+    shown = info["verdict"]
+    protects = shown[shown.index("H3: Protects against") + 1]
+    assert protects == "LI: nothing"  # borrowed evidence protects against nothing here
+    assert "LI: resnet18_flip_crop (measured on other data: 0.500)" in shown
+    assert any(s.startswith("LI: fine-tuning a network pretrained") for s in shown)
+
+
 def test_render_reports_a_broken_image(tmp_path):
     page = tmp_path / "broken.html"
     page.write_text("<html><head><title>t</title></head><body><h1>x</h1>"

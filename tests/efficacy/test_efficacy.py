@@ -230,6 +230,7 @@ def test_self_evaluation_tests_on_held_out_items_never_released_and_the_report_n
     res = json.loads((out / "private" / "self_evaluation.json").read_text())
     assert res["self_evaluation"] and res["dataset"]["test"] == 4 and res["dataset"]["train"] == 16
     assert res["complete"] and {r["attack"] for r in res["rows"]} == {"plain_cnn"}
+    assert json.loads((out / "release" / "report.json").read_text())["summary"]["held_out"] == 4
     report = json.loads((out / "release" / "report.json").read_text())
     verdict = report["efficacy_verdict"]
     assert verdict["own"] and verdict["applies"]
