@@ -327,6 +327,9 @@ def _report(args: argparse.Namespace) -> int:
         print(f"  items {s['items']}: exported {s['done']}, quarantined {s['quarantined']}, failed the fidelity gate "
               f"{s['gate_failed']}, failed {s['failed']}, files ignored on purpose {s.get('ignored', 0)}"
               + (f", held out for self-evaluation (never released) {s['held_out']}" if s.get("held_out") else ""))
+        if s["failed"]:
+            print(f"  {s['failed']} item(s) FAILED on an error of the run (not of their input; see below): the "
+                  "release is incomplete. `medue run CONFIG --resume` retries exactly those items")
         pol = r.get("policies") or {}
         if pol:
             print(f"  policies: de-identification {pol.get('deidentification')}, UIDs {pol.get('uid_mode')}, labels in "

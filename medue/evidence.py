@@ -24,7 +24,7 @@ RESULT_SCHEMA = "medue.release_efficacy/1"
 #: "Protects against": the worst seed's clean-test accuracy at or below this (chance is 0.50 on two balanced classes).
 TARGET = 0.60
 
-#: What no attacker suite runs (kept in step with :data:`medue.efficacy.suite.NOT_TESTED`).
+#: What no attacker suite runs (:data:`medue.efficacy.suite.NOT_TESTED`).
 NEVER_TESTED = (
     "fine-tuning a network pretrained on other images",
     "self-supervised pretraining on the release, then a classifier",

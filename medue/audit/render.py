@@ -27,7 +27,8 @@ def render_report(html_path: str | Path, *, screenshot: str | Path | None = None
     """Load ``html_path`` in headless Chromium and describe what rendered.
 
     Returns:
-        ``{"title", "headings", "verdict" (the verdict box's headings and items, as shown), "images": [{"alt", "width", "height", "complete"}], "broken_images",
+        ``{"title", "headings", "verdict" (the verdict box's headings and items, as shown),
+        "images": [{"alt", "width", "height", "complete"}], "broken_images",
         "console_errors", "page_height", "ok"}``; ``ok`` is true when at least one image is shown, no image
         failed to decode and the page raised no error.
 

@@ -359,7 +359,8 @@ def _verdict_html(verdict: dict[str, Any]) -> str:
             f"{verdict['target']:.2f} clean-test accuracy (chance is 0.50 on two balanced classes).</p>"
             "<div class='verdict'><h3>Protects against</h3>"
             + items(verdict["protects_against"], "nothing" if not verdict["applies"] else "nothing measured")
-            + "<h3 class='fail'>Does not protect against</h3>" + items(verdict["does_not_protect_against"], "none measured")
+            + "<h3 class='fail'>Does not protect against</h3>"
+            + items(verdict["does_not_protect_against"], "none measured")
             + "<h3>Not tested</h3>" + items(verdict.get("not_tested") or [], "none") + "</div>")
 
 

@@ -617,7 +617,9 @@ def results_markdown(result: dict[str, Any]) -> str:
               "did not fit its training set are left out)", "",
               "| attack | habit | clean data | release: worst seed | best seed | mean | attacker's training accuracy "
               "(lowest) | runs | unfit | |", "|---|---|---|---|---|---|---|---|---|---|"]
-    fmt = (lambda v: "not tested" if v is None else f"{v:.3f}")
+    def fmt(v: float | None) -> str:
+        return "not tested" if v is None else f"{v:.3f}"
+
     for s in summarise(result):
         mark = "" if s["protected_max"] is None else ("stopped" if s["protected_max"] <= TARGET else "**not stopped**")
         lines.append(f"| {s['attack']} | {s['habit']} | {fmt(s['clean'])} | {fmt(s['protected_max'])} | "
@@ -649,5 +651,6 @@ def results_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["RESULT_SCHEMA", "EvalData", "ReleaseEvalSettings", "evaluate_own_release", "evaluate_release", "read_release", "resample",
+__all__ = ["RESULT_SCHEMA", "EvalData", "ReleaseEvalSettings", "evaluate_own_release", "evaluate_release",
+           "read_release", "resample",
            "results_markdown", "run_attacks", "summarise", "IngestError"]

@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from medue.evidence import NEVER_TESTED
+
 #: Habits an attack belongs to (the report groups its verdict by them).
 HABITS = ("plain", "augmentation", "resampling", "mixing", "training", "network", "purification")
 
@@ -131,13 +133,7 @@ SUITES["full"] = (*SUITES["standard"], "resnet18_double_resolution", "resnet18_s
                   "resnet18_full", "densenet121_full")
 
 #: What no suite runs: a report lists these as "not tested" whatever the suite measured.
-NOT_TESTED = (
-    "fine-tuning a network pretrained on other images",
-    "self-supervised pretraining on the release, then a classifier",
-    "3D models trained on whole volumes",
-    "segmentation and other tasks than the release's classification",
-    "labels other than the release's (other classes, other groupings)",
-)
+NOT_TESTED = NEVER_TESTED
 
 
 def suite_attacks(suite: str | None = None, names: tuple[str, ...] | None = None) -> tuple[Attack, ...]:

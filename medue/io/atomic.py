@@ -97,19 +97,26 @@ def exclusive_lock(folder: str | Path) -> Iterator[None]:
     """Hold ``folder/.medue.lock`` exclusively for the block; a second holder gets BlockingIOError at once.
 
     The lock is an OS advisory lock (``flock``), released by the kernel when the process dies, so a kill -9
-    never leaves a stale lock behind.
+    never leaves a stale lock behind. The holder removes the file when it is done; a run that took the lock of a
+    file another holder had just removed (a different inode than the path's now) is refused like any second holder.
     """
     import fcntl
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".medue.lock", "a+") as fh:
+    path = folder / ".medue.lock"
+    with open(path, "a+") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         try:
+            if not path.exists() or os.stat(path).st_ino != os.fstat(fh.fileno()).st_ino:
+                raise BlockingIOError("the lock file was replaced by another run")
             fh.seek(0)
             fh.truncate()
             fh.write(f"{os.getpid()}\n")
             fh.flush()
-            yield
+            try:
+                yield
+            finally:
+                path.unlink(missing_ok=True)
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

@@ -240,6 +240,23 @@ class PipelineConfig(_Section):
             raise InvalidConfigError(problems, source="labels")
         return labels
 
+    def key_file_warning(self) -> str | None:
+        """A warning when the key comes from a file that other users of the machine can read, else ``None``."""
+        if self.key.env and os.environ.get(self.key.env):
+            return None
+        if not self.key.file:
+            return None
+        path = self.resolve(self.key.file)
+        try:
+            mode = path.stat().st_mode & 0o777
+        except OSError:
+            return None
+        if mode & 0o044:
+            return (f"key.file {self.key.file} is readable by other users of this machine (mode {mode:04o}); "
+                    f"restrict it with `chmod 600 {path.name}` (or set ${self.key.env}): whoever reads the key can "
+                    "reproduce the protection")
+        return None
+
     def read_key(self) -> str:
         """The secret key from ``key.env`` or ``key.file``; raises InvalidConfigError saying how to provide one.
 

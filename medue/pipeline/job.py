@@ -135,12 +135,18 @@ def _quarantine(item: InputItem, ctx: JobContext, reason: str, message: str) -> 
 
 
 def _finished_marker(item: InputItem, ctx: JobContext, *, resume: bool) -> dict[str, Any] | None:
-    """The marker of an item that ``resume`` skips (its marker and outputs intact), else ``None``."""
+    """The marker of an item that ``resume`` skips (its marker and outputs intact), else ``None``.
+
+    An item that FAILED (an error of the run, such as a full disk, not of its input) is never skipped: ``--resume``
+    retries it. Quarantined and gate-failed items are decided by their input and the policy, and stay as they are.
+    """
     marker_path = ctx.layout.marker(item.item_id)
     if not resume or not marker_path.exists():
         return None
     previous = read_marker(marker_path)
-    return previous if previous is not None and _outputs_intact(ctx.layout, previous) else None
+    if previous is None or previous.get("status") == FAILED:
+        return None
+    return previous if _outputs_intact(ctx.layout, previous) else None
 
 
 def read_ahead_needed(item: InputItem, ctx: JobContext, *, resume: bool) -> bool:

@@ -480,6 +480,8 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
     say = progress or (lambda s: log.info(s))
     t_start = time.perf_counter()
     key = config.read_key()
+    if (warning := config.key_file_warning()) is not None:
+        log.warning(warning)
     efficacy = config.load_efficacy_results()  # read once, first: the gate, the report and MLflow all use it
     fingerprint = key_fingerprint(key)
     device = resolve_device(config.execution.device)
@@ -544,6 +546,11 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
         read_ahead=(device.type == "cuda" if config.execution.read_ahead == "auto"
                     else bool(config.execution.read_ahead)),
     )
+    if resume:
+        retry = [it for it in mine if (m := read_marker(layout.marker(it.item_id))) is not None
+                 and m.get("status") == FAILED]
+        if retry:
+            say(f"retrying {len(retry)} item(s) that failed in an earlier run (errors of the run, not of the input)")
     workers = config.execution.workers
     if config.execution.backend == "ray":
         from medue.pipeline.ray_backend import execute_ray

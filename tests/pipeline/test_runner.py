@@ -13,7 +13,7 @@ from medue.errors import InvalidConfigError
 from medue.io.delta import restore_original
 from medue.pipeline.config import load_config
 from medue.pipeline.executor import parse_shard, select_shard
-from medue.pipeline.runner import EXIT_GATE, EXIT_OK, run_pipeline
+from medue.pipeline.runner import EXIT_GATE, EXIT_OK, EXIT_PARTIAL, run_pipeline
 from medue.provenance import sha256_file
 
 
@@ -283,6 +283,16 @@ def test_output_inside_input_missing_input_and_a_held_lock_are_refused(tiny_conf
     with exclusive_lock(cfg.output_path):
         with pytest.raises(InvalidConfigError, match="another medue run"):
             run_pipeline(cfg)
+        assert (cfg.output_path / ".medue.lock").read_text().strip() == str(os.getpid())  # the holder's
+    assert not (cfg.output_path / ".medue.lock").exists()  # released: no lock file left behind
+    # a run refused after taking the lock (a key that is too weak) leaves none either
+    weak = tmp_path / "weak.key"
+    weak.write_text("short")
+    with pytest.raises(InvalidConfigError, match="key"):
+        run_pipeline(load_config(tiny_config(key={"env": "MEDUE_TEST_UNSET_KEY", "file": str(weak)},
+                                             output=str(tmp_path / "o6"))))
+    assert not (tmp_path / "o6" / ".medue.lock").exists()
+    assert run_pipeline(cfg).exit_code == EXIT_OK and not (cfg.output_path / ".medue.lock").exists()
 
 
 def test_phi_in_file_and_folder_names_reaches_no_published_file(tiny_config, tmp_path):
@@ -343,3 +353,54 @@ def test_sha256sums_cover_outputs_manifest_and_reports(tiny_config):
     assert all(sha256_file(release / name) == digest for name, digest in sums.items())
     listed = {str(p.relative_to(release)) for p in release.rglob("*") if p.is_file()} - {"SHA256SUMS"}
     assert listed == set(sums)
+
+
+def test_resume_retries_items_that_failed_on_a_full_disk(tiny_config, monkeypatch, capsys):
+    import errno
+
+    import medue.pipeline.job as job
+    from medue.cli import main
+
+    reference = run_pipeline(load_config(tiny_config()))
+    want = {m["item_id"]: [o["sha256"] for o in m["outputs"]] for m in reference.markers}
+    cfg = load_config(tiny_config(output=str(reference.output) + "_faulty"))
+    real = job.write_volume
+
+    def full_disk(volume, out_path, **kw):
+        if out_path.name.endswith(".nii.gz"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(volume, out_path, **kw)
+
+    monkeypatch.setattr(job, "write_volume", full_disk)
+    first = run_pipeline(cfg)
+    assert first.counts.get("failed") == 1 and first.exit_code == EXIT_PARTIAL
+    assert main(["report", str(cfg.output_path)]) == EXIT_PARTIAL
+    assert "`medue run CONFIG --resume` retries exactly those items" in capsys.readouterr().out
+
+    monkeypatch.setattr(job, "write_volume", real)  # a bigger disk
+    lines: list[str] = []
+    again = run_pipeline(cfg, resume=True, progress=lines.append)
+    assert any("retrying 1 item(s) that failed" in line for line in lines)
+    assert again.exit_code == EXIT_OK and again.counts == {"done": 2, "skipped": 1}
+    got = {m["item_id"]: [o["sha256"] for o in m["outputs"]] for m in again.markers}
+    nifti = next(m["item_id"] for m in again.markers if m["format"] == "nifti")
+    assert got[nifti] == want[nifti]  # the retried item is byte-identical to an uninterrupted release's
+    dicom = next(m for m in first.markers if m["status"] == "done")
+    assert got[dicom["item_id"]] == [o["sha256"] for o in dicom["outputs"]]  # the done item was kept as it was
+
+
+def test_a_key_file_others_can_read_is_warned_about(tiny_config, tmp_path, caplog):
+    import logging
+
+    cfg = load_config(tiny_config())
+    key = tmp_path / "site.key"
+    key.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="medue"):
+        run_pipeline(cfg)
+    assert any("readable by other users" in r.getMessage() and "chmod 600" in r.getMessage()
+               for r in caplog.records)
+    key.chmod(0o600)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medue"):
+        run_pipeline(load_config(tiny_config(output=str(tmp_path / "o7"))))
+    assert not any("readable by other users" in r.getMessage() for r in caplog.records)
