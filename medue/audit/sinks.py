@@ -31,7 +31,9 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
 
 
 #: Config fields never logged as params: paths may carry PHI (folder names), the key source is site detail.
-PRIVATE_PARAMS = ("input", "output", "key.env", "key.file", "report.efficacy_results")
+#: Config values never logged: every field the config marks private (paths, the tracking store), and the name of
+#: the key's environment variable.
+PRIVATE_PARAMS = frozenset(PipelineConfig.private_fields() | {"key.env"})
 
 
 class MlflowSink:

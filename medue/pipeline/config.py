@@ -29,6 +29,11 @@ from medue.labels import ID_COLUMNS, LABEL_SOURCES
 CONFIG_VERSION = 1
 
 
+#: Marks a field whose value names a place on the site's disks (or a tracking store): such a value may carry PHI (a
+#: patient's name in a folder) and never reaches a published or tracked file (:meth:`PipelineConfig.private_fields`).
+PRIVATE = {"private": True}
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
@@ -37,7 +42,7 @@ class KeyConfig(_Section):
     """Where the secret protection key comes from: ``env`` variable first, then ``file``."""
 
     env: str | None = "MEDUE_KEY"
-    file: str | None = None
+    file: str | None = Field(None, json_schema_extra=PRIVATE)
 
 
 class ProtectConfig(_Section):
@@ -67,7 +72,7 @@ class LabelsConfig(_Section):
     """Where each item's class comes from (see :mod:`medue.labels`); ``source: null`` means no labels."""
 
     source: Literal[LABEL_SOURCES] | None = None  # type: ignore[valid-type]
-    table: str | None = None
+    table: str | None = Field(None, json_schema_extra=PRIVATE)
     id_column: Literal[ID_COLUMNS] = "path"  # type: ignore[valid-type]
     label_column: str = "label"
     attribute: str | None = None
@@ -127,13 +132,13 @@ class ExecutionConfig(_Section):
 
 class TrackingConfig(_Section):
     enabled: bool = True
-    uri: str | None = None
+    uri: str | None = Field(None, json_schema_extra=PRIVATE)
     experiment: str = "medue"
 
 
 class ReportConfig(_Section):
     enabled: bool = True
-    efficacy_results: str | None = None
+    efficacy_results: str | None = Field(None, json_schema_extra=PRIVATE)
     max_items_pictured: int = Field(8, ge=0)
 
 
@@ -141,8 +146,8 @@ class PipelineConfig(_Section):
     """A whole release job. ``base_dir`` is not a setting: it is the config file's folder (see :meth:`resolve`)."""
 
     name: str = Field(min_length=1)
-    input: str = Field(min_length=1)
-    output: str = Field(min_length=1)
+    input: str = Field(min_length=1, json_schema_extra=PRIVATE)
+    output: str = Field(min_length=1, json_schema_extra=PRIVATE)
     version: int = CONFIG_VERSION
     deidentification: Literal[DEID_POLICIES] = "refuse"  # type: ignore[valid-type]
     uid_mode: Literal["keyed", "random"] = "keyed"
@@ -186,6 +191,23 @@ class PipelineConfig(_Section):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="python")
+
+    @classmethod
+    def private_fields(cls) -> set[str]:
+        """Dotted names of every field marked :data:`PRIVATE` (paths, the tracking store), found in the models."""
+        out: set[str] = set()
+
+        def walk(model: type[BaseModel], prefix: str) -> None:
+            for name, field in model.model_fields.items():
+                extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+                if extra.get("private"):
+                    out.add(prefix + name)
+                ann = field.annotation
+                if isinstance(ann, type) and issubclass(ann, BaseModel):
+                    walk(ann, f"{prefix}{name}.")
+
+        walk(cls, "")
+        return out
 
     def config_hash(self) -> str:
         """Hash of what determines the release's content: not ``execution``, ``tracking`` or ``report``."""

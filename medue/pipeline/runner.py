@@ -272,6 +272,7 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
         return {"method": config.protect.method, "rank": world.rank}
     layout.private.mkdir(parents=True, exist_ok=True)
     stored = 0
+    noise_sha256: dict[str, str] = {}
     noise_dir = layout.private / "noise"
     for stale in noise_dir.glob("*.npz"):  # deltas of an earlier fit must never reach this release
         stale.unlink()
@@ -284,6 +285,7 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
                 rows = d.read(slice(first, first + n)) if isinstance(d, RowFile) else d[first:first + n]
                 with atomic_file(noise_dir / f"{item_id}.npz") as tmp, open(tmp, "wb") as fh:
                     np.savez_compressed(fh, delta=np.asarray(rows, dtype=np.int16)[:, 0])
+                noise_sha256[item_id] = sha256_file(noise_dir / f"{item_id}.npz")
                 stored += 1
     tmp = layout.protector_state.with_suffix(".tmp")
     protector.save(tmp)
@@ -292,6 +294,7 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
             "slices": slices,
             "items": len(fit.owners), "fit_resolution": resolution,
             "labels_used": fit.labels is not None, "pixels_used": pixels, "items_with_fitted_delta": stored,
+            "noise_sha256": noise_sha256,
             "fit_seconds": round(time.perf_counter() - t0, 2), "state_fingerprint": protector.state_fingerprint(),
             "state_sha256": sha256_file(layout.protector_state), "params": protector.params(),
             "surrogate_accuracy_per_round": list(getattr(protector, "history", []) or [])}
@@ -420,6 +423,21 @@ def _labelled_inputs(config: PipelineConfig, ignored: list[dict[str, str]], key:
     return items, labels
 
 
+def damaged_fit_artefacts(layout: OutputLayout, record: dict[str, Any]) -> list[str]:
+    """What of a finished fit does not match its record (``private/protector.json``): the protector state and each
+    item's fitted noise, by SHA-256. Empty when everything is intact."""
+    problems = []
+    if record.get("state_sha256") and sha256_file(layout.protector_state) != record["state_sha256"]:
+        problems.append("private/protector.pt differs from its recorded SHA-256")
+    for item_id, digest in sorted((record.get("noise_sha256") or {}).items()):
+        path = layout.private / "noise" / f"{item_id}.npz"
+        if not path.is_file():
+            problems.append(f"private/noise/{item_id}.npz is missing")
+        elif sha256_file(path) != digest:
+            problems.append(f"private/noise/{item_id}.npz differs from its recorded SHA-256")
+    return problems
+
+
 def release_facts(items: list[InputItem], labels: Any, config: PipelineConfig) -> ReleaseFacts:
     """Modality, in-plane sizes and classes of a release's readable items, from their headers (no pixels read), to
     decide whether an efficacy result is this release's evidence."""
@@ -515,8 +533,22 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
                 f"--resume{' / --shard' if shard != (0, 1) else ''}: {config.output} was fitted with a different "
                 + ", ".join(IDENTITY_NAMES[k] for k in differs) + "; resuming would mix two protections in one "
                 "release. Resume with the original key and config, or start a new output folder"])
-        fit_info = previous
-        say(f"reusing fitted {config.protect.method} protector (state {fit_info['state_fingerprint'][:12]})")
+        damaged = damaged_fit_artefacts(layout, previous)
+        if damaged:
+            say(f"the fitted protector's files do not match their record ({'; '.join(damaged[:3])}"
+                f"{'; ...' if len(damaged) > 3 else ''}): fitting again (a fit is deterministic for a key)")
+            fit_info = fit_protector([it for it in items if not it.problem], config, key, device=device,
+                                     progress=say, identity=identity, resume=False)
+            if fit_info.get("state_fingerprint") != previous.get("state_fingerprint") and any(
+                    m.get("status") == DONE for p in layout.markers.glob("*.json") if (m := read_marker(p))):
+                raise InvalidConfigError([
+                    f"{config.output}: the fitted protector was damaged and fitting it again gave another state "
+                    f"({fit_info.get('state_fingerprint', '')[:12]} instead of "
+                    f"{previous.get('state_fingerprint', '')[:12]}); the items already exported carry the first "
+                    "one. Restore private/ from a backup, or release into a new output folder"])
+        else:
+            fit_info = previous
+            say(f"reusing fitted {config.protect.method} protector (state {fit_info['state_fingerprint'][:12]})")
     else:
         fit_info = fit_protector([it for it in items if not it.problem], config, key, device=device, progress=say,
                                  identity=identity, resume=resume)
