@@ -51,7 +51,11 @@ class ReleaseLabels:
 def read_label_table(path: Path, id_column: str, label_column: str) -> tuple[dict[str, str], list[str]]:
     """Rows of a CSV/TSV label table as ``{id: label}``, plus the problems found (all of them)."""
     problems: list[str] = []
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return {}, [f"labels table {path.name}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position "
+                    f"{exc.start}); save it as UTF-8 (CSV UTF-8 in a spreadsheet program)"]
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") or ("\t" in text.splitlines()[0] if text else False) \
         else ","
     reader = csv.DictReader(text.splitlines(), delimiter=delimiter)

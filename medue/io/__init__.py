@@ -43,7 +43,8 @@ class InputItem:
 
 
 def _item_id(kind: str, rel_paths: list[str]) -> str:
-    return hashlib.sha256(("\n".join([kind, *sorted(rel_paths)])).encode()).hexdigest()[:16]
+    # a name that is not valid UTF-8 arrives with surrogate escapes: its raw bytes give a stable id
+    return hashlib.sha256(("\n".join([kind, *sorted(rel_paths)])).encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def discover_inputs(root: str | Path, *, ignored: list[dict[str, str]] | None = None) -> list[InputItem]:
@@ -66,8 +67,12 @@ def discover_inputs(root: str | Path, *, ignored: list[dict[str, str]] | None = 
     items: list[InputItem] = []
     headers = []
     skipped = ignored if ignored is not None else []
+    inside = base.resolve()
     for path in files:
         rel = str(path.relative_to(base))
+        if not path.resolve().is_relative_to(inside):  # a link, or a file in a linked folder, leading out
+            skipped.append({"path": rel, "reason": "symbolic link to a file outside the input folder (not followed)"})
+            continue
         if path.name in IGNORED_NAMES or path.name.startswith(".") or any(
                 part.startswith(".") for part in Path(rel).parts[:-1]):
             skipped.append({"path": rel, "reason": "hidden or operating-system file"})

@@ -56,3 +56,35 @@ def test_no_hostile_input_aborts_the_batch(hostile_config):
     exported = {m["item_id"] for m in summary.markers if m["status"] == "done"}
     manifest = json.loads((hostile_config.output_path / "release" / "manifest.json").read_text())
     assert {i["item_id"] for i in manifest["items"] if i["outputs"]} == exported
+
+
+def test_a_name_that_is_not_utf8_is_read_and_a_link_out_of_the_input_is_not_followed(tiny_config, tmp_path):
+    import os
+
+    from medue.testing import make_nifti
+
+    cfg = load_config(tiny_config())
+    raw = os.fsencode(cfg.input_path) + b"/scan_\xff\xfe.nii.gz"
+    make_nifti(tmp_path / "x.nii.gz", shape=(12, 10, 2), seed=5)
+    os.rename(os.fsencode(tmp_path / "x.nii.gz"), raw)
+    secret = tmp_path / "system_file.dcm"
+    secret.write_bytes(b"root:x:0:0:SECRET_SYSTEM_CONTENT" * 10)
+    (cfg.input_path / "links").mkdir()
+    (cfg.input_path / "links" / "passwd.dcm").symlink_to(secret)
+    summary = run_pipeline(cfg)
+    assert summary.counts["done"] == 3 and not summary.counts.get("failed")  # the odd name did not stop the batch
+    ignored = json.loads((cfg.output_path / "private" / "ignored.local.json").read_text())
+    assert ignored == [{"path": "links/passwd.dcm",
+                        "reason": "symbolic link to a file outside the input folder (not followed)"}]
+    for path in cfg.output_path.rglob("*"):  # the linked file was copied nowhere, not even to quarantine
+        assert not (path.is_file() and b"SECRET_SYSTEM_CONTENT" in path.read_bytes()), path
+
+
+def test_a_labels_table_that_is_not_utf8_is_a_config_error_that_says_so(tiny_config, tmp_path):
+    from medue.errors import InvalidConfigError
+
+    table = tmp_path / "labels.csv"
+    table.write_bytes(b"path,label\nvol.nii.gz,tumeur_\xe9\nseries_a,normal\n")  # Latin-1 from a spreadsheet
+    cfg = load_config(tiny_config(labels={"source": "table", "table": str(table)}))
+    with pytest.raises(InvalidConfigError, match="not UTF-8 text .byte 0xe9.*save it as UTF-8"):
+        run_pipeline(cfg)
