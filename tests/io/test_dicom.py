@@ -70,6 +70,24 @@ def test_deidentification_policy(tmp_path):
     assert any("de-identification" in w for w in vol.history[-1].warnings)
 
 
+def test_a_de_identified_flag_is_not_trusted_over_identifying_attributes(tmp_path):
+    paths = make_dicom_series(tmp_path / "s", slices=2, size=8)  # flagged PatientIdentityRemoved=YES
+    assert read_dicom_series(paths, deidentification="refuse").modality == "CT"
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.PatientBirthDate = "19600101"
+        ds.InstitutionName = "St Elsewhere Hospital"
+        ds.PatientComments = "called Jane on Monday"
+        ds.save_as(p)
+    with pytest.raises(DeidentificationError) as err:
+        read_dicom_series(paths, deidentification="refuse")
+    text = str(err.value)
+    assert "(PatientBirthDate, PatientComments, InstitutionName)" in text and "PS3.15" in text
+    assert "19600101" not in text and "Elsewhere" not in text and "Jane" not in text  # named, never shown
+    vol = read_dicom_series(paths, deidentification="warn")
+    assert any("InstitutionName" in w for w in vol.history[-1].warnings)
+
+
 def test_series_grouping_splits_two_series(tmp_path):
     make_dicom_series(tmp_path / "a", slices=3, size=8, seed=1)
     make_dicom_series(tmp_path / "b", slices=2, size=8, seed=2)
