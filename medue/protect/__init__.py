@@ -33,7 +33,12 @@ def load_protector(path: Any, device: Any = "cpu") -> Protector:
     from medue.errors import ProtectionError
     from medue.protect.base import STATE_FORMAT
 
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # damaged bytes raise anything; a pickle is never loaded
+        raise ProtectionError(f"{path}: not a readable medue protector file (it is damaged, or holds objects other "
+                              f"than tensors, which medue never loads: {type(exc).__name__}); refit the release "
+                              "(run without --resume) or restore the file from a backup") from None
     if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
         raise ProtectionError(f"{path}: not a medue protector file (expected format {STATE_FORMAT}); refit the "
                               "release (run without --resume)")

@@ -329,6 +329,10 @@ class FitCheckpoint:
         if not state.exists() or sha256_file(state) != rec.get("state_sha256"):
             self.not_continued = "its state.pt is missing or damaged"
             return None
+        buffer = self.folder / DeltaBuffers.names[int(rec["round"]) % 2]
+        if not buffer.exists() or sha256_file(buffer) != rec.get("buffer_sha256"):
+            self.not_continued = f"its delta buffer {buffer.name} is missing or damaged"
+            return None
         return rec
 
     def load(self, shape: tuple[int, ...]) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -336,7 +340,11 @@ class FitCheckpoint:
         rec = self.load_record(shape)
         if rec is None:
             return None
-        state = torch.load(self.folder / "state.pt", map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(self.folder / "state.pt", map_location="cpu", weights_only=True)
+        except Exception as exc:  # damaged bytes raise anything; a pickle is never loaded
+            self.not_continued = f"its state.pt holds objects other than tensors ({type(exc).__name__})"
+            return None
         self.resumed_from = int(rec["round"])
         return rec, state
 
@@ -350,6 +358,7 @@ class FitCheckpoint:
         tmp.replace(self.folder / "state.pt")
         rec = {"format": CHECKPOINT_FORMAT, "round": round_index, "buffer": DeltaBuffers.names[round_index % 2],
                "shape": list(shape), "identity": self.identity, "state_sha256": sha256_file(self.folder / "state.pt"),
+               "buffer_sha256": sha256_file(self.folder / DeltaBuffers.names[round_index % 2]),
                "history": state.get("history", [])}
         tmp = self.record.with_suffix(".tmp")
         tmp.write_text(json.dumps(rec, indent=2))

@@ -74,6 +74,49 @@ def test_an_interrupted_fit_continues_to_the_same_result(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_a_damaged_checkpoint_is_never_continued_on_a_silent_substitute(tmp_path):
+    import pickle
+
+    x, y = _data()
+    store = SliceStore(x.numpy())
+    whole, d_whole = _fit(store, y, FitCheckpoint(tmp_path / "a", {"release": "a"}))
+    with pytest.raises(KeyboardInterrupt):
+        _fit(store, y, FitCheckpoint(tmp_path / "b", {"release": "a"}), stop_after=2)
+    buffer = tmp_path / "b" / "delta1.i16"  # the buffer the checkpoint names, truncated
+    buffer.write_bytes(buffer.read_bytes()[:64])
+    cont, d_cont = _fit(store, y, FitCheckpoint(tmp_path / "b", {"release": "a"}, resume=True))
+    assert cont.checkpoint.resumed_from is None and "delta buffer delta1.i16" in cont.checkpoint.not_continued
+    assert np.array_equal(d_cont.to_array(), d_whole.to_array())  # refitted from round 1: the same noise
+
+    with pytest.raises(KeyboardInterrupt):
+        _fit(store, y, FitCheckpoint(tmp_path / "c", {"release": "a"}), stop_after=2)
+    state = tmp_path / "c" / "state.pt"  # replaced by a pickle, and its record made to match
+    state.write_bytes(pickle.dumps({"model": ValueError("a pickled object")}))
+    record = json.loads((tmp_path / "c" / "checkpoint.json").read_text())
+    from medue.provenance import sha256_file
+
+    record["state_sha256"] = sha256_file(state)
+    (tmp_path / "c" / "checkpoint.json").write_text(json.dumps(record))
+    cont, d_cont = _fit(store, y, FitCheckpoint(tmp_path / "c", {"release": "a"}, resume=True))
+    assert cont.checkpoint.resumed_from is None and "other than tensors" in cont.checkpoint.not_continued
+    assert np.array_equal(d_cont.to_array(), d_whole.to_array())
+
+
+def test_a_protector_file_that_is_a_pickle_is_refused_with_medue_s_message(tmp_path):
+    import pickle
+
+    from medue.errors import ProtectionError
+    from medue.protect import load_protector
+
+    path = tmp_path / "protector.pt"
+    path.write_bytes(pickle.dumps({"format": ValueError("a pickled object")}))
+    with pytest.raises(ProtectionError, match="not a readable medue protector file.*never loads"):
+        load_protector(path)
+    path.write_bytes(b"\x80\x04truncated")
+    with pytest.raises(ProtectionError, match="not a readable medue protector file"):
+        load_protector(path)
+
+
 def _em_config(tmp_path, **protect):
     from medue.testing import make_nifti
 
