@@ -39,7 +39,7 @@ PRIVATE_PARAMS = frozenset(PipelineConfig.private_fields() | {"key.env"})
 class MlflowSink:
     """Logs a release to MLflow: params (resolved config), metrics, input dataset, artifacts, tags. No PHI, no key."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path) -> None:
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path, record: Path | None = None) -> None:
         try:
             import mlflow
         except ImportError as exc:
@@ -48,6 +48,9 @@ class MlflowSink:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.artifact_root = artifact_root
+        #: ``private/mlflow_run.local.json``: the run a release opened, so that the next run of the same output
+        #: folder can close it as KILLED when its process died, and link to it.
+        self.record = record
         self.run_id: str | None = None
 
     def _experiment_id(self) -> str:
@@ -68,12 +71,33 @@ class MlflowSink:
 
         self.mlflow.set_tracking_uri(self.tracking_uri)
         client = self.mlflow.tracking.MlflowClient(tracking_uri=self.tracking_uri)
-        run = client.create_run(self._experiment_id(), run_name=f"release-{config.name}",
-                                tags={"medue.version": __version__, "medue.release": config.name,
-                                      "medue.method": config.protect.method,
-                                      "medue.key_fingerprint": key_fingerprint})
+        tags = {"medue.version": __version__, "medue.release": config.name, "medue.method": config.protect.method,
+                "medue.key_fingerprint": key_fingerprint}
+        earlier = self._close_earlier(client)
+        if earlier:
+            tags["medue.resumed_from_run"] = earlier
+        run = client.create_run(self._experiment_id(), run_name=f"release-{config.name}", tags=tags)
         self.run_id = run.info.run_id
+        if self.record is not None:
+            from medue.io.atomic import write_text_atomic
+
+            self.record.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.record, json.dumps({"run_id": self.run_id, "experiment": self.experiment}))
         return self.run_id
+
+    def _close_earlier(self, client: Any) -> str | None:
+        """The run an earlier release of this output folder opened in this store (``None`` when none): closed as
+        KILLED when it is still RUNNING (its process died: this one holds the folder's lock now)."""
+        if self.record is None or not self.record.is_file():
+            return None
+        try:
+            run_id = json.loads(self.record.read_text())["run_id"]
+            run = client.get_run(run_id)
+        except Exception:  # another store, a deleted run, a damaged record: nothing to close or link
+            return None
+        if run.info.status == "RUNNING":
+            client.set_terminated(run_id, status="KILLED")
+        return run_id
 
     def fail(self, status: str = "FAILED") -> None:
         """Close the run opened by :meth:`start` with ``status`` (FAILED, KILLED) when the release did not finish."""
@@ -166,7 +190,7 @@ def _public_marker(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def _create_store_atomically(db: Path) -> None:
-    """Create and migrate an embedded MLflow store beside ``db``, then rename it into place.
+    """Create and migrate an embedded MLflow store beside ``db``, then link it into place.
 
     MLflow creates its tables in several steps; a kill -9 (or a full disk) in between used to leave a store that
     every later run failed to open (``table ... already exists``). A half-made store now only exists under a
@@ -179,14 +203,21 @@ def _create_store_atomically(db: Path) -> None:
     tmp = db.with_name(f"{db.stem}{PARTIAL_TAG}{uuid.uuid4().hex[:8]}{db.suffix}")
     import mlflow
 
+    db.parent.mkdir(parents=True, exist_ok=True)
     mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
-    os.replace(tmp, db)
+    try:  # a hard link appears whole or not at all, and never replaces a store another release made meanwhile
+        os.link(tmp, db)
+    except FileExistsError:
+        pass  # another release created the store first: use that one
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def open_sink(config: PipelineConfig, layout: OutputLayout) -> MlflowSink:
     uri = config.tracking.uri or default_tracking_uri(layout)
-    if not config.tracking.uri:
-        db = (layout.root / "mlflow" / "mlflow.db").resolve()
+    if uri.startswith("sqlite:///"):  # the embedded store, or a site's own SQLite file: made whole, once
+        db = Path(uri[len("sqlite:///"):])
         if not db.exists():
             _create_store_atomically(db)
-    return MlflowSink(uri, config.tracking.experiment, layout.root / "mlflow" / "artifacts")
+    return MlflowSink(uri, config.tracking.experiment, layout.root / "mlflow" / "artifacts",
+                      record=layout.private / "mlflow_run.local.json")

@@ -100,6 +100,26 @@ def test_mlflow_run_opens_at_start_and_a_failed_release_is_recorded_failed(tiny_
     assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
 
 
+def test_a_killed_release_s_run_is_closed_killed_and_linked_by_the_resume(tiny_config):
+    mlflow = pytest.importorskip("mlflow")
+    from medue.audit.sinks import open_sink
+    from medue.layout import OutputLayout
+
+    cfg = load_config(tiny_config(tracking={"enabled": True}))
+    layout = OutputLayout(cfg.output_path)
+    layout.root.mkdir(parents=True)
+    killed = open_sink(cfg, layout)
+    dead_run = killed.start(cfg, "0123456789abcdef")  # a release whose process was killed -9 here: never closed
+    summary = run_pipeline(cfg, resume=True)
+    client = mlflow.tracking.MlflowClient(tracking_uri=summary.tracking_uri)
+    assert client.get_run(dead_run).info.status == "KILLED"
+    run = client.get_run(summary.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["medue.resumed_from_run"] == dead_run
+    statuses = sorted(r.info.status for r in client.search_runs(
+        [client.get_experiment_by_name(cfg.tracking.experiment).experiment_id]))
+    assert statuses == ["FINISHED", "KILLED"]  # nothing stays RUNNING
+
+
 def test_report_zooms_into_the_most_changed_region_of_large_images():
     import numpy as np
 
@@ -129,3 +149,25 @@ def test_report_states_the_policies_in_force_and_every_warning(tiny_config, tmp_
     main(["report", str(cfg.output_path)])
     out = capsys.readouterr().out
     assert "policies: de-identification warn" in out and out.count("  warning: ") == 1
+
+
+def test_two_releases_creating_one_new_sqlite_store_at_once_both_finish(tiny_config, tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}"
+    configs = []
+    for k in range(2):
+        path = tiny_config(output=str(tmp_path / f"out{k}"), name=f"release-{k}",
+                           tracking={"enabled": True, "uri": uri, "experiment": "shared"})
+        configs.append(path.with_name(f"release{k}.yaml"))
+        configs[-1].write_text(path.read_text())
+    procs = [subprocess.Popen([sys.executable, "-m", "medue.cli", "run", str(c), "--quiet"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for c in configs]
+    outs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("shared").experiment_id])
+    assert sorted(r.data.tags["medue.release"] for r in runs) == ["release-0", "release-1"]
+    assert all(r.info.status == "FINISHED" for r in runs)
