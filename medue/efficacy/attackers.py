@@ -87,5 +87,6 @@ def build_attacker(arch: str, num_classes: int, *, image_size: int, width: int =
 
         patch = 8 if image_size % 8 == 0 and image_size >= 16 else 4 if image_size % 4 == 0 else 1
         return _Logits(ViT(in_channels=1, img_size=image_size, patch_size=patch, hidden_size=192, mlp_dim=768,
-                           num_layers=6, num_heads=6, classification=True, num_classes=num_classes, spatial_dims=2))
+                           num_layers=6, num_heads=6, classification=True, num_classes=num_classes, spatial_dims=2,
+                           post_activation=None))  # logits, not the default tanh-squashed scores
     raise ValueError(f"unknown attacker architecture {arch!r}; expected one of {', '.join(ATTACKERS)}")
