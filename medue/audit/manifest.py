@@ -40,6 +40,9 @@ def write_manifest(layout: OutputLayout, config: PipelineConfig, markers: Sequen
         "key_fingerprint": key_fingerprint,
         "protector_state_fingerprint": fit_info.get("state_fingerprint", ""),
         "items": items,
+        # the release's own documents: SHA256SUMS lists these and every item output, the same files as here (the
+        # documents carry no hash here: the reports are written after the manifest, and no file holds its own hash)
+        "documents": ["manifest.json"] + (["report.html", "report.json"] if config.report.enabled else []),
     }
     layout.release.mkdir(parents=True, exist_ok=True)
     write_text_atomic(layout.release / "manifest.json", json.dumps(manifest, indent=2))
@@ -55,7 +58,7 @@ def write_checksums(layout: OutputLayout, manifest: dict[str, Any]) -> None:
     from medue.provenance import sha256_file
 
     sums = [f"{o['sha256']}  {o['path']}" for i in manifest["items"] for o in i.get("outputs", [])]
-    for name in ("manifest.json", "report.json", "report.html"):
+    for name in manifest.get("documents", ["manifest.json"]):
         if (layout.release / name).is_file():
             sums.append(f"{sha256_file(layout.release / name)}  {name}")
     write_text_atomic(layout.release / "SHA256SUMS", "\n".join(sorted(sums)) + ("\n" if sums else ""))

@@ -353,6 +353,9 @@ def test_sha256sums_cover_outputs_manifest_and_reports(tiny_config):
     assert all(sha256_file(release / name) == digest for name, digest in sums.items())
     listed = {str(p.relative_to(release)) for p in release.rglob("*") if p.is_file()} - {"SHA256SUMS"}
     assert listed == set(sums)
+    manifest = json.loads((release / "manifest.json").read_text())  # the manifest names the same files
+    named = {o["path"] for i in manifest["items"] for o in i["outputs"]} | set(manifest["documents"])
+    assert named == set(sums)
 
 
 def test_resume_retries_items_that_failed_on_a_full_disk(tiny_config, monkeypatch, capsys):
