@@ -531,6 +531,33 @@ def main(argv: Sequence[str] | None = None) -> int:
                 13: "check the permissions of the output folder"}.get(exc.errno or 0, "")
         print(f"medue: {exc.strerror or exc}{where}" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return EXIT_ERROR
+    except Exception as exc:  # faults that libraries word their own way: one line and an exit code
+        said = _fault_line(exc)
+        if said is None:
+            raise
+        print(said, file=sys.stderr)
+        return EXIT_ERROR
+
+
+#: How libraries say that a disk is full (torch's writer, SQLite, the C library).
+DISK_FULL = ("no space left on device", "database or disk is full", "file write failed", "disk quota exceeded")
+
+
+def _fault_line(exc: BaseException) -> str | None:
+    """One line for a fault a library raised in its own words (a full disk, the tracking store), else ``None``."""
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = " | ".join(str(e) for e in chain).lower()
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    if any(words in text for words in DISK_FULL):
+        return (f"medue: the disk is full ({first}); free disk space or choose another output folder, then run "
+                "again with --resume: finished items are kept, the rest is retried")
+    if any(type(e).__module__.split(".")[0] in ("mlflow", "sqlalchemy", "sqlite3") for e in chain):
+        return (f"medue: the MLflow tracking store failed ({first}); check tracking.uri (or set tracking.enabled: "
+                "false), then run again with --resume")
+    return None
 
 
 if __name__ == "__main__":

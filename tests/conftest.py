@@ -35,6 +35,7 @@ def tiny_config(tmp_path: Path):
     make_dicom_series(inputs / "series_a", slices=4, size=24, seed=1)
     make_nifti(inputs / "vol.nii.gz", shape=(20, 16, 3), seed=2)
     (tmp_path / "site.key").write_text("test-key-123-long-enough")
+    (tmp_path / "site.key").chmod(0o600)  # as a site keeps it
 
     def write(**overrides) -> Path:
         cfg = {

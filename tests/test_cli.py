@@ -129,3 +129,28 @@ def test_progress_in_a_log_is_whole_lines(tiny_config, capsys):
     err = capsys.readouterr().err
     assert "\r" not in err
     assert "protect: 2/2 (100%)" in err and "[done 2]" in err
+
+
+@pytest.mark.parametrize("fault, words", [
+    (RuntimeError("[enforce fail at inline_container.cc:595] . PytorchStreamWriter failed writing file data/1: "
+                  "file write failed"), "the disk is full"),
+    ("sqlite_full", "the disk is full"),
+    ("mlflow", "the MLflow tracking store failed"),
+])
+def test_faults_in_library_words_are_one_line_and_an_exit_code(tiny_config, monkeypatch, capsys, fault, words):
+    import medue.pipeline.runner as runner
+
+    if fault == "sqlite_full":
+        sqlalchemy = pytest.importorskip("sqlalchemy")
+        fault = sqlalchemy.exc.OperationalError("INSERT INTO runs", {}, Exception("database or disk is full"))
+    elif fault == "mlflow":
+        mlflow = pytest.importorskip("mlflow")
+        fault = mlflow.exceptions.MlflowException("(sqlite3.OperationalError) duplicate column name: storage_location")
+
+    def boom(*args, **kwargs):
+        raise fault
+
+    monkeypatch.setattr(runner, "fit_protector", boom)
+    assert main(["run", str(tiny_config()), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -392,21 +392,30 @@ def test_resume_retries_items_that_failed_on_a_full_disk(tiny_config, monkeypatc
     assert got[dicom["item_id"]] == [o["sha256"] for o in dicom["outputs"]]  # the done item was kept as it was
 
 
-def test_a_key_file_others_can_read_is_warned_about(tiny_config, tmp_path, caplog):
+def test_a_key_file_others_can_read_is_warned_about(tiny_config, tmp_path):
     import logging
 
-    cfg = load_config(tiny_config())
-    key = tmp_path / "site.key"
-    key.chmod(0o644)
-    with caplog.at_level(logging.WARNING, logger="medue"):
-        run_pipeline(cfg)
-    assert any("readable by other users" in r.getMessage() and "chmod 600" in r.getMessage()
-               for r in caplog.records)
-    key.chmod(0o600)
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="medue"):
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.said: list[str] = []
+
+        def emit(self, record):
+            self.said.append(record.getMessage())
+
+    keep = Keep()
+    logging.getLogger("medue").addHandler(keep)  # whatever the CLI configured before in this process
+    try:
+        key = tmp_path / "site.key"
+        key.chmod(0o644)
+        run_pipeline(load_config(tiny_config()))
+        assert any("readable by other users" in m and "chmod 600" in m for m in keep.said)
+        key.chmod(0o600)
+        keep.said.clear()
         run_pipeline(load_config(tiny_config(output=str(tmp_path / "o7"))))
-    assert not any("readable by other users" in r.getMessage() for r in caplog.records)
+        assert not any("readable by other users" in m for m in keep.said)
+    finally:
+        logging.getLogger("medue").removeHandler(keep)
 
 
 def test_damaged_fit_artefacts_are_refitted_never_silently_replaced(tiny_config):
