@@ -630,7 +630,9 @@ def results_markdown(result: dict[str, Any]) -> str:
     if result.get("attacks"):
         lines += ["", "Attacks: " + "; ".join(f"**{k}**: {v}" for k, v in result["attacks"].items()) + "."]
     if result.get("attack_seconds") is not None:
-        lines += ["", f"Wall time of the attacks: {result['attack_seconds']:.0f} s on {result['device']} "
+        what = ("Training time of the attacks, summed over runs that ran in parallel processes"
+                if result.get("attack_seconds_summed") else "Wall time of the attacks")
+        lines += ["", f"{what}: {result['attack_seconds']:.0f} s on {result['device']} "
                       f"(release {result['release_seconds']} s)."]
     if result.get("complete") is False:
         lines += ["", "**Partial result: the suite was still running when this was written.**"]
