@@ -54,12 +54,19 @@ def test_a_store_on_disk_gives_the_in_memory_fit(tmp_path):
     assert mem.history == disk.history
 
 
-def test_an_interrupted_fit_continues_to_the_same_result(tmp_path):
+def _whole_and_interrupted(tmp_path, *folders):
+    """A store, an uninterrupted fit in ``a``, and a fit killed after round 2 in each of ``folders``."""
     x, y = _data()
     store = SliceStore(x.numpy())
-    whole, d_whole = _fit(store, y, FitCheckpoint(tmp_path / "a", {"release": "a"}))
-    with pytest.raises(KeyboardInterrupt):
-        _fit(store, y, FitCheckpoint(tmp_path / "b", {"release": "a"}), stop_after=2)
+    whole = _fit(store, y, FitCheckpoint(tmp_path / "a", {"release": "a"}))
+    for folder in folders:
+        with pytest.raises(KeyboardInterrupt):
+            _fit(store, y, FitCheckpoint(tmp_path / folder, {"release": "a"}), stop_after=2)
+    return store, y, whole
+
+
+def test_an_interrupted_fit_continues_to_the_same_result(tmp_path):
+    store, y, (whole, d_whole) = _whole_and_interrupted(tmp_path, "b")
     record = json.loads((tmp_path / "b" / "checkpoint.json").read_text())
     assert record["round"] == 1 and record["buffer"] == "delta1.i16"
     # another release's checkpoint is never continued; this one is, from round 2
@@ -77,19 +84,13 @@ def test_an_interrupted_fit_continues_to_the_same_result(tmp_path):
 def test_a_damaged_checkpoint_is_never_continued_on_a_silent_substitute(tmp_path):
     import pickle
 
-    x, y = _data()
-    store = SliceStore(x.numpy())
-    whole, d_whole = _fit(store, y, FitCheckpoint(tmp_path / "a", {"release": "a"}))
-    with pytest.raises(KeyboardInterrupt):
-        _fit(store, y, FitCheckpoint(tmp_path / "b", {"release": "a"}), stop_after=2)
+    store, y, (whole, d_whole) = _whole_and_interrupted(tmp_path, "b", "c")
     buffer = tmp_path / "b" / "delta1.i16"  # the buffer the checkpoint names, truncated
     buffer.write_bytes(buffer.read_bytes()[:64])
     cont, d_cont = _fit(store, y, FitCheckpoint(tmp_path / "b", {"release": "a"}, resume=True))
     assert cont.checkpoint.resumed_from is None and "delta buffer delta1.i16" in cont.checkpoint.not_continued
     assert np.array_equal(d_cont.to_array(), d_whole.to_array())  # refitted from round 1: the same noise
 
-    with pytest.raises(KeyboardInterrupt):
-        _fit(store, y, FitCheckpoint(tmp_path / "c", {"release": "a"}), stop_after=2)
     state = tmp_path / "c" / "state.pt"  # replaced by a pickle, and its record made to match
     state.write_bytes(pickle.dumps({"model": ValueError("a pickled object")}))
     record = json.loads((tmp_path / "c" / "checkpoint.json").read_text())
