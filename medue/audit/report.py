@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from medue.evidence import TARGET, summarise, verdict
 from medue.io.atomic import write_text_atomic
 from medue.pipeline.config import PipelineConfig
 from medue.layout import DONE, FAILED, GATE_FAILED, QUARANTINED, OutputLayout
@@ -168,9 +169,7 @@ def _fidelity_plot(items: Sequence[dict[str, Any]]) -> str | None:
 def _efficacy_plot(efficacy: dict[str, Any]) -> str | None:
     """Clean baseline and release per attack; the release bar is the mean over seeds, its whisker spans the best to
     the worst seed (the worst decides the verdict), and the target line is drawn."""
-    from medue.evidence import TARGET, summarise
-
-    summary = [s for s in summarise(efficacy)] if efficacy.get("rows") else []
+    summary = summarise(efficacy) if efficacy.get("rows") else []
     if not summary:
         return None
     import matplotlib
@@ -204,8 +203,6 @@ def _efficacy_plot(efficacy: dict[str, Any]) -> str | None:
 def efficacy_verdict(efficacy: dict[str, Any], *, method: str, params: dict[str, Any], facts: Any = None,
                      target: float | None = None) -> dict[str, Any]:
     """What the release is protected against, what not, and what was not tested (:func:`medue.evidence.verdict`)."""
-    from medue.evidence import TARGET, verdict
-
     return verdict(efficacy, method=method, params=params, facts=facts, target=TARGET if target is None else target)
 
 
@@ -432,8 +429,6 @@ def render_html(report: dict[str, Any], markers: Sequence[dict[str, Any]], layou
         chart = _efficacy_plot(eff)
         if chart:
             parts.append(f"<img alt='efficacy chart' src='{chart}'>")
-        from medue.evidence import summarise
-
         rows = [[s["attack"], s["habit"], _fmt(s["clean"]), _fmt(s["protected_max"]), _fmt(s["protected_min"]),
                  _fmt(s["protected_mean"]), _fmt(s["train_min"]), s["protected_runs"], s["unfit_runs"]]
                 for s in summarise(eff)]

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from medue.errors import MissingDependencyError
+from medue.evidence import describe, evidence_applies, summarise
 from medue.pipeline.config import PipelineConfig
 from medue.layout import OutputLayout
 
@@ -131,8 +132,6 @@ class MlflowSink:
                            gate_pass_rate=float(np.mean([bool(f["passed"]) for f in fids])))
         efficacy_tags: dict[str, str] = {}
         if efficacy:
-            from medue.evidence import describe, evidence_applies, summarise
-
             applies, why = evidence_applies(efficacy, config.protect.method, fit_info.get("params", {}), facts)
             efficacy_tags = {"medue.efficacy.evidence": describe(efficacy)[:500],
                              "medue.efficacy.applies": "yes" if applies else f"no: {why}"[:500]}
