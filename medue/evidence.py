@@ -132,12 +132,16 @@ def row_key(row: dict[str, Any]) -> str:
 
 
 def summarise(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """One line per attack: clean baseline, protected mean / worst / best over seeds, runs that did not fit."""
+    """One line per attack: clean baseline, protected mean / worst / best over the seeds whose model fitted its
+    training set, runs that did not fit and the best clean-test accuracy among those (``unfit_max``)."""
     groups: dict[str, dict[str, Any]] = {}
     for r in result.get("rows", []):
-        g = groups.setdefault(row_key(r), {"first": r, "clean": [], "protected": [], "unfit": 0, "train": []})
+        g = groups.setdefault(row_key(r), {"first": r, "clean": [], "protected": [], "unfit": 0, "train": [],
+                                           "unfit_protected": []})
         if not r["fit"]:
             g["unfit"] += 1
+            if r["training_data"] == "protected":
+                g["unfit_protected"].append(r["clean_test_accuracy"])
             continue
         g[r["training_data"]].append(r)
         if r["training_data"] == "protected":
@@ -156,6 +160,9 @@ def summarise(result: dict[str, Any]) -> list[dict[str, Any]]:
                     "protected_max": round(float(np.max(prot)), 4) if prot else None,
                     "protected_min": round(float(np.min(prot)), 4) if prot else None,
                     "train_min": round(float(np.min(g["train"])), 4) if g["train"] else None,
+                    # a model that did not fit its training set proves no protection, but what it learned all the
+                    # same (high clean-test accuracy) proves that the protection failed
+                    "unfit_max": round(float(np.max(g["unfit_protected"])), 4) if g["unfit_protected"] else None,
                     "protected_runs": len(prot), "unfit_runs": g["unfit"]})
     return out
 
@@ -164,8 +171,10 @@ def verdict(result: dict[str, Any], *, method: str, params: dict[str, Any], fact
             target: float = TARGET) -> dict[str, Any]:
     """Plain lists from a result: what the release is protected against, what not, and what was not tested.
 
-    An attack is "protected against" when its worst fitted protected run is at or below ``target``; an attack whose
-    runs all failed to fit their training set, and everything in :data:`NEVER_TESTED`, is "not tested". When the
+    An attack is "protected against" when its worst fitted protected run is at or below ``target``. It is "not
+    protected against" when any run exceeds ``target``, a run whose model did not fit its training set included (it
+    learned that much all the same). An attack whose runs all failed to fit and stayed at or below ``target``, and
+    everything in :data:`NEVER_TESTED`, is "not tested". When the
     result is not this release's evidence (:func:`evidence_applies`), nothing is "protected against": every measured
     attack moves to "not tested" and ``note`` says whose evidence it is.
     """
@@ -177,16 +186,23 @@ def verdict(result: dict[str, Any], *, method: str, params: dict[str, Any], fact
         out["note"] = why if why.startswith("evidence from") else "not measured for this release: " + why
     for s in summarise(result):
         words = s["attack"]
-        if s["protected_max"] is None:
-            out["not_tested"].append(f"{words} (no run fitted its training set)" if s["unfit_runs"] else words)
-            continue
         clean = "not tested" if s["clean"] is None else f"{s['clean']:.3f}"
-        text = (f"{words}: worst seed {s['protected_max']:.3f} (of {s['protected_runs']} runs; best "
-                f"{s['protected_min']:.3f}) vs {clean} on clean data")
+        worst = max(v for v in (s["protected_max"], s["unfit_max"], -1.0) if v is not None)
+        if worst < 0:
+            out["not_tested"].append(words)
+            continue
         if not applies:
-            out["not_tested"].append(f"{words} (measured on other data: {s['protected_max']:.3f})")
+            out["not_tested"].append(f"{words} (measured on other data: {worst:.3f})")
+        elif s["protected_max"] is None and worst <= target:
+            out["not_tested"].append(f"{words} (no run fitted its training set)")
+        elif worst > target and (s["protected_max"] is None or s["protected_max"] <= target):
+            out["does_not_protect_against"].append(
+                f"{words}: {worst:.3f} by a model that did not fit its training set (it learned that much all the "
+                f"same) vs {clean} on clean data")
         else:
-            out["protects_against" if s["protected_max"] <= target else "does_not_protect_against"].append(text)
+            text = (f"{words}: worst seed {s['protected_max']:.3f} (of {s['protected_runs']} fitted runs; best "
+                    f"{s['protected_min']:.3f}) vs {clean} on clean data")
+            out["protects_against" if worst <= target else "does_not_protect_against"].append(text)
     out["not_tested"] += list(NEVER_TESTED)
     for name in (result.get("not_run") or []):
         out["not_tested"].append(name)

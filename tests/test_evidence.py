@@ -48,11 +48,19 @@ def test_verdict_counts_the_worst_seed_against_the_target():
     assert (s["protected_min"], s["protected_max"], s["protected_runs"]) == (0.55, 0.71, 3)
     v = verdict(result, method="salm", params=PARAMS, facts=BR35H)
     assert v["target"] == TARGET == 0.60 and v["protects_against"] == []
-    assert v["does_not_protect_against"][0].startswith("resnet18_flip_crop: worst seed 0.710 (of 3 runs")
+    assert v["does_not_protect_against"][0].startswith("resnet18_flip_crop: worst seed 0.710 (of 3 fitted runs")
     assert set(NEVER_TESTED) <= set(v["not_tested"])
-    result["rows"][-1]["fit"] = False  # a run that did not fit its training set is not evidence either way
+    result["rows"][-1]["fit"] = False  # a model that did not fit: no proof of protection, but it learned 0.71
+    v = verdict(result, method="salm", params=PARAMS, facts=BR35H)
+    assert v["protects_against"] == []
+    assert v["does_not_protect_against"][0].startswith("resnet18_flip_crop: 0.710 by a model that did not fit")
+    result["rows"][-1]["clean_test_accuracy"] = 0.52  # an unfit model at chance says nothing: the fitted runs decide
     v = verdict(result, method="salm", params=PARAMS, facts=BR35H)
     assert v["protects_against"][0].startswith("resnet18_flip_crop: worst seed 0.550")
+    for r in result["rows"]:
+        r["fit"] = r["training_data"] == "clean"  # no protected run fitted, none above the target: not tested
+    v = verdict(result, method="salm", params=PARAMS, facts=BR35H)
+    assert "resnet18_flip_crop (no run fitted its training set)" in v["not_tested"]
 
 
 def test_borrowed_evidence_protects_against_nothing():

@@ -616,15 +616,18 @@ def results_markdown(result: dict[str, Any]) -> str:
     lines += [f"## Summary (clean-test accuracy; target: the worst seed at or below {TARGET:.2f}; rows whose model "
               "did not fit its training set are left out)", "",
               "| attack | habit | clean data | release: worst seed | best seed | mean | attacker's training accuracy "
-              "(lowest) | runs | unfit | |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "(lowest) | runs | unfit (best of them) | |", "|---|---|---|---|---|---|---|---|---|---|"]
     def fmt(v: float | None) -> str:
         return "not tested" if v is None else f"{v:.3f}"
 
     for s in summarise(result):
-        mark = "" if s["protected_max"] is None else ("stopped" if s["protected_max"] <= TARGET else "**not stopped**")
+        worst = max((v for v in (s["protected_max"], s["unfit_max"]) if v is not None), default=None)
+        mark = ("" if worst is None else "**not stopped**" if worst > TARGET
+                else "stopped" if s["protected_max"] is not None else "no fitted run")
         lines.append(f"| {s['attack']} | {s['habit']} | {fmt(s['clean'])} | {fmt(s['protected_max'])} | "
                      f"{fmt(s['protected_min'])} | {fmt(s['protected_mean'])} | {fmt(s['train_min'])} | "
-                     f"{s['protected_runs']} | {s['unfit_runs']} | {mark} |")
+                     f"{s['protected_runs']} | {s['unfit_runs']}"
+                     + (f" ({s['unfit_max']:.3f})" if s["unfit_max"] is not None else "") + f" | {mark} |")
     if result.get("not_run"):
         lines += ["", "Not run: " + "; ".join(result["not_run"]) + "."]
     if result.get("attacks"):
