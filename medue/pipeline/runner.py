@@ -355,7 +355,7 @@ def fit_release(config: PipelineConfig, *, resume: bool = False, progress: Calla
     world = World.current()
     key = config.read_key()
     layout = OutputLayout(config.output_path)
-    items, labels = _labelled_inputs(config, ignored=[], key=key)
+    items, labels, _ = _labelled_inputs(config, ignored=[], key=key)
     identity = release_identity(config, key_fingerprint(key), labels)
     previous = layout.private / "protector.json"
     info = json.loads(previous.read_text()) if previous.exists() and layout.protector_state.exists() else None
@@ -407,20 +407,23 @@ def _output_lock(config: PipelineConfig) -> Iterator[None]:
 
 
 def _labelled_inputs(config: PipelineConfig, ignored: list[dict[str, str]], key: str | None = None
-                     ) -> tuple[list[InputItem], Any]:
-    """The release's inputs (files skipped on purpose go to ``ignored``), each with its label, and the labels.
+                     ) -> tuple[list[InputItem], Any, list[InputItem]]:
+    """The release's inputs (files skipped on purpose go to ``ignored``), each with its label, the labels, and the
+    held-out items.
 
-    With ``labels.holdout`` the held-out items (:func:`holdout_ids`, drawn with ``key``) are left out: they are
-    never fitted on or exported.
+    With ``labels.holdout`` the held-out items (:func:`holdout_ids`, drawn with ``key``) are left out of the first
+    list: they are never fitted on or exported.
     """
     items = discover_inputs(config.input_path, ignored=ignored)
     labels = config.read_labels(items)
+    held: list[InputItem] = []
     if labels is not None:
         items = [dataclasses.replace(it, label=labels.by_item.get(it.item_id)) for it in items]
     if config.labels.holdout and labels is not None:
-        held = holdout_ids(labels, config.labels.holdout, key or config.read_key())
-        items = [it for it in items if it.item_id not in held]
-    return items, labels
+        ids = holdout_ids(labels, config.labels.holdout, key or config.read_key())
+        held = [it for it in items if it.item_id in ids]
+        items = [it for it in items if it.item_id not in ids]
+    return items, labels, held
 
 
 def damaged_fit_artefacts(layout: OutputLayout, record: dict[str, Any]) -> list[str]:
@@ -461,14 +464,12 @@ def holdout_ids(labels: Any, fraction: float, key: str) -> set[str]:
     return held
 
 
-def _write_holdout(layout: OutputLayout, config: PipelineConfig, labels: Any, key: str,
+def _write_holdout(layout: OutputLayout, config: PipelineConfig, labels: Any, held: list[InputItem],
                    say: Callable[[str], None]) -> None:
     """``private/holdout.local.json``: the held-out items (id, class, paths) that ``medue evaluate --self`` tests on."""
-    held = holdout_ids(labels, config.labels.holdout, key)
-    by_id = {it.item_id: it for it in discover_inputs(config.input_path)}
     record = {"fraction": config.labels.holdout, "classes": list(labels.classes),
-              "items": {i: {"label": labels.classes[labels.by_item[i]], "kind": by_id[i].kind,
-                            "paths": list(by_id[i].paths)} for i in sorted(held) if i in by_id}}
+              "items": {it.item_id: {"label": labels.classes[it.label], "kind": it.kind, "paths": list(it.paths)}
+                        for it in sorted(held, key=lambda it: it.item_id)}}
     write_text_atomic(layout.private / "holdout.local.json", json.dumps(record, indent=2))
     say(f"held out {len(held)} labelled item(s) ({config.labels.holdout:.0%} of each class): never fitted or "
         "exported; listed in private/holdout.local.json for `medue evaluate --self`")
@@ -509,10 +510,10 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
     if removed:
         say(f"removed {len(removed)} partial output(s) left by an interrupted run")
     ignored: list[dict[str, str]] = []
-    items, labels = _labelled_inputs(config, ignored, key)
+    items, labels, held = _labelled_inputs(config, ignored, key)
     write_text_atomic(layout.private / "ignored.local.json", json.dumps(ignored, indent=2))
     if config.labels.holdout and labels is not None:
-        _write_holdout(layout, config, labels, key, say)
+        _write_holdout(layout, config, labels, held, say)
     if ignored:
         say(f"ignored {len(ignored)} file(s) on purpose (hidden files, sidecars); listed in private/ignored.local.json")
     if labels is not None:
