@@ -370,6 +370,7 @@ def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path,
     given = {r: lab for r, lab in train_table.items() if r not in pool_rels}
     released, expected, status = read_release(work, root / "train", given, classes)
     clean_arrays, y_all, all_rels = load_split(root, "train", classes)
+    position = {r: i for i, r in enumerate(all_rels)}
     in_release = [i for i, r in enumerate(all_rels) if r in given]
     in_pool = [i for i, r in enumerate(all_rels) if r in pool_rels]
     rels = [all_rels[i] for i in in_release]
@@ -380,8 +381,7 @@ def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path,
                     y_prot=np.array([expected[r] for r in exported_rels], dtype=np.int64),
                     x_clean=x_all[in_release], y_clean=y_all[in_release],
                     x_test=_as_uint8(test_arrays, size), y_test=y_test,
-                    originals_of_prot=x_all[[all_rels.index(r) for r in exported_rels]] if exported_rels
-                    else x_all[:0],
+                    originals_of_prot=x_all[[position[r] for r in exported_rels]],
                     x_pool=x_all[in_pool] if in_pool else None, y_pool=y_all[in_pool] if in_pool else None)
     per_class = {c: {"expected": int(sum(1 for r in rels if expected[r] == i)),
                      "exported": int(sum(1 for r in exported_rels if expected[r] == i))} for i, c in enumerate(classes)}
@@ -486,20 +486,17 @@ def evaluate_own_release(config: Any, *, settings: ReleaseEvalSettings = Release
     side = min(max(common), SELF_EVAL_MAX_SIDE)
     size = (side, side)
 
-    def read(kind: str, paths: Sequence[str]) -> np.ndarray:
-        return _read_file_slices(kind, paths)
-
     prot, orig, y = [], [], []
     for m in done:
         files = [str(out / "release" / o["path"]) for o in m.get("outputs", [])]
-        p = _as_uint8([read(_kind_of(Path(files[0])), files)], size)
-        o = _as_uint8([read(index[m["item_id"]]["kind"], index[m["item_id"]]["paths"])], size)
+        p = _as_uint8([_read_file_slices(_kind_of(Path(files[0])), files)], size)
+        o = _as_uint8([_read_file_slices(index[m["item_id"]]["kind"], index[m["item_id"]]["paths"])], size)
         prot.append(p)
         orig.append(o)
         y += [labels["by_item"][m["item_id"]]] * len(p)
     test, y_test = [], []
     for entry in held.values():
-        t = _as_uint8([read(entry["kind"], entry["paths"])], size)
+        t = _as_uint8([_read_file_slices(entry["kind"], entry["paths"])], size)
         test.append(t)
         y_test += [classes.index(entry["label"])] * len(t)
     x_prot = np.concatenate(prot)
