@@ -3,7 +3,7 @@
 Not release evidence: the deltas are computed here with the same pure functions the protector uses, not written by
 `medue run`. A candidate that screens well is measured with `medue evaluate` on release files.
 
-Candidate syntax: ``name:period:ratio:psnr:rounds`` (rounds 0: the oriented gratings, unrefined), or ``clean``.
+Candidate syntax: ``name:period:ratio:psnr:rounds[:region]`` (region tissue, background or any) (rounds 0: the oriented gratings, unrefined), or ``clean``.
 
     OMP_NUM_THREADS=1 python benchmarks/exploration/eot_screen.py --out s.jsonl --candidates clean grating:8:0.5:38.5:0
 """
@@ -23,6 +23,7 @@ from medue.efficacy import countermeasures
 from medue.efficacy.release import _as_uint8, load_split, resample
 from medue.efficacy.train import TrainSettings, train_classifier
 from medue.protect.base import UnitSpace
+from medue.protect.masks import flat_region_mask
 from medue.protect.robust import fit_tiles, place, salient_mask
 
 ATTACKS = {
@@ -46,11 +47,21 @@ def spaces_for(x: np.ndarray) -> UnitSpace:
                      torch.tensor(np.maximum(hi - lo, 1.0), dtype=torch.float32).view(-1, 1, 1, 1), 0.0, 255.0)
 
 
+def region_mask(x_model: torch.Tensor, ratio: float, region: str) -> torch.Tensor:
+    if region == "tissue":
+        return salient_mask(x_model, ratio)
+    if region == "background":
+        return flat_region_mask(x_model, ratio, max_level=None)
+    if region == "any":
+        return torch.ones_like(x_model)
+    raise ValueError(region)
+
+
 def protect(x: np.ndarray, y: np.ndarray, *, period: int, ratio: float, psnr: float, rounds: int, eps: int = 8,
-            seed: int = 0) -> tuple[np.ndarray, list[float], float]:
+            seed: int = 0, region: str = "tissue") -> tuple[np.ndarray, list[float], float]:
     xu = torch.from_numpy(x.astype(np.float32))[:, None]
     space = spaces_for(x)
-    mask = salient_mask(space.to_model(xu), ratio)
+    mask = region_mask(space.to_model(xu), ratio, region)
     labels = torch.from_numpy(y.astype(np.int64))
     t = time.perf_counter()
     tiles, hist = fit_tiles(xu, labels, space, mask, epsilon=eps, period=period, psnr_db=psnr, rounds=rounds,
@@ -98,9 +109,9 @@ def main() -> None:
         if cand == "clean":
             xp, info = x, {}
         else:
-            name, period, ratio, psnr, rounds = cand.split(":")
+            name, period, ratio, psnr, rounds, *rest = cand.split(":")
             xp, hist, fit_s = protect(x, y, period=int(period), ratio=float(ratio), psnr=float(psnr),
-                                      rounds=int(rounds), seed=args.seed)
+                                      rounds=int(rounds), seed=args.seed, region=rest[0] if rest else "tissue")
             ps = [peak_signal_noise_ratio(a, b, data_range=max(int(a.max()) - int(a.min()), 1)) for a, b in zip(x, xp)]
             ss = [structural_similarity(a, b, data_range=max(int(a.max()) - int(a.min()), 1)) for a, b in zip(x, xp)]
             info = {"psnr_min": round(float(np.min(ps)), 2), "ssim_min": round(float(np.min(ss)), 4),

@@ -90,7 +90,13 @@ def place(tiles: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, x_units
     h, w = x_units.shape[-2:]
     raw = tile_to(tiles, h, w)[labels].unsqueeze(1) * mask
     span = (x_units.flatten(1).amax(1) - x_units.flatten(1).amin(1)).clamp_min(1.0)
-    scaled = raw * budget_scale(raw.detach(), span, psnr_db)
+    scale = budget_scale(raw.detach(), span, psnr_db)
+    for _ in range(8):  # rounding can add error: shrink the samples still over the budget
+        over = budget_scale(torch.round(raw.detach() * scale).clamp(-epsilon, epsilon), span, psnr_db) < 1
+        if not bool(over.any()):
+            break
+        scale = torch.where(over, scale * 0.93, scale)
+    scaled = raw * scale
     rounded = round_ste(scaled) if differentiable else torch.round(scaled)
     rounded = rounded.clamp(-epsilon, epsilon)
     return (x_units + rounded).clamp(space.lo, space.hi) - x_units
