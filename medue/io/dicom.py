@@ -581,6 +581,15 @@ def _derive_enhanced(ds: Dataset, src: Dataset, derivation: str) -> None:
                             ft.FrameType = ["DERIVED", *values[1:]]
     frames = ds.get("PerFrameFunctionalGroupsSequence")
     if frames is None:
+        # no per-frame groups: a Derivation Image group the source shares over its frames names the source's own
+        # sources, instances this release never had; the copy's shared group names this derivation instead
+        for shared in ds.get("SharedFunctionalGroupsSequence", []):
+            if "DerivationImageSequence" in shared:
+                derived = Dataset()
+                derived.DerivationDescription = derivation[:1024]
+                derived.DerivationCodeSequence = DicomSequence([_code(DERIVATION_CODE)])
+                derived.SourceImageSequence = DicomSequence([_source_reference(src)])
+                shared.DerivationImageSequence = DicomSequence([derived])
         return
     # Source Image Evidence Sequence (C.8.13.1, required once frames carry a Derivation Image group with
     # Image Type DERIVED): every instance the derivation references, as a hierarchical SOP instance reference

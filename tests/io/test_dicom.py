@@ -289,6 +289,27 @@ def test_enhanced_multiframe_derivation_is_described_per_frame():
         assert ref.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
 
 
+def test_enhanced_object_without_per_frame_groups_names_its_input_not_the_sources_source():
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from medue.io.dicom import _derive_enhanced
+
+    src = Dataset()
+    src.SOPClassUID, src.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4.1", "1.2.3.4"
+    src.ImageType = ["DERIVED", "PRIMARY"]
+    shared, inherited, ref = Dataset(), Dataset(), Dataset()
+    ref.ReferencedSOPInstanceUID = "9.9.9"  # the source's own source: never an input of this release
+    inherited.SourceImageSequence = Sequence([ref])
+    shared.DerivationImageSequence = Sequence([inherited])
+    src.SharedFunctionalGroupsSequence = Sequence([shared])
+    ds = __import__("copy").deepcopy(src)
+    _derive_enhanced(ds, src, "medue salm")
+    derived = ds.SharedFunctionalGroupsSequence[0].DerivationImageSequence
+    assert len(derived) == 1 and derived[0].DerivationDescription == "medue salm"
+    assert [r.ReferencedSOPInstanceUID for r in derived[0].SourceImageSequence] == ["1.2.3.4"]
+
+
 @pytest.mark.parametrize("sop_class, delete, expect", [
     ("1.2.840.10008.5.1.4.1.1.6.1", None, None),  # grayscale ultrasound: an image, accepted
     ("1.2.840.10008.5.1.4.1.1.481.2", None, ("not_an_image", "dose grid")),  # RT Dose
