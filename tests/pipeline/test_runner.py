@@ -1,9 +1,11 @@
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -240,6 +242,57 @@ def test_kill_9_then_resume_finishes_exactly_once(tmp_path):
     assert not list((tmp_path / "out").rglob("*.partial-*"))
     manifest = json.loads((tmp_path / "out" / "release" / "manifest.json").read_text())
     assert len(manifest["items"]) == 8 and all(i["status"] == "done" for i in manifest["items"])
+
+
+def _kill_config(tmp_path, name: str) -> Path:
+    import yaml
+
+    from medue.testing import make_nifti
+
+    inputs = tmp_path / "in"
+    if not inputs.exists():
+        for k in range(6):
+            make_nifti(inputs / f"v{k}.nii", shape=(32, 32, 6), seed=k)
+        (tmp_path / "k").write_text("kill-test-key-0123456789")
+    cfg = {"name": "kill", "input": str(inputs), "output": str(tmp_path / name),
+           "key": {"env": "MEDUE_UNSET", "file": str(tmp_path / "k")},
+           "protect": {"method": "salm", "params": {"epsilon": 3, "max_rounds": 1, "inner_steps": 6, "train_steps": 1},
+                       "fit_max_slices": 8, "fit_size": 16},
+           "fidelity": {"min_psnr_db": 10, "min_ssim": 0.1}, "execution": {"device": "cpu"},
+           "tracking": {"enabled": False}, "report": {"enabled": True}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+#: Where a run is killed: the first file of each stage, relative to the output folder.
+KILL_STAGES = {"fit": "private/inputs.local.json", "noise saved": "private/protector.pt",
+               "export": "markers/*.json", "manifest": "release/manifest.json"}
+
+
+@pytest.mark.parametrize("stage", list(KILL_STAGES))
+def test_kill_at_each_stage_then_resume_gives_the_uninterrupted_release(tmp_path, stage):
+    reference = _kill_config(tmp_path, "reference")
+    cmd = [sys.executable, "-m", "medue.cli", "run"]
+    assert subprocess.run([*cmd, str(reference), "--quiet"], timeout=300).returncode == 0
+    killed = _kill_config(tmp_path, "killed")
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, str(killed), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list(out.glob(KILL_STAGES[stage])):
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert subprocess.run([*cmd, str(killed), "--quiet", "--resume"], timeout=300).returncode == 0
+
+    def release(root: Path) -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (root / "release").glob("*.nii")}
+
+    assert release(out) == release(tmp_path / "reference") and len(release(out)) == 6
+    assert not list(out.rglob("*.partial-*")) and not (out / ".medue.lock").exists()
+    items = json.loads((out / "release" / "manifest.json").read_text())["items"]
+    assert sorted(i["status"] for i in items) == ["done"] * 6
+    assert (out / "report" / "report.json").exists() or list(out.rglob("report.json"))
 
 
 def test_resume_refuses_another_key_or_params_and_ignores_execution(tiny_config, tmp_path):
