@@ -540,8 +540,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
-#: How libraries say that a disk is full (torch's writer, SQLite, the C library).
-DISK_FULL = ("no space left on device", "database or disk is full", "file write failed", "disk quota exceeded")
+#: How libraries say that a disk is full (torch's writer, SQLite, the C library). Torch's zip writer reports a
+#: short write only as a position it did not expect ("unexpected pos 368384 vs 368272" on a full tmpfs).
+DISK_FULL = ("no space left on device", "database or disk is full", "file write failed", "disk quota exceeded",
+             "unexpected pos")
 
 
 def _fault_line(exc: BaseException) -> str | None:

@@ -260,7 +260,7 @@ def _kill_config(tmp_path, name: str) -> Path:
                        "fit_max_slices": 8, "fit_size": 16},
            "fidelity": {"min_psnr_db": 10, "min_ssim": 0.1}, "execution": {"device": "cpu"},
            "tracking": {"enabled": False}, "report": {"enabled": True}}
-    path = tmp_path / f"{name}.yaml"
+    path = tmp_path / f"{name.replace('/', '_')}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -293,6 +293,45 @@ def test_kill_at_each_stage_then_resume_gives_the_uninterrupted_release(tmp_path
     items = json.loads((out / "release" / "manifest.json").read_text())["items"]
     assert sorted(i["status"] for i in items) == ["done"] * 6
     assert (out / "report" / "report.json").exists() or list(out.rglob("report.json"))
+
+
+def _mount_tmpfs(where: Path, size: str) -> bool:
+    where.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                          capture_output=True).returncode == 0
+
+
+def test_a_real_full_disk_gives_one_line_and_a_bigger_disk_plus_resume_the_full_release(tmp_path):
+    """The output on a tmpfs too small for the release (root only: skipped where mount is not allowed)."""
+    import shutil
+
+    mnt = tmp_path / "mnt"
+    if os.geteuid() != 0 or not _mount_tmpfs(mnt, "400k"):
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        reference = _kill_config(tmp_path, "reference")
+        cmd = [sys.executable, "-m", "medue.cli", "run"]
+        assert subprocess.run([*cmd, str(reference), "--quiet"], timeout=300).returncode == 0
+        small = _kill_config(tmp_path, "mnt/out")
+        full = subprocess.run([*cmd, str(small), "--quiet"], capture_output=True, text=True, timeout=300)
+        assert full.returncode != 0 and "Traceback" not in full.stderr
+        assert "disk" in full.stderr.lower() or "space" in full.stderr.lower(), full.stderr
+        saved = tmp_path / "saved"
+        shutil.copytree(mnt / "out", saved, symlinks=True)
+        subprocess.run(["umount", str(mnt)], check=True)
+        assert _mount_tmpfs(mnt, "8m")
+        shutil.copytree(saved, mnt / "out", symlinks=True)
+        resumed = subprocess.run([*cmd, str(small), "--quiet", "--resume"], capture_output=True, text=True,
+                                 timeout=300)
+        assert resumed.returncode == 0, resumed.stderr
+
+        def release(root: Path) -> dict[str, str]:
+            return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (root / "release").glob("*.nii")}
+
+        assert release(mnt / "out") == release(tmp_path / "reference") and len(release(mnt / "out")) == 6
+        assert not list((mnt / "out").rglob("*.partial-*"))
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
 def test_resume_refuses_another_key_or_params_and_ignores_execution(tiny_config, tmp_path):
