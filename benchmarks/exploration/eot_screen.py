@@ -3,7 +3,9 @@
 Not release evidence: the deltas are computed here with the same pure functions the protector uses, not written by
 `medue run`. A candidate that screens well is measured with `medue evaluate` on release files.
 
-Candidate syntax: ``name:period:ratio:psnr:rounds[:region]`` (region tissue, background or any) (rounds 0: the oriented gratings, unrefined), or ``clean``.
+Candidate syntax: ``name:period:ratio:psnr:rounds[:region[:blank]]`` (rounds 0: the oriented gratings, unrefined;
+region tissue, background or any; blank: the first class carries no pattern), ``lines`` (today's default,
+pipelines/default.yaml) or ``clean``.
 
     OMP_NUM_THREADS=1 python benchmarks/exploration/eot_screen.py --out s.jsonl --candidates clean grating:8:0.5:38.5:0
 """
@@ -57,8 +59,22 @@ def region_mask(x_model: torch.Tensor, ratio: float, region: str) -> torch.Tenso
     raise ValueError(region)
 
 
+def protect_lines(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[np.ndarray, list[float], float]:
+    """Today's default (pipelines/default.yaml): the placed line pattern, first class blank."""
+    import yaml
+
+    from medue.protect import build_protector
+
+    params = yaml.safe_load(open(Path(__file__).parents[2] / "pipelines" / "default.yaml"))["protect"]["params"]
+    protector = build_protector("salm", **params)
+    xu = torch.from_numpy(x.astype(np.float32))[:, None]
+    d = protector.fit(xu, torch.from_numpy(y.astype(np.int64)), spaces_for(x),
+                      generator=torch.Generator().manual_seed(seed))
+    return (xu + d)[:, 0].numpy().astype(np.uint8), [], 0.0
+
+
 def protect(x: np.ndarray, y: np.ndarray, *, period: int, ratio: float, psnr: float, rounds: int, eps: int = 8,
-            seed: int = 0, region: str = "tissue") -> tuple[np.ndarray, list[float], float]:
+            seed: int = 0, region: str = "tissue", blank: bool = False) -> tuple[np.ndarray, list[float], float]:
     xu = torch.from_numpy(x.astype(np.float32))[:, None]
     space = spaces_for(x)
     mask = region_mask(space.to_model(xu), ratio, region)
@@ -66,6 +82,7 @@ def protect(x: np.ndarray, y: np.ndarray, *, period: int, ratio: float, psnr: fl
     t = time.perf_counter()
     tiles, hist = fit_tiles(xu, labels, space, mask, epsilon=eps, period=period, psnr_db=psnr, rounds=rounds,
                             train_steps=10, noise_steps=10, batch_size=64, lr=0.05, step=1.0, seed=seed,
+                            blank=0 if blank else None,
                             generator=torch.Generator().manual_seed(seed),
                             progress=lambda s: print(s, flush=True))
     fit_s = time.perf_counter() - t
@@ -109,9 +126,13 @@ def main() -> None:
         if cand == "clean":
             xp, info = x, {}
         else:
-            name, period, ratio, psnr, rounds, *rest = cand.split(":")
-            xp, hist, fit_s = protect(x, y, period=int(period), ratio=float(ratio), psnr=float(psnr),
-                                      rounds=int(rounds), seed=args.seed, region=rest[0] if rest else "tissue")
+            if cand == "lines":
+                xp, hist, fit_s = protect_lines(x, y, seed=args.seed)
+            else:
+                name, period, ratio, psnr, rounds, *rest = cand.split(":")
+                xp, hist, fit_s = protect(x, y, period=int(period), ratio=float(ratio), psnr=float(psnr),
+                                          rounds=int(rounds), seed=args.seed, region=rest[0] if rest else "tissue",
+                                          blank=len(rest) > 1 and rest[1] == "blank")
             ps = [peak_signal_noise_ratio(a, b, data_range=max(int(a.max()) - int(a.min()), 1)) for a, b in zip(x, xp)]
             ss = [structural_similarity(a, b, data_range=max(int(a.max()) - int(a.min()), 1)) for a, b in zip(x, xp)]
             info = {"psnr_min": round(float(np.min(ps)), 2), "ssim_min": round(float(np.min(ss)), 4),

@@ -105,8 +105,8 @@ def place(tiles: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, x_units
 def fit_tiles(x_units: torch.Tensor, labels: torch.Tensor, space: UnitSpace, mask: torch.Tensor, *, epsilon: int,
               period: int, psnr_db: float, rounds: int, train_steps: int, noise_steps: int, batch_size: int,
               lr: float, step: float, seed: int, generator: torch.Generator, habits: tuple[str, ...] = HABITS,
-              ensemble: tuple[str, ...] = ENSEMBLE, progress: Callable[[str], None] | None = None
-              ) -> tuple[torch.Tensor, list[float]]:
+              ensemble: tuple[str, ...] = ENSEMBLE, blank: int | None = None,
+              progress: Callable[[str], None] | None = None) -> tuple[torch.Tensor, list[float]]:
     """Min-min fit of class tiles through random attacker habits; returns ``(tiles in units, accuracy per round)``.
 
     Args:
@@ -115,9 +115,12 @@ def fit_tiles(x_units: torch.Tensor, labels: torch.Tensor, space: UnitSpace, mas
         mask: ``(N, 1, H, W)`` 0/1 placement (:func:`salient_mask`).
         rounds: Min-min rounds (0: the gratings, unrefined).
         step: Sign-step size in stored units.
+        blank: A class left without a pattern (its tile stays zero), or ``None``.
     """
     num_classes = int(labels.max()) + 1
     tiles = oriented_gratings(num_classes, period).to(x_units.device) * epsilon
+    if blank is not None:
+        tiles[blank] = 0
     energy = tiles.flatten(1).norm(dim=1).clamp_min(1e-6)
     history: list[float] = []
     if rounds == 0:
@@ -158,6 +161,8 @@ def fit_tiles(x_units: torch.Tensor, labels: torch.Tensor, space: UnitSpace, mas
             # keep each class at its grating's energy: a class whose pattern fades is a class left unprotected
             norm = t.flatten(1).norm(dim=1).clamp_min(1e-6)
             tiles = (t * (energy / norm).view(-1, 1, 1)).clamp(-epsilon, epsilon).detach()
+            if blank is not None:
+                tiles[blank] = 0
         acc = _accuracy(models, x_units, labels, lambda idx: view(idx, tiles, False), batch_size)
         history.append(acc)
         if progress is not None:
