@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from medue._version import __version__  # noqa: E402
 
 from medue.errors import (  # noqa: E402
     DeidentificationError,

@@ -36,7 +36,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from medue import __version__
+    from medue._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="medue", description="Make medical imaging releases unlearnable, check clinical utility, export and audit.",

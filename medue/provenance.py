@@ -87,7 +87,7 @@ class StepRecord:
 
 def capture_environment() -> dict[str, Any]:
     """Versions of Python, medue and the libraries that shape the output, plus determinism flags."""
-    from medue import __version__
+    from medue._version import __version__
 
     env: dict[str, Any] = {
         "python": sys.version.split()[0],

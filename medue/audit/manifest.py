@@ -6,15 +6,15 @@ import datetime as _dt
 import json
 from typing import Any, Sequence
 
-from medue import __version__
+from medue._version import __version__
 from medue.io.atomic import write_text_atomic
-from medue.pipeline.config import PipelineConfig
 from medue.layout import DONE, OutputLayout
+from medue.records import ReleaseRecord
 
 MANIFEST_SCHEMA = "medue.manifest/1"
 
 
-def write_manifest(layout: OutputLayout, config: PipelineConfig, markers: Sequence[dict[str, Any]],
+def write_manifest(layout: OutputLayout, config: ReleaseRecord, markers: Sequence[dict[str, Any]],
                    fit_info: dict[str, Any], key_fingerprint: str) -> dict[str, Any]:
     """Write ``release/manifest.json`` and a first ``release/SHA256SUMS`` (``sha256sum -c`` compatible)."""
     items = []
@@ -35,14 +35,14 @@ def write_manifest(layout: OutputLayout, config: PipelineConfig, markers: Sequen
         "release": config.name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "medue_version": __version__,
-        "config_hash": config.config_hash(),
-        "method": config.protect.method,
+        "config_hash": config.config_hash,
+        "method": config.method,
         "key_fingerprint": key_fingerprint,
         "protector_state_fingerprint": fit_info.get("state_fingerprint", ""),
         "items": items,
         # the release's own documents: SHA256SUMS lists these and every item output, the same files as here (the
         # documents carry no hash here: the reports are written after the manifest, and no file holds its own hash)
-        "documents": ["manifest.json"] + (["report.html", "report.json"] if config.report.enabled else []),
+        "documents": ["manifest.json"] + (["report.html", "report.json"] if config.report_enabled else []),
     }
     layout.release.mkdir(parents=True, exist_ok=True)
     write_text_atomic(layout.release / "manifest.json", json.dumps(manifest, indent=2))

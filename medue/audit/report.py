@@ -17,8 +17,8 @@ import numpy as np
 
 from medue.evidence import TARGET, summarise, verdict
 from medue.io.atomic import write_text_atomic
-from medue.pipeline.config import PipelineConfig
 from medue.layout import DONE, FAILED, GATE_FAILED, QUARANTINED, OutputLayout
+from medue.records import ReleaseRecord
 
 REPORT_SCHEMA = "medue.report/1"
 
@@ -235,14 +235,14 @@ def _conformance(markers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def build_report(layout: OutputLayout, config: PipelineConfig, markers: Sequence[dict[str, Any]],
+def build_report(layout: OutputLayout, config: ReleaseRecord, markers: Sequence[dict[str, Any]],
                  fit_info: dict[str, Any], key_fingerprint: str, env: dict[str, Any],
                  manifest: dict[str, Any], efficacy: dict[str, Any] | None = None,
                  release_checks: Sequence[dict[str, Any]] = (),
                  ignored: Sequence[dict[str, str]] = (), facts: Any = None) -> tuple[Path, Path]:
     """Write ``release/report.json`` (schema-validated) and ``release/report.html``; return their paths.
 
-    ``efficacy`` is the attached ``medue evaluate`` result (:meth:`PipelineConfig.load_efficacy_results`).
+    ``efficacy`` is the attached ``medue evaluate`` result (``PipelineConfig.load_efficacy_results``).
     """
     items = []
     for m in sorted(markers, key=lambda m: m["item_id"]):
@@ -259,18 +259,18 @@ def build_report(layout: OutputLayout, config: PipelineConfig, markers: Sequence
         "release": config.name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "medue_version": str(env.get("medue", "")),
-        "method": config.protect.method,
+        "method": config.method,
         "key_fingerprint": key_fingerprint,
-        "config_hash": config.config_hash(),
+        "config_hash": config.config_hash,
         "protector": {"params": fit_info.get("params", {}), "state_fingerprint": fit_info.get("state_fingerprint", ""),
                       "fit_slices": fit_info.get("slices"), "fit_pixels_used": fit_info.get("pixels_used", True),
                       "fit_seconds": fit_info.get("fit_seconds"),
                       "surrogate_accuracy_per_round": fit_info.get("surrogate_accuracy_per_round", [])},
-        "policy": config.to_dict()["fidelity"],
+        "policy": config.fidelity_policy,
         "policies": {"deidentification": config.deidentification, "uid_mode": config.uid_mode,
-                     "labels_in_release": config.labels.include_in_release, "reversible": config.protect.reversible,
-                     "fidelity_override": ({"reason": config.fidelity.override_reason, "by": config.fidelity.override_by}
-                                           if config.fidelity.override_reason else None)},
+                     "labels_in_release": config.labels_in_release, "reversible": config.reversible,
+                     "fidelity_override": ({"reason": config.override_reason, "by": config.override_by}
+                                           if config.override_reason else None)},
         "warnings": [{"item_id": m["item_id"], "warning": str(w)}
                      for m in sorted(markers, key=lambda m: m["item_id"]) for w in m.get("warnings", [])],
         "summary": {"items": len(markers), **counts, "ignored": len(ignored), "held_out": held_out,
@@ -279,7 +279,7 @@ def build_report(layout: OutputLayout, config: PipelineConfig, markers: Sequence
         "items": items,
         "conformance": _conformance(markers) + list(release_checks),
         "efficacy": efficacy,
-        "efficacy_verdict": (efficacy_verdict(efficacy, method=config.protect.method,
+        "efficacy_verdict": (efficacy_verdict(efficacy, method=config.method,
                                               params=fit_info.get("params", {}), facts=facts) if efficacy else None),
         "limitations": LIMITATIONS,
         "environment": env,
@@ -288,7 +288,7 @@ def build_report(layout: OutputLayout, config: PipelineConfig, markers: Sequence
     json_path = layout.release / "report.json"
     write_text_atomic(json_path, json.dumps(report, indent=2, default=str))
     html_path = layout.release / "report.html"
-    write_text_atomic(html_path, render_html(report, markers, layout, config.report.max_items_pictured))
+    write_text_atomic(html_path, render_html(report, markers, layout, config.max_items_pictured))
     return json_path, html_path
 
 

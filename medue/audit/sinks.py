@@ -12,8 +12,8 @@ import numpy as np
 
 from medue.errors import MissingDependencyError
 from medue.evidence import describe, evidence_applies, summarise
-from medue.pipeline.config import PipelineConfig
 from medue.layout import OutputLayout
+from medue.records import ReleaseRecord
 
 
 def default_tracking_uri(layout: OutputLayout) -> str:
@@ -22,19 +22,6 @@ def default_tracking_uri(layout: OutputLayout) -> str:
     db.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{db}"
 
-
-def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
-    else:
-        out[prefix] = value
-
-
-#: Config fields never logged as params: paths may carry PHI (folder names), the key source is site detail.
-#: Config values never logged: every field the config marks private (paths, the tracking store), and the name of
-#: the key's environment variable.
-PRIVATE_PARAMS = frozenset(PipelineConfig.private_fields() | {"key.env"})
 
 
 class MlflowSink:
@@ -65,14 +52,14 @@ class MlflowSink:
             location = self.artifact_root.resolve().as_uri()
         return client.create_experiment(self.experiment, artifact_location=location)
 
-    def start(self, config: PipelineConfig, key_fingerprint: str) -> str:
+    def start(self, config: ReleaseRecord, key_fingerprint: str) -> str:
         """Open the release's MLflow run now (status RUNNING), so its start time and duration are the release's
         and a release that dies shows as FAILED rather than not at all. Returns the run id."""
-        from medue import __version__
+        from medue._version import __version__
 
         self.mlflow.set_tracking_uri(self.tracking_uri)
         client = self.mlflow.tracking.MlflowClient(tracking_uri=self.tracking_uri)
-        tags = {"medue.version": __version__, "medue.release": config.name, "medue.method": config.protect.method,
+        tags = {"medue.version": __version__, "medue.release": config.name, "medue.method": config.method,
                 "medue.key_fingerprint": key_fingerprint}
         earlier = self._close_earlier(client)
         if earlier:
@@ -106,7 +93,7 @@ class MlflowSink:
             self.mlflow.tracking.MlflowClient(tracking_uri=self.tracking_uri).set_terminated(self.run_id, status=status)
             self.run_id = None
 
-    def log_release(self, *, config: PipelineConfig, markers: Sequence[dict[str, Any]], summary_counts: dict[str, int],
+    def log_release(self, *, config: ReleaseRecord, markers: Sequence[dict[str, Any]], summary_counts: dict[str, int],
                     fit_info: dict[str, Any], key_fingerprint: str, env: dict[str, Any], manifest: dict[str, Any],
                     report_paths: tuple[Path | None, Path | None], seconds: float,
                     efficacy: dict[str, Any] | None = None,
@@ -114,9 +101,7 @@ class MlflowSink:
         mlflow = self.mlflow
         mlflow.set_tracking_uri(self.tracking_uri)
         exp_id = self._experiment_id()
-        params: dict[str, Any] = {}
-        _flatten("", config.to_dict(), params)
-        params = {k: v for k, v in params.items() if k not in PRIVATE_PARAMS}
+        params: dict[str, Any] = dict(config.public_params)  # no path, no tracking store, no key variable
         params["protector.state_fingerprint"] = fit_info.get("state_fingerprint", "")
         params["items"] = len(markers)
         metrics: dict[str, float] = {f"count_{k}": float(v) for k, v in summary_counts.items()}
@@ -132,7 +117,7 @@ class MlflowSink:
                            gate_pass_rate=float(np.mean([bool(f["passed"]) for f in fids])))
         efficacy_tags: dict[str, str] = {}
         if efficacy:
-            applies, why = evidence_applies(efficacy, config.protect.method, fit_info.get("params", {}), facts)
+            applies, why = evidence_applies(efficacy, config.method, fit_info.get("params", {}), facts)
             efficacy_tags = {"medue.efficacy.evidence": describe(efficacy)[:500],
                              "medue.efficacy.applies": "yes" if applies else f"no: {why}"[:500]}
             if applies:  # numbers measured for another method, parameters or data are not this release's
@@ -146,8 +131,8 @@ class MlflowSink:
                 metrics["diagnostic_accuracy_drop"] = float(check["accuracy_drop"])
         metrics["fit_seconds"] = float(fit_info.get("fit_seconds", 0.0))
         metrics["run_seconds"] = float(seconds)
-        tags = {"medue.version": env.get("medue", ""), "medue.config_hash": config.config_hash(),
-                "medue.key_fingerprint": key_fingerprint, "medue.method": config.protect.method,
+        tags = {"medue.version": env.get("medue", ""), "medue.config_hash": config.config_hash,
+                "medue.key_fingerprint": key_fingerprint, "medue.method": config.method,
                 "medue.release": config.name, "torch.version": str(env.get("torch", ""))}
         tags.update(efficacy_tags)
         tags.update({"medue.check.diagnostic": c["result"] for c in release_checks
@@ -212,11 +197,11 @@ def _create_store_atomically(db: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def open_sink(config: PipelineConfig, layout: OutputLayout) -> MlflowSink:
-    uri = config.tracking.uri or default_tracking_uri(layout)
+def open_sink(config: ReleaseRecord, layout: OutputLayout) -> MlflowSink:
+    uri = config.tracking_uri or default_tracking_uri(layout)
     if uri.startswith("sqlite:///"):  # the embedded store, or a site's own SQLite file: made whole, once
         db = Path(uri[len("sqlite:///"):])
         if not db.exists():
             _create_store_atomically(db)
-    return MlflowSink(uri, config.tracking.experiment, layout.root / "mlflow" / "artifacts",
+    return MlflowSink(uri, config.tracking_experiment, layout.root / "mlflow" / "artifacts",
                       record=layout.private / "mlflow_run.local.json")

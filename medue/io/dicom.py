@@ -649,7 +649,7 @@ def write_dicom_series(
     Raises:
         ExportError: when the source files are gone, or the re-read output differs from what was written.
     """
-    from medue import __version__
+    from medue._version import __version__
 
     files = [Path(p) for p in volume.header.get("dicom_files", [])]
     if not files:

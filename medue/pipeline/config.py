@@ -25,6 +25,7 @@ from medue.errors import InvalidConfigError
 from medue.fidelity.checks import FidelityThresholds
 from medue.io.dicom import DEID_POLICIES
 from medue.labels import ID_COLUMNS, LABEL_SOURCES
+from medue.records import ReleaseRecord
 
 CONFIG_VERSION = 1
 
@@ -208,6 +209,30 @@ class PipelineConfig(_Section):
 
         walk(cls, "")
         return out
+
+    def record(self) -> ReleaseRecord:
+        """What the audit layer is told about this config (:class:`medue.records.ReleaseRecord`)."""
+        private = self.private_fields() | {"key.env"}
+        flat: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                flat[prefix] = value
+
+        walk("", self.to_dict())
+        return ReleaseRecord(
+            name=self.name, config_hash=self.config_hash(), method=self.protect.method,
+            public_params={k: v for k, v in flat.items() if k not in private and not any(
+                k.startswith(p + ".") for p in private)},
+            fidelity_policy=self.to_dict()["fidelity"], deidentification=self.deidentification,
+            uid_mode=self.uid_mode, labels_in_release=self.labels.include_in_release,
+            reversible=self.protect.reversible, override_reason=self.fidelity.override_reason,
+            override_by=self.fidelity.override_by, max_items_pictured=self.report.max_items_pictured,
+            report_enabled=self.report.enabled, tracking_uri=self.tracking.uri,
+            tracking_experiment=self.tracking.experiment, output_path=self.output_path)
 
     def config_hash(self) -> str:
         """Hash of what determines the release's content: not ``execution``, ``tracking`` or ``report``."""

@@ -483,8 +483,8 @@ def _run_locked(config: PipelineConfig, *, shard: tuple[int, int], resume: bool,
     if config.tracking.enabled:
         key = config.read_key()
         OutputLayout(config.output_path).root.mkdir(parents=True, exist_ok=True)
-        sink = open_sink(config, OutputLayout(config.output_path))
-        sink.start(config, key_fingerprint(key))
+        sink = open_sink(config.record(), OutputLayout(config.output_path))
+        sink.start(config.record(), key_fingerprint(key))
     try:
         return _run_release(config, shard=shard, resume=resume, progress=progress, show_bar=show_bar, sink=sink)
     except BaseException as exc:
@@ -616,10 +616,11 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
     summary.markers = sorted(markers, key=lambda m: m["item_id"])
 
     all_markers = [m for p in sorted(layout.markers.glob("*.json")) if (m := read_marker(p)) is not None]
-    manifest = write_manifest(layout, config, all_markers, fit_info, fingerprint)
+    record = config.record()
+    manifest = write_manifest(layout, record, all_markers, fit_info, fingerprint)
     env = capture_environment()
     if config.report.enabled:
-        summary.report_json, summary.report_html = build_report(layout, config, all_markers, fit_info, fingerprint,
+        summary.report_json, summary.report_html = build_report(layout, record, all_markers, fit_info, fingerprint,
                                                                 env, manifest, efficacy=efficacy,
                                                                 release_checks=release_checks, ignored=ignored,
                                                                 facts=facts)
@@ -627,7 +628,7 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
     summary.seconds = round(time.perf_counter() - t_start, 2)
     if sink is not None:
         summary.mlflow_run_id, summary.tracking_uri = sink.log_release(
-            config=config, markers=all_markers, summary_counts=summary.counts, fit_info=fit_info,
+            config=record, markers=all_markers, summary_counts=summary.counts, fit_info=fit_info,
             key_fingerprint=fingerprint, env=env, manifest=manifest, report_paths=(summary.report_json,
                                                                                   summary.report_html),
             seconds=summary.seconds, efficacy=efficacy, release_checks=release_checks, facts=facts)

@@ -257,7 +257,7 @@ class Protector(ABC):
             "fraction_changed": float(changed / array.size),
             "l2_units": float(np.sqrt(squared)),
         }
-        from medue import __version__
+        from medue._version import __version__
 
         step = StepRecord(
             name=self.key,

@@ -108,8 +108,8 @@ def test_a_killed_release_s_run_is_closed_killed_and_linked_by_the_resume(tiny_c
     cfg = load_config(tiny_config(tracking={"enabled": True}))
     layout = OutputLayout(cfg.output_path)
     layout.root.mkdir(parents=True)
-    killed = open_sink(cfg, layout)
-    dead_run = killed.start(cfg, "0123456789abcdef")  # a release whose process was killed -9 here: never closed
+    killed = open_sink(cfg.record(), layout)
+    dead_run = killed.start(cfg.record(), "0123456789abcdef")  # a release whose process was killed -9 here: never closed
     summary = run_pipeline(cfg, resume=True)
     client = mlflow.tracking.MlflowClient(tracking_uri=summary.tracking_uri)
     assert client.get_run(dead_run).info.status == "KILLED"
