@@ -29,6 +29,7 @@ import torch
 from medue.device import derive_seed, make_generator, resolve_device
 from medue.errors import InvalidVolumeError
 from medue.fidelity.checks import FidelityReport, FidelityThresholds, check_fidelity
+from medue.pipeline.fit import fit_seed
 from medue.protect import build_protector
 from medue.protect.base import Protector, UnitSpace
 from medue.provenance import fingerprint_array
@@ -99,7 +100,7 @@ def _as_units(data: np.ndarray | Volume, unit: float | None) -> _Units:
 
 def fit(volumes: Sequence[np.ndarray | Volume], labels: Sequence[int] | None = None, *, key: str,
         method: str = "salm", params: Mapping[str, Any] | None = None, device: str = "auto",
-        unit: float | None = None) -> Protector:
+        unit: float | None = None, release_name: str = "release") -> Protector:
     """Fit ``method`` over every slice of ``volumes`` (one in-plane size) and return the fitted protector.
 
     Args:
@@ -107,6 +108,8 @@ def fit(volumes: Sequence[np.ndarray | Volume], labels: Sequence[int] | None = N
         labels: One class index per volume (class-wise methods need them), or ``None``.
         key: The site's secret; the fit is deterministic for it.
         method, params: As ``protect.method`` / ``protect.params`` in a pipeline config.
+        release_name: As ``name`` in a pipeline config: with the same key, the fit draws the same random numbers
+            as ``medue run`` of that release (:func:`medue.pipeline.fit.fit_seed`).
     """
     if not volumes:
         raise InvalidVolumeError("fit needs at least one volume")
@@ -124,7 +127,7 @@ def fit(volumes: Sequence[np.ndarray | Volume], labels: Sequence[int] | None = N
     x = torch.cat([torch.from_numpy(u.volume.array.astype(np.float32)).unsqueeze(1) for u in units]).to(dev)
     space = UnitSpace.per_sample(spaces, counts).to(dev)
     y = None if labels is None else torch.tensor([int(c) for c, n in zip(labels, counts) for _ in range(n)]).to(dev)
-    protector.fit(x, y, space, generator=make_generator(derive_seed(key, "fit", method)))
+    protector.fit(x, y, space, generator=make_generator(fit_seed(key, release_name)))
     model = getattr(protector, "model", None)
     if model is not None:
         model.to("cpu")

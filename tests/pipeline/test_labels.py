@@ -137,7 +137,7 @@ def test_fit_from_labels_alone_reads_no_volume_and_matches_the_pixel_fit(method,
                                                                         monkeypatch):
     """A placed class pattern (and conv, t2ue) is fitted from the labels: no volume is read before export, and the
     protector is the one a fit over every slice gives."""
-    import medue.pipeline.runner as runner
+    import medue.pipeline.fit as runner  # the fit reads (or does not read) the items
 
     table = tmp_path / "labels.csv"
     table.write_text("path,label\nseries_a,tumour\nvol.nii.gz,normal\n")

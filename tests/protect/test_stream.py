@@ -140,10 +140,10 @@ def _em_config(tmp_path, **protect):
 
 
 def test_the_release_fits_every_slice_and_resume_continues_an_interrupted_fit(tmp_path, monkeypatch):
-    from medue.pipeline import runner
+    from medue.pipeline import fit
 
     config = load_config(_em_config(tmp_path))
-    monkeypatch.setattr(runner, "MAX_FIT_BYTES", 1)  # the in-memory cap no longer applies to a streamed fit
+    monkeypatch.setattr(fit, "MAX_FIT_BYTES", 1)  # the in-memory cap no longer applies to a streamed fit
     summary = run_pipeline(config)
     assert summary.exit_code == EXIT_OK
     info = json.loads((config.output_path / "private" / "protector.json").read_text())
