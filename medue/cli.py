@@ -1,4 +1,4 @@
-"""``medue`` command line: run | protect | fit | check | report | evaluate | inspect | restore | methods.
+"""``medue`` command line: init | run | protect | fit | check | report | evaluate | inspect | restore | methods.
 
 Exit codes: 0 ok, 1 unexpected error, 2 invalid config or arguments, 3 fidelity gate failed,
 4 partial batch (some inputs quarantined or failed).
@@ -46,6 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="more log lines (-v debug, -vv also third-party libraries)")
     parser.add_argument("--log-json", action="store_true", help="log lines as JSON objects, one per line")
     sub = parser.add_subparsers(dest="command", metavar="command")
+
+    p = sub.add_parser("init", help="write a commented config and a labels table for your own folder",
+                       description="Write a commented pipeline config and a labels table (path,label, one row per item "
+                                   "medue finds; the class from the first sub-folder when the folder holds one folder "
+                                   "per class, else empty to fill in) for FOLDER. Then: medue check CONFIG; medue run "
+                                   "CONFIG.", epilog=EPILOG)
+    p.add_argument("folder", type=Path, help="the folder of images to release")
+    p.add_argument("--config", type=Path, help="where the config goes (default: <folder name>.yaml here)")
+    p.add_argument("--labels", type=Path, help="where the labels table goes (default: beside the config)")
+    p.add_argument("--output", type=Path, help="the release's output folder (default: out/<folder name>)")
+    p.add_argument("--force", action="store_true", help="overwrite a config or labels table that exists")
 
     p = sub.add_parser("run", help="run a whole release job from a pipeline config", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -468,7 +479,19 @@ def _methods(_: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": _run, "protect": _run, "fit": _fit, "check": _check, "inspect": _inspect, "report": _report,
+def _init(args: argparse.Namespace) -> int:
+    from medue.site_init import init_site
+
+    done = init_site(args.folder, config=args.config, labels=args.labels, output=args.output, force=args.force)
+    print(f"wrote {done.config}")
+    print(f"wrote {done.labels}: {done.items} item(s)"
+          + (f", classes from sub-folders: {', '.join(done.classes)}" if done.classes else
+             f", {done.unlabelled} label(s) to fill in"))
+    print(f"next: set MEDUE_KEY, then `medue check {done.config.name}` and `medue run {done.config.name}`")
+    return EXIT_OK
+
+
+COMMANDS = {"init": _init, "run": _run, "protect": _run, "fit": _fit, "check": _check, "inspect": _inspect, "report": _report,
             "evaluate": _evaluate, "restore": _restore, "methods": _methods, "config-schema": _config_schema,
             "completion": _completion}
 

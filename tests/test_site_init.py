@@ -1,0 +1,46 @@
+"""`medue init FOLDER`: a config and a labels table for a site's own folder, checked by `medue check`."""
+
+import csv
+
+import pytest
+
+from medue.cli import main
+from medue.errors import InvalidConfigError
+from medue.pipeline.config import load_config
+from medue.site_init import init_site
+from medue.testing import make_nifti
+
+
+def test_init_reads_classes_from_sub_folders_and_the_config_checks(tmp_path, monkeypatch, capsys):
+    for c in ("glioma", "normal"):
+        for k in range(2):
+            make_nifti(tmp_path / "data" / c / f"v{k}.nii", shape=(16, 16, 3), seed=k)
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", "data"]) == 0
+    assert "classes from sub-folders: glioma, normal" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "data_labels.csv")))
+    assert [(r["path"], r["label"]) for r in rows] == [("glioma/v0.nii", "glioma"), ("glioma/v1.nii", "glioma"),
+                                                       ("normal/v0.nii", "normal"), ("normal/v1.nii", "normal")]
+    monkeypatch.setenv("MEDUE_KEY", "a-site-secret-of-enough-length")
+    cfg = load_config(tmp_path / "data.yaml")
+    assert cfg.protect.method == "salm" and cfg.protect.params == {} and cfg.deidentification == "refuse"
+    assert main(["check", "data.yaml"]) == 0
+    assert "labels {'glioma': 2, 'normal': 2}" in capsys.readouterr().out
+    assert main(["init", "data"]) == 2  # never overwrites without --force
+    assert main(["init", "data", "--force"]) == 0
+
+
+def test_a_flat_folder_gets_empty_labels_that_check_reports(tmp_path, monkeypatch, capsys):
+    for k in range(3):
+        make_nifti(tmp_path / "flat" / f"v{k}.nii", shape=(16, 16, 3), seed=k)
+    done = init_site(tmp_path / "flat", config=tmp_path / "site.yaml")
+    assert done.unlabelled == 3 and done.classes == ()
+    monkeypatch.setenv("MEDUE_KEY", "a-site-secret-of-enough-length")
+    assert main(["check", str(done.config)]) == 2
+    assert "label" in capsys.readouterr().err.lower()
+
+
+def test_init_of_a_folder_without_images_says_so(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidConfigError, match="finds no DICOM, NIfTI"):
+        init_site(tmp_path / "empty", config=tmp_path / "x.yaml")
