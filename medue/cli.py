@@ -156,10 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="de-identification policy (default: the --config's, else refuse)")
     p.add_argument("--config", type=Path, help="apply this pipeline config's policies, as `run` would")
 
-    p = sub.add_parser("restore", help="restore original stored values from a protected file and its delta")
-    p.add_argument("protected", type=Path, help="protected NIfTI file")
+    p = sub.add_parser("restore", help="restore original stored values from a protected item and its delta",
+                       description="Bit-exact restoration by an authorised partner: the protected NIfTI file or DICOM "
+                                   "series folder, and its private delta, give the original stored values (checked "
+                                   "by fingerprint).", epilog=EPILOG)
+    p.add_argument("protected", type=Path, help="protected NIfTI file, or the folder of a protected DICOM series")
     p.add_argument("delta", type=Path, help="private/deltas/<item_id>.npz")
-    p.add_argument("out", type=Path)
+    p.add_argument("out", type=Path, help="the restored NIfTI file, or a new folder for the DICOM series")
 
     sub.add_parser("methods", help="list protection methods and their parameters")
     return parser
@@ -442,29 +445,28 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    import nibabel as nib
-    import numpy as np
-
     from medue.errors import InvalidConfigError
-    from medue.io.delta import restore_original
-    from medue.io.nifti import is_nifti, read_nifti, write_nifti
+    from medue.io.nifti import is_nifti
+    from medue.io.restore import restore_dicom_series, restore_nifti
 
     problems = []
-    if not args.protected.is_file():
-        problems.append(f"protected file {args.protected} not found")
-    elif not is_nifti(args.protected):
-        problems.append(f"{args.protected.name}: restore works on protected NIfTI files (.nii/.nii.gz); for DICOM, "
-                        "restore the stored values with medue.io.delta.restore_original on the series array")
+    dicom = args.protected.is_dir() or (args.protected.is_file() and not is_nifti(args.protected))
+    if not args.protected.exists():
+        problems.append(f"protected item {args.protected} not found; give a protected NIfTI file or the folder of a "
+                        "protected DICOM series (under <output>/release/)")
     if not args.delta.is_file():
         problems.append(f"delta file {args.delta} not found; it is under <output>/private/deltas/<item_id>.npz of a "
                         "run with protect.reversible: true")
+    if dicom and args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        problems.append(f"{args.out} exists; a restored DICOM series goes into a new folder")
     if problems:
         raise InvalidConfigError(problems, source="restore")
-    vol = read_nifti(args.protected)
-    original = restore_original(vol.array, args.delta)
-    write_nifti(vol.with_array(original, vol.history[-1]), args.out)
-    print(f"restored {args.out} ({int(np.count_nonzero(original != vol.array))} voxels changed back; "
-          f"nibabel {nib.__version__})")
+    if dicom:
+        files, changed = restore_dicom_series(args.protected, args.delta, args.out)
+        print(f"restored {len(files)} DICOM file(s) into {args.out} ({changed} voxels changed back)")
+    else:
+        changed = restore_nifti(args.protected, args.delta, args.out)
+        print(f"restored {args.out} ({changed} voxels changed back)")
     return EXIT_OK
 
 

@@ -65,6 +65,20 @@ def test_restore_command(tiny_config, tmp_path, capsys):
     from medue.io.nifti import read_nifti
 
     assert (read_nifti(restored).array == read_nifti(tmp_path / "in" / "vol.nii.gz").array).all()
+    # a DICOM series: its release folder and its delta give the source's stored values, bit for bit
+    from medue.io.dicom import read_dicom_series
+
+    dicom = next(json.loads(p.read_text()) for p in (out / "markers").glob("*.json")
+                 if json.loads(p.read_text()).get("format") == "dicom")
+    series = (out / "release" / dicom["outputs"][0]["path"]).parent
+    assert main(["restore", str(series), str(out / dicom["delta"]["path"]), str(tmp_path / "restored_series")]) == 0
+    restored_files = sorted((tmp_path / "restored_series").iterdir())
+    source = read_dicom_series(sorted((tmp_path / "in" / "series_a").iterdir()))
+    back = read_dicom_series(restored_files, deidentification="ignore")
+    protected = read_dicom_series(sorted(series.iterdir()), deidentification="ignore")
+    assert back.array.dtype == source.array.dtype and (back.array == source.array).all()
+    assert (protected.array != source.array).any()
+    assert main(["restore", str(series), str(out / dicom["delta"]["path"]), str(tmp_path / "restored_series")]) == 2
 
 
 def test_report_summary_exit_codes_and_restore_errors(tiny_config, tmp_path, capsys):
@@ -82,10 +96,17 @@ def test_report_summary_exit_codes_and_restore_errors(tiny_config, tmp_path, cap
     report["summary"]["gate_failed"] = 1
     (out / "release" / "report.json").write_text(json.dumps(report))
     assert main(["report", str(out)]) == 3  # the run's gate failure is the report's exit code
-    dcm = next((out / "release").rglob("*.dcm"))
-    assert main(["restore", str(dcm), str(tmp_path / "missing.npz"), str(tmp_path / "x.nii")]) == 2
+    assert main(["restore", str(tmp_path / "gone.nii"), str(tmp_path / "missing.npz"), str(tmp_path / "x.nii")]) == 2
     err = capsys.readouterr().err
-    assert "restore works on protected NIfTI" in err and "delta file" in err and "Traceback" not in err
+    assert "protected item" in err and "delta file" in err and "Traceback" not in err
+    nifti = next(json.loads(p.read_text()) for p in (out / "markers").glob("*.json")
+                 if json.loads(p.read_text()).get("format") == "nifti")
+    dicom = next(json.loads(p.read_text()) for p in (out / "markers").glob("*.json")
+                 if json.loads(p.read_text()).get("format") == "dicom")
+    series = (out / "release" / dicom["outputs"][0]["path"]).parent
+    assert main(["restore", str(series), str(out / nifti["delta"]["path"]), str(tmp_path / "wrong")]) == 1
+    assert "does not belong" in capsys.readouterr().err  # another item's delta: refused, nothing written
+    assert not (tmp_path / "wrong").exists()
 
 
 def test_run_dry_run_writes_nothing(tiny_config, tmp_path):
