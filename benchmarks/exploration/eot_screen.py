@@ -3,7 +3,7 @@
 Not release evidence: the deltas are computed here with the same pure functions the protector uses, not written by
 `medue run`. A candidate that screens well is measured with `medue evaluate` on release files.
 
-Candidate syntax: ``name:period:ratio:psnr:rounds[:region[:blank]]`` (rounds 0: the oriented gratings, unrefined;
+Candidate syntax: ``name:period:ratio:psnr:rounds[:region[:blank|all[:epsilon]]]`` (rounds 0: the oriented gratings, unrefined;
 region tissue, background or any; blank: the first class carries no pattern), ``lines`` (today's default,
 pipelines/default.yaml) or ``clean``.
 
@@ -132,7 +132,8 @@ def main() -> None:
                 name, period, ratio, psnr, rounds, *rest = cand.split(":")
                 xp, hist, fit_s = protect(x, y, period=int(period), ratio=float(ratio), psnr=float(psnr),
                                           rounds=int(rounds), seed=args.seed, region=rest[0] if rest else "tissue",
-                                          blank=len(rest) > 1 and rest[1] == "blank")
+                                          blank=len(rest) > 1 and rest[1] == "blank",
+                                          eps=int(rest[2]) if len(rest) > 2 else 8)
             ps = [peak_signal_noise_ratio(a, b, data_range=max(int(a.max()) - int(a.min()), 1)) for a, b in zip(x, xp)]
             ss = [structural_similarity(a, b, data_range=max(int(a.max()) - int(a.min()), 1)) for a, b in zip(x, xp)]
             info = {"psnr_min": round(float(np.min(ps)), 2), "ssim_min": round(float(np.min(ss)), 4),
