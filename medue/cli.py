@@ -33,6 +33,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p.add_argument("--dry-run", action="store_true",
                    help="validate the config, key, labels and inputs as `check` does; write nothing")
+    p.add_argument("--summary-json", action="store_true",
+                   help="print the run's summary as one JSON object on stdout (counts, exit code, report path)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +196,12 @@ def _run(args: argparse.Namespace) -> int:
     log = logging.getLogger("medue.run")
     say = (lambda s: None) if args.quiet else log.info
     summary = run_pipeline(config, shard=shard, resume=args.resume, progress=say, show_bar=not args.quiet)
+    if getattr(args, "summary_json", False):
+        print(json.dumps({"release": config.name, "exit_code": summary.exit_code, "counts": summary.counts,
+                          "seconds": summary.seconds, "release_checks": summary.release_checks,
+                          "report_json": str(summary.report_json) if summary.report_json else None,
+                          "mlflow_run_id": summary.mlflow_run_id}, default=str))
+        return summary.exit_code
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items()) if v)
     print(f"release {config.name}: {counts or 'nothing to do'} in {summary.seconds:.1f} s")
     print(f"  output:  {summary.output / 'release'}")
@@ -498,30 +506,47 @@ COMMANDS = {"init": _init, "run": _run, "protect": _run, "fit": _fit, "check": _
             "completion": _completion}
 
 
+#: Fields a log record may carry besides its message (``extra=``), copied into its JSON line.
+LOG_FIELDS = ("item_id", "status", "reason", "event", "done", "total")
+
+
 class _JsonFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC, ISO 8601), level, logger, message."""
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, and the record's fields
+    (:data:`LOG_FIELDS`: an item line carries its ``item_id``, ``status`` and ``reason``)."""
 
     def format(self, record: logging.LogRecord) -> str:
         import datetime as _dt
 
-        return json.dumps({"time": _dt.datetime.fromtimestamp(record.created, _dt.timezone.utc).isoformat(),
-                           "level": record.levelname.lower(), "logger": record.name,
-                           "message": record.getMessage()})
+        line = {"time": _dt.datetime.fromtimestamp(record.created, _dt.timezone.utc).isoformat(),
+                "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
+        line.update({k: getattr(record, k) for k in LOG_FIELDS if hasattr(record, k)})
+        return json.dumps(line, default=str)
+
+
+#: Libraries whose log lines medue routes through its own handler.
+THIRD_PARTY_LOGGERS = ("mlflow", "alembic", "sqlalchemy.engine", "huey", "urllib3", "git", "py.warnings")
 
 
 def _configure_logging(verbose: int, quiet: bool, as_json: bool) -> None:
     """Progress and log lines go to stderr: INFO by default, WARNING with -q, DEBUG with -v; JSON lines with
     --log-json (for a log collector). Results (tables, summaries) stay on stdout."""
+    import os
+
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    # MLflow installs its own plain-text handler when it is first imported, unless told not to
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if as_json else logging.Formatter("medue: %(message)s"))
     root = logging.getLogger("medue")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
-    if verbose < 2:  # third-party chatter (MLflow, alembic, urllib3) only with -vv
-        for name in ("mlflow", "alembic", "urllib3", "git"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    for name in THIRD_PARTY_LOGGERS:  # through the same handler: one format on stderr (all JSON with --log-json)
+        other = logging.getLogger(name)
+        other.handlers[:] = [handler]
+        other.propagate = False
+        if verbose < 2:  # third-party chatter (MLflow, alembic, urllib3) only with -vv
+            other.setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -538,7 +563,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except InvalidConfigError as exc:
-        print(f"medue: invalid configuration\n{exc}", file=sys.stderr)
+        if getattr(args, "log_json", False):  # a log collector gets the problems as a list, not prose
+            print(json.dumps({"level": "error", "logger": "medue", "event": "invalid_config",
+                              "message": "invalid configuration", "problems": list(exc.problems)}), file=sys.stderr)
+        else:
+            print(f"medue: invalid configuration\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
     except FidelityCheckFailed as exc:
         print(f"medue: fidelity gate failed: {exc}", file=sys.stderr)

@@ -129,6 +129,24 @@ def test_log_lines_as_json_and_quiet(tiny_config, capsys):
     assert "fitting" not in capsys.readouterr().err
 
 
+def test_etl_output_json_lines_item_fields_json_config_errors_and_a_json_summary(tiny_config, tmp_path, capsys):
+    import json as _json
+
+    (tmp_path / "in" / "broken.nii").write_bytes(b"not a nifti file")
+    code = main(["--log-json", "run", str(tiny_config(tracking={"enabled": True})), "--summary-json"])
+    out, err = capsys.readouterr()
+    assert code == 4  # one item quarantined
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    records = [_json.loads(ln) for ln in lines]  # every line JSON, MLflow's own lines included
+    item = [r for r in records if r.get("item_id")]
+    assert item and item[0]["status"] == "quarantined" and item[0]["reason"]
+    summary = _json.loads(out.strip().splitlines()[-1])
+    assert summary["exit_code"] == 4 and summary["counts"]["done"] == 2 and summary["counts"]["quarantined"] == 1
+    assert main(["--log-json", "run", str(tmp_path / "missing.yaml")]) == 2
+    problem = _json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert problem["event"] == "invalid_config" and problem["problems"]
+
+
 def test_shell_completion_completes_commands_and_options(capsys, tmp_path):
     import shutil
     import subprocess
