@@ -3,7 +3,8 @@
 Not release evidence: the deltas are computed here with the same pure functions the protector uses, not written by
 `medue run`. A candidate that screens well is measured with `medue evaluate` on release files.
 
-Candidate syntax: ``name:period:ratio:psnr:rounds[:region[:blank|all[:epsilon]]]`` (rounds 0: the oriented gratings, unrefined;
+Candidate syntax: ``name:period:ratio:psnr:rounds[:region[:blank|all[:epsilon]]]`` (name ``blobs``: a lattice of
+period//2-px blobs, placed; otherwise rounds 0: the oriented gratings, unrefined;
 region tissue, background or any; blank: the first class carries no pattern), ``lines`` (today's default,
 pipelines/default.yaml) or ``clean``.
 
@@ -26,7 +27,7 @@ from medue.efficacy.release import _as_uint8, load_split, resample
 from medue.efficacy.train import TrainSettings, train_classifier
 from medue.protect.base import UnitSpace
 from medue.protect.masks import flat_region_mask
-from medue.protect.robust import fit_tiles, place, salient_mask
+from medue.protect.robust import blob_lattice, fit_tiles, place, salient_mask
 
 ATTACKS = {
     "r18_plain": dict(recipe="none"),
@@ -74,12 +75,17 @@ def protect_lines(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[np.ndarr
 
 
 def protect(x: np.ndarray, y: np.ndarray, *, period: int, ratio: float, psnr: float, rounds: int, eps: int = 8,
-            seed: int = 0, region: str = "tissue", blank: bool = False) -> tuple[np.ndarray, list[float], float]:
+            seed: int = 0, region: str = "tissue", blank: bool = False, kind: str = "eot"
+            ) -> tuple[np.ndarray, list[float], float]:
     xu = torch.from_numpy(x.astype(np.float32))[:, None]
     space = spaces_for(x)
     mask = region_mask(space.to_model(xu), ratio, region)
     labels = torch.from_numpy(y.astype(np.int64))
     t = time.perf_counter()
+    if kind == "blobs":  # a lattice of period//2 px blobs, positive, placed (no fit)
+        tiles = blob_lattice(int(labels.max()) + 1, period, max(1, period // 2), blank=0 if blank else None) * eps
+        d = place(tiles, labels, mask, xu, space, epsilon=eps, psnr_db=psnr)
+        return (xu + d)[:, 0].numpy().astype(np.uint8), [], 0.0
     tiles, hist = fit_tiles(xu, labels, space, mask, epsilon=eps, period=period, psnr_db=psnr, rounds=rounds,
                             train_steps=10, noise_steps=10, batch_size=64, lr=0.05, step=1.0, seed=seed,
                             blank=0 if blank else None,
@@ -133,7 +139,7 @@ def main() -> None:
                 xp, hist, fit_s = protect(x, y, period=int(period), ratio=float(ratio), psnr=float(psnr),
                                           rounds=int(rounds), seed=args.seed, region=rest[0] if rest else "tissue",
                                           blank=len(rest) > 1 and rest[1] == "blank",
-                                          eps=int(rest[2]) if len(rest) > 2 else 8)
+                                          eps=int(rest[2]) if len(rest) > 2 else 8, kind=name)
             ps = [peak_signal_noise_ratio(a, b, data_range=max(int(a.max()) - int(a.min()), 1)) for a, b in zip(x, xp)]
             ss = [structural_similarity(a, b, data_range=max(int(a.max()) - int(a.min()), 1)) for a, b in zip(x, xp)]
             info = {"psnr_min": round(float(np.min(ps)), 2), "ssim_min": round(float(np.min(ss)), 4),
