@@ -60,7 +60,8 @@ class MlflowSink:
         self.mlflow.set_tracking_uri(self.tracking_uri)
         client = self.mlflow.tracking.MlflowClient(tracking_uri=self.tracking_uri)
         tags = {"medue.version": __version__, "medue.release": config.name, "medue.method": config.method,
-                "medue.key_fingerprint": key_fingerprint}
+                "medue.key_fingerprint": key_fingerprint, **_source_tags(),
+                "mlflow.note.content": f"medue release {config.name}: {config.method} protection (running)"}
         earlier = self._close_earlier(client)
         if earlier:
             tags["medue.resumed_from_run"] = earlier
@@ -135,6 +136,13 @@ class MlflowSink:
                 "medue.key_fingerprint": key_fingerprint, "medue.method": config.method,
                 "medue.release": config.name, "torch.version": str(env.get("torch", ""))}
         tags.update(efficacy_tags)
+        tags.update(_source_tags())
+        done, total = summary_counts.get("done", 0), len(markers)
+        tags["mlflow.note.content"] = (
+            f"medue release {config.name}: {config.method} protection; {done} of {total} item(s) exported, "
+            + ", ".join(f"{k} {v}" for k, v in sorted(summary_counts.items()) if k not in ("done", "skipped") and v)
+            + (f"; efficacy: {efficacy_tags.get('medue.efficacy.applies', '')}" if efficacy_tags else
+               "; efficacy not measured for this release")).rstrip(", ")
         tags.update({"medue.check.diagnostic": c["result"] for c in release_checks
                      if c.get("check", "").startswith("diagnostic")})
         with (mlflow.start_run(run_id=self.run_id) if self.run_id else
@@ -162,9 +170,38 @@ class MlflowSink:
             for p in report_paths:
                 if p is not None and p.exists():
                     mlflow.log_artifact(str(p), artifact_path="report")
+                    if p.suffix == ".html":  # the report's figures, as images the MLflow UI shows
+                        with tempfile.TemporaryDirectory() as tmp:
+                            for name, png in report_figures(p.read_text(encoding="utf-8")):
+                                (Path(tmp) / name).write_bytes(png)
+                            if any(Path(tmp).iterdir()):
+                                mlflow.log_artifacts(tmp, artifact_path="figures")
             run_id = run.info.run_id
         self.run_id = None  # closed FINISHED by the context manager
         return run_id, self.tracking_uri
+
+
+def _source_tags() -> dict[str, str]:
+    """MLflow's own tags for who ran what: the operating-system user and the medue command."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no user name in a container without a passwd entry
+        user = "unknown"
+    return {"mlflow.user": user, "mlflow.source.name": "medue run", "mlflow.source.type": "LOCAL"}
+
+
+def report_figures(html_text: str) -> list[tuple[str, bytes]]:
+    """The PNG figures embedded in a report's HTML, as ``(file name from the alt text, bytes)``."""
+    import base64
+    import re
+
+    out = []
+    for alt, data in re.findall(r"<img alt='([^']*)' src='data:image/png;base64,([^']+)'>", html_text):
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", alt).strip("_") or "figure"
+        out.append((f"{len(out):02d}_{name}.png", base64.b64decode(data)))
+    return out
 
 
 def _public_marker(m: dict[str, Any]) -> dict[str, Any]:

@@ -53,8 +53,12 @@ def test_mlflow_run_has_params_metrics_artifacts_and_no_phi(tiny_config, tmp_pat
     blob = json.dumps([run.data.params, run.data.tags])
     assert "test-key-123-long-enough" not in blob and str(cfg.input_path) not in blob and "series_a" not in blob
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"manifest.json", "items.jsonl", "config.resolved.json", "report"} <= names
+    assert {"manifest.json", "items.jsonl", "config.resolved.json", "report", "figures"} <= names
+    figures = [a.path for a in client.list_artifacts(run.info.run_id, "figures")]
+    assert figures and all(f.endswith(".png") for f in figures)  # shown as images in the MLflow UI
     assert len(run.inputs.dataset_inputs) == 1
+    assert run.data.tags["mlflow.source.name"] == "medue run" and run.data.tags["mlflow.user"]
+    assert "1 of 1 item(s) exported" in run.data.tags["mlflow.note.content"]  # the run's description
 
 
 def test_mlflow_embedded_default_store(tiny_config):
