@@ -7,13 +7,15 @@ from typing import Any
 from medue.protect.base import Protector, UnitSpace, project
 from medue.protect.conv import ConvProtector
 from medue.protect.em import EMProtector, SEMProtector
-from medue.protect.salm import SALMProtector, salm_perturb
+from medue.protect.salm import LinesProtector, SALMProtector, SampleSALMProtector, salm_perturb
 from medue.protect.t2ue import T2UEProtector
 from medue.protect.uc import UCProtector
 from medue.registry import Registry
 
 PROTECTORS: Registry[type[Protector]] = Registry("protector")
 PROTECTORS.add("salm", SALMProtector)
+PROTECTORS.add("salm-samplewise", SampleSALMProtector)
+PROTECTORS.add("lines", LinesProtector)
 PROTECTORS.add("em", EMProtector)
 PROTECTORS.add("sem", SEMProtector)
 PROTECTORS.add("conv", ConvProtector, aliases=("cuda-conv",))

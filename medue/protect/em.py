@@ -355,3 +355,4 @@ class SEMProtector(EMProtector):
 
     key = "sem"
     rho_default = staticmethod(lambda eps: max(eps // 2, 1))  # type: ignore[assignment]
+
