@@ -44,7 +44,7 @@ def tiny_config(tmp_path: Path):
             "output": str(tmp_path / "out"),
             "deidentification": "refuse",
             "key": {"env": "MEDUE_TEST_UNSET_KEY", "file": str(tmp_path / "site.key")},
-            "protect": {"method": "salm", "params": {"epsilon": 4, "mask_ratio": 0.1, "max_rounds": 1,
+            "protect": {"method": "salm-samplewise", "params": {"epsilon": 4, "mask_ratio": 0.1, "max_rounds": 1,
                                                       "inner_steps": 2, "train_steps": 2},
                         "fit_max_slices": 8, "fit_size": 16, "reversible": True},
             "fidelity": {"min_psnr_db": 20, "min_ssim": 0.5, "max_abs_units": 4},

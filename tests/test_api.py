@@ -39,7 +39,7 @@ def test_float_volume_changes_by_whole_units_within_its_range():
     vols = [phantom((2, 24, 24), seed=i).astype(np.float32) * 0.01 for i in range(4)]
     params = {"epsilon": 6, "mode": "classwise", "placement": "flat", "mask_ratio": 0.3, "tile": 4,
               "init": "grating", "max_rounds": 0}
-    protector = fit(vols, [0, 1, 0, 1], key="k" * 20, method="salm", params=params)
+    protector = fit(vols, [0, 1, 0, 1], key="k" * 20, method="salm-samplewise", params=params)
     res = protect_volume(vols[0], protector, key="k" * 20, label=0, unit=0.05)
     assert res.array.dtype == np.float32 and res.unit == 0.05
     k = res.delta / 0.05

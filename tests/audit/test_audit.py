@@ -33,9 +33,9 @@ def test_mlflow_run_has_params_metrics_artifacts_and_no_phi(tiny_config, tmp_pat
     from medue.testing import make_release_efficacy
 
     efficacy = tmp_path / "efficacy.json"
-    params = build_protector("salm", epsilon=4, mask_ratio=0.1, max_rounds=1, inner_steps=2, train_steps=2,
+    params = build_protector("salm-samplewise", epsilon=4, mask_ratio=0.1, max_rounds=1, inner_steps=2, train_steps=2,
                              surrogate="small").params()  # as fitted: `surrogate: auto` resolved at 16 px
-    efficacy.write_text(json.dumps(make_release_efficacy("salm", params, drop=0.01, protected=0.55, modality="CT",
+    efficacy.write_text(json.dumps(make_release_efficacy("salm-samplewise", params, drop=0.01, protected=0.55, modality="CT",
                                                          image_size=(24, 24), classes=())))
     # the 24 px CT series alone: the data the result describes, so that it is this release's evidence
     cfg = load_config(tiny_config(input=str(tmp_path / "in" / "series_a"),
@@ -44,7 +44,7 @@ def test_mlflow_run_has_params_metrics_artifacts_and_no_phi(tiny_config, tmp_pat
     summary = run_pipeline(cfg)
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     run = client.get_run(summary.mlflow_run_id)
-    assert run.data.params["protect.method"] == "salm" and run.data.params["protect.params.epsilon"] == "4"
+    assert run.data.params["protect.method"] == "salm-samplewise" and run.data.params["protect.params.epsilon"] == "4"
     assert run.data.metrics["count_done"] == 1 and run.data.metrics["max_abs_units"] <= 4
     assert run.data.metrics["efficacy.resnet18_flip_crop.protected_max"] == 0.55
     assert run.data.tags["medue.efficacy.applies"] == "yes" and "synthetic-set" in run.data.tags["medue.efficacy.evidence"]

@@ -30,10 +30,10 @@ def test_verdict_box_shows_borrowed_evidence_as_not_tested(tiny_config, tmp_path
     from medue.protect import build_protector
     from medue.testing import make_release_efficacy
 
-    params = build_protector("salm", epsilon=4, mask_ratio=0.1, max_rounds=1, inner_steps=2, train_steps=2,
+    params = build_protector("salm-samplewise", epsilon=4, mask_ratio=0.1, max_rounds=1, inner_steps=2, train_steps=2,
                              surrogate="small").params()
     result = tmp_path / "br35h.json"  # measured on other data (16 px, classes a/b) than this release
-    result.write_text(json.dumps(make_release_efficacy("salm", params, protected=0.5)))
+    result.write_text(json.dumps(make_release_efficacy("salm-samplewise", params, protected=0.5)))
     cfg = load_config(tiny_config(report={"enabled": True, "efficacy_results": str(result)}))
     assert run_pipeline(cfg).exit_code == EXIT_OK
     info = render_report(cfg.output_path / "release" / "report.html")

@@ -53,7 +53,7 @@ def _fast_config(**protect):
     return parse_config({
         "name": "eval-test", "input": "unused", "output": "unused", "deidentification": "warn",
         "key": {"env": "MEDUE_TEST_UNSET_KEY", "file": "pipelines/demo.key"},
-        "protect": {"method": "salm", "params": {"epsilon": 8, "mode": "classwise", "tile": 4, "mask_ratio": 0.2,
+        "protect": {"method": "salm-samplewise", "params": {"epsilon": 8, "mode": "classwise", "tile": 4, "mask_ratio": 0.2,
                                                   "max_rounds": 1, "train_steps": 2, "inner_steps": 1,
                                                   "init": "random", **protect}},
         "fidelity": {"min_psnr_db": 20, "min_ssim": 0.5},
@@ -84,7 +84,7 @@ def test_evaluate_reads_what_run_wrote_and_never_protects_test_images(tmp_path):
                for f in released]
     assert all(changed)  # every released file differs from every original: the attackers read protected data
     assert {f.name: sha256_file(f) for f in (root / "test").iterdir()} == test_hashes  # test set untouched
-    assert res["labels_used"] and res["method"] == "salm" and res["params"]["mode"] == "classwise"
+    assert res["labels_used"] and res["method"] == "salm-samplewise" and res["params"]["mode"] == "classwise"
     assert res["fidelity"]["max_abs_units"] <= 8 and res["dataset"]["name"] == "tiny"
     assert res["dataset"]["modality"] == "OT" and res["dataset"]["clean_pool"] == 0  # no mixing: nothing held out
 

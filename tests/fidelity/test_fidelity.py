@@ -112,12 +112,12 @@ def test_efficacy_evidence_applies_across_parameters_added_later_at_their_defaul
     from medue.fidelity.diagnostic import efficacy_applies
     from medue.protect import build_protector
 
-    now = build_protector("salm", epsilon=8).params()
+    now = build_protector("salm-samplewise", epsilon=8).params()
     then = {k: v for k, v in now.items() if k not in ("fine_ratio", "fine_tile")}  # measured before they existed
-    result = {"schema": "medue.release_efficacy/1", "method": "salm", "params": then}
-    assert efficacy_applies(result, "salm", now) == (True, "")
+    result = {"schema": "medue.release_efficacy/1", "method": "salm-samplewise", "params": then}
+    assert efficacy_applies(result, "salm-samplewise", now) == (True, "")
     changed = {**now, "fine_ratio": 0.2}  # not the default: it was not measured
-    ok, why = efficacy_applies(result, "salm", changed)
+    ok, why = efficacy_applies(result, "salm-samplewise", changed)
     assert not ok and "fine_ratio: None there, 0.2 here" in why
-    ok, why = efficacy_applies(result, "salm", {**now, "epsilon": 4})
+    ok, why = efficacy_applies(result, "salm-samplewise", {**now, "epsilon": 4})
     assert not ok and "epsilon: 8 there, 4 here" in why

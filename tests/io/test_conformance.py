@@ -79,7 +79,7 @@ def test_pydicom_test_corpus_no_abort_and_no_new_findings(tmp_path):
     (tmp_path / "k").write_text("corpus-key-long-enough-123")
     cfg = {"name": "corpus", "input": str(inputs), "output": str(tmp_path / "out"), "deidentification": "ignore",
            "key": {"env": "MEDUE_TEST_UNSET_KEY", "file": str(tmp_path / "k")},
-           "protect": {"method": "salm", "params": {"epsilon": 2, "mask_ratio": 0.1, "max_rounds": 1,
+           "protect": {"method": "salm-samplewise", "params": {"epsilon": 2, "mask_ratio": 0.1, "max_rounds": 1,
                                                       "inner_steps": 1, "train_steps": 1},
                        "fit_max_slices": 16, "fit_size": 16},
            "fidelity": {"min_psnr_db": 10, "min_ssim": 0.0, "max_abs_units": 2},

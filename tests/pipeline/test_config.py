@@ -28,7 +28,7 @@ def test_all_problems_reported_at_once(tmp_path):
 def test_protector_params_validated_by_constructor():
     with pytest.raises(InvalidConfigError, match=r"protect.params.mask_ratio: mask_ratio must be in \(0, 1\]"):
         parse_config({"name": "x", "input": "i", "output": "o", "protect": {"method": "salm", "params": {"mask_ratio": 2}}})
-    with pytest.raises(InvalidConfigError, match="unknown parameter 'colour' for 'salm'; allowed: augment"):
+    with pytest.raises(InvalidConfigError, match="unknown parameter 'colour' for 'salm'; allowed: batch_size"):
         parse_config({"name": "x", "input": "i", "output": "o", "protect": {"params": {"colour": 1}}})
 
 
@@ -43,7 +43,8 @@ def test_missing_required_and_file_errors(tmp_path):
 
 
 def test_key_sources(tmp_path, monkeypatch):
-    cfg = parse_config({"name": "x", "input": "i", "output": "o", "key": {"env": "MEDUE_T_KEY", "file": None}})
+    cfg = parse_config({"name": "x", "input": "i", "output": "o", "key": {"env": "MEDUE_T_KEY", "file": None},
+                        "labels": {"source": "folder"}})
     monkeypatch.delenv("MEDUE_T_KEY", raising=False)
     with pytest.raises(InvalidConfigError, match="no protection key: set the environment variable MEDUE_T_KEY"):
         cfg.read_key()
@@ -133,7 +134,7 @@ def test_relative_paths_in_a_config_file_are_taken_from_its_folder(tmp_path, mon
 def test_memory_budget_from_the_config_or_the_machine():
     from medue.device import memory_budget
 
-    assert parse_config({"name": "x", "input": "i", "output": "o",
+    assert parse_config({"name": "x", "input": "i", "output": "o", "labels": {"source": "folder"},
                          "execution": {"memory_gb": 2.5}}).execution.memory_gb == 2.5
     with pytest.raises(InvalidConfigError, match="execution.memory_gb: must be > 0"):
         parse_config({"name": "x", "input": "i", "output": "o", "execution": {"memory_gb": 0}})

@@ -49,7 +49,7 @@ def test_labelled_release_keeps_labels_private(tiny_config, tmp_path):
     table = tmp_path / "labels.csv"
     table.write_text("path,label\nseries_a,tumour_grade_2\nvol.nii.gz,normal\n")
     cfg = load_config(tiny_config(labels={"source": "table", "table": str(table)},
-                                  protect={"method": "salm", "params": {"epsilon": 4, "mode": "classwise", "tile": 4,
+                                  protect={"method": "salm-samplewise", "params": {"epsilon": 4, "mode": "classwise", "tile": 4,
                                                                          "mask_ratio": 0.2, "max_rounds": 1,
                                                                          "train_steps": 2, "inner_steps": 1}}))
     summary = run_pipeline(cfg)
@@ -72,7 +72,7 @@ def test_blank_class_releases_the_first_class_unchanged_on_purpose(tiny_config, 
     table = tmp_path / "labels.csv"
     table.write_text("path,label\nseries_a,tumour\nvol.nii.gz,normal\n")  # classes sorted: normal is the first
     cfg = load_config(tiny_config(labels={"source": "table", "table": str(table)},
-                                  protect={"method": "salm", "params": {"epsilon": 4, "mode": "classwise", "tile": 4,
+                                  protect={"method": "salm-samplewise", "params": {"epsilon": 4, "mode": "classwise", "tile": 4,
                                                                          "placement": "flat", "init": "grating",
                                                                          "mask_ratio": 0.3, "max_rounds": 0,
                                                                          "blank_class": True}},
@@ -128,7 +128,7 @@ def test_gate_adaptation_thins_a_dense_delta_to_the_configured_fraction_and_keep
 
 
 @pytest.mark.parametrize("method,params", [
-    ("salm", {"epsilon": 4, "mode": "classwise", "placement": "flat", "mask_ratio": 0.45, "tile": 3,
+    ("salm-samplewise", {"epsilon": 4, "mode": "classwise", "placement": "flat", "mask_ratio": 0.45, "tile": 3,
               "init": "grating", "duty": 0.25, "blank_class": True, "max_rounds": 0}),
     ("conv", {"epsilon": 4}),
     ("t2ue", {"epsilon": 4, "train_steps": 3, "reference_size": 16, "random_texts": 2}),

@@ -74,10 +74,10 @@ def _efficacy_json(path, drop, **param_overrides):
     from medue.testing import make_release_efficacy
 
     # the parameters as the fitted protector records them (`surrogate: auto` resolved for the 16 px fit)
-    params = build_protector("salm", **{"epsilon": 4, "mask_ratio": 0.1, "max_rounds": 1, "inner_steps": 2,
+    params = build_protector("salm-samplewise", **{"epsilon": 4, "mask_ratio": 0.1, "max_rounds": 1, "inner_steps": 2,
                                         "train_steps": 2, "surrogate": "small", **param_overrides}).params()
     # the data of the release under test: one unlabelled 24 px CT series (SERIES below)
-    path.write_text(json.dumps(make_release_efficacy("salm", params, drop=drop, modality="CT", image_size=(24, 24),
+    path.write_text(json.dumps(make_release_efficacy("salm-samplewise", params, drop=drop, modality="CT", image_size=(24, 24),
                                                      classes=())))
     return str(path)
 
@@ -218,7 +218,7 @@ def test_kill_9_then_resume_finishes_exactly_once(tmp_path):
     (tmp_path / "k").write_text("kill-test-key-0123456789")
     cfg = {"name": "kill", "input": str(inputs), "output": str(tmp_path / "out"),
            "key": {"env": "MEDUE_UNSET", "file": str(tmp_path / "k")},
-           "protect": {"method": "salm", "params": {"epsilon": 3, "max_rounds": 1, "inner_steps": 6, "train_steps": 1},
+           "protect": {"method": "salm-samplewise", "params": {"epsilon": 3, "max_rounds": 1, "inner_steps": 6, "train_steps": 1},
                        "fit_max_slices": 8, "fit_size": 16},
            "fidelity": {"min_psnr_db": 10, "min_ssim": 0.1}, "execution": {"device": "cpu"},
            "tracking": {"enabled": False}, "report": {"enabled": False}}
@@ -256,7 +256,7 @@ def _kill_config(tmp_path, name: str) -> Path:
         (tmp_path / "k").write_text("kill-test-key-0123456789")
     cfg = {"name": "kill", "input": str(inputs), "output": str(tmp_path / name),
            "key": {"env": "MEDUE_UNSET", "file": str(tmp_path / "k")},
-           "protect": {"method": "salm", "params": {"epsilon": 3, "max_rounds": 1, "inner_steps": 6, "train_steps": 1},
+           "protect": {"method": "salm-samplewise", "params": {"epsilon": 3, "max_rounds": 1, "inner_steps": 6, "train_steps": 1},
                        "fit_max_slices": 8, "fit_size": 16},
            "fidelity": {"min_psnr_db": 10, "min_ssim": 0.1}, "execution": {"device": "cpu"},
            "tracking": {"enabled": False}, "report": {"enabled": True}}

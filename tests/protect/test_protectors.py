@@ -60,7 +60,7 @@ def test_same_seed_same_output(method):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("method", ["salm", "em", "sem", "uc"])
+@pytest.mark.parametrize("method", ["salm-samplewise", "em", "sem", "uc"])
 def test_volume_protect_record_and_replay(method):
     vol = make_volume((3, 24, 24), dtype="uint16")
     x = torch.from_numpy(vol.array.astype(np.float32)).unsqueeze(1)
@@ -101,12 +101,12 @@ def test_sticky_mask_lets_noise_reach_the_budget():
     assert float(sticky.abs().sum()) > float(step.abs().sum())
     assert int(sticky.abs().max()) == 4
     with pytest.raises(ValueError, match="mask_update must be one of"):
-        _make("salm", mask_update="always")
+        _make("salm-samplewise", mask_update="always")
 
 
 def test_salm_fit_is_sparse():
     x, y, space = _data(n=16, size=16)
-    delta = _make("salm", epsilon=8, mask_ratio=0.1).fit(x, y, space, generator=make_generator(0))
+    delta = _make("salm-samplewise", epsilon=8, mask_ratio=0.1).fit(x, y, space, generator=make_generator(0))
     assert int((delta != 0).reshape(16, -1).sum(1).max()) <= int(0.1 * 256)
 
 
@@ -124,10 +124,10 @@ def test_foreground_only_leaves_background():
 
 
 @pytest.mark.parametrize("method,kwargs,match", [
-    ("salm", {"epsilon": -1}, "epsilon must be a whole number"),
-    ("salm", {"epsilon": 2.5}, "epsilon must be a whole number"),
-    ("salm", {"mask_ratio": 0}, r"mask_ratio must be in \(0, 1\]"),
-    ("salm", {"mask_ratio": 1.5}, r"mask_ratio must be in \(0, 1\]"),
+    ("salm-samplewise", {"epsilon": -1}, "epsilon must be a whole number"),
+    ("salm-samplewise", {"epsilon": 2.5}, "epsilon must be a whole number"),
+    ("salm-samplewise", {"mask_ratio": 0}, r"mask_ratio must be in \(0, 1\]"),
+    ("salm-samplewise", {"mask_ratio": 1.5}, r"mask_ratio must be in \(0, 1\]"),
     ("em", {"mode": "pixelwise"}, "mode must be one of"),
     ("em", {"step": 0}, "step must be a whole number"),
     ("sem", {"rho": -2}, "rho must be"),
@@ -145,7 +145,7 @@ def test_bad_arguments_raise(method, kwargs, match):
 def test_unfitted_and_label_errors():
     x, y, space = _data(n=4)
     with pytest.raises(ProtectionError, match="must be fitted first"):
-        _make("salm").perturb(x, y, space, generator=make_generator(0))
+        _make("salm-samplewise").perturb(x, y, space, generator=make_generator(0))
     with pytest.raises(ValueError, match="needs labels"):
         _make("conv").fit(x, None, space, generator=make_generator(0))
     p = _make("conv")
@@ -174,7 +174,7 @@ def test_classwise_flat_placement_is_sparse_positive_and_reproducible():
     y = torch.tensor([0, 1, 0, 1, 0, 1])
     space = UnitSpace(0.0, 255.0, 0.0, 255.0)
     for rounds in (0, 1):
-        p = build_protector("salm", epsilon=6, mode="classwise", placement="flat", mask_ratio=0.25, tile=4,
+        p = build_protector("salm-samplewise", epsilon=6, mode="classwise", placement="flat", mask_ratio=0.25, tile=4,
                             init="grating", max_rounds=rounds, train_steps=2, inner_steps=1)
         d = p.fit(x, y, space, generator=torch.Generator().manual_seed(1))
         assert d.min() >= 0 and d.max() <= 6 and torch.equal(d, d.round())
@@ -184,13 +184,13 @@ def test_classwise_flat_placement_is_sparse_positive_and_reproducible():
         again = p.perturb(x, y, space, generator=torch.Generator().manual_seed(2))
         assert torch.equal(d, again)  # release-time application reproduces the fitted noise exactly
     with pytest.raises(ValueError, match="max_rounds"):
-        build_protector("salm", mode="samplewise", max_rounds=0)
+        build_protector("salm-samplewise", mode="samplewise", max_rounds=0)
 
 
 def test_unlabelled_class_wise_release_applies_the_clusters_it_was_fitted_on():
     x = (torch.rand(12, 1, 16, 16, generator=torch.Generator().manual_seed(3)) * 255).round()
     space = UnitSpace(0.0, 255.0, 0.0, 255.0)
-    p = build_protector("salm", mode="classwise", tile=4, placement="flat", mask_ratio=0.3, init="grating",
+    p = build_protector("salm-samplewise", mode="classwise", tile=4, placement="flat", mask_ratio=0.3, init="grating",
                         max_rounds=0)
     d = p.fit(x, None, space, generator=torch.Generator().manual_seed(0))
     assert torch.equal(d, p.perturb(x, None, space, generator=torch.Generator().manual_seed(1)))
@@ -220,8 +220,8 @@ def test_uc_is_cluster_wise_label_free_and_applies_at_release_the_noise_it_fitte
 
 
 @pytest.mark.parametrize("method, params, labelled", [
-    ("salm", {"epsilon": 4, "max_rounds": 1, "inner_steps": 2, "train_steps": 2, "mask_ratio": 0.2}, True),
-    ("salm", {"epsilon": 4, "mode": "classwise", "placement": "flat", "init": "grating", "tile": 4,
+    ("salm-samplewise", {"epsilon": 4, "max_rounds": 1, "inner_steps": 2, "train_steps": 2, "mask_ratio": 0.2}, True),
+    ("salm-samplewise", {"epsilon": 4, "mode": "classwise", "placement": "flat", "init": "grating", "tile": 4,
               "max_rounds": 0, "blank_class": True}, True),
     ("em", {"epsilon": 4, "mode": "classwise", "max_rounds": 1, "inner_steps": 1, "train_steps": 2, "tile": 4}, True),
     ("uc", {"epsilon": 4, "extractor_steps": 2, "generator_steps": 2, "num_clusters": 2, "fit_resolution": 16},
@@ -256,8 +256,8 @@ def test_fine_band_puts_period_two_lines_on_the_flattest_pixels_of_patterned_cla
     space = UnitSpace(0.0, 255.0, 0.0, 255.0)
     common = dict(epsilon=8, mode="classwise", placement="flat", init="grating", tile=4, duty=0.25, max_rounds=0,
                   blank_class=True, flat_max_level=1.0, mask_ratio=0.5)
-    plain = build_protector("salm", **common).fit(x, y, space, generator=torch.Generator().manual_seed(0))
-    p = build_protector("salm", fine_ratio=0.25, fine_tile=2, **common)
+    plain = build_protector("salm-samplewise", **common).fit(x, y, space, generator=torch.Generator().manual_seed(0))
+    p = build_protector("salm-samplewise", fine_ratio=0.25, fine_tile=2, **common)
     d = p.fit(x, y, space, generator=torch.Generator().manual_seed(0))
     assert p.params()["fine_ratio"] == 0.25
     assert torch.count_nonzero(d[y == 0]) == 0  # the blank class stays blank
@@ -267,7 +267,7 @@ def test_fine_band_puts_period_two_lines_on_the_flattest_pixels_of_patterned_cla
     assert changed > (plain[y == 1] != 0).float().mean().item()
     assert set(torch.unique(d).tolist()) <= {0.0, 8.0}
     with pytest.raises(ValueError, match="fine_ratio needs"):
-        build_protector("salm", fine_ratio=0.2, placement="pattern")
+        build_protector("salm-samplewise", fine_ratio=0.2, placement="pattern")
 
 
 def test_conv_follows_the_paper_unbounded_and_clips_only_when_asked():
@@ -334,13 +334,13 @@ def test_t2ue_fit_is_the_same_whatever_the_thread_count():
 
 
 @pytest.mark.parametrize("method, params", [
-    ("salm", {"mode": "classwise", "placement": "flat", "init": "grating", "tile": 4, "max_rounds": 0,
+    ("salm-samplewise", {"mode": "classwise", "placement": "flat", "init": "grating", "tile": 4, "max_rounds": 0,
               "mask_ratio": 0.3}),
     ("em", {"mode": "classwise", "max_rounds": 1, "inner_steps": 1, "train_steps": 2, "tile": 4}),
     ("conv", {}),
     ("t2ue", {"train_steps": 3, "reference_size": 16}),
     ("uc", {"num_clusters": 2, "extractor_steps": 2, "generator_steps": 2, "fit_resolution": 16}),
-    ("salm", FAST),  # sample-wise: draws random numbers, so it is chunked only with the fitted delta
+    ("salm-samplewise", FAST),  # sample-wise: draws random numbers, so it is chunked only with the fitted delta
 ])
 def test_protect_in_slice_chunks_under_a_memory_budget_gives_the_same_volume(method, params):
     vol = make_volume((5, 24, 24), dtype="uint16")
