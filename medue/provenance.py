@@ -24,10 +24,6 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def fingerprint_array(array: np.ndarray) -> str:
     """SHA-256 over dtype, shape and C-ordered bytes, so equal fingerprints mean bit-identical arrays."""
     h = hashlib.sha256()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, Iterator, TypeVar
 
 from medue.errors import UnknownComponentError
 
@@ -21,15 +21,6 @@ class Registry(Generic[T]):
         self.family = family
         self._items: dict[str, T] = {}
         self._aliases: dict[str, str] = {}
-
-    def register(self, key: str, *, aliases: tuple[str, ...] = ()) -> Callable[[T], T]:
-        """Decorator registering a component under ``key`` (and ``aliases``); duplicates raise."""
-
-        def decorator(obj: T) -> T:
-            self.add(key, obj, aliases=aliases)
-            return obj
-
-        return decorator
 
     def add(self, key: str, obj: T, *, aliases: tuple[str, ...] = ()) -> None:
         for name in (key, *aliases):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -132,12 +131,6 @@ def make_nifti(path: str | Path, *, shape: tuple[int, int, int] = (24, 20, 6), d
         fh.write(header_bytes)
         fh.write(body)
     return path
-
-
-def read_dicom_pixels(paths: list[Path]) -> np.ndarray:
-    """Stored pixels of DICOM files stacked in InstanceNumber order (test helper)."""
-    ds = sorted((pydicom.dcmread(p) for p in paths), key=lambda d: int(d.InstanceNumber))
-    return np.stack([d.pixel_array for d in ds])
 
 
 def make_release_efficacy(method: str, params: dict, *, drop: float = 0.0, protected: float = 0.5,

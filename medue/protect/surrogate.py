@@ -8,7 +8,7 @@ fitted on 64x64 samples also takes 512x512 CT slices. Three layouts (``surrogate
   the input's resolution, where a release's 1-px structure lives: the choice for images up to about 256 px;
 * ``"strided"``: the same stages after a 3x3 stem of stride 2, so every layer runs at a quarter of the pixels. The
   choice for a dataset-level fit at full CT/MR resolution (512 px and more), where the stride-1 stem and first stage
-  are most of the cost: ``benchmarks/surrogate_cost.py`` measures a training step (forward, backward) and a noise step
+  are most of the cost: ``benchmarks/fit_stream.py`` (its ``surrogate_cost``) measures a training step (forward, backward) and a noise step
   (gradient with respect to the input) of each layout; the input gradient stays full-resolution either way;
 * ``"resnet18"``: the ResNet-18 layout with a CIFAR-style stem, for a surrogate as strong as common attackers.
 """
