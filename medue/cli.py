@@ -350,6 +350,11 @@ def _report(args: argparse.Namespace) -> int:
         print(f"  items {s['items']}: exported {s['done']}, quarantined {s['quarantined']}, failed the fidelity gate "
               f"{s['gate_failed']}, failed {s['failed']}, files ignored on purpose {s.get('ignored', 0)}"
               + (f", held out for self-evaluation (never released) {s['held_out']}" if s.get("held_out") else ""))
+        if r.get("protection"):
+            from medue.audit.report import protection_lines
+
+            for line in protection_lines(r["protection"]):
+                print(f"  {line}")
         if s["failed"]:
             print(f"  {s['failed']} item(s) FAILED on an error of the run (not of their input; see below): the "
                   "release is incomplete. `medue run CONFIG --resume` retries exactly those items")

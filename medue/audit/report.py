@@ -235,11 +235,62 @@ def _conformance(markers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def protection_counts(markers: Sequence[dict[str, Any]], class_of: dict[str, str] | None = None) -> dict[str, Any]:
+    """How much of the release carries the protection: exported items protected in full, weakened by the fidelity
+    gate (with how much of the noise they kept), unchanged on purpose (a blank class), and the items not exported;
+    overall and per class (``class_of``: item id -> class name; aggregate counts only, no item's class)."""
+    def count(ms: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        done = [m for m in ms if m.get("status") == DONE]
+        weakened = [m for m in done if m.get("adapted")]
+        out: dict[str, Any] = {
+            "protected": sum(1 for m in done if not m.get("adapted") and not m.get("unchanged_on_purpose")),
+            "weakened_by_gate": len(weakened),
+            "unchanged_on_purpose": sum(1 for m in done if m.get("unchanged_on_purpose")),
+            "quarantined": sum(1 for m in ms if m.get("status") == QUARANTINED),
+            "gate_failed": sum(1 for m in ms if m.get("status") == GATE_FAILED),
+            "failed": sum(1 for m in ms if m.get("status") == FAILED)}
+        if weakened:
+            out["weakened_mean_kept_fraction"] = round(float(np.mean([m["adapted"].get("kept_fraction", 1.0)
+                                                                      for m in weakened])), 4)
+            out["weakened_mean_amplitude_scale"] = round(float(np.mean([m["adapted"].get("amplitude_scale", 1.0)
+                                                                        for m in weakened])), 4)
+        return out
+
+    result = count(markers)
+    if class_of:
+        result["by_class"] = {c: count([m for m in markers if class_of.get(m["item_id"]) == c])
+                              for c in sorted(set(class_of.values()))}
+    return result
+
+
+def protection_lines(p: dict[str, Any]) -> list[str]:
+    """The protection counts in plain lines (the HTML report and ``medue report`` say the same)."""
+    def words(c: dict[str, Any]) -> str:
+        text = f"{c['protected']} protected"
+        if c["weakened_by_gate"]:
+            text += (f", {c['weakened_by_gate']} weakened by the fidelity gate (kept on average "
+                     f"{100 * c.get('weakened_mean_kept_fraction', 1):.0f} % of the changed pixels at "
+                     f"{100 * c.get('weakened_mean_amplitude_scale', 1):.0f} % amplitude)")
+        if c["unchanged_on_purpose"]:
+            text += (f", {c['unchanged_on_purpose']} released UNCHANGED on purpose (their class carries no pattern: "
+                     "the method's blank class)")
+        not_out = c["quarantined"] + c["gate_failed"] + c["failed"]
+        if not_out:
+            text += f", {not_out} not exported ({c['quarantined']} quarantined, {c['gate_failed']} failed the gate, " \
+                    f"{c['failed']} failed)"
+        return text
+
+    lines = ["exported items: " + words(p)]
+    lines += [f"  class {name}: " + words(c) for name, c in p.get("by_class", {}).items()]
+    return lines
+
+
 def build_report(layout: OutputLayout, config: ReleaseRecord, markers: Sequence[dict[str, Any]],
                  fit_info: dict[str, Any], key_fingerprint: str, env: dict[str, Any],
                  manifest: dict[str, Any], efficacy: dict[str, Any] | None = None,
                  release_checks: Sequence[dict[str, Any]] = (),
-                 ignored: Sequence[dict[str, str]] = (), facts: Any = None) -> tuple[Path, Path]:
+                 ignored: Sequence[dict[str, str]] = (), facts: Any = None,
+                 class_of: dict[str, str] | None = None) -> tuple[Path, Path]:
     """Write ``release/report.json`` (schema-validated) and ``release/report.html``; return their paths.
 
     ``efficacy`` is the attached ``medue evaluate`` result (``PipelineConfig.load_efficacy_results``).
@@ -273,6 +324,7 @@ def build_report(layout: OutputLayout, config: ReleaseRecord, markers: Sequence[
                                            if config.override_reason else None)},
         "warnings": [{"item_id": m["item_id"], "warning": str(w)}
                      for m in sorted(markers, key=lambda m: m["item_id"]) for w in m.get("warnings", [])],
+        "protection": protection_counts(markers, class_of),
         "summary": {"items": len(markers), **counts, "ignored": len(ignored), "held_out": held_out,
                     "ignored_reasons": {r: sum(1 for i in ignored if i["reason"] == r)
                                         for r in sorted({i["reason"] for i in ignored})}},
@@ -371,7 +423,7 @@ def render_html(report: dict[str, Any], markers: Sequence[dict[str, Any]], layou
         "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #bbb;padding:3px 8px}"
         "th{background:#eee}.pass{color:#176}.fail{color:#b00}img{max-width:100%}"
-        ".verdict{border:2px solid #888;padding:0 1em;margin:1em 0}</style></head><body>",
+        ".verdict,.carries{border:2px solid #888;padding:0 1em;margin:1em 0}</style></head><body>",
         f"<h1>Protection report: {html.escape(report['release'])}</h1>",
         f"<p>Created {html.escape(report['created'])} by medue {html.escape(report['medue_version'])}. "
         f"Method <b>{html.escape(report['method'])}</b>; key fingerprint <code>{report['key_fingerprint']}</code>; "
@@ -382,6 +434,9 @@ def render_html(report: dict[str, Any], markers: Sequence[dict[str, Any]], layou
                 "held out for self-evaluation (never released)", "files ignored on purpose"],
                [[s["items"], s["done"], s["quarantined"], s["gate_failed"], s["failed"], s.get("held_out", 0),
                  f"{s.get('ignored', 0)} " + ", ".join(f"({n} {r})" for r, n in s.get("ignored_reasons", {}).items())]]),
+        "<div class='carries'><h2>What this release carries</h2><ul>"
+        + "".join(f"<li>{html.escape(line.strip())}</li>" for line in protection_lines(report["protection"]))
+        + "</ul></div>" if report.get("protection") else "",
         "<h2>What the protection stops</h2>",
         (_verdict_html(report["efficacy_verdict"]) if report.get("efficacy_verdict") else
          "<p class='fail'><b>Not measured.</b> No efficacy results are attached to this release (run "

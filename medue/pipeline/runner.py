@@ -167,6 +167,13 @@ def _labelled_inputs(config: PipelineConfig, ignored: list[dict[str, str]], key:
     return items, labels, held
 
 
+def _class_names(labels: Any) -> dict[str, str] | None:
+    """Item id -> class name, for the report's per-class counts (``None`` for an unlabelled release)."""
+    if labels is None:
+        return None
+    return {item_id: labels.classes[c] for item_id, c in labels.by_item.items()}
+
+
 def release_facts(items: list[InputItem], labels: Any, config: PipelineConfig) -> ReleaseFacts:
     """Modality, in-plane sizes and classes of a release's readable items, from their headers (no pixels read), to
     decide whether an efficacy result is this release's evidence."""
@@ -352,7 +359,7 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
         summary.report_json, summary.report_html = build_report(layout, record, all_markers, fit_info, fingerprint,
                                                                 env, manifest, efficacy=efficacy,
                                                                 release_checks=release_checks, ignored=ignored,
-                                                                facts=facts)
+                                                                facts=facts, class_of=_class_names(labels))
         write_checksums(layout, manifest)  # now over the reports too
     summary.seconds = round(time.perf_counter() - t_start, 2)
     if sink is not None:

@@ -38,12 +38,32 @@ def test_verdict_box_shows_borrowed_evidence_as_not_tested(tiny_config, tmp_path
     assert run_pipeline(cfg).exit_code == EXIT_OK
     info = render_report(cfg.output_path / "release" / "report.html")
     assert info["ok"], info
-    assert info["headings"][:3] == ["Protection report: test-release", "Summary", "What the protection stops"]
+    assert info["headings"][:4] == ["Protection report: test-release", "Summary", "What this release carries",
+                                    "What the protection stops"]
     shown = info["verdict"]
     protects = shown[shown.index("H3: Protects against") + 1]
     assert protects == "LI: nothing"  # borrowed evidence protects against nothing here
     assert "LI: resnet18_flip_crop (measured on other data: 0.500)" in shown
     assert any(s.startswith("LI: fine-tuning a network pretrained") for s in shown)
+
+
+def test_the_report_says_first_which_items_carry_no_pattern_by_class(tiny_config, tmp_path):
+    import json
+
+    (tmp_path / "labels.csv").write_text("path,label\nseries_a,a\nvol.nii.gz,b\n")
+    cfg = load_config(tiny_config(labels={"source": "table", "table": str(tmp_path / "labels.csv")},
+                                  protect={"method": "lines", "params": {"epsilon": 4}, "reversible": True}))
+    assert run_pipeline(cfg).exit_code == EXIT_OK
+    report = json.loads((cfg.output_path / "release" / "report.json").read_text())
+    p = report["protection"]
+    assert (p["protected"], p["unchanged_on_purpose"]) == (1, 1)
+    assert p["by_class"]["a"]["unchanged_on_purpose"] == 1 and p["by_class"]["b"]["protected"] == 1
+    info = render_report(cfg.output_path / "release" / "report.html")
+    assert info["ok"], info
+    page = (cfg.output_path / "release" / "report.html").read_text()
+    box = page[page.index("What this release carries"):page.index("What the protection stops")]
+    assert "1 released UNCHANGED on purpose" in box and "class a: 0 protected" in box
+    assert info["headings"].index("What this release carries") == 2  # right after the summary
 
 
 def test_render_reports_a_broken_image(tmp_path):
