@@ -99,7 +99,7 @@ def _as_units(data: np.ndarray | Volume, unit: float | None) -> _Units:
 
 
 def fit(volumes: Sequence[np.ndarray | Volume], labels: Sequence[int] | None = None, *, key: str,
-        method: str = "salm", params: Mapping[str, Any] | None = None, device: str = "auto",
+        method: str = "lines", params: Mapping[str, Any] | None = None, device: str = "auto",
         unit: float | None = None, release_name: str = "release") -> Protector:
     """Fit ``method`` over every slice of ``volumes`` (one in-plane size) and return the fitted protector.
 
@@ -172,7 +172,7 @@ def protect_volume(data: np.ndarray | Volume, protector: Protector, *, key: str,
 
 
 def protect_folder(input: str | Path, output: str | Path, *, key: str | None = None,
-                   key_file: str | Path | None = None, method: str = "salm", params: Mapping[str, Any] | None = None,
+                   key_file: str | Path | None = None, method: str = "lines", params: Mapping[str, Any] | None = None,
                    labels: Mapping[str, Any] | None = None, fidelity: Mapping[str, Any] | None = None,
                    resume: bool = False, progress: Callable[[str], None] | None = None,
                    **config: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """``medue init FOLDER``: a commented pipeline config and a labels table for a site's own folder.
 
-The config starts from the shipped default (``method: salm`` with no params: its measured default) and says, next
+The config starts from the shipped default (``method: lines`` with no params: the measured default) and says, next
 to each setting, what to change. The labels table lists every item medue finds in the folder, one row each
 (``path,label``), with the class taken from the first sub-folder when the folder is laid out one folder per class,
 else empty for the site to fill in (an empty label is reported by ``medue check``, with every other problem).
@@ -56,7 +56,7 @@ labels:
   source: table                # the class of every item: error-minimising noise is a shortcut for a labelling
   table: {labels}              # path,label per item; fill in every empty label (or use source: folder)
 protect:
-  method: salm                 # no params: the measured default (see the README's efficacy table)
+  method: lines                # no params: the measured default; what it stops: README, "What protection does"
   reversible: true             # keep private deltas so an authorised partner can restore the originals exactly
 fidelity:                      # an item that misses one of these is not exported (exit 3) unless overridden
   min_psnr_db: 38

@@ -23,7 +23,7 @@ def test_init_reads_classes_from_sub_folders_and_the_config_checks(tmp_path, mon
                                                        ("normal/v0.nii", "normal"), ("normal/v1.nii", "normal")]
     monkeypatch.setenv("MEDUE_KEY", "a-site-secret-of-enough-length")
     cfg = load_config(tmp_path / "data.yaml")
-    assert cfg.protect.method == "salm" and cfg.protect.params == {} and cfg.deidentification == "refuse"
+    assert cfg.protect.method == "lines" and cfg.protect.params == {} and cfg.deidentification == "refuse"
     assert main(["check", "data.yaml"]) == 0
     assert "labels {'glioma': 2, 'normal': 2}" in capsys.readouterr().out
     assert main(["init", "data"]) == 2  # never overwrites without --force
@@ -44,3 +44,26 @@ def test_init_of_a_folder_without_images_says_so(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InvalidConfigError, match="finds no DICOM, NIfTI"):
         init_site(tmp_path / "empty", config=tmp_path / "x.yaml")
+
+
+def test_the_readme_walk_through_for_your_own_data_runs(tmp_path):
+    """The README's "Your own data" commands, as written, on a folder of one sub-folder per class."""
+    import re
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    block = re.search(r"<!-- example: own-data -->\s*```bash\n(.*?)```",
+                      (Path(__file__).resolve().parents[1] / "README.md").read_text(), flags=re.S)
+    assert block, "README lost its own-data walk-through"
+    for c in ("glioma", "normal"):
+        for k in range(2):
+            make_nifti(tmp_path / "brain_mri" / c / f"v{k}.nii", shape=(24, 20, 3), seed=k)
+    script = block.group(1).replace("/data/brain_mri", str(tmp_path / "brain_mri"))
+    if shutil.which("medue") is None:
+        pytest.skip("the medue command is not installed (pip install -e .)")
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "out" / "brain_mri" / "release" / "report.html").is_file()
+    assert "exported items: " in done.stdout

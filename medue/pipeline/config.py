@@ -54,7 +54,7 @@ class ProtectConfig(_Section):
     ``fit_size``: ``None`` (default) fits at the exported resolution; a number area-resizes fit slices to it.
     """
 
-    method: str = "salm"
+    method: str = "lines"
     params: dict[str, Any] = Field(default_factory=dict)
     fit_max_slices: int | None = Field(None, ge=1)
     fit_size: int | None = Field(None, ge=8)
@@ -419,7 +419,7 @@ def _cross_field_problems(data: Mapping[str, Any]) -> list[str]:
 
     problems: list[str] = []
     p, lab, f = section("protect"), section("labels"), section("fidelity")
-    method, params = p.get("method", "salm"), p.get("params") or {}
+    method, params = p.get("method", "lines"), p.get("params") or {}
     if isinstance(method, str) and method in PROTECTORS and isinstance(params, Mapping):
         problems += _check_protect_params(method, params)
         if getattr(PROTECTORS.get(method), "needs_labels", False) and lab.get("source") is None:
