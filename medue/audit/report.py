@@ -87,6 +87,13 @@ def _most_changed_window(diff: np.ndarray, size: int) -> tuple[int, int, int]:
     return int(y0), int(x0), n
 
 
+def _preview_order(m: dict[str, Any]) -> tuple[int, str]:
+    """Previews show protected items first, then weakened ones, then the rest (unchanged on purpose, not exported)."""
+    if m.get("status") == DONE and not m.get("unchanged_on_purpose"):
+        return (1 if m.get("adapted") else 0, m["item_id"])
+    return (2, m["item_id"])
+
+
 def _panel(original: np.ndarray, protected: np.ndarray, title: str) -> str:
     """One PNG data URI: before | after | amplified |delta| | mask, and for images larger than 96 px the 64 x 64
     window where the most changed, not shrunk (1-px lines vanish when a 512 px slice is reduced).
@@ -462,8 +469,10 @@ def render_html(report: dict[str, Any], markers: Sequence[dict[str, Any]], layou
     if plot:
         parts.append(f"<img alt='fidelity plots' src='{plot}'>")
     parts.append("<h2>Before / after / |delta| / mask (middle slice)</h2>")
+    parts.append("<p>Exported items that carry the protection come first (an item released unchanged on purpose, or "
+                 "one the gate weakened, only when there are not enough of the others).</p>")
     pictured = 0
-    for m in sorted(markers, key=lambda m: m["item_id"]):
+    for m in sorted(markers, key=_preview_order):
         preview = layout.private / "previews" / f"{m['item_id']}.npz"
         if pictured >= max_pictures or not preview.exists():
             continue

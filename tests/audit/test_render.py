@@ -64,6 +64,9 @@ def test_the_report_says_first_which_items_carry_no_pattern_by_class(tiny_config
     box = page[page.index("What this release carries"):page.index("What the protection stops")]
     assert "1 released UNCHANGED on purpose" in box and "class a: 0 protected" in box
     assert info["headings"].index("What this release carries") == 2  # right after the summary
+    unchanged = next(i["item_id"] for i in report["items"] if i.get("unchanged_on_purpose"))
+    protected = next(i["item_id"] for i in report["items"] if not i.get("unchanged_on_purpose"))
+    assert page.index(f"alt='preview {protected}'") < page.index(f"alt='preview {unchanged}'")  # protected first
 
 
 def test_render_reports_a_broken_image(tmp_path):
