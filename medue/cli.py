@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_GATE, EXIT_PARTIAL = 0, 1, 2, 3, 4
+from medue.exit_codes import EXIT_CONFIG, EXIT_ERROR, EXIT_GATE, EXIT_OK, EXIT_PARTIAL  # noqa: F401 (re-exported)
 
 EPILOG = """exit codes: 0 ok, 1 unexpected error, 2 invalid config/arguments, 3 fidelity gate failed,
 4 partial batch (some inputs quarantined or failed; see <output>/quarantine)"""

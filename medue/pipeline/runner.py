@@ -24,6 +24,7 @@ from medue.audit.report import build_report
 from medue.audit.sinks import open_sink
 from medue.device import derive_seed, memory_budget, resolve_device
 from medue.errors import InvalidConfigError
+from medue.exit_codes import EXIT_CONFIG, EXIT_ERROR, EXIT_GATE, EXIT_OK, EXIT_PARTIAL  # noqa: F401 (re-exported)
 from medue.fidelity.diagnostic import release_diagnostic_check
 from medue.evidence import ReleaseFacts
 from medue.io import InputItem, discover_inputs, peek
@@ -39,7 +40,6 @@ from medue.provenance import capture_environment, key_fingerprint
 
 log = logging.getLogger("medue")
 
-EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_GATE, EXIT_PARTIAL = 0, 1, 2, 3, 4
 
 
 @dataclass
