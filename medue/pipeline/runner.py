@@ -7,7 +7,6 @@ manifest -> report -> MLflow.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -22,24 +21,22 @@ import torch
 from medue.audit.manifest import write_checksums, write_manifest
 from medue.audit.report import build_report
 from medue.audit.sinks import open_sink
-from medue.device import derive_seed, memory_budget, resolve_device
+from medue.device import memory_budget, resolve_device
 from medue.errors import InvalidConfigError
 from medue.exit_codes import EXIT_CONFIG, EXIT_ERROR, EXIT_GATE, EXIT_OK, EXIT_PARTIAL  # noqa: F401 (re-exported)
 from medue.fidelity.diagnostic import release_diagnostic_check
-from medue.evidence import ReleaseFacts
-from medue.io import InputItem, discover_inputs, peek
 from medue.io.atomic import remove_partials, write_text_atomic
 from medue.layout import OutputLayout
 from medue.pipeline.config import PipelineConfig
 from medue.pipeline.display import LineProgress
 from medue.pipeline.executor import execute_local, select_shard
 from medue.pipeline.fit import damaged_fit_artefacts, fit_protector, release_identity
+from medue.pipeline.inputs import class_names, labelled_inputs, release_facts, write_holdout
 from medue.pipeline.job import DONE, FAILED, GATE_FAILED, QUARANTINED, JobContext, read_marker
 from medue.protect.stream import World
 from medue.provenance import capture_environment, key_fingerprint
 
 log = logging.getLogger("medue")
-
 
 
 @dataclass
@@ -96,7 +93,7 @@ def fit_release(config: PipelineConfig, *, resume: bool = False, progress: Calla
     world = World.current()
     key = config.read_key()
     layout = OutputLayout(config.output_path)
-    items, labels, _ = _labelled_inputs(config, ignored=[], key=key)
+    items, labels, _ = labelled_inputs(config, ignored=[], key=key)
     identity = release_identity(config, key_fingerprint(key), labels)
     previous = layout.private / "protector.json"
     info = json.loads(previous.read_text()) if previous.exists() and layout.protector_state.exists() else None
@@ -147,67 +144,6 @@ def _output_lock(config: PipelineConfig) -> Iterator[None]:
         yield
 
 
-def _labelled_inputs(config: PipelineConfig, ignored: list[dict[str, str]], key: str | None = None
-                     ) -> tuple[list[InputItem], Any, list[InputItem]]:
-    """The release's inputs (files skipped on purpose go to ``ignored``), each with its label, the labels, and the
-    held-out items.
-
-    With ``labels.holdout`` the held-out items (:func:`holdout_ids`, drawn with ``key``) are left out of the first
-    list: they are never fitted on or exported.
-    """
-    items = discover_inputs(config.input_path, ignored=ignored)
-    labels = config.read_labels(items)
-    held: list[InputItem] = []
-    if labels is not None:
-        items = [dataclasses.replace(it, label=labels.by_item.get(it.item_id)) for it in items]
-    if config.labels.holdout and labels is not None:
-        ids = holdout_ids(labels, config.labels.holdout, key or config.read_key())
-        held = [it for it in items if it.item_id in ids]
-        items = [it for it in items if it.item_id not in ids]
-    return items, labels, held
-
-
-def _class_names(labels: Any) -> dict[str, str] | None:
-    """Item id -> class name, for the report's per-class counts (``None`` for an unlabelled release)."""
-    if labels is None:
-        return None
-    return {item_id: labels.classes[c] for item_id, c in labels.by_item.items()}
-
-
-def release_facts(items: list[InputItem], labels: Any, config: PipelineConfig) -> ReleaseFacts:
-    """Modality, in-plane sizes and classes of a release's readable items, from their headers (no pixels read), to
-    decide whether an efficacy result is this release's evidence."""
-    peeked = [p for it in items if not it.problem and (p := peek(it)) is not None]
-    return ReleaseFacts.from_items([{"modality": m, "shape": s} for m, s in peeked],
-                                   classes=labels.classes if labels is not None else (),
-                                   config_hash=config.config_hash())
-
-
-def holdout_ids(labels: Any, fraction: float, key: str) -> set[str]:
-    """The items kept clean and unreleased: ``round(fraction * n)`` of each class's ``n`` labelled items (at least
-    one where a class has two or more), ranked by a key-derived hash of the item id, so the same release always
-    holds out the same items and nobody without the key can tell which."""
-    held: set[str] = set()
-    for c in range(len(labels.classes)):
-        ids = sorted((i for i, lab in labels.by_item.items() if lab == c), key=lambda i: derive_seed(key, "holdout", i))
-        n = int(round(fraction * len(ids)))
-        if fraction > 0 and len(ids) >= 2:
-            n = min(max(n, 1), len(ids) - 1)
-        held.update(ids[:n])
-    return held
-
-
-def _write_holdout(layout: OutputLayout, config: PipelineConfig, labels: Any, held: list[InputItem],
-                   say: Callable[[str], None]) -> None:
-    """``private/holdout.local.json``: the held-out items (id, class, paths) that ``medue evaluate --self`` tests on."""
-    record = {"fraction": config.labels.holdout, "classes": list(labels.classes),
-              "items": {it.item_id: {"label": labels.classes[it.label], "kind": it.kind, "paths": list(it.paths)}
-                        for it in sorted(held, key=lambda it: it.item_id)}}
-    write_text_atomic(layout.private / "holdout.local.json", json.dumps(record, indent=2))
-    say(f"held out {len(held)} labelled item(s) ({config.labels.holdout:.0%} of each class): never fitted or "
-        "exported; listed in private/holdout.local.json for `medue evaluate --self`")
-
-
 def _run_locked(config: PipelineConfig, *, shard: tuple[int, int], resume: bool,
                 progress: Callable[[str], None] | None, show_bar: bool) -> RunSummary:
     """Open the MLflow run first (so it spans the release and records a failure), then run the release."""
@@ -243,10 +179,10 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
     if removed:
         say(f"removed {len(removed)} partial output(s) left by an interrupted run")
     ignored: list[dict[str, str]] = []
-    items, labels, held = _labelled_inputs(config, ignored, key)
+    items, labels, held = labelled_inputs(config, ignored, key)
     write_text_atomic(layout.private / "ignored.local.json", json.dumps(ignored, indent=2))
     if config.labels.holdout and labels is not None:
-        _write_holdout(layout, config, labels, held, say)
+        write_holdout(layout, config, labels, held, say)
     if ignored:
         say(f"ignored {len(ignored)} file(s) on purpose (hidden files, sidecars); listed in private/ignored.local.json")
     if labels is not None:
@@ -359,7 +295,9 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
         summary.report_json, summary.report_html = build_report(layout, record, all_markers, fit_info, fingerprint,
                                                                 env, manifest, efficacy=efficacy,
                                                                 release_checks=release_checks, ignored=ignored,
-                                                                facts=facts, class_of=_class_names(labels))
+                                                                facts=facts,
+                                                                class_of=class_names(
+                                                                    labels, named=config.labels.include_in_release))
         write_checksums(layout, manifest)  # now over the reports too
     summary.seconds = round(time.perf_counter() - t_start, 2)
     if sink is not None:

@@ -51,7 +51,8 @@ def test_the_report_says_first_which_items_carry_no_pattern_by_class(tiny_config
     import json
 
     (tmp_path / "labels.csv").write_text("path,label\nseries_a,a\nvol.nii.gz,b\n")
-    cfg = load_config(tiny_config(labels={"source": "table", "table": str(tmp_path / "labels.csv")},
+    cfg = load_config(tiny_config(labels={"source": "table", "table": str(tmp_path / "labels.csv"),
+                                          "include_in_release": True},
                                   protect={"method": "lines", "params": {"epsilon": 4}, "reversible": True}))
     assert run_pipeline(cfg).exit_code == EXIT_OK
     report = json.loads((cfg.output_path / "release" / "report.json").read_text())

@@ -61,6 +61,8 @@ def test_labelled_release_keeps_labels_private(tiny_config, tmp_path):
     for path in (cfg.output_path / "release").rglob("*"):
         if path.is_file():
             assert b"tumour_grade_2" not in path.read_bytes() and "tumour" not in path.name
+    report = json.loads((cfg.output_path / "release" / "report.json").read_text())
+    assert sorted(report["protection"]["by_class"]) == ["class 1", "class 2"]  # counts per class, names kept private
 
 
 def test_class_wise_method_without_labels_is_a_config_error(tiny_config):
