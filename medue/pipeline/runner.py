@@ -275,7 +275,8 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
             bar.set_postfix_str(marker.get("status", ""))
             bar.update(1)
         if marker.get("status") != DONE and not marker.get("skipped"):
-            line = f"{marker['item_id']}: {marker.get('status')} ({marker.get('reason', '')}) {marker.get('message', '')[:200]}"
+            line = (f"{marker['item_id']}: {marker.get('status')} ({marker.get('reason', '')}) "
+                    f"{marker.get('message', '')[:200]}")
             # a log record that carries the item's fields (a JSON log line keeps them apart)
             log.warning(line, extra={"item_id": marker["item_id"], "status": marker.get("status"),
                                      "reason": marker.get("reason", "")})
