@@ -28,7 +28,7 @@ def test_all_problems_reported_at_once(tmp_path):
 def test_protector_params_validated_by_constructor():
     with pytest.raises(InvalidConfigError, match=r"protect.params.mask_ratio: mask_ratio must be in \(0, 1\]"):
         parse_config({"name": "x", "input": "i", "output": "o", "protect": {"method": "salm", "params": {"mask_ratio": 2}}})
-    with pytest.raises(InvalidConfigError, match="unknown parameter 'colour' for 'salm'; allowed: batch_size"):
+    with pytest.raises(InvalidConfigError, match="unknown parameter 'colour' for 'lines'; allowed: augment"):
         parse_config({"name": "x", "input": "i", "output": "o", "protect": {"params": {"colour": 1}}})
 
 
