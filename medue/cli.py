@@ -506,9 +506,9 @@ def _init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"init": _init, "run": _run, "protect": _run, "fit": _fit, "check": _check, "inspect": _inspect, "report": _report,
-            "evaluate": _evaluate, "restore": _restore, "methods": _methods, "config-schema": _config_schema,
-            "completion": _completion}
+COMMANDS = {"init": _init, "run": _run, "protect": _run, "fit": _fit, "check": _check, "inspect": _inspect,
+            "report": _report, "evaluate": _evaluate, "restore": _restore, "methods": _methods,
+            "config-schema": _config_schema, "completion": _completion}
 
 
 #: Fields a log record may carry besides its message (``extra=``), copied into its JSON line.
@@ -569,7 +569,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except InvalidConfigError as exc:
         if getattr(args, "log_json", False):  # a log collector gets the problems as a list, not prose
-            print(json.dumps({"level": "error", "logger": "medue", "event": "invalid_config",
+            import datetime as _dt
+
+            print(json.dumps({"time": _dt.datetime.now(_dt.timezone.utc).isoformat(), "level": "error",
+                              "logger": "medue", "event": "invalid_config",
                               "message": "invalid configuration", "problems": list(exc.problems)}), file=sys.stderr)
         else:
             print(f"medue: invalid configuration\n{exc}", file=sys.stderr)
