@@ -53,6 +53,6 @@ def load_protector(path: Any, device: Any = "cpu") -> Protector:
     return protector
 
 
-__all__ = ["PROTECTORS", "ConvProtector", "EMProtector", "Protector", "SALMProtector", "SEMProtector",
-           "T2UEProtector", "UCProtector", "UnitSpace", "build_protector", "load_protector", "project",
-           "salm_perturb"]
+__all__ = ["PROTECTORS", "ConvProtector", "EMProtector", "LinesProtector", "Protector", "SALMProtector",
+           "SEMProtector", "SampleSALMProtector", "T2UEProtector", "UCProtector", "UnitSpace", "build_protector",
+           "load_protector", "project", "salm_perturb"]
