@@ -94,7 +94,7 @@ def _preview_order(m: dict[str, Any]) -> tuple[int, str]:
     return (2, m["item_id"])
 
 
-def _panel(original: np.ndarray, protected: np.ndarray, title: str) -> str:
+def _panel(original: np.ndarray, protected: np.ndarray, title: str, window: Any = None) -> str:
     """One PNG data URI: before | after | amplified |delta| | mask, and for images larger than 96 px the 64 x 64
     window where the most changed, not shrunk (1-px lines vanish when a 512 px slice is reduced).
 
@@ -105,7 +105,8 @@ def _panel(original: np.ndarray, protected: np.ndarray, title: str) -> str:
     from PIL import Image, ImageDraw, ImageFont
 
     diff = np.abs(protected.astype(np.int64) - original.astype(np.int64))
-    lo, hi = np.percentile(original, [0.5, 99.5])
+    # the clinical window (stored units) where the item has one (CT, or a DICOM WindowCenter/Width), else percentiles
+    lo, hi = (float(window[0]), float(window[1])) if window is not None else np.percentile(original, [0.5, 99.5])
     peak = max(int(diff.max()), 1)
 
     def gray(img: np.ndarray) -> np.ndarray:
@@ -477,8 +478,11 @@ def render_html(report: dict[str, Any], markers: Sequence[dict[str, Any]], layou
         if pictured >= max_pictures or not preview.exists():
             continue
         with np.load(preview) as p:
-            title = f"{m['item_id']} ({m.get('modality', '')}, {m.get('status')})"
-            parts.append(f"<img alt='preview {m['item_id']}' src='{_panel(p['original'], p['protected'], title)}'>")
+            window = p["window"] if "window" in p.files else None
+            title = f"{m['item_id']} ({m.get('modality', '')}, {m.get('status')}" + (
+                ", clinical window)" if window is not None else ")")
+            parts.append(f"<img alt='preview {m['item_id']}' "
+                         f"src='{_panel(p['original'], p['protected'], title, window)}'>")
         pictured += 1
     bad = [i for i in report["items"] if i["status"] != DONE]
     parts.append("<h2>Quarantined and failed inputs</h2>")

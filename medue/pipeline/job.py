@@ -229,7 +229,8 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True, prefe
                           "(constant or empty image, or no background for the placement); check the input or "
                           "record fidelity.override_reason to release it unprotected")
             return _finish(result, marker_path, t0)
-        _save_preview(layout.private / "previews" / f"{item.item_id}.npz", volume.array, protected.array)
+        _save_preview(layout.private / "previews" / f"{item.item_id}.npz", volume.array, protected.array,
+                      window=display_window(volume))
         if not fid.passed and not ctx.override_reason:
             result.update(status=GATE_FAILED, message="; ".join(fid.failures))
             return _finish(result, marker_path, t0)
@@ -328,12 +329,32 @@ def _fitted_delta(layout: OutputLayout, item_id: str, shape: tuple[int, ...]) ->
     return delta if delta.shape == tuple(shape) else None
 
 
-def _save_preview(path: Path, original: np.ndarray, protected: np.ndarray) -> None:
+#: The window a CT preview is shown in when its header names none: soft tissue, centre 40 HU, width 400 HU.
+CT_WINDOW_HU = (40.0, 400.0)
+
+
+def display_window(volume: Any) -> tuple[float, float] | None:
+    """The clinical display window of ``volume`` in stored units, ``(low, high)``: the header's own (DICOM
+    WindowCenter/WindowWidth), else for CT a soft-tissue window; ``None`` for other images (shown by percentiles)."""
+    window = volume.header.get("window")
+    if window is None and volume.modality == "CT":
+        window = CT_WINDOW_HU
+    if window is None:
+        return None
+    slope, intercept = volume.rescale
+    centre, width = float(window[0]), float(window[1])
+    low, high = sorted(((centre - width / 2 - intercept) / slope, (centre + width / 2 - intercept) / slope))
+    return low, high
+
+
+def _save_preview(path: Path, original: np.ndarray, protected: np.ndarray,
+                  window: tuple[float, float] | None = None) -> None:
     z = original.shape[0] // 2
     path.parent.mkdir(parents=True, exist_ok=True)
+    extra = {} if window is None else {"window": np.asarray(window, dtype=np.float64)}
     with atomic_file(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, original=original[z], protected=protected[z])
+            np.savez_compressed(fh, original=original[z], protected=protected[z], **extra)
 
 
 def _finish(result: dict[str, Any], marker_path: Path, t0: float) -> dict[str, Any]:

@@ -76,3 +76,29 @@ def test_render_reports_a_broken_image(tmp_path):
                     "<img alt='bad' src='data:image/png;base64,AAAA'></body></html>")
     info = render_report(page)
     assert not info["ok"] and [i["alt"] for i in info["broken_images"]] == ["bad"]
+
+
+def test_ct_previews_use_a_clinical_window(tiny_config):
+    import numpy as np
+
+    from medue.pipeline.job import CT_WINDOW_HU, display_window
+    from medue.testing import make_volume
+
+    cfg = load_config(tiny_config())
+    assert run_pipeline(cfg).exit_code == EXIT_OK
+    previews = {p.stem: np.load(p) for p in (cfg.output_path / "private" / "previews").glob("*.npz")}
+    windows = [p["window"] for p in previews.values() if "window" in p.files]
+    assert len(windows) == 1 and windows[0][0] < windows[0][1]  # the CT series; the NIfTI (OT) has none
+    from medue.audit.report import _panel
+
+    ct_preview = next(p for p in previews.values() if "window" in p.files)
+    page = (cfg.output_path / "release" / "report.html").read_text()
+    shown = [_panel(ct_preview["original"], ct_preview["protected"], t, w) for t, w in
+             ((f"{stem} (CT, done, clinical window)", ct_preview["window"]) for stem in previews
+              if "window" in previews[stem].files)]
+    assert shown[0] in page  # the report draws the CT preview in its window (title and grey levels)
+    ct = make_volume((2, 8, 8))
+    ct.header.update(rescale_slope=1.0, rescale_intercept=-1024.0)
+    ct = type(ct)(array=ct.array, geometry=ct.geometry, modality="CT", source=ct.source, header=ct.header)
+    low, high = display_window(ct)
+    assert (low, high) == (CT_WINDOW_HU[0] - CT_WINDOW_HU[1] / 2 + 1024, CT_WINDOW_HU[0] + CT_WINDOW_HU[1] / 2 + 1024)
