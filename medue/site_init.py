@@ -17,6 +17,7 @@ from pathlib import Path
 
 from medue.errors import InvalidConfigError
 from medue.io import discover_inputs
+from medue.labels import resolve_labels
 
 
 @dataclass(frozen=True)
@@ -105,14 +106,15 @@ def init_site(folder: str | Path, *, config: str | Path | None = None, labels: s
                         "lists what it finds and why each file is skipped)")
     if problems:
         raise InvalidConfigError(problems)
-    rows = sorted((_table_path(it.paths, root, it.kind), it) for it in items)
-    firsts = {Path(p).parts[0] if len(Path(p).parts) > 1 else "" for p, _ in rows}
-    by_folder = "" not in firsts and len(firsts) >= 2
+    # the classes as `labels.source: folder` reads them, when that source labels every item with two classes or more
+    folders, folder_problems = resolve_labels(items, root=root, source="folder")
+    by_folder = folders is not None and not folder_problems
+    rows = sorted((_table_path(it.paths, root, it.kind), it.item_id) for it in items)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["path", "label"])
-    for path, _ in rows:
-        writer.writerow([path, Path(path).parts[0] if by_folder else ""])
+    for path, item_id in rows:
+        writer.writerow([path, folders.classes[folders.by_item[item_id]] if by_folder else ""])
     labels_path.parent.mkdir(parents=True, exist_ok=True)
     labels_path.write_text(buf.getvalue(), encoding="utf-8")
 
@@ -124,4 +126,4 @@ def init_site(folder: str | Path, *, config: str | Path | None = None, labels: s
         folder_name=root.name, config_name=config_path.name, name=name, input=rel(root), output=rel(output_path),
         labels=rel(labels_path)), encoding="utf-8")
     return InitResult(config=config_path, labels=labels_path, items=len(rows),
-                      classes=tuple(sorted(firsts)) if by_folder else (), unlabelled=0 if by_folder else len(rows))
+                      classes=folders.classes if by_folder else (), unlabelled=0 if by_folder else len(rows))

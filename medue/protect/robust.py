@@ -36,6 +36,7 @@ from torch import nn
 from medue.protect.base import UnitSpace
 from medue.protect.habits import HABITS, attacker_habit, round_ste
 from medue.protect.masks import topk_mask
+from medue.protect.minmin import tile_to
 from medue.protect.surrogate import make_surrogate
 
 #: Surrogates of the fit's ensemble (:func:`medue.protect.surrogate.make_surrogate` layouts): a 3x3 stem at full
@@ -82,13 +83,6 @@ def blob_lattice(num_classes: int, period: int, blob: int, *, blank: int | None 
     return tiles
 
 
-def tile_to(tiles: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Repeat ``(C, p, p)`` tiles to ``(C, height, width)``."""
-    p = tiles.shape[-1]
-    reps = (math.ceil(height / p), math.ceil(width / p))
-    return tiles.repeat(1, *reps)[:, :height, :width]
-
-
 def salient_mask(x_model: torch.Tensor, ratio: float) -> torch.Tensor:
     """Per-sample 0/1 mask of the ``ratio`` fraction of pixels with the highest 5x5 local mean (the anatomy)."""
     pad = F.pad(x_model, (2, 2, 2, 2), mode="replicate")
@@ -107,7 +101,7 @@ def place(tiles: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, x_units
     """Each sample's class tile (stored units), on its mask, scaled to the PSNR budget, rounded to whole units and
     clipped to the valid stored range. ``differentiable`` rounds straight-through (for the fit)."""
     h, w = x_units.shape[-2:]
-    raw = tile_to(tiles, h, w)[labels].unsqueeze(1) * mask
+    raw = tile_to(tiles.unsqueeze(1), h, w)[labels] * mask
     span = (x_units.flatten(1).amax(1) - x_units.flatten(1).amin(1)).clamp_min(1.0)
     scale = budget_scale(raw.detach(), span, psnr_db)
     for _ in range(8):  # rounding can add error: shrink the samples still over the budget
