@@ -38,7 +38,7 @@ from medue.protect.stream import FitCheckpoint
 from medue.protect.surrogate import SURROGATES, make_surrogate, surrogate_for
 
 MODES = ("samplewise", "classwise")
-INITS = ("zeros", "random", "grating", "cosine", "dots", "grid")
+INITS = ("zeros", "random", "grating", "cosine", "dots", "grid", "blobs")
 PLACEMENTS = ("pattern", "flat", "texture", "smooth")
 
 
@@ -68,7 +68,8 @@ class EMProtector(Protector):
             (the same orientations as a sampled cosine: with period 4 the values +1, 0, -1, 0, zero-mean, half the
             pixels unchanged, all of its energy at the one frequency) or ``"dots"`` (one pixel on per ``tile`` x
             ``tile`` cell, :func:`medue.protect.minmin.dots`) or ``"grid"`` (1-px lines along both axes,
-            :func:`medue.protect.minmin.grid`).
+            :func:`medue.protect.minmin.grid`) or ``"blobs"`` (a square of side ``duty * tile`` per cell,
+            :func:`medue.protect.minmin.blobs`).
         flat_max_level: ``placement="flat"`` only: the flat region stops where the local mean reaches this level
             (model space: the volume's 0.5-99.5 percentile span is [0, 1]); 0.15 keeps to air and background, 1
             lets the region reach the flattest tissue when there is too little background.

@@ -264,6 +264,20 @@ def dots(num_classes: int, height: int, width: int, period: int = 4) -> torch.Te
     return _lattice(num_classes, height, width, period, both=True)
 
 
+def blobs(num_classes: int, height: int, width: int, period: int = 6, duty: float = 0.5) -> torch.Tensor:
+    """``(K, 1, height, width)`` in {-1, 1}: a square blob of side ``round(duty * period)`` px in every ``period`` x
+    ``period`` cell, the lattice of class ``k`` shifted by ``k`` px along both axes.
+
+    A blob of 3 px or more keeps its centre through a 3x3 median, and its shape under flips, rotations and zooms;
+    most of its height survives a Gaussian of sigma 1 and area resampling by 2 (what erases 1-px lines).
+    """
+    side = max(1, min(period - 1, round(duty * period)))
+    v, u = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    out = [torch.where((torch.remainder(u - k, period) < side) & (torch.remainder(v - k, period) < side), 1.0, -1.0)
+           for k in range(num_classes)]
+    return torch.stack(out).unsqueeze(1)
+
+
 def grid(num_classes: int, height: int, width: int, period: int = 4) -> torch.Tensor:
     """``(K, 1, height, width)`` in {-1, 1}: 1-px lines along both axes every ``period`` px (a grid), the grid of
     class ``k`` shifted by ``k`` pixels. The period-``period`` content of :func:`grating` along both axes at once."""
@@ -319,12 +333,14 @@ def bilevel_classwise_tiled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
         noise = dots(num_classes, th, tw, period=tile or 4) * eps
     elif init == "grid":
         noise = grid(num_classes, th, tw, period=tile or 4) * eps
+    elif init == "blobs":
+        noise = blobs(num_classes, th, tw, period=tile or 6, duty=duty) * eps
     else:
         noise = torch.zeros((num_classes, 1, th, tw))
     noise = noise.clamp(lo_noise, eps).to(x.device)
     support = block_mask(torch.rand((num_classes, 1, th, tw), generator=generator).to(x.device), mask_ratio, block) \
         if mask_ratio < 1.0 else torch.ones_like(noise)
-    if init in ("grating", "dots", "grid") and positive:
+    if init in ("grating", "dots", "grid", "blobs") and positive:
         # the stripes are the shortcut: the optimisation sets their strength, it does not move them
         support = (noise > 0).to(noise.dtype)
     # (built only for a refinement: torch's first optimiser imports torch._dynamo, seconds for a placed pattern)

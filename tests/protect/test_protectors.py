@@ -371,3 +371,15 @@ def test_dots_lattice_one_pixel_per_cell_shifted_per_class():
 
     g = grid(2, 8, 8, period=4)
     assert int((g[0] > 0).sum()) == 28 and bool((g[0] >= d[0]).all())  # 2 rows + 2 columns of 8, crossing in 4
+
+
+def test_blobs_lattice_keeps_its_centre_through_a_median():
+    from medue.protect.minmin import blobs
+
+    b = blobs(2, 12, 12, period=6, duty=0.5)
+    assert b.shape == (2, 1, 12, 12) and [int((b[k] > 0).sum()) for k in range(2)] == [36, 36]
+    assert b[0, 0, 0, 0] == 1 and b[1, 0, 0, 0] == -1 and b[1, 0, 1, 1] == 1  # class 1 shifted by one pixel
+    on = (b[0, 0] > 0).float()
+    med = torch.nn.functional.pad(on[None, None], (1, 1, 1, 1), mode="circular").unfold(2, 3, 1).unfold(3, 3, 1)
+    med = med.reshape(12, 12, 9).median(-1).values
+    assert med[1, 1] == 1 and med[7, 7] == 1  # a 3x3 median keeps each blob's centre (a 1-px line loses all)
