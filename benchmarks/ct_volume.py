@@ -82,13 +82,13 @@ def main() -> None:
         fit = json.loads((work / "out" / "private" / "protector.json").read_text())
         items = []
         for m in summary.markers:
-            voxels = float(np.prod(m["shape"]))
-            st = m.get("stage_seconds", {})
-            items.append({"format": m.get("format"), "status": m["status"], "shape": m["shape"],
-                          "stage_seconds": st, "seconds": m["seconds"],
+            voxels = float(np.prod(m.shape))
+            st = m.stage_seconds or {}
+            items.append({"format": m.format, "status": m.status, "shape": m.shape,
+                          "stage_seconds": st, "seconds": m.seconds,
                           "protect_s_per_megavoxel": round(st.get("protect", 0) / (voxels / 1e6), 5),
-                          "protect_s_per_slice": round(st.get("protect", 0) / m["shape"][0], 5),
-                          "item_s_per_megavoxel": round(m["seconds"] / (voxels / 1e6), 5)})
+                          "protect_s_per_slice": round(st.get("protect", 0) / m.shape[0], 5),
+                          "item_s_per_megavoxel": round(m.seconds / (voxels / 1e6), 5)})
         io_s = sum(i["stage_seconds"].get("read", 0) + i["stage_seconds"].get("write_verify", 0) for i in items)
         result = {
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),

@@ -210,7 +210,7 @@ def protect_folder(input: str | Path, output: str | Path, *, key: str | None = N
             os.environ.pop(env_name, None)
         else:
             os.environ[env_name] = saved
-    return {"exit_code": summary.exit_code, "counts": dict(summary.counts), "items": list(summary.markers)}
+    return {"exit_code": summary.exit_code, "counts": dict(summary.counts), "items": [m.to_dict() for m in summary.markers]}
 
 
 __all__ = ["ProtectResult", "fit", "protect_folder", "protect_volume"]

@@ -8,27 +8,27 @@ from typing import Any, Sequence
 
 from medue._version import __version__
 from medue.io.atomic import write_text_atomic
-from medue.layout import DONE, OutputLayout
-from medue.records import ReleaseRecord
+from medue.layout import OutputLayout
+from medue.records import ItemMarker, ReleaseRecord
 
 MANIFEST_SCHEMA = "medue.manifest/1"
 
 
-def write_manifest(layout: OutputLayout, config: ReleaseRecord, markers: Sequence[dict[str, Any]],
+def write_manifest(layout: OutputLayout, config: ReleaseRecord, markers: Sequence[ItemMarker],
                    fit_info: dict[str, Any], key_fingerprint: str) -> dict[str, Any]:
     """Write ``release/manifest.json`` and a first ``release/SHA256SUMS`` (``sha256sum -c`` compatible)."""
     items = []
-    for m in sorted(markers, key=lambda m: m["item_id"]):
-        entry = {"item_id": m["item_id"], "status": m.get("status"), "input_sha256": m.get("input_sha256", []),
-                 "outputs": m.get("outputs", [])}
-        if "fidelity" in m:
-            f = m["fidelity"]
+    for m in sorted(markers, key=lambda m: m.item_id):
+        entry = {"item_id": m.item_id, "status": m.status, "input_sha256": m.input_sha256 or [],
+                 "outputs": m.outputs or []}
+        if m.fidelity is not None:
+            f = m.fidelity
             entry["fidelity"] = {k: f.get(k) for k in ("psnr_db", "ssim", "max_abs_units", "max_abs_physical",
                                                        "fraction_changed", "data_range", "passed")}
-        if m.get("override"):
-            entry["override"] = m["override"]
-        if m.get("status") != DONE:
-            entry["reason"] = m.get("reason", "")
+        if m.override:
+            entry["override"] = m.override
+        if not m.exported:
+            entry["reason"] = m.reason or ""
         items.append(entry)
     manifest = {
         "schema": MANIFEST_SCHEMA,

@@ -18,7 +18,7 @@ import numpy as np
 from medue.evidence import TARGET, summarise, verdict
 from medue.io.atomic import write_text_atomic
 from medue.layout import DONE, FAILED, GATE_FAILED, QUARANTINED, OutputLayout
-from medue.records import ReleaseRecord
+from medue.records import ItemMarker, ReleaseRecord
 
 REPORT_SCHEMA = "medue.report/1"
 
@@ -87,11 +87,11 @@ def _most_changed_window(diff: np.ndarray, size: int) -> tuple[int, int, int]:
     return int(y0), int(x0), n
 
 
-def _preview_order(m: dict[str, Any]) -> tuple[int, str]:
+def _preview_order(m: ItemMarker) -> tuple[int, str]:
     """Previews show protected items first, then weakened ones, then the rest (unchanged on purpose, not exported)."""
-    if m.get("status") == DONE and not m.get("unchanged_on_purpose"):
-        return (1 if m.get("adapted") else 0, m["item_id"])
-    return (2, m["item_id"])
+    if m.exported and m.unchanged_on_purpose is None:
+        return (1 if m.weakened else 0, m.item_id)
+    return (2, m.item_id)
 
 
 def _panel(original: np.ndarray, protected: np.ndarray, title: str, window: Any = None) -> str:
@@ -148,8 +148,8 @@ def _panel(original: np.ndarray, protected: np.ndarray, title: str, window: Any 
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _fidelity_plot(items: Sequence[dict[str, Any]]) -> str | None:
-    fids = [(i["item_id"][:8], i["fidelity"]) for i in items if "fidelity" in i]
+def _fidelity_plot(items: Sequence[ItemMarker]) -> str | None:
+    fids = [(i.item_id[:8], i.fidelity) for i in items if i.fidelity is not None]
     if not fids:
         return None
     import matplotlib
@@ -228,45 +228,44 @@ def verdict_lines(v: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _conformance(markers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    done = [m for m in markers if m.get("status") == DONE]
-    budget_ok = all(m["protection"]["stats"]["linf_units"] <= m["protection"]["params"]["epsilon"]
-                    for m in done if "protection" in m)
+def _conformance(markers: Sequence[ItemMarker]) -> list[dict[str, Any]]:
+    done = [m for m in markers if m.exported]
+    budget_ok = all(m.within_budget for m in done)
     return [
         {"check": "every exported file re-read and verified (pixels, UIDs, derived-image tags, header fields)",
          "result": "pass" if done else "n/a", "items": len(done)},
         {"check": "perturbation within the L-inf budget in whole stored units", "result": "pass" if budget_ok else "fail"},
         {"check": "fidelity gate passed or override recorded",
-         "result": "pass" if all(m.get("fidelity", {}).get("passed") or m.get("override") for m in done) else "fail"},
+         "result": "pass" if all(m.gate_passed for m in done) else "fail"},
         {"check": "inputs that could not be protected were quarantined with a reason",
-         "result": "pass", "items": sum(1 for m in markers if m.get("status") == QUARANTINED)},
+         "result": "pass", "items": sum(1 for m in markers if m.status == QUARANTINED)},
     ]
 
 
-def protection_counts(markers: Sequence[dict[str, Any]], class_of: dict[str, str] | None = None) -> dict[str, Any]:
+def protection_counts(markers: Sequence[ItemMarker], class_of: dict[str, str] | None = None) -> dict[str, Any]:
     """How much of the release carries the protection: exported items protected in full, weakened by the fidelity
     gate (with how much of the noise they kept), unchanged on purpose (a blank class), and the items not exported;
     overall and per class (``class_of``: item id -> class name; aggregate counts only, no item's class)."""
-    def count(ms: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        done = [m for m in ms if m.get("status") == DONE]
-        weakened = [m for m in done if m.get("adapted")]
+    def count(ms: Sequence[ItemMarker]) -> dict[str, Any]:
+        done = [m for m in ms if m.exported]
+        weakened = [m.adapted for m in done if m.adapted is not None]
         out: dict[str, Any] = {
-            "protected": sum(1 for m in done if not m.get("adapted") and not m.get("unchanged_on_purpose")),
+            "protected": sum(1 for m in done if m.protected_in_full),
             "weakened_by_gate": len(weakened),
-            "unchanged_on_purpose": sum(1 for m in done if m.get("unchanged_on_purpose")),
-            "quarantined": sum(1 for m in ms if m.get("status") == QUARANTINED),
-            "gate_failed": sum(1 for m in ms if m.get("status") == GATE_FAILED),
-            "failed": sum(1 for m in ms if m.get("status") == FAILED)}
+            "unchanged_on_purpose": sum(1 for m in done if m.unchanged_on_purpose is not None),
+            "quarantined": sum(1 for m in ms if m.status == QUARANTINED),
+            "gate_failed": sum(1 for m in ms if m.status == GATE_FAILED),
+            "failed": sum(1 for m in ms if m.status == FAILED)}
         if weakened:
-            out["weakened_mean_kept_fraction"] = round(float(np.mean([m["adapted"].get("kept_fraction", 1.0)
-                                                                      for m in weakened])), 4)
-            out["weakened_mean_amplitude_scale"] = round(float(np.mean([m["adapted"].get("amplitude_scale", 1.0)
-                                                                        for m in weakened])), 4)
+            out["weakened_mean_kept_fraction"] = round(float(np.mean([a.get("kept_fraction", 1.0)
+                                                                      for a in weakened])), 4)
+            out["weakened_mean_amplitude_scale"] = round(float(np.mean([a.get("amplitude_scale", 1.0)
+                                                                        for a in weakened])), 4)
         return out
 
     result = count(markers)
     if class_of:
-        result["by_class"] = {c: count([m for m in markers if class_of.get(m["item_id"]) == c])
+        result["by_class"] = {c: count([m for m in markers if class_of.get(m.item_id) == c])
                               for c in sorted(set(class_of.values()))}
     return result
 
@@ -293,7 +292,7 @@ def protection_lines(p: dict[str, Any]) -> list[str]:
     return lines
 
 
-def build_report(layout: OutputLayout, config: ReleaseRecord, markers: Sequence[dict[str, Any]],
+def build_report(layout: OutputLayout, config: ReleaseRecord, markers: Sequence[ItemMarker],
                  fit_info: dict[str, Any], key_fingerprint: str, env: dict[str, Any],
                  manifest: dict[str, Any], efficacy: dict[str, Any] | None = None,
                  release_checks: Sequence[dict[str, Any]] = (),
@@ -304,13 +303,13 @@ def build_report(layout: OutputLayout, config: ReleaseRecord, markers: Sequence[
     ``efficacy`` is the attached ``medue evaluate`` result (``PipelineConfig.load_efficacy_results``).
     """
     items = []
-    for m in sorted(markers, key=lambda m: m["item_id"]):
-        entry = {k: m[k] for k in ("item_id", "status", "format", "modality", "shape", "reason", "message",
-                                   "fidelity", "override", "outputs", "warnings", "unchanged_on_purpose") if k in m}
+    for m in sorted(markers, key=lambda m: m.item_id):
+        entry = m.subset("item_id", "status", "format", "modality", "shape", "reason", "message", "fidelity",
+                         "override", "outputs", "warnings", "unchanged_on_purpose")
         if "fidelity" in entry:
             entry["fidelity"] = {k: v for k, v in entry["fidelity"].items() if k != "per_slice_psnr_db"}
         items.append(entry)
-    counts = {s: sum(1 for m in markers if m.get("status") == s) for s in (DONE, QUARANTINED, GATE_FAILED, FAILED)}
+    counts = {s: sum(1 for m in markers if m.status == s) for s in (DONE, QUARANTINED, GATE_FAILED, FAILED)}
     holdout = layout.private / "holdout.local.json"
     held_out = len(json.loads(holdout.read_text())["items"]) if holdout.is_file() else 0
     report = {
@@ -330,8 +329,8 @@ def build_report(layout: OutputLayout, config: ReleaseRecord, markers: Sequence[
                      "labels_in_release": config.labels_in_release, "reversible": config.reversible,
                      "fidelity_override": ({"reason": config.override_reason, "by": config.override_by}
                                            if config.override_reason else None)},
-        "warnings": [{"item_id": m["item_id"], "warning": str(w)}
-                     for m in sorted(markers, key=lambda m: m["item_id"]) for w in m.get("warnings", [])],
+        "warnings": [{"item_id": m.item_id, "warning": str(w)}
+                     for m in sorted(markers, key=lambda m: m.item_id) for w in m.warnings or []],
         "protection": protection_counts(markers, class_of),
         "summary": {"items": len(markers), **counts, "ignored": len(ignored), "held_out": held_out,
                     "ignored_reasons": {r: sum(1 for i in ignored if i["reason"] == r)
@@ -421,7 +420,7 @@ def _verdict_html(verdict: dict[str, Any]) -> str:
             + "<h3>Not tested</h3>" + items(verdict.get("not_tested") or [], "none") + "</div>")
 
 
-def render_html(report: dict[str, Any], markers: Sequence[dict[str, Any]], layout: OutputLayout,
+def render_html(report: dict[str, Any], markers: Sequence[ItemMarker], layout: OutputLayout,
                 max_pictures: int) -> str:
     """A single HTML file with every picture inlined as a data URI (opens offline, can be e-mailed)."""
     s = report["summary"]
@@ -466,7 +465,7 @@ def render_html(report: dict[str, Any], markers: Sequence[dict[str, Any]], layou
                 for i in report["items"] if "fidelity" in i]),
         f"<p>Policy: <code>{html.escape(json.dumps(report.get('policy', {})))}</code></p>",
     ]
-    plot = _fidelity_plot(sorted(markers, key=lambda m: m["item_id"]))  # markers keep the per-slice PSNRs
+    plot = _fidelity_plot(sorted(markers, key=lambda m: m.item_id))  # markers keep the per-slice PSNRs
     if plot:
         parts.append(f"<img alt='fidelity plots' src='{plot}'>")
     parts.append("<h2>Before / after / |delta| / mask (middle slice)</h2>")
@@ -474,14 +473,14 @@ def render_html(report: dict[str, Any], markers: Sequence[dict[str, Any]], layou
                  "one the gate weakened, only when there are not enough of the others).</p>")
     pictured = 0
     for m in sorted(markers, key=_preview_order):
-        preview = layout.private / "previews" / f"{m['item_id']}.npz"
+        preview = layout.private / "previews" / f"{m.item_id}.npz"
         if pictured >= max_pictures or not preview.exists():
             continue
         with np.load(preview) as p:
             window = p["window"] if "window" in p.files else None
-            title = f"{m['item_id']} ({m.get('modality', '')}, {m.get('status')}" + (
+            title = f"{m.item_id} ({m.modality or ''}, {m.status}" + (
                 ", clinical window)" if window is not None else ")")
-            parts.append(f"<img alt='preview {m['item_id']}' "
+            parts.append(f"<img alt='preview {m.item_id}' "
                          f"src='{_panel(p['original'], p['protected'], title, window)}'>")
         pictured += 1
     bad = [i for i in report["items"] if i["status"] != DONE]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -13,7 +14,7 @@ import numpy as np
 from medue.errors import MissingDependencyError
 from medue.evidence import describe, evidence_applies, summarise
 from medue.layout import OutputLayout
-from medue.records import ReleaseRecord
+from medue.records import ItemMarker, ReleaseRecord
 
 
 def default_tracking_uri(layout: OutputLayout) -> str:
@@ -94,7 +95,7 @@ class MlflowSink:
             self.mlflow.tracking.MlflowClient(tracking_uri=self.tracking_uri).set_terminated(self.run_id, status=status)
             self.run_id = None
 
-    def log_release(self, *, config: ReleaseRecord, markers: Sequence[dict[str, Any]], summary_counts: dict[str, int],
+    def log_release(self, *, config: ReleaseRecord, markers: Sequence[ItemMarker], summary_counts: dict[str, int],
                     fit_info: dict[str, Any], key_fingerprint: str, env: dict[str, Any], manifest: dict[str, Any],
                     report_paths: tuple[Path | None, Path | None], seconds: float,
                     efficacy: dict[str, Any] | None = None,
@@ -106,7 +107,7 @@ class MlflowSink:
         params["protector.state_fingerprint"] = fit_info.get("state_fingerprint", "")
         params["items"] = len(markers)
         metrics: dict[str, float] = {f"count_{k}": float(v) for k, v in summary_counts.items()}
-        fids = [m["fidelity"] for m in markers if "fidelity" in m]
+        fids = [m.fidelity for m in markers if m.fidelity is not None]
         if fids:
             psnrs = [f["psnr_db"] for f in fids if f.get("psnr_db") is not None]
             if psnrs:
@@ -152,8 +153,8 @@ class MlflowSink:
             mlflow.log_metrics(metrics)
             import pandas as pd
 
-            rows = [{"item_id": m["item_id"], "status": m.get("status"),
-                     "input_sha256": ",".join(m.get("input_sha256", []))} for m in markers]
+            rows = [{"item_id": m.item_id, "status": m.status,
+                     "input_sha256": ",".join(m.input_sha256 or [])} for m in markers]
             frame = pd.DataFrame(rows or [{"item_id": "", "status": "", "input_sha256": ""}])
             dataset = mlflow.data.from_pandas(frame, name=f"{config.name}-inputs")
             mlflow.log_input(dataset, context="release-input")
@@ -204,10 +205,9 @@ def report_figures(html_text: str) -> list[tuple[str, bytes]]:
     return out
 
 
-def _public_marker(m: dict[str, Any]) -> dict[str, Any]:
+def _public_marker(m: ItemMarker) -> dict[str, Any]:
     """A marker without anything path-like from the input side (warnings and messages are PHI-free by design)."""
-    drop = {"traceback", "quarantine"}
-    return {k: v for k, v in m.items() if k not in drop}
+    return dataclasses.replace(m, traceback=None, quarantine=None).to_dict()
 
 
 def _create_store_atomically(db: Path) -> None:

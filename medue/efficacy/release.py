@@ -30,6 +30,7 @@ from medue.efficacy.train import TrainSettings, predict, train_classifier
 from medue.errors import IngestError, InvalidConfigError
 from medue.evidence import RESULT_SCHEMA, row_key, summarise
 from medue.fidelity.diagnostic import diagnostic_preservation
+from medue.records import ItemMarker
 
 #: Default fraction of a benchmark's training split kept out of the release as the clean pool of the mixing attacks.
 MIX_POOL = 0.2
@@ -140,23 +141,25 @@ def read_release(output: Path, input_root: Path, labels_table: dict[str, str], c
     """
     index = json.loads((output / "private" / "inputs.local.json").read_text())
     released: dict[str, np.ndarray] = {}
-    status: dict[str, dict[str, Any]] = {}
+    status: dict[str, ItemMarker] = {}
     for marker_path in sorted((output / "markers").glob("*.json")):
-        m = json.loads(marker_path.read_text())
-        paths = index.get(m["item_id"], {}).get("paths", [])
+        m = ItemMarker.read(marker_path)
+        if m is None:
+            continue
+        paths = index.get(m.item_id, {}).get("paths", [])
         if len(paths) != 1:
             continue
         rel = Path(paths[0]).resolve().relative_to(input_root.resolve()).as_posix()
         status[rel] = m
-        if m.get("status") == "done":
-            files = [output / "release" / o["path"] for o in m.get("outputs", [])]
+        if m.exported:
+            files = [output / "release" / o["path"] for o in m.outputs or []]
             released[rel] = _read_file_slices(_kind_of(files[0]), [str(f) for f in files])
     expected = {rel: classes.index(lab) for rel, lab in labels_table.items()}
     return released, expected, status
 
 
-def _fidelity_summary(status: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    fids = [m["fidelity"] for m in status.values() if m.get("status") == "done" and "fidelity" in m]
+def _fidelity_summary(status: dict[str, ItemMarker]) -> dict[str, Any]:
+    fids = [m.fidelity for m in status.values() if m.exported and m.fidelity is not None]
     if not fids:
         return {}
     def col(k: str) -> np.ndarray:
@@ -388,13 +391,14 @@ def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path,
     not_exported: dict[str, int] = {}
     for r in rels:
         if r not in released:
-            why = (status.get(r) or {}).get("status", "missing")
-            reason = (status.get(r) or {}).get("reason") or ""
+            marker = status.get(r)
+            why = (marker.status or "missing") if marker is not None else "missing"
+            reason = (marker.reason or "") if marker is not None else ""
             key = f"{why}:{reason}" if reason else why
             not_exported[key] = not_exported.get(key, 0) + 1
     log(f"read back {len(exported_rels)}/{len(rels)} released training images; per class {per_class}; "
         f"test {len(data.x_test)} clean images; clean pool {len(in_pool)} images (never released)")
-    modalities = sorted({str(m.get("modality") or "OT") for m in status.values() if m.get("status") == "done"})
+    modalities = sorted({str(m.modality or "OT") for m in status.values() if m.exported})
     head = {
         "schema": RESULT_SCHEMA,
         "name": name or f"{info.get('name', root.name)}_{config.protect.method}",
@@ -476,24 +480,24 @@ def evaluate_own_release(config: Any, *, settings: ReleaseEvalSettings = Release
     labels = json.loads((private / "labels.local.json").read_text())
     held = json.loads((private / "holdout.local.json").read_text())["items"]
     classes = list(labels["classes"])
-    markers = [json.loads(p.read_text()) for p in sorted((out / "markers").glob("*.json"))]
-    done = [m for m in markers if m.get("status") == "done" and m["item_id"] in labels["by_item"]]
+    markers = [m for p in sorted((out / "markers").glob("*.json")) if (m := ItemMarker.read(p)) is not None]
+    done = [m for m in markers if m.exported and m.item_id in labels["by_item"]]
     if not done:
         raise InvalidConfigError([f"{config.name}: the release exported no labelled item; nothing to attack"],
                                  source="evaluate")
-    shapes = [tuple(m["shape"][-2:]) for m in done]
+    shapes = [tuple((m.shape or [])[-2:]) for m in done]
     common = max(set(shapes), key=shapes.count)
     side = min(max(common), SELF_EVAL_MAX_SIDE)
     size = (side, side)
 
     prot, orig, y = [], [], []
     for m in done:
-        files = [str(out / "release" / o["path"]) for o in m.get("outputs", [])]
+        files = [str(out / "release" / o["path"]) for o in m.outputs or []]
         p = _as_uint8([_read_file_slices(_kind_of(Path(files[0])), files)], size)
-        o = _as_uint8([_read_file_slices(index[m["item_id"]]["kind"], index[m["item_id"]]["paths"])], size)
+        o = _as_uint8([_read_file_slices(index[m.item_id]["kind"], index[m.item_id]["paths"])], size)
         prot.append(p)
         orig.append(o)
-        y += [labels["by_item"][m["item_id"]]] * len(p)
+        y += [labels["by_item"][m.item_id]] * len(p)
     test, y_test = [], []
     for entry in held.values():
         t = _as_uint8([_read_file_slices(entry["kind"], entry["paths"])], size)
@@ -505,14 +509,14 @@ def evaluate_own_release(config: Any, *, settings: ReleaseEvalSettings = Release
                     y_test=np.asarray(y_test, dtype=np.int64), originals_of_prot=np.concatenate(orig))
     log(f"self-evaluation: {len(x_prot)} released slice(s) of {len(done)} item(s), {len(data.x_test)} held-out "
         f"slice(s) of {len(held)} item(s), at {side}x{side} px")
-    status = {m["item_id"]: m for m in markers}
+    status = {m.item_id: m for m in markers}
     head = {
         "schema": RESULT_SCHEMA,
         "name": f"{config.name}_self_evaluation",
         "self_evaluation": True,
         "release_config_hash": config.config_hash(),
         "dataset": {"name": f"{config.name} (this release)", "format": "release",
-                    "modality": ", ".join(sorted({str(m.get("modality") or "OT") for m in done})),
+                    "modality": ", ".join(sorted({str(m.modality or "OT") for m in done})),
                     "train": int(len(x_prot)), "test": int(len(data.x_test)), "items_released": len(done),
                     "items_held_out": len(held), "holdout": config.labels.holdout, "classes": classes,
                     "majority_class_accuracy": round(float(np.bincount(data.y_test).max() / len(data.y_test)), 4)},
@@ -520,11 +524,11 @@ def evaluate_own_release(config: Any, *, settings: ReleaseEvalSettings = Release
         "method": config.protect.method,
         "params": fit_info.get("params", {}),
         "labels_used": True,
-        "exported": {c: sum(1 for m in done if labels["by_item"][m["item_id"]] == i) for i, c in enumerate(classes)},
+        "exported": {c: sum(1 for m in done if labels["by_item"][m.item_id] == i) for i, c in enumerate(classes)},
         "expected": {c: sum(1 for item, lab in labels["by_item"].items() if lab == i and item not in held)
                      for i, c in enumerate(classes)},
         "not_exported": {st: n for st in ("quarantined", "gate_failed", "failed")
-                         if (n := sum(1 for m in markers if m.get("status") == st))},
+                         if (n := sum(1 for m in markers if m.status == st))},
         "release_exit_code": exit_code,
         "release_seconds": release_seconds,
         "fit": {k: fit_info.get(k) for k in ("slices", "fit_seconds", "labels_used", "pixels_used",

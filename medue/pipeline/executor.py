@@ -11,6 +11,7 @@ from medue.device import device_count
 from medue.errors import InvalidConfigError
 from medue.io import InputItem
 from medue.pipeline.job import JobContext, process_item, read_ahead_needed, read_volume
+from medue.records import ItemMarker
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -56,7 +57,7 @@ def _init_worker(threads: int) -> None:
         pass  # not Linux: workers end when the pool is shut down
 
 
-def _with_read_ahead(items: Sequence[InputItem], ctx: JobContext, *, resume: bool) -> Iterator[dict[str, Any]]:
+def _with_read_ahead(items: Sequence[InputItem], ctx: JobContext, *, resume: bool) -> Iterator[ItemMarker]:
     """One worker, reading item k + 1 in a thread while item k is protected, checked and written.
 
     At most one volume is read ahead (two in memory); items skipped on resume are not read. The markers are the
@@ -76,7 +77,7 @@ def _with_read_ahead(items: Sequence[InputItem], ctx: JobContext, *, resume: boo
 
 
 def execute_local(items: Sequence[InputItem], ctx: JobContext, *, workers: int = 1, resume: bool = True,
-                  devices: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
+                  devices: Sequence[str] | None = None) -> Iterator[ItemMarker]:
     """Run ``process_item`` over ``items`` and yield each marker as it completes (completion order)."""
     devices = list(devices or worker_devices(ctx.device, workers))
     if workers <= 1 and ctx.read_ahead:

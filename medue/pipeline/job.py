@@ -26,6 +26,7 @@ from medue.io import InputItem, output_name, read_item, write_volume
 from medue.io.atomic import atomic_file, write_text_atomic
 from medue.io.delta import write_delta
 from medue.provenance import fingerprint_array, sha256_file
+from medue.records import ItemMarker
 
 from medue.layout import DONE, FAILED, GATE_FAILED, QUARANTINED, OutputLayout  # noqa: F401 (re-exported)
 
@@ -78,13 +79,6 @@ def load_protector(path: Path, device: str) -> Any:
     return _PROTECTOR_CACHE[cache_key]
 
 
-def read_marker(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 #: Extensions a quarantine copy may keep; anything else in a name (dates, MRNs) is dropped.
 SAFE_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".mha", ".mhd", ".nrrd", ".nhdr", ".ima")
 
@@ -134,7 +128,7 @@ def _quarantine(item: InputItem, ctx: JobContext, reason: str, message: str) -> 
     return info
 
 
-def _finished_marker(item: InputItem, ctx: JobContext, *, resume: bool) -> dict[str, Any] | None:
+def _finished_marker(item: InputItem, ctx: JobContext, *, resume: bool) -> ItemMarker | None:
     """The marker of an item that ``resume`` skips (its marker and outputs intact), else ``None``.
 
     An item that FAILED (an error of the run, such as a full disk, not of its input) is never skipped: ``--resume``
@@ -143,8 +137,8 @@ def _finished_marker(item: InputItem, ctx: JobContext, *, resume: bool) -> dict[
     marker_path = ctx.layout.marker(item.item_id)
     if not resume or not marker_path.exists():
         return None
-    previous = read_marker(marker_path)
-    if previous is None or previous.get("status") == FAILED:
+    previous = ItemMarker.read(marker_path)
+    if previous is None or previous.status == FAILED:
         return None
     return previous if _outputs_intact(ctx.layout, previous) else None
 
@@ -160,7 +154,7 @@ def read_volume(item: InputItem, ctx: JobContext) -> Any:
 
 
 def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True, prefetched: Future | None = None
-                 ) -> dict[str, Any]:
+                 ) -> ItemMarker:
     """Protect and export one item; return (and write) its completion marker.
 
     With ``resume`` an item whose marker exists is skipped and its marker returned (``"skipped": True``).
@@ -171,7 +165,7 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True, prefe
     marker_path = layout.marker(item.item_id)
     previous = _finished_marker(item, ctx, resume=resume)
     if previous is not None:
-        return {**previous, "skipped": True}
+        return dataclasses.replace(previous, skipped=True)
     t0 = time.perf_counter()
     result: dict[str, Any] = {"item_id": item.item_id, "kind": item.kind, "skipped": False}
     stages: dict[str, float] = {}
@@ -310,9 +304,9 @@ def adapt_support(volume: Any, protected: Any, fid: Any, ctx: JobContext, slope:
     return protected, fid, {"kept_fraction": round(kept, 4), "amplitude_scale": round(scale, 4)}
 
 
-def _outputs_intact(layout: OutputLayout, marker: dict[str, Any]) -> bool:
+def _outputs_intact(layout: OutputLayout, marker: ItemMarker) -> bool:
     """Whether every file a done marker lists is still there with its recorded size and SHA-256."""
-    for out in marker.get("outputs", []) if marker.get("status") == DONE else []:
+    for out in (marker.outputs or []) if marker.exported else []:
         path = layout.release / out["path"]
         if not path.is_file() or path.stat().st_size != out.get("bytes") or sha256_file(path) != out.get("sha256"):
             return False
@@ -357,7 +351,7 @@ def _save_preview(path: Path, original: np.ndarray, protected: np.ndarray,
             np.savez_compressed(fh, original=original[z], protected=protected[z], **extra)
 
 
-def _finish(result: dict[str, Any], marker_path: Path, t0: float) -> dict[str, Any]:
+def _finish(result: dict[str, Any], marker_path: Path, t0: float) -> ItemMarker:
     result["seconds"] = round(time.perf_counter() - t0, 3)
     write_text_atomic(marker_path, json.dumps(result, indent=2, default=str))
-    return result
+    return ItemMarker.from_dict(json.loads(json.dumps(result, default=str)))

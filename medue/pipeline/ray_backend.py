@@ -13,6 +13,7 @@ from typing import Any, Iterator, Sequence
 from medue.errors import MissingDependencyError
 from medue.io import InputItem
 from medue.pipeline.job import FAILED, JobContext, process_item
+from medue.records import ItemMarker
 
 
 def _import_ray() -> Any:
@@ -36,7 +37,7 @@ class _ProtectActor:
         for kind, paths, item_id, problem in zip(batch["kind"], batch["paths"], batch["item_id"], batch["problem"]):
             item = InputItem(str(kind), tuple(json.loads(paths)), str(item_id), str(problem))
             try:
-                marker = process_item(item, self.ctx, resume=self.resume)
+                marker = process_item(item, self.ctx, resume=self.resume).to_dict()
             except Exception as exc:  # reported per item: the batch goes on
                 marker = {"item_id": item.item_id, "status": FAILED, "reason": type(exc).__name__, "message": str(exc)}
             out.append(json.dumps(marker, default=str))
@@ -44,7 +45,7 @@ class _ProtectActor:
 
 
 def execute_ray(items: Sequence[InputItem], ctx: JobContext, *, workers: int = 1, resume: bool = True,
-                gpus_per_worker: float = 0.0, address: str | None = None) -> Iterator[dict[str, Any]]:
+                gpus_per_worker: float = 0.0, address: str | None = None) -> Iterator[ItemMarker]:
     """Run the per-volume job over ``items`` with ``ray.data`` ``map_batches`` and an actor pool."""
     import json
 
@@ -68,4 +69,4 @@ def execute_ray(items: Sequence[InputItem], ctx: JobContext, *, workers: int = 1
         max_task_retries=2,
     )
     for row in results.iter_rows():
-        yield json.loads(row["marker"])
+        yield ItemMarker.from_dict(json.loads(row["marker"]))

@@ -32,9 +32,10 @@ from medue.pipeline.display import LineProgress
 from medue.pipeline.executor import execute_local, select_shard
 from medue.pipeline.fit import damaged_fit_artefacts, fit_protector, release_identity
 from medue.pipeline.inputs import class_names, labelled_inputs, release_facts, write_holdout
-from medue.pipeline.job import DONE, FAILED, GATE_FAILED, QUARANTINED, JobContext, read_marker
+from medue.pipeline.job import FAILED, GATE_FAILED, QUARANTINED, JobContext
 from medue.protect.stream import World
 from medue.provenance import capture_environment, key_fingerprint
+from medue.records import ItemMarker
 
 log = logging.getLogger("medue")
 
@@ -44,7 +45,7 @@ class RunSummary:
     """What a run did; ``exit_code`` follows the CLI's convention."""
 
     counts: dict[str, int] = field(default_factory=dict)
-    markers: list[dict[str, Any]] = field(default_factory=list)
+    markers: list[ItemMarker] = field(default_factory=list)
     output: Path = Path(".")
     report_html: Path | None = None
     report_json: Path | None = None
@@ -210,7 +211,7 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
             fit_info = fit_protector([it for it in items if not it.problem], config, key, device=device,
                                      progress=say, identity=identity, resume=False)
             if fit_info.get("state_fingerprint") != previous.get("state_fingerprint") and any(
-                    m.get("status") == DONE for p in layout.markers.glob("*.json") if (m := read_marker(p))):
+                    m.exported for p in layout.markers.glob("*.json") if (m := ItemMarker.read(p))):
                 raise InvalidConfigError([
                     f"{config.output}: the fitted protector was damaged and fitting it again gave another state "
                     f"({fit_info.get('state_fingerprint', '')[:12]} instead of "
@@ -249,8 +250,8 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
                     else bool(config.execution.read_ahead)),
     )
     if resume:
-        retry = [it for it in mine if (m := read_marker(layout.marker(it.item_id))) is not None
-                 and m.get("status") == FAILED]
+        retry = [it for it in mine if (m := ItemMarker.read(layout.marker(it.item_id))) is not None
+                 and m.status == FAILED]
         if retry:
             say(f"retrying {len(retry)} item(s) that failed in an earlier run (errors of the run, not of the input)")
     workers = config.execution.workers
@@ -272,23 +273,23 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
     for marker in stream:
         markers.append(marker)
         if bar is not None:
-            bar.set_postfix_str(marker.get("status", ""))
+            bar.set_postfix_str(marker.status or "")
             bar.update(1)
-        if marker.get("status") != DONE and not marker.get("skipped"):
-            line = (f"{marker['item_id']}: {marker.get('status')} ({marker.get('reason', '')}) "
-                    f"{marker.get('message', '')[:200]}")
+        if not marker.exported and not marker.skipped:
+            line = (f"{marker.item_id}: {marker.status} ({marker.reason or ''}) "
+                    f"{(marker.message or '')[:200]}")
             # a log record that carries the item's fields (a JSON log line keeps them apart)
-            log.warning(line, extra={"item_id": marker["item_id"], "status": marker.get("status"),
-                                     "reason": marker.get("reason", "")})
+            log.warning(line, extra={"item_id": marker.item_id, "status": marker.status,
+                                     "reason": marker.reason or ""})
     if bar is not None:
         bar.close()
     summary = RunSummary(output=layout.root, release_checks=release_checks)
     for m in markers:
-        summary.counts[m.get("status", FAILED)] = summary.counts.get(m.get("status", FAILED), 0) + 1
-    summary.counts["skipped"] = sum(1 for m in markers if m.get("skipped"))
-    summary.markers = sorted(markers, key=lambda m: m["item_id"])
+        summary.counts[m.status or FAILED] = summary.counts.get(m.status or FAILED, 0) + 1
+    summary.counts["skipped"] = sum(1 for m in markers if m.skipped)
+    summary.markers = sorted(markers, key=lambda m: m.item_id)
 
-    all_markers = [m for p in sorted(layout.markers.glob("*.json")) if (m := read_marker(p)) is not None]
+    all_markers = [m for p in sorted(layout.markers.glob("*.json")) if (m := ItemMarker.read(p)) is not None]
     record = config.record()
     manifest = write_manifest(layout, record, all_markers, fit_info, fingerprint)
     env = capture_environment()

@@ -33,11 +33,11 @@ def test_released_dicom_has_no_new_dciodvfy_findings(tmp_path):
     index = json.loads((tmp_path / "out" / "private" / "inputs.local.json").read_text())
     pairs = []  # (output file, its source file), from each item's marker and the site-only input index
     for m in summary.markers:
-        if m["status"] != "done" or index[m["item_id"]]["kind"] != "dicom":
+        if m.status != "done" or index[m.item_id]["kind"] != "dicom":
             continue
         sources = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p
-                   for p in index[m["item_id"]]["paths"]}
-        for o in m["outputs"]:
+                   for p in index[m.item_id]["paths"]}
+        for o in m.outputs:
             out = tmp_path / "out" / "release" / o["path"]
             ds = pydicom.dcmread(out, stop_before_pixels=True)
             refs = list(ds.get("SourceImageSequence", []))
@@ -89,11 +89,11 @@ def test_pydicom_test_corpus_no_abort_and_no_new_findings(tmp_path):
     index = json.loads((tmp_path / "out" / "private" / "inputs.local.json").read_text())
     new = {}
     for m in summary.markers:
-        if m["status"] != "done":
-            assert m["status"] == "quarantined" and m.get("reason") and "Traceback" not in m.get("message", "")
+        if m.status != "done":
+            assert m.status == "quarantined" and m.reason and "Traceback" not in (m.message or "")
             continue
-        source_findings = set().union(*[_findings(p) for p in index[m["item_id"]]["paths"]])
-        for o in m["outputs"]:
+        source_findings = set().union(*[_findings(p) for p in index[m.item_id]["paths"]])
+        for o in m.outputs:
             out = tmp_path / "out" / "release" / o["path"]
             sitk.ReadImage(str(out))  # every other reader opens it
             if any("Dicom dataset read failed" in f for f in source_findings):

@@ -350,5 +350,5 @@ def test_inspect_and_run_give_the_same_verdict(tmp_path, tiny_config, capsys):
     main(["inspect", str(cfg.input_path), "--config", str(tiny_config())])
     said = {line.split()[0]: "QUARANTINE" in line for line in capsys.readouterr().out.splitlines()[1:]}
     summary = run_pipeline(cfg)
-    refused = {m["item_id"]: m["status"] == "quarantined" for m in summary.markers}
+    refused = {m.item_id: m.status == "quarantined" for m in summary.markers}
     assert said == refused and sum(said.values()) == 2

@@ -56,12 +56,12 @@ def test_broken_inputs_quarantined_and_batch_goes_on(tmp_path, tiny_config, expe
     assert summary.counts["done"] == 1 and summary.counts["quarantined"] == 6
     reasons = {}
     for m in summary.markers:
-        if m["status"] == "quarantined":
-            reasons[m["reason"]] = reasons.get(m["reason"], 0) + 1
-            q = cfg.output_path / "quarantine" / m["item_id"] / "reason.json"
+        if m.status == "quarantined":
+            reasons[m.reason] = reasons.get(m.reason, 0) + 1
+            q = cfg.output_path / "quarantine" / m.item_id / "reason.json"
             info = json.loads(q.read_text())
-            assert info["reason"] == m["reason"] and info["message"]
+            assert info["reason"] == m.reason and info["message"]
             assert all((q.parent / c).exists() for c in info["copies"])  # the input is kept, not lost
     assert reasons == expected
-    done = [m for m in summary.markers if m["status"] == "done"]
-    assert (cfg.output_path / "release" / done[0]["outputs"][0]["path"]).exists()
+    done = [m for m in summary.markers if m.status == "done"]
+    assert (cfg.output_path / "release" / done[0].outputs[0]["path"]).exists()

@@ -175,26 +175,26 @@ def test_fuzzed_inputs_never_abort_and_nothing_wrong_is_exported(fuzz_corpus):
 
     seen = {}
     for m in summary.markers:
-        assert m["status"] in ("done", "quarantined", "failed", "gate_failed"), m
-        if m["status"] != "done":
-            assert m.get("reason") and m.get("message"), m
-            assert "Traceback" not in m["message"] and str(root) not in json.dumps(m)
-        seen[case_of(m["item_id"])] = m
+        assert m.status in ("done", "quarantined", "failed", "gate_failed"), m
+        if m.status != "done":
+            assert m.reason and m.message, m
+            assert "Traceback" not in m.message and str(root) not in json.dumps(m.to_dict())
+        seen[case_of(m.item_id)] = m
     ignored = json.loads((cfg.output_path / "private" / "ignored.local.json").read_text()) \
         if (cfg.output_path / "private" / "ignored.local.json").exists() else []
     ignored_names = {__import__("pathlib").Path(str(i.get("path", ""))).name for i in ignored}
     # every case is accounted for: an item record, or a file listed as ignored with its reason
     unaccounted = [c for c in cases if c not in seen and c not in ignored_names]
     assert not unaccounted, unaccounted
-    assert seen["good_series"]["status"] == "done"
+    assert seen["good_series"].status == "done"
 
     wrongly_exported = []
     for case, m in seen.items():
-        if m["status"] != "done":
+        if m.status != "done":
             continue
         kind = cases[case]
-        inputs = sorted(index[m["item_id"]]["paths"])
-        outputs = [cfg.output_path / "release" / o["path"] for o in m["outputs"]]
+        inputs = sorted(index[m.item_id]["paths"])
+        outputs = [cfg.output_path / "release" / o["path"] for o in m.outputs]
         before = _independent_read(kind, inputs)
         after = _independent_read(kind, outputs)
         if before is None or after is None or before.size != after.size:

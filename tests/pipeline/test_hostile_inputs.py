@@ -46,14 +46,14 @@ def hostile_config(tiny_config, tmp_path):
 def test_no_hostile_input_aborts_the_batch(hostile_config):
     summary = run_pipeline(hostile_config)
     assert summary.exit_code == 4  # partial: the good items are exported, the bad ones are accounted for
-    statuses = {m["item_id"]: m["status"] for m in summary.markers}
+    statuses = {m.item_id: m.status for m in summary.markers}
     assert list(statuses.values()).count("done") >= 2  # the two good inputs of the fixture
-    bad = [m for m in summary.markers if m["status"] != "done"]
+    bad = [m for m in summary.markers if m.status != "done"]
     assert len(bad) >= len(MUTATIONS)  # every mutation (and the complex/RGB NIfTI) is an item record
     for m in bad:
-        assert m["status"] in ("quarantined", "failed", "gate_failed") and m.get("message")
-        assert "Traceback" not in m["message"] and str(hostile_config.input_path) not in json.dumps(m)
-    exported = {m["item_id"] for m in summary.markers if m["status"] == "done"}
+        assert m.status in ("quarantined", "failed", "gate_failed") and m.message
+        assert "Traceback" not in m.message and str(hostile_config.input_path) not in json.dumps(m.to_dict())
+    exported = {m.item_id for m in summary.markers if m.status == "done"}
     manifest = json.loads((hostile_config.output_path / "release" / "manifest.json").read_text())
     assert {i["item_id"] for i in manifest["items"] if i["outputs"]} == exported
 

@@ -84,10 +84,10 @@ def test_blank_class_releases_the_first_class_unchanged_on_purpose(tiny_config, 
     by_label = {}
     index = json.loads((cfg.output_path / "private" / "inputs.local.json").read_text())
     for m in summary.markers:
-        name = index[m["item_id"]]["paths"][0]
+        name = index[m.item_id]["paths"][0]
         by_label["normal" if name.endswith("vol.nii.gz") else "tumour"] = m
-    assert by_label["normal"]["fidelity"]["fraction_changed"] == 0 and by_label["normal"]["unchanged_on_purpose"]
-    assert by_label["tumour"]["fidelity"]["fraction_changed"] > 0 and "unchanged_on_purpose" not in by_label["tumour"]
+    assert by_label["normal"].fidelity["fraction_changed"] == 0 and by_label["normal"].unchanged_on_purpose
+    assert by_label["tumour"].fidelity["fraction_changed"] > 0 and by_label["tumour"].unchanged_on_purpose is None
 
 
 def test_unbounded_conv_fails_the_gate_as_published_and_is_not_thinned_into_another_method(tiny_config, tmp_path):
@@ -99,7 +99,7 @@ def test_unbounded_conv_fails_the_gate_as_published_and_is_not_thinned_into_anot
     summary = run_pipeline(cfg)
     assert summary.counts.get("gate_failed") == 2 and summary.exit_code == 3
     for m in summary.markers:
-        assert "adapted" not in m and any("max |delta|" in f for f in m["fidelity"]["failures"])
+        assert m.adapted is None and any("max |delta|" in f for f in m.fidelity["failures"])
 
 
 def test_gate_adaptation_thins_a_dense_delta_to_the_configured_fraction_and_keeps_the_rest():

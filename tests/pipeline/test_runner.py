@@ -155,14 +155,14 @@ def test_results_for_other_parameters_are_not_tested_and_missing_results_are_a_c
 def test_resume_skips_done_and_is_deterministic(tiny_config):
     cfg = load_config(tiny_config())
     first = run_pipeline(cfg)
-    hashes = {m["item_id"]: [o["sha256"] for o in m["outputs"]] for m in first.markers}
+    hashes = {m.item_id: [o["sha256"] for o in m.outputs] for m in first.markers}
     again = run_pipeline(cfg, resume=True)
     assert again.counts["skipped"] == 2
     # a fresh run with the same key re-creates byte-identical protected pixels and keyed UIDs
     fresh = load_config(tiny_config(output=str(cfg.output_path) + "_fresh"))
     third = run_pipeline(fresh)
-    nifti = lambda s: next(m for m in s.markers if m["format"] == "nifti")  # noqa: E731
-    assert [o["sha256"] for o in nifti(third)["outputs"]] == hashes[nifti(first)["item_id"]]
+    nifti = lambda s: next(m for m in s.markers if m.format == "nifti")  # noqa: E731
+    assert [o["sha256"] for o in nifti(third).outputs] == hashes[nifti(first).item_id]
 
 
 def test_shards_partition_items(tiny_config):
@@ -184,7 +184,7 @@ def test_process_pool_matches_serial(tiny_config):
     serial = run_pipeline(load_config(tiny_config()))
     pooled = run_pipeline(load_config(tiny_config(output=str(serial.output) + "_pool",
                                                   execution={"workers": 2})))
-    key = lambda s: sorted((m["item_id"], [o["sha256"] for o in m["outputs"]]) for m in s.markers)  # noqa: E731
+    key = lambda s: sorted((m.item_id, [o["sha256"] for o in m.outputs]) for m in s.markers)  # noqa: E731
     # NIfTI bytes are fully determined by pixels; DICOM files carry a creation time, so compare NIfTI only
     nif = lambda s: [k for k in key(s) if k[1] and len(k[1]) == 1]  # noqa: E731
     assert nif(serial) == nif(pooled) and pooled.counts["done"] == 2
@@ -197,14 +197,14 @@ def test_read_ahead_matches_serial_and_quarantines_a_bad_read(tiny_config):
     ahead_cfg = load_config(tiny_config(output=str(cfg.output_path) + "_ahead", execution={"read_ahead": True}))
     ahead = run_pipeline(ahead_cfg)
     assert serial.counts == ahead.counts and ahead.counts["quarantined"] == 1 and ahead.counts["done"] == 2
-    by_id = lambda s: {m["item_id"]: m for m in s.markers}  # noqa: E731
+    by_id = lambda s: {m.item_id: m for m in s.markers}  # noqa: E731
     for item_id, m in by_id(ahead).items():
         other = by_id(serial)[item_id]
-        assert m["status"] == other["status"] and m.get("reason") == other.get("reason")
-        if m["status"] == "done":
-            assert m["read_ahead"] is True and m["fidelity"] == other["fidelity"]
-            if m["format"] == "nifti":  # DICOM files carry a creation time; NIfTI bytes are the pixels
-                assert [o["sha256"] for o in m["outputs"]] == [o["sha256"] for o in other["outputs"]]
+        assert m.status == other.status and m.reason == other.reason
+        if m.status == "done":
+            assert m.read_ahead is True and m.fidelity == other.fidelity
+            if m.format == "nifti":  # DICOM files carry a creation time; NIfTI bytes are the pixels
+                assert [o["sha256"] for o in m.outputs] == [o["sha256"] for o in other.outputs]
     again = run_pipeline(ahead_cfg, resume=True)  # every item has its final marker: none is read again
     assert again.counts["skipped"] == 3
 
@@ -432,8 +432,8 @@ def test_an_image_nothing_could_change_is_not_exported_as_protected(tiny_config,
     img = nib.Nifti1Image(np.full((16, 16, 2), 255, dtype=np.uint8), np.eye(4))  # at the top of its range:
     nib.save(img, str(cfg.input_path / "saturated.nii"))  # positive noise is clipped away entirely
     summary = run_pipeline(cfg)
-    bad = [m for m in summary.markers if m["status"] == "gate_failed"]
-    assert len(bad) == 1 and "carries no protection" in bad[0]["message"] and summary.exit_code == 3
+    bad = [m for m in summary.markers if m.status == "gate_failed"]
+    assert len(bad) == 1 and "carries no protection" in bad[0].message and summary.exit_code == 3
 
 
 def test_sha256sums_cover_outputs_manifest_and_reports(tiny_config):
@@ -457,7 +457,7 @@ def test_resume_retries_items_that_failed_on_a_full_disk(tiny_config, monkeypatc
     from medue.cli import main
 
     reference = run_pipeline(load_config(tiny_config()))
-    want = {m["item_id"]: [o["sha256"] for o in m["outputs"]] for m in reference.markers}
+    want = {m.item_id: [o["sha256"] for o in m.outputs] for m in reference.markers}
     cfg = load_config(tiny_config(output=str(reference.output) + "_faulty"))
     real = job.write_volume
 
@@ -477,11 +477,11 @@ def test_resume_retries_items_that_failed_on_a_full_disk(tiny_config, monkeypatc
     again = run_pipeline(cfg, resume=True, progress=lines.append)
     assert any("retrying 1 item(s) that failed" in line for line in lines)
     assert again.exit_code == EXIT_OK and again.counts == {"done": 2, "skipped": 1}
-    got = {m["item_id"]: [o["sha256"] for o in m["outputs"]] for m in again.markers}
-    nifti = next(m["item_id"] for m in again.markers if m["format"] == "nifti")
+    got = {m.item_id: [o["sha256"] for o in m.outputs] for m in again.markers}
+    nifti = next(m.item_id for m in again.markers if m.format == "nifti")
     assert got[nifti] == want[nifti]  # the retried item is byte-identical to an uninterrupted release's
-    dicom = next(m for m in first.markers if m["status"] == "done")
-    assert got[dicom["item_id"]] == [o["sha256"] for o in dicom["outputs"]]  # the done item was kept as it was
+    dicom = next(m for m in first.markers if m.status == "done")
+    assert got[dicom.item_id] == [o["sha256"] for o in dicom.outputs]  # the done item was kept as it was
 
 
 def test_a_key_file_others_can_read_is_warned_about(tiny_config, tmp_path):
@@ -516,7 +516,7 @@ def test_damaged_fit_artefacts_are_refitted_never_silently_replaced(tiny_config)
     private = cfg.output_path / "private"
     record = json.loads((private / "protector.json").read_text())
     assert record["noise_sha256"] and record["state_sha256"]  # every fit artefact carries its hash
-    want = {m["item_id"]: m["outputs"] for m in first.markers}
+    want = {m.item_id: m.outputs for m in first.markers}
     nifti = next(iter(record["noise_sha256"]))  # an item whose noise the fit kept
 
     state = private / "protector.pt"
@@ -531,8 +531,8 @@ def test_damaged_fit_artefacts_are_refitted_never_silently_replaced(tiny_config)
     assert "fitting again" in said and again.exit_code == EXIT_OK
     assert noise.is_file() and json.loads((private / "protector.json").read_text())["state_fingerprint"] == \
         record["state_fingerprint"]
-    redone = next(m for m in again.markers if m["item_id"] == nifti)
-    assert [o["sha256"] for o in redone["outputs"]] == [o["sha256"] for o in want[nifti]]  # the same noise
+    redone = next(m for m in again.markers if m.item_id == nifti)
+    assert [o["sha256"] for o in redone.outputs] == [o["sha256"] for o in want[nifti]]  # the same noise
 
 
 def test_no_path_of_any_config_field_reaches_a_published_or_tracked_file(tiny_config, tmp_path):

@@ -1,0 +1,43 @@
+import json
+
+from medue.pipeline.runner import run_pipeline
+from medue.records import ItemMarker
+
+
+def test_item_marker_reads_back_every_marker_a_release_wrote_exactly(tiny_config):
+    from medue.pipeline.config import load_config
+
+    cfg = load_config(tiny_config())
+    summary = run_pipeline(cfg)
+    paths = sorted((cfg.output_path / "markers").glob("*.json"))
+    assert paths and len(paths) == len(summary.markers)
+    for path in paths:
+        raw = json.loads(path.read_text())
+        marker = ItemMarker.read(path)
+        assert marker is not None and marker.to_dict() == raw and not marker.extra
+        assert marker.exported == (raw["status"] == "done")
+    assert all(isinstance(m, ItemMarker) for m in summary.markers)
+
+
+def test_item_marker_keeps_unknown_fields_and_refuses_what_is_not_a_marker(tmp_path):
+    data = {"item_id": "abc", "status": "quarantined", "reason": "truncated", "future_field": [1, 2]}
+    marker = ItemMarker.from_dict(data)
+    assert marker.to_dict() == data and marker.extra == {"future_field": [1, 2]}
+    assert not marker.exported and not marker.weakened and not marker.protected_in_full
+    bad = tmp_path / "half.json"
+    bad.write_text('{"item_id": "abc", "sta')
+    assert ItemMarker.read(bad) is None and ItemMarker.read(tmp_path / "missing.json") is None
+    (tmp_path / "other.json").write_text('{"status": "done"}')
+    assert ItemMarker.read(tmp_path / "other.json") is None
+
+
+def test_item_marker_status_properties():
+    done = ItemMarker(item_id="a", status="done", protection={"params": {"epsilon": 8}, "stats": {"linf_units": 8}},
+                      fidelity={"passed": True})
+    assert done.protected_in_full and done.within_budget and done.gate_passed
+    weak = ItemMarker(item_id="b", status="done", adapted={"kept_fraction": 0.5},
+                      protection={"params": {"epsilon": 8}, "stats": {"linf_units": 9}}, fidelity={"passed": False})
+    assert weak.weakened and not weak.protected_in_full and not weak.within_budget and not weak.gate_passed
+    blank = ItemMarker(item_id="c", status="done", unchanged_on_purpose="blank class")
+    assert not blank.protected_in_full and not blank.weakened
+    assert ItemMarker(item_id="d", status="done", fidelity={"passed": False}, override={"reason": "x"}).gate_passed
