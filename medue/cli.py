@@ -402,6 +402,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from medue.efficacy.suite import CATALOGUE, SUITES
     from medue.errors import InvalidConfigError
     from medue.pipeline.config import load_config
+    from medue.records import EfficacyResult
 
     if args.list_attacks:
         for name, a in CATALOGUE.items():
@@ -440,8 +441,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         work = args.work or out.with_name(out.name + "_release")
         res = evaluate_release(config, args.dataset, work=work, labels_used=not args.no_labels, settings=settings,
                                name=name, log=log, existing=args.existing, partial=out.with_suffix(".json"),
-                               clean_from=({**json.loads(args.clean_from.read_text()), "file": str(args.clean_from)}
-                                           if args.clean_from else None))
+                               clean_from=EfficacyResult.read(args.clean_from) if args.clean_from else None,
+                               clean_from_file=str(args.clean_from) if args.clean_from else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str))
     out.with_suffix(".md").write_text(results_markdown(res))

@@ -19,6 +19,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from medue.records import EfficacyResult, EfficacyRow
+
 RESULT_SCHEMA = "medue.release_efficacy/1"
 
 #: "Protects against": the worst seed's clean-test accuracy at or below this (chance is 0.50 on two balanced classes).
@@ -71,34 +73,33 @@ def _param_differences(evaluated: dict[str, Any], params: dict[str, Any], method
                   and not (k not in evaluated and k in defaults and params.get(k) == defaults[k]))
 
 
-def evidence_applies(result: dict[str, Any], method: str, params: dict[str, Any],
+def evidence_applies(result: EfficacyResult, method: str, params: dict[str, Any],
                      facts: ReleaseFacts | None = None) -> tuple[bool, str]:
     """Whether ``result`` measured this release's method, parameters and kind of data; if not, why not.
 
     Without ``facts`` only the method and parameters are compared (a caller that knows no data).
     """
-    if result.get("schema") != RESULT_SCHEMA:
+    if result.schema != RESULT_SCHEMA:
         return False, ("the attached results are not a release evaluation (schema "
-                       f"{result.get('schema')!r}); re-run `medue evaluate CONFIG --dataset ...`")
-    if result.get("method") != method:
-        return False, f"the attached results measured method {result.get('method')!r}, this release uses {method!r}"
-    differing = _param_differences(result.get("params") or {}, params, method)
+                       f"{result.schema!r}); re-run `medue evaluate CONFIG --dataset ...`")
+    if result.method != method:
+        return False, f"the attached results measured method {result.method!r}, this release uses {method!r}"
+    differing = _param_differences(result.params, params, method)
     if differing:
         return False, ("measured with other protector parameters (" + ", ".join(
-            f"{k}: {(result.get('params') or {}).get(k)!r} there, {params.get(k)!r} here" for k in differing[:6])
-            + ")")
+            f"{k}: {result.params.get(k)!r} there, {params.get(k)!r} here" for k in differing[:6]) + ")")
     if facts is None:
         return True, ""
-    if result.get("self_evaluation"):
-        if result.get("release_config_hash") != facts.config_hash:
+    if result.self_evaluation:
+        if result.release_config_hash != facts.config_hash:
             return False, "a self-evaluation of another release (its config hash differs)"
         return True, ""
-    d = result.get("dataset") or {}
+    d = result.dataset
     problems = []
     theirs_mod = d.get("modality")
     if theirs_mod is None or set(facts.modalities) != {theirs_mod}:
         problems.append(f"modality {theirs_mod or 'unknown'} there, {', '.join(facts.modalities) or 'unknown'} here")
-    size = tuple(result.get("image_size") or ())
+    size = tuple(result.image_size)
     if not facts.image_sizes or any(tuple(s) != size for s in facts.image_sizes):
         problems.append(f"image size {'x'.join(map(str, size)) or 'unknown'} there, "
                         + (", ".join("x".join(map(str, s)) for s in facts.image_sizes[:4]) or "unknown") + " here")
@@ -111,50 +112,47 @@ def evidence_applies(result: dict[str, Any], method: str, params: dict[str, Any]
     return True, ""
 
 
-def describe(result: dict[str, Any]) -> str:
+def describe(result: EfficacyResult) -> str:
     """One line naming the dataset, size, method, labels and suite of a result."""
-    d = result.get("dataset") or {}
-    size = "x".join(str(v) for v in result.get("image_size") or [])
-    own = "this release's own held-out items, " if result.get("self_evaluation") else ""
+    d = result.dataset
+    size = "x".join(str(v) for v in result.image_size)
+    own = "this release's own held-out items, " if result.self_evaluation else ""
     return (f"{own}{d.get('name', '?')} ({d.get('modality', 'modality unknown')}, {d.get('format', '?')}, {size} px, "
-            f"{d.get('train', '?')} train / {d.get('test', '?')} test), method {result.get('method')}, labels "
-            f"given to the release: {'yes' if result.get('labels_used') else 'no'}, suite "
-            f"{(result.get('settings') or {}).get('suite', 'custom')}, result {result.get('name', '')}")
+            f"{d.get('train', '?')} train / {d.get('test', '?')} test), method {result.method}, labels "
+            f"given to the release: {'yes' if result.labels_used else 'no'}, suite "
+            f"{result.settings.get('suite', 'custom')}, result {result.name}")
 
 
-def row_key(row: dict[str, Any]) -> str:
-    """The attack a result row belongs to: its ``attack`` name, or (results before the suite) its
-    architecture, augmentation and countermeasure."""
-    if row.get("attack"):
-        return str(row["attack"])
-    cm = row.get("countermeasure", "none")
-    return f"{row['architecture']}_{row.get('augmentation', 'none')}" + ("" if cm == "none" else f"_{cm}")
+def row_key(row: EfficacyRow | dict[str, Any]) -> str:
+    """The attack a result row belongs to (:attr:`medue.records.EfficacyRow.key`); a row being written may still
+    be a mapping."""
+    return (row if isinstance(row, EfficacyRow) else EfficacyRow.from_dict(row)).key
 
 
-def summarise(result: dict[str, Any]) -> list[dict[str, Any]]:
+def summarise(result: EfficacyResult) -> list[dict[str, Any]]:
     """One line per attack: clean baseline, protected mean / worst / best over the seeds whose model fitted its
     training set, runs that did not fit and the best clean-test accuracy among those (``unfit_max``)."""
     groups: dict[str, dict[str, Any]] = {}
-    for r in result.get("rows", []):
-        g = groups.setdefault(row_key(r), {"first": r, "clean": [], "protected": [], "unfit": 0, "train": [],
-                                           "unfit_protected": []})
-        if not r["fit"]:
+    for r in result.rows:
+        g = groups.setdefault(r.key, {"first": r, "clean": [], "protected": [], "unfit": 0, "train": [],
+                                      "unfit_protected": []})
+        if not r.fit:
             g["unfit"] += 1
-            if r["training_data"] == "protected":
-                g["unfit_protected"].append(r["clean_test_accuracy"])
+            if r.training_data == "protected":
+                g["unfit_protected"].append(r.clean_test_accuracy)
             continue
-        g[r["training_data"]].append(r)
-        if r["training_data"] == "protected":
-            g["train"].append(r["train_accuracy"])
+        g[r.training_data].append(r)
+        if r.training_data == "protected":
+            g["train"].append(r.train_accuracy)
     out = []
     for name, g in groups.items():
-        first = g["first"]
-        prot = [r["clean_test_accuracy"] for r in g["protected"]]
-        clean = [r["clean_test_accuracy"] for r in g["clean"]]
-        out.append({"attack": name, "habit": first.get("habit", "plain" if first.get("countermeasure", "none")
-                                                            == "none" else "purification"),
-                    "architecture": first["architecture"], "augmentation": first.get("augmentation", "none"),
-                    "countermeasure": first.get("countermeasure", "none"),
+        first: EfficacyRow = g["first"]
+        prot = [r.clean_test_accuracy for r in g["protected"]]
+        clean = [r.clean_test_accuracy for r in g["clean"]]
+        out.append({"attack": name, "habit": first.habit or ("plain" if first.countermeasure == "none"
+                                                             else "purification"),
+                    "architecture": first.architecture, "augmentation": first.augmentation,
+                    "countermeasure": first.countermeasure,
                     "clean": round(float(np.mean(clean)), 4) if clean else None,
                     "protected_mean": round(float(np.mean(prot)), 4) if prot else None,
                     "protected_max": round(float(np.max(prot)), 4) if prot else None,
@@ -167,7 +165,7 @@ def summarise(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def verdict(result: dict[str, Any], *, method: str, params: dict[str, Any], facts: ReleaseFacts | None = None,
+def verdict(result: EfficacyResult, *, method: str, params: dict[str, Any], facts: ReleaseFacts | None = None,
             target: float = TARGET) -> dict[str, Any]:
     """Plain lists from a result: what the release is protected against, what not, and what was not tested.
 
@@ -179,7 +177,7 @@ def verdict(result: dict[str, Any], *, method: str, params: dict[str, Any], fact
     attack moves to "not tested" and ``note`` says whose evidence it is.
     """
     applies, why = evidence_applies(result, method, params, facts)
-    out: dict[str, Any] = {"evidence": describe(result), "applies": applies, "own": bool(result.get("self_evaluation")),
+    out: dict[str, Any] = {"evidence": describe(result), "applies": applies, "own": result.self_evaluation,
                            "target": target, "protects_against": [], "does_not_protect_against": [],
                            "not_tested": []}
     if not applies:
@@ -204,6 +202,6 @@ def verdict(result: dict[str, Any], *, method: str, params: dict[str, Any], fact
                     f"{s['protected_min']:.3f}) vs {clean} on clean data")
             out["protects_against" if worst <= target else "does_not_protect_against"].append(text)
     out["not_tested"] += list(NEVER_TESTED)
-    for name in (result.get("not_run") or []):
+    for name in result.not_run:
         out["not_tested"].append(name)
     return out

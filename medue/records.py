@@ -70,6 +70,7 @@ class ItemMarker:
 
     Attributes:
         item_id: PHI-free item id.
+        schema: :data:`MARKER_SCHEMA` of the medue that wrote it (``None``: written before markers had one).
         status: ``done``, ``quarantined``, ``gate_failed`` or ``failed``.
         kind: Input kind (``dicom_series``, ``nifti``, ``itk``).
         skipped: Whether a resumed run found the item done and left it alone.
@@ -84,6 +85,7 @@ class ItemMarker:
     """
 
     item_id: str
+    schema: int | None = None
     kind: str | None = None
     skipped: bool | None = None
     stage_seconds: dict[str, float] | None = None
@@ -162,3 +164,135 @@ class ItemMarker:
     def gate_passed(self) -> bool:
         """Passed the fidelity gate, or was exported under a recorded override."""
         return bool((self.fidelity or {}).get("passed") or self.override)
+
+
+def _split(cls: type, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]:
+    """``data`` as (the dataclass's fields, the rest, the key order)."""
+    names = {f.name for f in dataclasses.fields(cls)} - {"extra", "order"}
+    return ({k: v for k, v in data.items() if k in names}, {k: v for k, v in data.items() if k not in names},
+            tuple(data))
+
+
+def _ordered(record: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` in the key order the record was read with (then any new key)."""
+    out = {k: values[k] for k in record.order if k in values}
+    return {**out, **{k: v for k, v in values.items() if k not in out}}
+
+
+@dataclasses.dataclass(frozen=True)
+class EfficacyRow:
+    """One attacker's training run in an efficacy result: what it trained on, how well it fitted, what it scored.
+
+    Attributes:
+        architecture: Network layout (``resnet18``, ``densenet121``, ``plain_cnn``...).
+        training_data: ``clean`` (the baseline) or ``protected`` (the released files).
+        clean_test_accuracy: Accuracy on clean held-out images.
+        train_accuracy: Accuracy on its own training set.
+        fit: Whether the model fitted its training set (a run that did not fit proves no protection).
+        seed: Training seed.
+        attack: The attack's name in the catalogue (results before the suite have none: :meth:`key`).
+        habit: The kind of habit the attack stands for (``plain``, ``augmentation``, ``purification``...).
+        augmentation: Augmentation recipe.
+        countermeasure: Purification applied before training.
+    """
+
+    architecture: str
+    training_data: str
+    clean_test_accuracy: float
+    train_accuracy: float
+    fit: bool
+    seed: int = 0
+    attack: str | None = None
+    habit: str | None = None
+    augmentation: str = "none"
+    countermeasure: str = "none"
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    order: tuple[str, ...] = dataclasses.field(default=(), repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EfficacyRow":
+        known, extra, order = _split(cls, data)
+        return cls(**known, extra=extra, order=order)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("extra", "order")}
+        values = {k: v for k, v in values.items() if k in self.order or v is not None}
+        return _ordered(self, {**values, **self.extra})
+
+    @property
+    def key(self) -> str:
+        """The attack this row belongs to: ``attack``, or (results before the suite) architecture, augmentation
+        and countermeasure."""
+        if self.attack:
+            return self.attack
+        cm = self.countermeasure
+        return f"{self.architecture}_{self.augmentation}" + ("" if cm == "none" else f"_{cm}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EfficacyResult:
+    """What ``medue evaluate`` wrote: a release attacked with the true labels, one row per training run.
+
+    Attributes:
+        schema: Result schema (:data:`medue.evidence.RESULT_SCHEMA`).
+        name: Result name.
+        method: The protection method of the release attacked.
+        params: Its resolved parameters.
+        dataset: The data (``name``, ``modality``, ``train``, ``test``, ``classes``, ``majority_class_accuracy``...).
+        image_size: ``[rows, columns]`` the attackers trained at.
+        labels_used: Whether the release was given its labels.
+        self_evaluation: A site's own release attacked on its held-out part (``medue evaluate --self``).
+        release_config_hash: The config hash of that release (self-evaluations only).
+        settings: Training settings (``suite``, epochs...).
+        rows: The runs.
+        not_run: Attacks of the suite that were not run.
+        diagnostic: Per architecture, the diagnostic-content check of the clean-trained models.
+        attacks: Per attack, what it does in words.
+    """
+
+    schema: str | None = None
+    name: str = ""
+    method: str | None = None
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    dataset: dict[str, Any] = dataclasses.field(default_factory=dict)
+    image_size: list[int] = dataclasses.field(default_factory=list)
+    labels_used: bool = False
+    self_evaluation: bool = False
+    release_config_hash: str | None = None
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    rows: tuple[EfficacyRow, ...] = ()
+    not_run: list[str] = dataclasses.field(default_factory=list)
+    diagnostic: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    attacks: dict[str, str] = dataclasses.field(default_factory=dict)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    order: tuple[str, ...] = dataclasses.field(default=(), repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EfficacyResult":
+        known, extra, order = _split(cls, data)
+        known = {k: v for k, v in known.items() if v is not None or k in ("schema", "method",
+                                                                             "release_config_hash")}
+        rows = tuple(EfficacyRow.from_dict(r) for r in known.pop("rows", None) or [])
+        return cls(**known, rows=rows, extra=extra, order=order)
+
+    @classmethod
+    def read(cls, path: Path) -> "EfficacyResult":
+        """The result at ``path`` (``ValueError`` when it is not JSON or not a result object)."""
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, found {type(data).__name__}")
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON mapping, keys in the order the result was read with."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name in ("extra", "order"):
+                continue
+            value = getattr(self, f.name)
+            if f.name not in self.order and (value is None or value == f.default
+                                            or (f.default_factory is not dataclasses.MISSING  # type: ignore[misc]
+                                                and value == f.default_factory())):  # type: ignore[misc]
+                continue  # a field the file did not have stays out
+            values[f.name] = [r.to_dict() for r in value] if f.name == "rows" else value
+        return _ordered(self, {**values, **self.extra})

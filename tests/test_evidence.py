@@ -2,10 +2,14 @@
 
 from medue.evidence import NEVER_TESTED, TARGET, ReleaseFacts, evidence_applies, summarise, verdict
 from medue.protect import build_protector
+from medue.records import EfficacyResult
 from medue.testing import make_release_efficacy
 
 PARAMS = build_protector("salm-samplewise", epsilon=8).params()
 BR35H = ReleaseFacts(modalities=("OT",), image_sizes=((16, 16),), classes=("a", "b"), config_hash="abc")
+
+
+R = EfficacyResult.from_dict
 
 
 def _result(**kw):
@@ -13,8 +17,8 @@ def _result(**kw):
 
 
 def test_a_result_applies_only_to_the_same_method_parameters_and_data():
-    assert evidence_applies(_result(), "salm-samplewise", PARAMS, BR35H) == (True, "")
-    assert evidence_applies(_result(), "salm-samplewise", PARAMS) == (True, "")  # no facts: method and parameters only
+    assert evidence_applies(R(_result()), "salm-samplewise", PARAMS, BR35H) == (True, "")
+    assert evidence_applies(R(_result()), "salm-samplewise", PARAMS) == (True, "")  # no facts: method and parameters only
     cases = {
         "modality OT there, CT here": ReleaseFacts(("CT",), ((16, 16),), ("a", "b")),
         "image size 16x16 there, 64x64 here": ReleaseFacts(("OT",), ((64, 64),), ("a", "b")),
@@ -22,48 +26,48 @@ def test_a_result_applies_only_to_the_same_method_parameters_and_data():
         "classes a, b there, no labels here": ReleaseFacts(("OT",), ((16, 16),), ()),
     }
     for expected, facts in cases.items():
-        ok, why = evidence_applies(_result(), "salm-samplewise", PARAMS, facts)
+        ok, why = evidence_applies(R(_result()), "salm-samplewise", PARAMS, facts)
         assert not ok and why.startswith("evidence from synthetic-set, not measured on this release")
         assert expected in why, why
-    ok, why = evidence_applies(_result(), "salm-samplewise", {**PARAMS, "epsilon": 4}, BR35H)
+    ok, why = evidence_applies(R(_result()), "salm-samplewise", {**PARAMS, "epsilon": 4}, BR35H)
     assert not ok and "epsilon: 8 there, 4 here" in why
     # a mixed release (two sizes) is never matched by a single-size result
-    ok, _ = evidence_applies(_result(), "salm-samplewise", PARAMS, ReleaseFacts(("OT",), ((16, 16), (32, 32)), ("a", "b")))
+    ok, _ = evidence_applies(R(_result()), "salm-samplewise", PARAMS, ReleaseFacts(("OT",), ((16, 16), (32, 32)), ("a", "b")))
     assert not ok
 
 
 def test_a_self_evaluation_applies_to_its_own_release_alone():
     own = {**_result(modality="CT", image_size=(99, 99)), "self_evaluation": True, "release_config_hash": "abc"}
-    assert evidence_applies(own, "salm-samplewise", PARAMS, BR35H) == (True, "")
-    ok, why = evidence_applies(own, "salm-samplewise", PARAMS, ReleaseFacts(("OT",), ((16, 16),), ("a", "b"), "other"))
+    assert evidence_applies(R(own), "salm-samplewise", PARAMS, BR35H) == (True, "")
+    ok, why = evidence_applies(R(own), "salm-samplewise", PARAMS, ReleaseFacts(("OT",), ((16, 16),), ("a", "b"), "other"))
     assert not ok and "another release" in why
-    v = verdict(own, method="salm-samplewise", params=PARAMS, facts=BR35H)
+    v = verdict(R(own), method="salm-samplewise", params=PARAMS, facts=BR35H)
     assert v["own"] and v["applies"]
 
 
 def test_verdict_counts_the_worst_seed_against_the_target():
     result = _result(protected=0.55)
     result["rows"].append({**result["rows"][-1], "seed": 2, "clean_test_accuracy": 0.71})  # one seed escapes
-    (s,) = summarise(result)
+    (s,) = summarise(R(result))
     assert (s["protected_min"], s["protected_max"], s["protected_runs"]) == (0.55, 0.71, 3)
-    v = verdict(result, method="salm-samplewise", params=PARAMS, facts=BR35H)
+    v = verdict(R(result), method="salm-samplewise", params=PARAMS, facts=BR35H)
     assert v["target"] == TARGET == 0.60 and v["protects_against"] == []
     assert v["does_not_protect_against"][0].startswith("resnet18_flip_crop: worst seed 0.710 (of 3 fitted runs")
     assert set(NEVER_TESTED) <= set(v["not_tested"])
     result["rows"][-1]["fit"] = False  # a model that did not fit: no proof of protection, but it learned 0.71
-    v = verdict(result, method="salm-samplewise", params=PARAMS, facts=BR35H)
+    v = verdict(R(result), method="salm-samplewise", params=PARAMS, facts=BR35H)
     assert v["protects_against"] == []
     assert v["does_not_protect_against"][0].startswith("resnet18_flip_crop: 0.710 by a model that did not fit")
     result["rows"][-1]["clean_test_accuracy"] = 0.52  # an unfit model at chance says nothing: the fitted runs decide
-    v = verdict(result, method="salm-samplewise", params=PARAMS, facts=BR35H)
+    v = verdict(R(result), method="salm-samplewise", params=PARAMS, facts=BR35H)
     assert v["protects_against"][0].startswith("resnet18_flip_crop: worst seed 0.550")
     for r in result["rows"]:
         r["fit"] = r["training_data"] == "clean"  # no protected run fitted, none above the target: not tested
-    v = verdict(result, method="salm-samplewise", params=PARAMS, facts=BR35H)
+    v = verdict(R(result), method="salm-samplewise", params=PARAMS, facts=BR35H)
     assert "resnet18_flip_crop (no run fitted its training set)" in v["not_tested"]
 
 
 def test_borrowed_evidence_protects_against_nothing():
-    v = verdict(_result(), method="salm-samplewise", params=PARAMS, facts=ReleaseFacts(("CT",), ((512, 512),), ("a", "b")))
+    v = verdict(R(_result()), method="salm-samplewise", params=PARAMS, facts=ReleaseFacts(("CT",), ((512, 512),), ("a", "b")))
     assert not v["applies"] and v["protects_against"] == [] and v["does_not_protect_against"] == []
     assert v["note"].startswith("evidence from synthetic-set") and v["not_tested"][0].startswith("resnet18_flip_crop")

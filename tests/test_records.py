@@ -1,7 +1,7 @@
 import json
 
 from medue.pipeline.runner import run_pipeline
-from medue.records import ItemMarker
+from medue.records import MARKER_SCHEMA, ItemMarker
 
 
 def test_item_marker_reads_back_every_marker_a_release_wrote_exactly(tiny_config):
@@ -15,7 +15,7 @@ def test_item_marker_reads_back_every_marker_a_release_wrote_exactly(tiny_config
         raw = json.loads(path.read_text())
         marker = ItemMarker.read(path)
         assert marker is not None and marker.to_dict() == raw and not marker.extra
-        assert marker.exported == (raw["status"] == "done")
+        assert marker.exported == (raw["status"] == "done") and marker.schema == MARKER_SCHEMA
     assert all(isinstance(m, ItemMarker) for m in summary.markers)
 
 
@@ -41,3 +41,19 @@ def test_item_marker_status_properties():
     blank = ItemMarker(item_id="c", status="done", unchanged_on_purpose="blank class")
     assert not blank.protected_in_full and not blank.weakened
     assert ItemMarker(item_id="d", status="done", fidelity={"passed": False}, override={"reason": "x"}).gate_passed
+
+
+def test_efficacy_result_reads_the_shipped_evidence_back_byte_for_byte():
+    from pathlib import Path
+
+    from medue.records import EfficacyResult, EfficacyRow
+
+    path = Path(__file__).parents[1] / "pipelines" / "evidence" / "lines_br35h_64_suite.json"
+    raw = json.loads(path.read_text())
+    result = EfficacyResult.read(path)
+    assert json.dumps(result.to_dict()) == json.dumps(raw)  # same keys, same order: report.json embeds it
+    assert result.method == "lines" and result.rows and all(isinstance(r, EfficacyRow) for r in result.rows)
+    old = EfficacyRow.from_dict({"architecture": "resnet18", "augmentation": "flip_crop", "countermeasure": "jpeg_q10",
+                                 "training_data": "protected", "clean_test_accuracy": 0.9, "train_accuracy": 1.0,
+                                 "fit": True})
+    assert old.key == "resnet18_flip_crop_jpeg_q10" and old.attack is None and "attack" not in old.to_dict()

@@ -18,7 +18,7 @@ import numpy as np
 from medue.evidence import TARGET, summarise, verdict
 from medue.io.atomic import write_text_atomic
 from medue.layout import DONE, FAILED, GATE_FAILED, QUARANTINED, OutputLayout
-from medue.records import ItemMarker, ReleaseRecord
+from medue.records import EfficacyResult, ItemMarker, ReleaseRecord
 
 REPORT_SCHEMA = "medue.report/1"
 
@@ -174,10 +174,10 @@ def _fidelity_plot(items: Sequence[ItemMarker]) -> str | None:
     return _png(fig)
 
 
-def _efficacy_plot(efficacy: dict[str, Any]) -> str | None:
+def _efficacy_plot(efficacy: EfficacyResult) -> str | None:
     """Clean baseline and release per attack; the release bar is the mean over seeds, its whisker spans the best to
     the worst seed (the worst decides the verdict), and the target line is drawn."""
-    summary = summarise(efficacy) if efficacy.get("rows") else []
+    summary = summarise(efficacy)
     if not summary:
         return None
     import matplotlib
@@ -196,19 +196,19 @@ def _efficacy_plot(efficacy: dict[str, Any]) -> str | None:
     ax.errorbar(x + 0.2, mean, yerr=[np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)], fmt="none",
                 ecolor="black", capsize=3, label="best to worst seed")
     ax.axhline(TARGET, color="#228833", linestyle=":", linewidth=1.5, label=f"target {TARGET:.2f} (worst seed)")
-    chance = efficacy.get("dataset", {}).get("majority_class_accuracy")
+    chance = efficacy.dataset.get("majority_class_accuracy")
     if chance is not None:
         ax.axhline(chance, color="black", linestyle="--", linewidth=1, label="majority class")
     ax.set_xticks(x, names, fontsize=7, rotation=60, ha="right")
     ax.set_ylabel("clean-test accuracy")
     ax.set_ylim(0, 1)
-    ax.set_title("Unauthorised training on released files (true labels): " + efficacy.get("name", ""), fontsize=9)
+    ax.set_title("Unauthorised training on released files (true labels): " + efficacy.name, fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     return _png(fig)
 
 
-def efficacy_verdict(efficacy: dict[str, Any], *, method: str, params: dict[str, Any], facts: Any = None,
+def efficacy_verdict(efficacy: EfficacyResult, *, method: str, params: dict[str, Any], facts: Any = None,
                      target: float | None = None) -> dict[str, Any]:
     """What the release is protected against, what not, and what was not tested (:func:`medue.evidence.verdict`)."""
     return verdict(efficacy, method=method, params=params, facts=facts, target=TARGET if target is None else target)
@@ -294,7 +294,7 @@ def protection_lines(p: dict[str, Any]) -> list[str]:
 
 def build_report(layout: OutputLayout, config: ReleaseRecord, markers: Sequence[ItemMarker],
                  fit_info: dict[str, Any], key_fingerprint: str, env: dict[str, Any],
-                 manifest: dict[str, Any], efficacy: dict[str, Any] | None = None,
+                 manifest: dict[str, Any], efficacy: EfficacyResult | None = None,
                  release_checks: Sequence[dict[str, Any]] = (),
                  ignored: Sequence[dict[str, str]] = (), facts: Any = None,
                  class_of: dict[str, str] | None = None) -> tuple[Path, Path]:
@@ -337,7 +337,7 @@ def build_report(layout: OutputLayout, config: ReleaseRecord, markers: Sequence[
                                         for r in sorted({i["reason"] for i in ignored})}},
         "items": items,
         "conformance": _conformance(markers) + list(release_checks),
-        "efficacy": efficacy,
+        "efficacy": efficacy.to_dict() if efficacy else None,
         "efficacy_verdict": (efficacy_verdict(efficacy, method=config.method,
                                               params=fit_info.get("params", {}), facts=facts) if efficacy else None),
         "limitations": LIMITATIONS,
@@ -347,7 +347,7 @@ def build_report(layout: OutputLayout, config: ReleaseRecord, markers: Sequence[
     json_path = layout.release / "report.json"
     write_text_atomic(json_path, json.dumps(report, indent=2, default=str))
     html_path = layout.release / "report.html"
-    write_text_atomic(html_path, render_html(report, markers, layout, config.max_items_pictured))
+    write_text_atomic(html_path, render_html(report, markers, layout, config.max_items_pictured, efficacy))
     return json_path, html_path
 
 
@@ -421,8 +421,9 @@ def _verdict_html(verdict: dict[str, Any]) -> str:
 
 
 def render_html(report: dict[str, Any], markers: Sequence[ItemMarker], layout: OutputLayout,
-                max_pictures: int) -> str:
-    """A single HTML file with every picture inlined as a data URI (opens offline, can be e-mailed)."""
+                max_pictures: int, efficacy: EfficacyResult | None = None) -> str:
+    """A single HTML file with every picture inlined as a data URI (opens offline, can be e-mailed); ``efficacy``
+    is the result ``report["efficacy"]`` was written from."""
     s = report["summary"]
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
@@ -489,7 +490,7 @@ def render_html(report: dict[str, Any], markers: Sequence[ItemMarker], layout: O
                         [[i["item_id"], i["status"], i.get("reason", ""), i.get("message", "")[:300]] for i in bad])
                  if bad else "<p>None.</p>")
     parts.append("<h2>Efficacy: what the protection was measured to do</h2>")
-    eff = report.get("efficacy")
+    eff = efficacy
     verdict = report.get("efficacy_verdict")
     if eff and verdict:
         parts.append("<p>The verdict is at the top of this report. " + html.escape(verdict_lines(verdict)[0]) + "</p>")
@@ -501,9 +502,9 @@ def render_html(report: dict[str, Any], markers: Sequence[ItemMarker], layout: O
                 for s in summarise(eff)]
         parts.append(_table(["attack", "habit", "clean data", "release: worst seed", "best seed", "mean",
                              "attacker's training accuracy (lowest)", "runs", "runs that did not fit"], rows))
-        if eff.get("attacks"):
+        if eff.attacks:
             parts.append("<p>" + "; ".join(f"<b>{html.escape(k)}</b>: {html.escape(v)}"
-                                          for k, v in eff["attacks"].items()) + ".</p>")
+                                          for k, v in eff.attacks.items()) + ".</p>")
     else:
         parts.append("<p>No efficacy results attached (set report.efficacy_results to the JSON written by "
                      "<code>medue evaluate</code>). The protection of this release is not measured.</p>")

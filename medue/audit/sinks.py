@@ -14,7 +14,7 @@ import numpy as np
 from medue.errors import MissingDependencyError
 from medue.evidence import describe, evidence_applies, summarise
 from medue.layout import OutputLayout
-from medue.records import ItemMarker, ReleaseRecord
+from medue.records import EfficacyResult, ItemMarker, ReleaseRecord
 
 
 def default_tracking_uri(layout: OutputLayout) -> str:
@@ -98,7 +98,7 @@ class MlflowSink:
     def log_release(self, *, config: ReleaseRecord, markers: Sequence[ItemMarker], summary_counts: dict[str, int],
                     fit_info: dict[str, Any], key_fingerprint: str, env: dict[str, Any], manifest: dict[str, Any],
                     report_paths: tuple[Path | None, Path | None], seconds: float,
-                    efficacy: dict[str, Any] | None = None,
+                    efficacy: EfficacyResult | None = None,
                     release_checks: Sequence[dict[str, Any]] = (), facts: Any = None) -> tuple[str, str]:
         mlflow = self.mlflow
         mlflow.set_tracking_uri(self.tracking_uri)

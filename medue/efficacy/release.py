@@ -30,7 +30,7 @@ from medue.efficacy.train import TrainSettings, predict, train_classifier
 from medue.errors import IngestError, InvalidConfigError
 from medue.evidence import RESULT_SCHEMA, row_key, summarise
 from medue.fidelity.diagnostic import diagnostic_preservation
-from medue.records import ItemMarker
+from medue.records import EfficacyResult, ItemMarker
 
 #: Default fraction of a benchmark's training split kept out of the release as the clean pool of the mixing attacks.
 MIX_POOL = 0.2
@@ -313,7 +313,8 @@ def _partial_writer(path: Path | None, head: dict[str, Any]) -> Callable[[list[d
 def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path, labels_used: bool = True,
                      settings: ReleaseEvalSettings = ReleaseEvalSettings(), name: str | None = None,
                      log: Callable[[str], None] = print, existing: bool = False,
-                     clean_from: dict[str, Any] | None = None, partial: str | Path | None = None
+                     clean_from: EfficacyResult | None = None, clean_from_file: str | None = None,
+                     partial: str | Path | None = None
                      ) -> dict[str, Any]:
     """Release the training split of ``dataset_root`` with ``config`` and attack the released files.
 
@@ -430,7 +431,7 @@ def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path,
     t_attack = time.perf_counter()
     rows, clean_models, not_run = run_attacks(
         attacks, data, settings, device, log, reused=reused,
-        reused_from=str((clean_from or {}).get("file", (clean_from or {}).get("name", ""))),
+        reused_from=clean_from_file or (clean_from.name if clean_from else ""),
         on_row=_partial_writer(Path(partial) if partial else None, head))
     return {**head, "complete": True, "attack_seconds": round(time.perf_counter() - t_attack, 1), "rows": rows,
             "not_run": not_run, "diagnostic": _diagnostic(clean_models, data, device,
@@ -563,18 +564,18 @@ def _pool_rels(work: Path, input_root: Path) -> set[str]:
             for entry in held.values() for p in entry["paths"]}
 
 
-def _reusable_clean_rows(earlier: dict[str, Any], info: dict[str, Any], root: Path,
+def _reusable_clean_rows(earlier: EfficacyResult, info: dict[str, Any], root: Path,
                          settings: ReleaseEvalSettings) -> dict[str, dict[str, Any]]:
-    """Clean-data rows of ``earlier`` keyed by attack, after checking that they were trained on this dataset with
-    the same epochs, width and adversarial budget."""
+    """Clean-data rows of ``earlier`` keyed by attack (as rows of the result being written), after checking that
+    they were trained on this dataset with the same epochs, width and adversarial budget."""
     problems = []
-    if earlier.get("schema") != RESULT_SCHEMA:
-        problems.append(f"clean rows: expected a {RESULT_SCHEMA} result, found schema {earlier.get('schema')!r}")
-    ds = earlier.get("dataset", {})
+    if earlier.schema != RESULT_SCHEMA:
+        problems.append(f"clean rows: expected a {RESULT_SCHEMA} result, found schema {earlier.schema!r}")
+    ds = earlier.dataset
     if ds.get("name") != info.get("name", root.name):
-        problems.append(f"clean rows: result {earlier.get('name')!r} is of dataset {ds.get('name')!r}, not of "
+        problems.append(f"clean rows: result {earlier.name!r} is of dataset {ds.get('name')!r}, not of "
                         f"{info.get('name', root.name)!r}")
-    theirs = earlier.get("settings", {})
+    theirs = earlier.settings
     for key in ("epochs", "width", "adversarial_epsilon", "mix_pool"):
         if key in theirs and theirs.get(key) != getattr(settings, key):
             problems.append(f"clean rows: {key} was {theirs.get(key)!r} there, {getattr(settings, key)!r} here; "
@@ -584,12 +585,12 @@ def _reusable_clean_rows(earlier: dict[str, Any], info: dict[str, Any], root: Pa
     # a result trains one clean baseline per attack (at its first seed), so its clean rows serve any seeds here (a
     # reused row keeps its own seed, so the record says which model it was)
     first = (theirs.get("seeds") or [None])[0]
-    return {row_key(r): r for r in earlier.get("rows", [])
-            if r.get("training_data") == "clean" and (first is None or r.get("seed") == first)}
+    return {r.key: r.to_dict() for r in earlier.rows
+            if r.training_data == "clean" and (first is None or r.seed == first)}
 
 
 def results_markdown(result: dict[str, Any]) -> str:
-    """Markdown twin of a release-efficacy result."""
+    """Markdown twin of a release-efficacy result (the mapping being written)."""
     d, f = result["dataset"], result.get("fidelity") or {}
     lines = [f"# Release efficacy: {result['name']}", "",
              f"Dataset **{d['name']}** ({d['format']}, {result['image_size'][0]}x{result['image_size'][1]} px, "
@@ -623,7 +624,7 @@ def results_markdown(result: dict[str, Any]) -> str:
     def fmt(v: float | None) -> str:
         return "not tested" if v is None else f"{v:.3f}"
 
-    for s in summarise(result):
+    for s in summarise(EfficacyResult.from_dict(result)):
         worst = max((v for v in (s["protected_max"], s["unfit_max"]) if v is not None), default=None)
         mark = ("" if worst is None else "**not stopped**" if worst > TARGET
                 else "stopped" if s["protected_max"] is not None else "no fitted run")

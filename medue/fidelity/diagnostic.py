@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from medue.evidence import ReleaseFacts, describe, evidence_applies
+from medue.records import EfficacyResult
 
 #: One line naming a result's dataset, method and suite (kept under its earlier name).
 describe_evidence = describe
@@ -59,13 +60,13 @@ def diagnostic_preservation(labels: np.ndarray, pred_original: np.ndarray, pred_
 DIAGNOSTIC_CHECK = "diagnostic content preserved (clean-trained model on released vs original images)"
 
 
-def efficacy_applies(efficacy: dict[str, Any], method: str, params: dict[str, Any],
+def efficacy_applies(efficacy: EfficacyResult, method: str, params: dict[str, Any],
                      facts: ReleaseFacts | None = None) -> tuple[bool, str]:
     """Whether a release-efficacy result is this release's evidence (:func:`medue.evidence.evidence_applies`)."""
     return evidence_applies(efficacy, method, params, facts)
 
 
-def release_diagnostic_check(efficacy: dict[str, Any] | None, method: str, params: dict[str, Any],
+def release_diagnostic_check(efficacy: EfficacyResult | None, method: str, params: dict[str, Any],
                              max_accuracy_drop: float | None, facts: ReleaseFacts | None = None) -> dict[str, Any]:
     """The release-level diagnostic check from a release-efficacy result (the JSON ``medue evaluate`` writes).
 
@@ -83,7 +84,7 @@ def release_diagnostic_check(efficacy: dict[str, Any] | None, method: str, param
     applies, why = evidence_applies(efficacy, method, params, facts)
     if not applies:
         return {**entry, "note": why}
-    per_arch = efficacy.get("diagnostic") or {}
+    per_arch = efficacy.diagnostic
     if not per_arch:
         return {**entry, "note": "the attached results have no diagnostic check"}
     worst_arch, worst = max(per_arch.items(), key=lambda kv: kv[1]["accuracy_drop"])

@@ -25,7 +25,7 @@ from medue.errors import InvalidConfigError
 from medue.fidelity.checks import FidelityThresholds
 from medue.io.dicom import DEID_POLICIES
 from medue.labels import ID_COLUMNS, LABEL_SOURCES
-from medue.records import ReleaseRecord
+from medue.records import EfficacyResult, ReleaseRecord
 
 CONFIG_VERSION = 1
 
@@ -241,7 +241,7 @@ class PipelineConfig(_Section):
             d.pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def load_efficacy_results(self) -> dict[str, Any] | None:
+    def load_efficacy_results(self) -> EfficacyResult | None:
         """The JSON ``medue evaluate`` wrote, named by ``report.efficacy_results``; ``None`` when unset.
 
         Raises:
@@ -254,9 +254,10 @@ class PipelineConfig(_Section):
             raise InvalidConfigError([f"report.efficacy_results: {path} does not exist; give the JSON written by "
                                       "`medue evaluate` or remove the setting"])
         try:
-            return json.loads(path.read_text())
-        except ValueError as exc:
-            raise InvalidConfigError([f"report.efficacy_results: {path} is not JSON ({exc})"]) from exc
+            return EfficacyResult.read(path)
+        except (ValueError, TypeError) as exc:
+            raise InvalidConfigError([f"report.efficacy_results: {path} is not a result of `medue evaluate` "
+                                      f"({exc}); give the JSON it wrote"]) from exc
 
     def folder_problems(self) -> list[str]:
         """What is wrong with ``input``/``output`` as folders (`run` refuses, `check` reports): empty when fine."""

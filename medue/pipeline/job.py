@@ -26,7 +26,7 @@ from medue.io import InputItem, output_name, read_item, write_volume
 from medue.io.atomic import atomic_file, write_text_atomic
 from medue.io.delta import write_delta
 from medue.provenance import fingerprint_array, sha256_file
-from medue.records import ItemMarker
+from medue.records import MARKER_SCHEMA, ItemMarker
 
 from medue.layout import DONE, FAILED, GATE_FAILED, QUARANTINED, OutputLayout  # noqa: F401 (re-exported)
 
@@ -167,7 +167,7 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True, prefe
     if previous is not None:
         return dataclasses.replace(previous, skipped=True)
     t0 = time.perf_counter()
-    result: dict[str, Any] = {"item_id": item.item_id, "kind": item.kind, "skipped": False}
+    result: dict[str, Any] = {"item_id": item.item_id, "schema": MARKER_SCHEMA, "kind": item.kind, "skipped": False}
     stages: dict[str, float] = {}
     result["stage_seconds"] = stages
     try:

@@ -7,6 +7,7 @@ import pytest
 
 from medue.efficacy import ReleaseEvalSettings, evaluate_release, results_markdown, stratified_split, write_image_set
 from medue.efficacy import countermeasures as cm
+from medue.records import EfficacyResult
 from medue.efficacy.attackers import ATTACKERS, build_attacker
 from medue.errors import InvalidConfigError
 from medue.pipeline.config import parse_config
@@ -106,7 +107,8 @@ def test_evaluate_reads_what_run_wrote_and_never_protects_test_images(tmp_path):
     # more seeds of the same release later: read back, the clean baselines reused (whatever seed trained them)
     more = ReleaseEvalSettings(attacks=("plain_cnn",), seeds=(2,), epochs=1, width=4, device="cpu")
     again = evaluate_release(_fast_config(), root, work=tmp_path / "work", settings=more, existing=True,
-                             clean_from={**res, "file": "first.json"}, log=lambda s: None)
+                             clean_from=EfficacyResult.from_dict(res), clean_from_file="first.json",
+                             log=lambda s: None)
     assert [(r["training_data"], r["seed"], r.get("reused_from")) for r in again["rows"]] == [
         ("clean", 0, "first.json"), ("protected", 2, None)]
     assert again["rows"][0]["clean_test_accuracy"] == rows[0]["clean_test_accuracy"] and again["release_existing"]

@@ -114,7 +114,10 @@ def test_efficacy_evidence_applies_across_parameters_added_later_at_their_defaul
 
     now = build_protector("salm-samplewise", epsilon=8).params()
     then = {k: v for k, v in now.items() if k not in ("fine_ratio", "fine_tile")}  # measured before they existed
-    result = {"schema": "medue.release_efficacy/1", "method": "salm-samplewise", "params": then}
+    from medue.records import EfficacyResult
+
+    result = EfficacyResult.from_dict({"schema": "medue.release_efficacy/1", "method": "salm-samplewise",
+                                       "params": then})
     assert efficacy_applies(result, "salm-samplewise", now) == (True, "")
     changed = {**now, "fine_ratio": 0.2}  # not the default: it was not measured
     ok, why = efficacy_applies(result, "salm-samplewise", changed)
