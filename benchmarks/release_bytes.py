@@ -41,14 +41,19 @@ def main() -> None:
     p.add_argument("config", type=Path)
     p.add_argument("--out", type=Path, required=True, help="JSON of file -> SHA-256")
     a = p.parse_args()
-    import medue.audit.manifest as manifest
-    import medue.audit.report as report
-    import medue.io.dicom as dicom
+    import importlib
+
     from medue.pipeline.config import load_config
     from medue.pipeline.runner import run_pipeline
 
-    for module in (dicom, manifest, report):
-        module._dt = _FrozenModule()
+    # the modules that read the clock (medue.io.dicom wrote DICOM until the writer moved to dicom_derive)
+    for name in ("medue.io.dicom", "medue.io.dicom_derive", "medue.audit.manifest", "medue.audit.report"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "_dt"):
+            module._dt = _FrozenModule()
     work = Path(tempfile.gettempdir()) / "medue-release-bytes"
     shutil.rmtree(work, ignore_errors=True)
     config = load_config(a.config, overrides={"output": str(work), "tracking": {"enabled": False}})

@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 
 from medue.errors import ExportError, IngestError
-from medue.io import dicom, itk, nifti
+from medue.io import dicom, dicom_derive, itk, nifti
 from medue.registry import Registry
 from medue.volume import Volume
 
@@ -126,8 +126,12 @@ def peek(item: InputItem) -> tuple[str, tuple[int, int]] | None:
     return None
 
 
-def read_item(item: InputItem, *, root: str | Path | None = None, deidentification: str = "refuse") -> Volume:
-    """Read one discovered item with the reader its kind names; the reader key is recorded in the history."""
+def read_item(item: InputItem, *, root: str | Path | None = None, deidentification: str = "refuse",
+              float_unit: float | None = None) -> Volume:
+    """Read one discovered item with the reader its kind names; the reader key is recorded in the history.
+
+    ``float_unit`` (``protect.unit``): a floating-point NIfTI image is read as whole multiples of this step
+    (:func:`medue.io.nifti.read_nifti`); without it such an image is refused."""
     if item.problem:
         raise IngestError(item.problem, source=item.item_id, reason="unrecognized")
     root_path = Path(root) if root is not None else None
@@ -135,7 +139,7 @@ def read_item(item: InputItem, *, root: str | Path | None = None, deidentificati
     if item.kind == "dicom":
         volume = reader(item.paths, deidentification=deidentification, root=root_path)
     else:
-        volume = reader(item.paths[0], root=root_path)
+        volume = reader(item.paths[0], root=root_path, **({"float_unit": float_unit} if item.kind == "nifti" else {}))
     check_volume(volume, item.item_id)
     return volume
 
@@ -177,7 +181,7 @@ def write_volume(volume: Volume, out_path: str | Path, *, derivation: str, uid_k
     """Write ``volume`` in its source format, atomically, verified by re-reading. Returns the written files."""
     fmt = volume.source.format
     if fmt == "dicom":
-        return dicom.write_dicom_series(volume, out_path, derivation=derivation, uid_key=uid_key, uid_root=uid_root)
+        return dicom_derive.write_dicom_series(volume, out_path, derivation=derivation, uid_key=uid_key, uid_root=uid_root)
     if fmt == "nifti":
         return [nifti.write_nifti(volume, out_path)]
     if fmt == "itk":

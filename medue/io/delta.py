@@ -17,8 +17,12 @@ from medue.io.atomic import write_bytes_atomic
 from medue.provenance import fingerprint_array
 
 
-def write_delta(original: np.ndarray, protected: np.ndarray, path: str | Path) -> Path:
+def write_delta(original: np.ndarray, protected: np.ndarray, path: str | Path, *,
+                float_unit: float | None = None) -> Path:
     """Store ``protected - original`` with the shape and both arrays' fingerprints, for bit-exact restoration.
+
+    ``float_unit``: the arrays are whole units of a floating-point image (``protect.unit``); recorded so that the
+    restoring side reads the protected file in the same units (:func:`delta_float_unit`).
 
     The delta is stored dense in the smallest signed type that holds it (int8 for every budget up to 127 units),
     deflated at level 1: a release's delta is mostly zeros and whole periods of one pattern, which the fastest
@@ -32,12 +36,20 @@ def write_delta(original: np.ndarray, protected: np.ndarray, path: str | Path) -
     arrays = {"delta": diff.astype(dtype),
               "shape": np.asarray(original.shape), "original_fingerprint": np.asarray(fingerprint_array(original)),
               "protected_fingerprint": np.asarray(fingerprint_array(protected))}
+    if float_unit is not None:
+        arrays["float_unit"] = np.asarray(float(float_unit))
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
         for name, value in arrays.items():  # the layout of np.savez: one .npy member per array (np.load reads it)
             with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
                 np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
     return write_bytes_atomic(path, buf.getvalue())
+
+
+def delta_float_unit(path: str | Path) -> float | None:
+    """The ``protect.unit`` a delta was written in (a floating-point image), or ``None``."""
+    with np.load(path, allow_pickle=False) as data:
+        return float(data["float_unit"]) if "float_unit" in data.files else None
 
 
 def restore_original(protected: np.ndarray, path: str | Path) -> np.ndarray:

@@ -30,15 +30,20 @@ def is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(SUFFIXES)
 
 
-def read_nifti(path: str | Path, *, root: Path | None = None) -> Volume:
-    """Read a single-file NIfTI-1/2 image with an integer on-disk dtype.
+def read_nifti(path: str | Path, *, root: Path | None = None, float_unit: float | None = None) -> Volume:
+    """Read a single-file NIfTI-1/2 image.
 
     The array is the raw stored data (``dataobj.get_unscaled()``) transposed to ``(z, y, x)``; ``scl_slope`` and
     ``scl_inter`` go to the header as rescale slope/intercept.
 
+    Floating-point voxels are read with ``float_unit`` (``protect.unit``) as whole multiples of it: the array holds
+    ``value / float_unit`` as int32, the header ``float_unit`` and a rescale slope of ``float_unit * scl_slope``, and
+    :func:`write_nifti` writes ``units * float_unit`` back in the file's own float type. Only an image whose every
+    voxel is such a multiple, bit for bit, is read (then the release restores it bit-exactly); nothing is rounded.
+
     Raises:
-        IngestError: ``truncated`` (unreadable), ``nan_values``, ``unsupported`` (float data, 4D with more than
-            one volume, 1D).
+        IngestError: ``truncated`` (unreadable), ``nan_values``, ``unsupported`` (float data without
+            ``float_unit`` or not on its steps, 4D with more than one volume, 1D).
     """
     path = Path(path)
     label = relative_label(path, root)
@@ -59,14 +64,18 @@ def read_nifti(path: str | Path, *, root: Path | None = None) -> Volume:
         raise IngestError(f"{label}: data offset {offset} lies inside the {header_size}-byte "
                           "header; expected at least 352 for a single-file NIfTI; fix vox_offset or re-export",
                           source=label, reason="bad_header")
+    float_dtype = None
     if np.issubdtype(raw.dtype, np.floating):
-        if np.isnan(raw).any():
-            raise IngestError(f"{label}: {int(np.isnan(raw).sum())} NaN voxels; fix or mask them before release",
-                              source=label, reason="nan_values")
-        raise IngestError(
-            f"{label}: stored dtype {raw.dtype} is floating point; medue perturbs whole stored integer units, "
-            "so convert the image to an integer dtype with scl_slope/scl_inter first",
-            source=label, reason="unsupported")
+        if not np.isfinite(raw).all():
+            raise IngestError(f"{label}: {int((~np.isfinite(raw)).sum())} NaN or infinite voxels; fix or mask them "
+                              "before release", source=label, reason="nan_values")
+        if float_unit is None:
+            raise IngestError(
+                f"{label}: stored dtype {raw.dtype} is floating point; medue perturbs whole units, so set "
+                "protect.unit to the step of the image's values (1 for CT in float HU) or convert the image to an "
+                "integer dtype with scl_slope/scl_inter", source=label, reason="unsupported")
+        float_dtype = raw.dtype
+        raw = float_to_units(raw, float_unit, label)
     if raw.ndim == 4 and raw.shape[3] == 1:
         raw = raw[..., 0]
     if raw.ndim == 2:
@@ -80,19 +89,56 @@ def read_nifti(path: str | Path, *, root: Path | None = None) -> Volume:
     array = np.ascontiguousarray(raw.transpose(2, 1, 0))
     affine = RAS_TO_LPS @ img.affine
     info = np.iinfo(array.dtype)
+    valid = (int(info.min), int(info.max))
+    if float_dtype is not None:  # whole units that the float type still holds exactly
+        exact = 2 ** (np.finfo(float_dtype).nmant + 1) - 1
+        valid = (-exact, exact)
+        slope = slope * float(float_unit)
     header: dict[str, Any] = {
         "rescale_slope": slope,
         "rescale_intercept": inter,
-        "valid_range": (int(info.min), int(info.max)),
+        "valid_range": valid,
         "nifti_file": str(path),
         "nifti_dtype": str(hdr.get_data_dtype()),
         "qform_code": int(hdr["qform_code"]),
         "sform_code": int(hdr["sform_code"]),
     }
+    if float_dtype is not None:
+        header["float_unit"] = float(float_unit)
     source = SourceRef(paths=(label,), sha256=(sha256_file(path),), format="nifti")
     vol = Volume(array=array, geometry=Geometry(affine=affine), modality="OT", source=source, header=header)
     return vol.with_step(StepRecord(name="read:nifti", params={"nibabel": nib.__version__},
                                     output_fingerprint=vol.fingerprint))
+
+
+def float_to_units(raw: np.ndarray, unit: float, label: str) -> np.ndarray:
+    """``raw / unit`` as int32 when every voxel of ``raw`` is exactly (bit for bit) ``float(k * unit)`` for a whole
+    ``k`` inside the range the float type holds exactly; otherwise :class:`IngestError` ``unsupported``."""
+    exact = 2 ** (np.finfo(raw.dtype).nmant + 1) - 1
+    units = np.rint(raw.astype(np.float64) / unit) + 0.0  # (+ 0.0: a whole unit has no sign of zero)
+    back = (units * unit).astype(raw.dtype)
+    bits = np.dtype(f"u{raw.dtype.itemsize}")  # compare bit patterns: -0.0 is not 0.0 in a bit-exact release
+    off = np.ascontiguousarray(back).view(bits) != np.ascontiguousarray(raw).view(bits)
+    off |= np.abs(units) > min(exact, np.iinfo(np.int32).max)
+    if off.any():
+        negative_zero = int(np.count_nonzero(off & (raw == 0)))
+        if negative_zero == int(off.sum()):
+            raise IngestError(
+                f"{label}: {negative_zero} of {raw.size} voxels hold negative zero (-0.0), which whole units of "
+                "protect.unit cannot give back bit for bit; expected +0.0; replace them with 0.0 (the same value) "
+                "before release", source=label, reason="unsupported")
+        rem = np.abs(raw.astype(np.float64) - units * unit)[off]
+        raise IngestError(
+            f"{label}: {int(off.sum())} of {raw.size} voxels are not whole multiples of protect.unit {unit:g} "
+            f"(largest remainder {float(rem.max()):.6g}); expected values on steps of the unit, so that the release "
+            "restores bit-exactly; set protect.unit to the image's real step, or convert the image to integers "
+            "yourself", source=label, reason="unsupported")
+    return units.astype(np.int32)
+
+
+def units_to_float(units: np.ndarray, unit: float, dtype: np.dtype) -> np.ndarray:
+    """The float voxels of whole ``units`` of ``unit`` (inverse of :func:`float_to_units`)."""
+    return (units.astype(np.float64) * unit).astype(dtype)
 
 
 def write_nifti(volume: Volume, path: str | Path) -> Path:
@@ -113,6 +159,17 @@ def write_nifti(volume: Volume, path: str | Path) -> Path:
         raise ExportError(f"source NIfTI header is shorter than vox_offset {offset}")
     dtype = hdr.get_data_dtype()
     data = volume.array.transpose(2, 1, 0).reshape(src.dataobj.shape)
+    unit = volume.header.get("float_unit")
+    if unit is not None and dtype.kind == "f":
+        units = data
+        data = units_to_float(units, unit, dtype)
+        try:
+            same = np.array_equal(float_to_units(data, unit, "the protected image"), units)
+        except IngestError:
+            same = False
+        if not same:
+            raise ExportError(f"the protected values do not read back as the same whole units of protect.unit "
+                              f"{unit:g} in {dtype}; a release must restore bit-exactly, so it is not written")
     if data.dtype.kind != dtype.kind or data.dtype.itemsize != dtype.itemsize:
         raise ExportError(f"protected dtype {data.dtype} does not match the source's stored dtype {dtype}")
     body = np.asarray(data, dtype=dtype).tobytes(order="F")

@@ -20,14 +20,14 @@ from pydicom.uid import generate_uid
 
 from medue.errors import ExportError
 from medue.io.atomic import atomic_folder
-from medue.io.delta import restore_original
+from medue.io.delta import delta_float_unit, restore_original
 
 
 def restore_nifti(protected: str | Path, delta: str | Path, out: str | Path) -> int:
     """Write the original of a protected NIfTI file to ``out``; returns how many voxels changed back."""
     from medue.io.nifti import read_nifti, write_nifti
 
-    vol = read_nifti(protected)
+    vol = read_nifti(protected, float_unit=delta_float_unit(delta))
     original = restore_original(vol.array, delta)
     write_nifti(vol.with_array(original, vol.history[-1]), out)
     return int(np.count_nonzero(original != vol.array))

@@ -52,6 +52,9 @@ class ProtectConfig(_Section):
     ``fit_max_slices``: ``None`` (default) fits on every slice of the release (dataset-level optimisation); a number
     caps the slices held in memory for the fit (the rest get the fitted protector's ``perturb``).
     ``fit_size``: ``None`` (default) fits at the exported resolution; a number area-resizes fit slices to it.
+    ``unit``: ``None`` (default) refuses floating-point images; a number reads a floating-point NIfTI image as whole
+    multiples of it (1 for CT stored as float HU), so that the budget ``epsilon`` means ``epsilon * unit`` in the
+    image's own values; an image whose values are not whole multiples is quarantined, never rounded.
     """
 
     method: str = "lines"
@@ -59,6 +62,7 @@ class ProtectConfig(_Section):
     fit_max_slices: int | None = Field(None, ge=1)
     fit_size: int | None = Field(None, ge=8)
     reversible: bool = False
+    unit: float | None = Field(None, gt=0, allow_inf_nan=False)
 
     @field_validator("method")
     @classmethod
@@ -239,6 +243,8 @@ class PipelineConfig(_Section):
         d = self.to_dict()
         for k in ("execution", "tracking", "report"):
             d.pop(k, None)
+        if d.get("protect", {}).get("unit") is None:  # added later: at its default, the hashes of before stand
+            d.get("protect", {}).pop("unit", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def load_efficacy_results(self) -> EfficacyResult | None:
@@ -287,6 +293,25 @@ class PipelineConfig(_Section):
         if problems:
             raise InvalidConfigError(problems, source="labels")
         return labels
+
+    def unit_warning(self) -> str | None:
+        """A warning when the budget, in the physical values ``protect.unit`` gives a floating-point image, exceeds
+        ``fidelity.max_abs_physical`` (every such image would then fail the gate), else ``None``."""
+        limit = self.fidelity.max_abs_physical
+        if self.protect.unit is None or limit is None:
+            return None
+        from medue.protect import build_protector
+
+        try:
+            epsilon = float(build_protector(self.protect.method, **self.protect.params).params().get("epsilon", 0))
+        except Exception:  # the protector's own validation reports bad params
+            return None
+        physical = epsilon * self.protect.unit
+        if physical <= limit:
+            return None
+        return (f"protect.unit {self.protect.unit:g} makes the budget epsilon {epsilon:g} units = {physical:g} in the "
+                f"image's values, above fidelity.max_abs_physical {limit:g}: the gate will weaken or refuse every "
+                f"floating-point image; lower epsilon to {int(limit // self.protect.unit)} or check the unit")
 
     def key_file_warning(self) -> str | None:
         """A warning when the key comes from a file that other users of the machine can read, else ``None``."""

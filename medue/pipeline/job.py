@@ -55,6 +55,8 @@ class JobContext:
     memory_bytes: int | None = None
     #: Read the next volume while this one is processed (single worker; see ``execution.read_ahead``).
     read_ahead: bool = False
+    #: ``protect.unit``: the step a floating-point image is read in (``None``: such images are refused).
+    float_unit: float | None = None
 
     @property
     def layout(self) -> OutputLayout:
@@ -150,7 +152,7 @@ def read_ahead_needed(item: InputItem, ctx: JobContext, *, resume: bool) -> bool
 
 def read_volume(item: InputItem, ctx: JobContext) -> Any:
     """The volume of ``item`` as :func:`process_item` reads it (a read-ahead thread calls this)."""
-    return read_item(item, root=ctx.input_root, deidentification=ctx.deidentification)
+    return read_item(item, root=ctx.input_root, deidentification=ctx.deidentification, float_unit=ctx.float_unit)
 
 
 def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True, prefetched: Future | None = None
@@ -243,7 +245,8 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True, prefe
                               "bytes": f.stat().st_size} for f in files]
         if ctx.reversible:
             t = time.perf_counter()
-            delta_path = write_delta(volume.array, protected.array, layout.private / "deltas" / f"{item.item_id}.npz")
+            delta_path = write_delta(volume.array, protected.array, layout.private / "deltas" / f"{item.item_id}.npz",
+                                     float_unit=volume.header.get("float_unit"))
             result["delta"] = {"path": str(delta_path.relative_to(layout.root)), "sha256": sha256_file(delta_path)}
             stages["delta"] = round(time.perf_counter() - t, 4)
         result["status"] = DONE

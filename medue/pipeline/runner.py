@@ -169,8 +169,9 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
     say = progress or (lambda s: log.info(s))
     t_start = time.perf_counter()
     key = config.read_key()
-    if (warning := config.key_file_warning()) is not None:
-        log.warning(warning)
+    for warning in (config.key_file_warning(), config.unit_warning()):
+        if warning is not None:
+            log.warning(warning)
     efficacy = config.load_efficacy_results()  # read once, first: the gate, the report and MLflow all use it
     fingerprint = key_fingerprint(key)
     device = resolve_device(config.execution.device)
@@ -248,6 +249,7 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
         memory_bytes=memory_budget(device, memory_gb=config.execution.memory_gb, workers=config.execution.workers),
         read_ahead=(device.type == "cuda" if config.execution.read_ahead == "auto"
                     else bool(config.execution.read_ahead)),
+        float_unit=config.protect.unit,
     )
     if resume:
         retry = [it for it in mine if (m := ItemMarker.read(layout.marker(it.item_id))) is not None

@@ -4,7 +4,8 @@ import pytest
 
 from medue.errors import DeidentificationError, ExportError, IngestError
 from medue.io import discover_inputs, read_item, write_volume
-from medue.io.dicom import read_dicom_series, write_dicom_series
+from medue.io.dicom import read_dicom_series
+from medue.io.dicom_derive import write_dicom_series
 from medue.provenance import StepRecord
 from medue.testing import make_dicom_series
 
@@ -149,7 +150,7 @@ def test_big_endian_source_is_written_little_endian_with_medue_identity(tmp_path
     from pydicom.data import get_testdata_file
     from pydicom.uid import ExplicitVRLittleEndian
 
-    from medue.io.dicom import DERIVATION_CODE, MEDUE_IMPLEMENTATION_UID
+    from medue.io.dicom_derive import DERIVATION_CODE, MEDUE_IMPLEMENTATION_UID
 
     src_path = tmp_path / "in" / "be.dcm"
     src_path.parent.mkdir()
@@ -256,7 +257,7 @@ def test_enhanced_multiframe_derivation_is_described_per_frame():
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
-    from medue.io.dicom import _derive_enhanced
+    from medue.io.dicom_derive import _derive_enhanced
 
     src = Dataset()
     src.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"  # Enhanced MR
@@ -293,7 +294,7 @@ def test_enhanced_object_without_per_frame_groups_names_its_input_not_the_source
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
-    from medue.io.dicom import _derive_enhanced
+    from medue.io.dicom_derive import _derive_enhanced
 
     src = Dataset()
     src.SOPClassUID, src.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4.1", "1.2.3.4"

@@ -50,8 +50,54 @@ def test_nifti_nan_and_float_rejected(tmp_path):
         read_nifti(tmp_path / "nan.nii")
     assert info.value.reason == "nan_values"
     nib.save(nib.Nifti1Image(np.ones((4, 4, 2), np.float32), np.eye(4)), tmp_path / "f.nii")
-    with pytest.raises(IngestError, match="floating point"):
+    with pytest.raises(IngestError, match="floating point.*protect.unit"):
         read_nifti(tmp_path / "f.nii")
+
+
+def test_float_nifti_is_read_in_whole_units_only_when_every_voxel_is_on_a_step(tmp_path):
+    hu = np.arange(-1024, 1024, 16, dtype=np.float32).reshape(8, 8, 2)  # CT saved as float HU
+    nib.save(nib.Nifti1Image(hu, np.eye(4)), tmp_path / "ct.nii")
+    vol = read_nifti(tmp_path / "ct.nii", float_unit=1.0)
+    assert vol.array.dtype == np.int32 and vol.header["float_unit"] == 1.0
+    assert np.array_equal(vol.array, hu.transpose(2, 1, 0).astype(np.int32))
+    assert read_nifti(tmp_path / "ct.nii", float_unit=0.5).array.max() == 2 * 1008  # half-HU steps: 2 per HU
+    off = hu.copy()
+    off[0, 0, 0] += 0.25  # one voxel between steps: refused, never rounded
+    nib.save(nib.Nifti1Image(off, np.eye(4)), tmp_path / "off.nii")
+    with pytest.raises(IngestError, match="1 of 128 voxels are not whole multiples of protect.unit 1") as info:
+        read_nifti(tmp_path / "off.nii", float_unit=1.0)
+    assert info.value.reason == "unsupported"
+    signed = hu.copy()
+    signed[0, 0, 1] = -0.0  # equal to 0.0, but not the same bits: a bit-exact release says so instead of losing it
+    nib.save(nib.Nifti1Image(signed, np.eye(4)), tmp_path / "signed.nii")
+    with pytest.raises(IngestError, match="1 of 128 voxels hold negative zero"):
+        read_nifti(tmp_path / "signed.nii", float_unit=1.0)
+    out = write_nifti(vol.with_array(vol.array + 3, StepRecord(name="t", params={})), tmp_path / "out.nii")
+    written = np.asanyarray(nib.load(str(out)).dataobj.get_unscaled())
+    assert written.dtype == np.float32 and np.array_equal(written, hu + 3)  # the file's own float type, +3 HU
+
+
+def test_float_nifti_released_with_a_unit_restores_bit_exactly(tiny_config, tmp_path):
+    from medue.io.restore import restore_nifti
+    from medue.pipeline.config import load_config
+    from medue.pipeline.runner import run_pipeline
+
+    rng = np.random.default_rng(0)
+    hu = np.round(rng.normal(40, 300, (24, 20, 3))).astype(np.float32) + np.float32(0)  # whole float HU, no -0.0
+    src = tmp_path / "in" / "float_ct.nii.gz"
+    nib.save(nib.Nifti1Image(hu, np.diag([0.8, 0.8, 3.0, 1.0])), src)
+    refused = run_pipeline(load_config(tiny_config()))
+    assert [m.reason for m in refused.markers if m.status == "quarantined"] == ["unsupported"]
+    cfg = load_config(tiny_config(protect={"unit": 1.0}, output=str(tmp_path / "out_unit")))
+    summary = run_pipeline(cfg)
+    marker = next(m for m in summary.markers if m.format == "nifti" and m.dtype == "int32")
+    assert marker.exported and summary.counts.get("quarantined") is None
+    released = cfg.output_path / "release" / marker.outputs[0]["path"]
+    data = np.asanyarray(nib.load(str(released)).dataobj.get_unscaled())
+    assert data.dtype == np.float32 and 0 < np.count_nonzero(data != hu) and np.abs(data - hu).max() <= 4
+    restored = restore_nifti(released, cfg.output_path / marker.delta["path"], tmp_path / "restored.nii.gz")
+    back = np.asanyarray(nib.load(str(tmp_path / "restored.nii.gz")).dataobj.get_unscaled())
+    assert restored > 0 and back.tobytes() == hu.tobytes()  # bit for bit
 
 
 def test_itk_mha_and_nrrd_roundtrip(tmp_path):
@@ -99,3 +145,12 @@ def test_absurd_declared_sizes_are_refused_before_decoding(tmp_path):
                    "ElementDataFile = LOCAL\n")
     with pytest.raises(IngestError, match="GiB"):
         read_itk(mha)
+
+
+def test_a_unit_that_puts_the_budget_above_the_physical_limit_is_warned_about(tiny_config):
+    from medue.pipeline.config import load_config
+
+    assert load_config(tiny_config(protect={"unit": 1.0})).unit_warning() is None  # 4 units = 4 HU
+    cfg = load_config(tiny_config(protect={"unit": 5.0}, fidelity={"max_abs_physical": 10}))
+    assert "epsilon 4 units = 20 in the image's values, above fidelity.max_abs_physical 10" in cfg.unit_warning()
+    assert "lower epsilon to 2" in cfg.unit_warning()
