@@ -356,10 +356,55 @@ def _details(check: dict[str, Any]) -> str:
     return "; ".join(f"{k}: {v}" for k, v in check.items() if k not in ("check", "result", "items"))
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], css: str = "") -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    cls = f" class='{css}'" if css else ""
+    return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+#: Rows of the per-item table shown open; a longer table starts folded (a release of 2400 images is 57,000 px tall).
+ITEMS_SHOWN_OPEN = 50
+
+#: Click a column head of a ``sortable`` table to sort by it (numbers as numbers), again to reverse.
+SORT_SCRIPT = """<script>
+document.querySelectorAll('table.sortable th').forEach(function (th, col) {
+  th.style.cursor = 'pointer';
+  th.title = 'sort by this column';
+  th.addEventListener('click', function () {
+    var body = th.closest('table').tBodies[0];
+    var up = th.dataset.order !== 'up';
+    th.closest('tr').querySelectorAll('th').forEach(function (h) { delete h.dataset.order; });
+    th.dataset.order = up ? 'up' : 'down';
+    var key = function (tr) {
+      var t = tr.cells[col].textContent.trim(), n = parseFloat(t);
+      return isNaN(n) ? t : n;
+    };
+    Array.from(body.rows).sort(function (a, b) {
+      var x = key(a), y = key(b);
+      var c = (typeof x === typeof y) ? (x < y ? -1 : x > y ? 1 : 0) : (typeof x === 'number' ? -1 : 1);
+      return up ? c : -c;
+    }).forEach(function (tr) { body.appendChild(tr); });
+  });
+});
+</script>"""
+
+
+def _item_table(items: Sequence[dict[str, Any]]) -> str:
+    """Per-item fidelity, sortable by any column, folded when longer than :data:`ITEMS_SHOWN_OPEN` rows."""
+    rows = [[i["item_id"], i["status"], i.get("modality", ""), "x".join(map(str, i.get("shape", []))),
+             _fmt(i["fidelity"]["psnr_db"], 2), _fmt(i["fidelity"]["ssim"], 4), i["fidelity"]["max_abs_units"],
+             _fmt(i["fidelity"]["max_abs_physical"], 2), _fmt(i["fidelity"]["fraction_changed"], 4),
+             _fmt(i["fidelity"]["data_range"], 0),
+             ("pass" if i["fidelity"]["passed"] else ("override" if i.get("override") else "FAIL"))
+             + (" (unchanged on purpose: blank class)" if i.get("unchanged_on_purpose") else "")]
+            for i in items if "fidelity" in i]
+    table = _table(["item", "status", "modality", "shape", "PSNR dB", "SSIM", "max |delta| units",
+                    "max |delta| physical", "fraction changed", "data range", "gate"], rows, css="sortable")
+    folded = len(rows) > ITEMS_SHOWN_OPEN
+    return (f"<details class='items'{'' if folded else ' open'}><summary>Per-item fidelity: {len(rows)} item(s)"
+            + (" (folded: click to show)" if folded else "") + "; click a column head to sort by it (the lowest "
+            "PSNR first, say)</summary>" + table + "</details>")
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -455,15 +500,7 @@ def render_html(report: dict[str, Any], markers: Sequence[ItemMarker], layout: O
         "<h2>Clinical utility (fidelity)</h2>",
         "<p>PSNR and SSIM use an explicit data range (the original volume's max - min in stored units, given per "
         "row). |delta| is in stored units and in physical units (HU for CT) after rescale.</p>",
-        _table(["item", "status", "modality", "shape", "PSNR dB", "SSIM", "max |delta| units", "max |delta| physical",
-                "fraction changed", "data range", "gate"],
-               [[i["item_id"], i["status"], i.get("modality", ""), "x".join(map(str, i.get("shape", []))),
-                 _fmt(i["fidelity"]["psnr_db"], 2), _fmt(i["fidelity"]["ssim"], 4), i["fidelity"]["max_abs_units"],
-                 _fmt(i["fidelity"]["max_abs_physical"], 2), _fmt(i["fidelity"]["fraction_changed"], 4),
-                 _fmt(i["fidelity"]["data_range"], 0),
-                 ("pass" if i["fidelity"]["passed"] else ("override" if i.get("override") else "FAIL"))
-                 + (" (unchanged on purpose: blank class)" if i.get("unchanged_on_purpose") else "")]
-                for i in report["items"] if "fidelity" in i]),
+        _item_table(report["items"]),
         f"<p>Policy: <code>{html.escape(json.dumps(report.get('policy', {})))}</code></p>",
     ]
     plot = _fidelity_plot(sorted(markers, key=lambda m: m.item_id))  # markers keep the per-slice PSNRs
@@ -515,5 +552,6 @@ def render_html(report: dict[str, Any], markers: Sequence[ItemMarker], layout: O
                  + "</ul>")
     parts.append("<h2>Environment</h2>" + _table(["component", "version / setting"],
                                                   [[k, v] for k, v in report["environment"].items()]))
+    parts.append(SORT_SCRIPT)
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -102,3 +102,34 @@ def test_ct_previews_use_a_clinical_window(tiny_config):
     ct = type(ct)(array=ct.array, geometry=ct.geometry, modality="CT", source=ct.source, header=ct.header)
     low, high = display_window(ct)
     assert (low, high) == (CT_WINDOW_HU[0] - CT_WINDOW_HU[1] / 2 + 1024, CT_WINDOW_HU[0] + CT_WINDOW_HU[1] / 2 + 1024)
+
+
+def test_item_table_folds_when_long_and_sorts_by_a_clicked_column(tiny_config, tmp_path, monkeypatch):
+    from playwright.sync_api import sync_playwright
+
+    import medue.audit.report as report
+
+    monkeypatch.setattr(report, "ITEMS_SHOWN_OPEN", 1)  # two items: folded, as a 2400-item release is
+    cfg = load_config(tiny_config())
+    assert run_pipeline(cfg).exit_code == EXIT_OK
+    url = (cfg.output_path / "release" / "report.html").resolve().as_uri()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=find_chromium(), headless=True)
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(url, wait_until="load")
+            details = page.locator("details.items")
+            assert details.get_attribute("open") is None and "folded" in details.locator("summary").inner_text()
+            assert not page.locator("table.sortable").is_visible()
+            details.locator("summary").click()
+            psnr = lambda: [float(t) for t in page.locator("table.sortable tbody tr td:nth-child(5)").all_inner_texts()]  # noqa: E731
+            head = page.locator("table.sortable th", has_text="PSNR dB")
+            head.click()
+            up = psnr()
+            head.click()
+            down = psnr()
+        finally:
+            browser.close()
+    assert errors == [] and len(up) == 2 and up == sorted(up) and down == sorted(up, reverse=True)
