@@ -46,6 +46,8 @@ class ProtectResult:
         fidelity: PSNR, SSIM, max |delta|, fraction changed and the failures against ``thresholds``.
         volume: The protected :class:`~medue.Volume` (integer input) with the protection step in its history.
         unit: The size of one budget unit in the input's values (1 for integer input).
+        unchanged_on_purpose: The protector leaves this item's class unchanged (a class-wise method's blank class):
+            ``passed`` is then true with nothing changed, and the item carries no protection.
     """
 
     array: np.ndarray
@@ -53,6 +55,7 @@ class ProtectResult:
     fidelity: FidelityReport
     volume: Volume | None = None
     unit: float = 1.0
+    unchanged_on_purpose: bool = False
 
     @property
     def passed(self) -> bool:
@@ -162,13 +165,13 @@ def protect_volume(data: np.ndarray | Volume, protector: Protector, *, key: str,
         fid = check_fidelity(vol.array, protected.array, t, rescale_slope=vol.rescale[0],
                              valid_range=vol.valid_range, device=dev)
         delta = protected.array.astype(np.int64) - vol.array.astype(np.int64)
-        return ProtectResult(protected.array, delta, fid, protected, 1.0)
+        return ProtectResult(protected.array, delta, fid, protected, 1.0, protector.unchanged_label(label))
     k = protected.array.astype(np.int64) - vol.array.astype(np.int64)
     original = units.float_input
     out = np.clip(original + k * units.unit, original.min(), original.max()).astype(original.dtype)
     # the policy is in units (max |delta| in units, PSNR/SSIM over the span in units), so check in unit space
     fid = check_fidelity(vol.array, protected.array, t, valid_range=vol.valid_range, device=dev)
-    return ProtectResult(out, out - original, fid, None, units.unit)
+    return ProtectResult(out, out - original, fid, None, units.unit, protector.unchanged_label(label))
 
 
 def protect_folder(input: str | Path, output: str | Path, *, key: str | None = None,

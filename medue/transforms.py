@@ -29,11 +29,15 @@ class ProtectD(MapTransform):
         thresholds: Fidelity policy; an image that fails it raises unless ``allow_failed`` (then it passes
             through protected and ``<key>_fidelity`` records the failures).
         fidelity_key_suffix: Where the fidelity report goes (``None``: not stored).
+        unit: Float images only (what ``LoadImaged`` gives): the size of one budget unit in the image's values, e.g.
+            ``1.0`` for CT in HU so that ``epsilon`` 8 means 8 HU (``None``: the image's 0.5-99.5 % span / 255, which
+            for CT is about 5.5 HU per unit; see :func:`medue.api.protect_volume`).
     """
 
     def __init__(self, keys: Any, protector: Protector, *, key: str, label_key: Hashable | None = None,
                  thresholds: FidelityThresholds | None = None, allow_failed: bool = False,
-                 fidelity_key_suffix: str | None = "_fidelity", allow_missing_keys: bool = False) -> None:
+                 fidelity_key_suffix: str | None = "_fidelity", allow_missing_keys: bool = False,
+                 unit: float | None = None) -> None:
         super().__init__(keys, allow_missing_keys)
         self.protector = protector
         self.secret = key
@@ -41,6 +45,7 @@ class ProtectD(MapTransform):
         self.thresholds = thresholds
         self.allow_failed = allow_failed
         self.fidelity_key_suffix = fidelity_key_suffix
+        self.unit = unit
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -52,7 +57,8 @@ class ProtectD(MapTransform):
             for c in range(arr.shape[0]):
                 channel = arr[c] if arr.ndim == 4 else arr[c][..., None]  # (H, W[, D])
                 vol = np.moveaxis(channel, -1, 0)  # (D, H, W): slices along the last spatial axis
-                res = protect_volume(vol, self.protector, key=self.secret, label=label, thresholds=self.thresholds)
+                res = protect_volume(vol, self.protector, key=self.secret, label=label, thresholds=self.thresholds,
+                                     unit=self.unit if np.issubdtype(vol.dtype, np.floating) else None)
                 if not res.passed and not self.allow_failed:
                     raise ValueError(f"{k}: protected image fails the fidelity policy: {'; '.join(res.fidelity.failures)}")
                 back = np.moveaxis(res.array, 0, -1)

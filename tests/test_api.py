@@ -62,3 +62,21 @@ def test_protect_folder_reports_config_problems_all_at_once(tmp_path):
     with pytest.raises(InvalidConfigError) as info:
         protect_folder(tmp_path, tmp_path / "out", key="k" * 20, method="nope", fidelity={"min_ssim": "high"})
     assert len(info.value.problems) >= 2
+
+
+def test_protectd_takes_a_unit_for_float_images_and_the_api_flags_a_blank_class():
+    import torch
+
+    from medue.transforms import ProtectD
+
+    vols = [phantom((2, 24, 24), seed=i).astype(np.int16) for i in range(4)]
+    protector = fit(vols, [0, 1, 0, 1], key="k" * 20, method="lines", params={"epsilon": 4})
+    blank = protect_volume(vols[0], protector, key="k" * 20, label=0)  # lines: the first class carries no pattern
+    assert blank.passed and blank.unchanged_on_purpose and not np.any(blank.delta)
+    marked = protect_volume(vols[1], protector, key="k" * 20, label=1)
+    assert not marked.unchanged_on_purpose and np.any(marked.delta)
+    hu = torch.from_numpy(np.moveaxis(vols[1].astype(np.float32), 0, -1))[None]  # (C, H, W, D), float as LoadImaged
+    out = ProtectD("image", protector, key="k" * 20, label_key="label", unit=1.0,
+                   thresholds=None, allow_failed=True)({"image": hu, "label": 1})
+    change = (out["image"] - hu).numpy()
+    assert np.array_equal(change, np.round(change)) and 0 < np.abs(change).max() <= 4  # 4 units of 1 HU each
