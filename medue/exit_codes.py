@@ -11,4 +11,9 @@ EXIT_GATE = 3
 #: Partial batch: some inputs quarantined or failed, the rest released.
 EXIT_PARTIAL = 4
 
-__all__ = ["EXIT_CONFIG", "EXIT_ERROR", "EXIT_GATE", "EXIT_OK", "EXIT_PARTIAL"]
+#: The codes in words, for ``--help`` (the same text as each constant's comment, shortened).
+EXIT_WORDS = {EXIT_OK: "ok", EXIT_ERROR: "unexpected error", EXIT_CONFIG: "invalid config/arguments",
+              EXIT_GATE: "fidelity gate failed",
+              EXIT_PARTIAL: "partial batch (some inputs quarantined or failed; see <output>/quarantine)"}
+
+__all__ = ["EXIT_CONFIG", "EXIT_ERROR", "EXIT_GATE", "EXIT_OK", "EXIT_PARTIAL", "EXIT_WORDS"]

@@ -15,5 +15,5 @@ def test_ray_backend_matches_local(tiny_config):
     finally:
         ray.shutdown()
     assert summary.exit_code == EXIT_OK and summary.counts["done"] == 2
-    nifti = lambda s: sorted(o["sha256"] for m in s.markers if m.get("format") == "nifti" for o in m["outputs"])  # noqa: E731
+    nifti = lambda s: sorted(o["sha256"] for m in s.markers if m.format == "nifti" for o in m.outputs)  # noqa: E731
     assert nifti(summary) == nifti(local)
