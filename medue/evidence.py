@@ -69,7 +69,13 @@ def _param_differences(evaluated: dict[str, Any], params: dict[str, Any], method
         defaults = PROTECTORS.get(method)().params()
     except Exception:  # an unknown method: compare the values as they are
         defaults = {}
-    return sorted(k for k in set(params) | set(evaluated) if params.get(k) != evaluated.get(k)
+    try:  # settings the protection does not read as configured (an optimiser's, when nothing is optimised)
+        from medue.protect import build_protector
+
+        inert = build_protector(method, **params).inert_params()
+    except Exception:
+        inert = frozenset()
+    return sorted(k for k in set(params) | set(evaluated) if params.get(k) != evaluated.get(k) and k not in inert
                   and not (k not in evaluated and k in defaults and params.get(k) == defaults[k]))
 
 

@@ -71,3 +71,25 @@ def test_borrowed_evidence_protects_against_nothing():
     v = verdict(R(_result()), method="salm-samplewise", params=PARAMS, facts=ReleaseFacts(("CT",), ((512, 512),), ("a", "b")))
     assert not v["applies"] and v["protects_against"] == [] and v["does_not_protect_against"] == []
     assert v["note"].startswith("evidence from synthetic-set") and v["not_tested"][0].startswith("resnet18_flip_crop")
+
+
+def test_the_shipped_br35h_evidence_applies_to_the_shipped_br35h_pipeline():
+    """The suite measured the line default with ``surrogate: small`` (what ``auto`` resolves to below 256 px; at 256
+    px and more it resolves to ``strided``). A pattern placed without refinement never reads the surrogate, so the
+    evidence is still this release's whatever the surrogate; a refined one is not."""
+    from pathlib import Path
+
+    from medue.pipeline.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "pipelines" / "br35h.yaml")
+    result = cfg.load_efficacy_results()
+    params = build_protector(cfg.protect.method, **cfg.protect.params).params()
+    facts = ReleaseFacts(("OT",), ((64, 64),), ("no_tumor", "tumor"))
+    assert result.params["surrogate"] == "small" and params["surrogate"] == "auto"
+    assert evidence_applies(result, cfg.protect.method, params, facts) == (True, "")
+    strided = {**params, "surrogate": "strided"}
+    assert evidence_applies(result, cfg.protect.method, strided, facts) == (True, "")
+    refined = build_protector(cfg.protect.method, **{**cfg.protect.params, "max_rounds": 2}).params()
+    ok, why = evidence_applies(result, cfg.protect.method, refined, facts)
+    assert not ok and "max_rounds: 0 there, 2 here" in why and "surrogate: 'small' there, 'auto' here" in why

@@ -154,6 +154,11 @@ class Protector(ABC):
         """Whether items of class ``label`` are released unchanged on purpose (none, unless a method says so)."""
         return False
 
+    def inert_params(self) -> frozenset[str]:
+        """Parameters that cannot change this protector's output as configured (an optimiser's settings when
+        nothing is optimised): a measurement made with other values of these is still this protection's."""
+        return frozenset()
+
     def state_dict(self) -> dict[str, Any]:
         """Learned state (surrogate weights, filters, cluster noise). Empty when nothing is learned."""
         return {}

@@ -182,6 +182,15 @@ class EMProtector(Protector):
                 "duty": self.duty, "blank_class": self.blank_class, "flat_max_level": self.flat_max_level,
                 "fine_ratio": self.fine_ratio, "fine_tile": self.fine_tile}
 
+    #: What only the min-min refinement reads: a class-wise pattern placed with ``max_rounds: 0`` ignores them.
+    REFINEMENT_PARAMS = frozenset({"surrogate", "lr", "inner_steps", "train_steps", "stop_accuracy", "rho",
+                                   "augment", "mask_update"})
+
+    def inert_params(self) -> frozenset[str]:
+        if self.mode == "classwise" and self.settings.max_rounds == 0:
+            return self.REFINEMENT_PARAMS
+        return frozenset()
+
     @property
     def support_ratio(self) -> float:
         """Fraction of each class pattern that may be non-zero (1 for EM; SALM's ``mask_ratio``)."""
