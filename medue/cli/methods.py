@@ -15,4 +15,10 @@ def command(_: argparse.Namespace) -> int:
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         print(f"{key:6s} {cls.__name__:15s} {doc}")
         print(f"       defaults: {cls().params()}")
+    from medue.presets import PRESETS
+
+    print("\npresets (protect.preset: NAME sets the method, its parameters and the fidelity budget measured):")
+    for preset in PRESETS.values():
+        print(f"{preset.name:12s} {preset.method} {preset.params or '(defaults)'} {preset.fidelity}")
+        print(f"             {preset.words}; evidence {preset.evidence}")
     return EXIT_OK

@@ -25,6 +25,7 @@ from medue.errors import InvalidConfigError
 from medue.fidelity.checks import FidelityThresholds
 from medue.io.dicom import DEID_POLICIES
 from medue.labels import ID_COLUMNS, LABEL_SOURCES
+from medue.presets import apply_preset
 from medue.records import EfficacyResult, ReleaseRecord
 
 CONFIG_VERSION = 1
@@ -52,6 +53,8 @@ class ProtectConfig(_Section):
     ``fit_max_slices``: ``None`` (default) fits on every slice of the release (dataset-level optimisation); a number
     caps the slices held in memory for the fit (the rest get the fitted protector's ``perturb``).
     ``fit_size``: ``None`` (default) fits at the exported resolution; a number area-resizes fit slices to it.
+    ``preset``: a named, measured setting (:data:`medue.presets.PRESETS`) that fixes ``method``, ``params`` and the
+    fidelity budget, and attaches its measurement as ``report.efficacy_results``.
     ``unit``: ``None`` (default) refuses floating-point images; a number reads a floating-point NIfTI image as whole
     multiples of it (1 for CT stored as float HU), so that the budget ``epsilon`` means ``epsilon * unit`` in the
     image's own values; an image whose values are not whole multiples is quarantined, never rounded.
@@ -63,6 +66,7 @@ class ProtectConfig(_Section):
     fit_size: int | None = Field(None, ge=8)
     reversible: bool = False
     unit: float | None = Field(None, gt=0, allow_inf_nan=False)
+    preset: str | None = None
 
     @field_validator("method")
     @classmethod
@@ -243,8 +247,9 @@ class PipelineConfig(_Section):
         d = self.to_dict()
         for k in ("execution", "tracking", "report"):
             d.pop(k, None)
-        if d.get("protect", {}).get("unit") is None:  # added later: at its default, the hashes of before stand
-            d.get("protect", {}).pop("unit", None)
+        for added_later in ("unit", "preset"):  # at their defaults, the hashes of before stand
+            if d.get("protect", {}).get(added_later) is None:
+                d.get("protect", {}).pop(added_later, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def load_efficacy_results(self) -> EfficacyResult | None:
@@ -515,7 +520,7 @@ def parse_config(data: Any, *, source: str = "config", base_dir: str | Path = ".
         raise InvalidConfigError([f"top level must be a mapping of settings, got {type(data).__name__}"], source=source)
     # an empty section (`report:` with nothing under it) reads as null in YAML: the section's defaults
     values = {k: ({} if k in _SECTIONS and v is None else v) for k, v in data.items() if k != "base_dir"}
-    problems: list[str] = []
+    values, problems = apply_preset(values)
     if "base_dir" in data:
         problems.append("unknown key 'base_dir' at top level: relative paths are taken from the config file's folder")
     config = None

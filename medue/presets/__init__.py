@@ -1,0 +1,103 @@
+"""Named protection presets: a method, its parameters and the fidelity budget it was measured at, with the result
+that measured it.
+
+A preset is a setting of ``protect.preset`` in a pipeline config. It sets ``protect.method``, ``protect.params`` and
+the fidelity thresholds it names (a config that also sets one of them differently is refused: the measurement
+holds for the preset as measured), and attaches its result as ``report.efficacy_results`` unless the config names
+another. The results are release files attacked with the true labels (``medue evaluate``), copied here from
+``benchmarks/results/`` so that an installed medue carries them; the report shows them as this release's evidence
+only when the release is like the one measured (Br35H, 64 px: see :mod:`medue.evidence`), and as evidence from
+Br35H otherwise.
+
+What they buy, on that measurement: every budget stops a plain CNN (0.51); none stops ResNet-18 trained with the
+augmentations of MONAI's tutorials or at half resolution (0.95-0.99); the looser budgets stop flip + crop training on
+some seeds and not on others (worst seed 0.978 at 38 dB, 0.973 at 36 dB, 0.877 at 34 dB). A looser budget is a
+larger, more visible change (PSNR 36 or 34 dB, up to 12 or 16 units) for little more protection.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One named preset.
+
+    Attributes:
+        name: ``protect.preset`` value.
+        method: Protection method.
+        params: Its parameters (the method's defaults for the rest).
+        fidelity: The fidelity thresholds it was measured at.
+        evidence: File name (in this package) of the result that measured it.
+        words: What it is and what it buys, in one line.
+    """
+
+    name: str
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    fidelity: dict[str, Any] = field(default_factory=dict)
+    evidence: str = ""
+    words: str = ""
+
+    @property
+    def evidence_path(self) -> Path:
+        return HERE / self.evidence
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("lines-38db", "lines", {}, {"min_psnr_db": 38, "min_ssim": 0.95, "max_abs_units": 8},
+           "lines_38db_br35h_64.json",
+           "the default: 1-px lines every 3 px on the flattest 45 % of each image, first class unchanged, "
+           "PSNR >= 38 dB, |delta| <= 8; measured under the full attacker suite (2-3 seeds)"),
+    Preset("lines-36db", "lines", {"epsilon": 12}, {"min_psnr_db": 36, "min_ssim": 0.95, "max_abs_units": 12},
+           "lines_36db_br35h_64.json",
+           "stronger: the same lines at up to 12 units, PSNR >= 36 dB; measured on four headline attacks "
+           "(flip + crop on 3 seeds)"),
+    Preset("lines-34db", "lines", {"epsilon": 16}, {"min_psnr_db": 34, "min_ssim": 0.95, "max_abs_units": 16},
+           "lines_34db_br35h_64.json",
+           "strongest: up to 16 units, PSNR >= 34 dB; measured on four headline attacks plus JPEG and median "
+           "(flip + crop on 3 seeds)"),
+)}
+
+
+def apply_preset(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``values`` (a raw config mapping) with its ``protect.preset`` expanded, and the problems found (an unknown
+    name, or a setting the preset owns given another value)."""
+    protect = values.get("protect")
+    if not isinstance(protect, Mapping) or protect.get("preset") is None:
+        return dict(values), []
+    name = protect["preset"]
+    if name not in PRESETS:
+        close = difflib.get_close_matches(str(name), list(PRESETS), n=1)
+        return dict(values), [f"protect.preset: unknown preset {name!r}; expected one of {', '.join(PRESETS)}"
+                              + (f" (did you mean {close[0]!r}?)" if close else "")]
+    preset = PRESETS[name]
+    problems = []
+    if protect.get("method", preset.method) != preset.method:
+        problems.append(f"protect.method: {protect['method']!r} conflicts with protect.preset {name!r} (method "
+                        f"{preset.method!r}); remove one of them")
+    if protect.get("params"):
+        fixed = preset.params or "the method's defaults"
+        problems.append(f"protect.params: a preset fixes the parameters it was measured with ({fixed}); remove "
+                        "protect.params, or protect.preset to set them yourself")
+    fidelity = values.get("fidelity") if isinstance(values.get("fidelity"), Mapping) else {}
+    for key, value in preset.fidelity.items():
+        if key in fidelity and fidelity[key] != value:
+            problems.append(f"fidelity.{key}: {fidelity[key]!r} conflicts with protect.preset {name!r}, measured at "
+                            f"{value!r}; remove fidelity.{key}, or the preset")
+    out = dict(values)
+    out["protect"] = {**protect, "method": preset.method, "params": dict(preset.params)}
+    out["fidelity"] = {**fidelity, **preset.fidelity}
+    report = values.get("report") if isinstance(values.get("report"), Mapping) else {}
+    if report.get("efficacy_results") is None:
+        out["report"] = {**report, "efficacy_results": str(preset.evidence_path)}
+    return out, problems
+
+
+__all__ = ["PRESETS", "Preset", "apply_preset"]
