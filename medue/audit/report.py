@@ -356,13 +356,6 @@ def _details(check: dict[str, Any]) -> str:
     return "; ".join(f"{k}: {v}" for k, v in check.items() if k not in ("check", "result", "items"))
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], css: str = "") -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    cls = f" class='{css}'" if css else ""
-    return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 #: Rows of the per-item table shown open; a longer table starts folded (a release of 2400 images is 57,000 px tall).
 ITEMS_SHOWN_OPEN = 50
 
@@ -390,21 +383,15 @@ document.querySelectorAll('table.sortable th').forEach(function (th, col) {
 </script>"""
 
 
-def _item_table(items: Sequence[dict[str, Any]]) -> str:
-    """Per-item fidelity, sortable by any column, folded when longer than :data:`ITEMS_SHOWN_OPEN` rows."""
-    rows = [[i["item_id"], i["status"], i.get("modality", ""), "x".join(map(str, i.get("shape", []))),
+def _item_rows(items: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    """Per-item fidelity rows of the report's sortable table (folded beyond :data:`ITEMS_SHOWN_OPEN` rows)."""
+    return [[i["item_id"], i["status"], i.get("modality", ""), "x".join(map(str, i.get("shape", []))),
              _fmt(i["fidelity"]["psnr_db"], 2), _fmt(i["fidelity"]["ssim"], 4), i["fidelity"]["max_abs_units"],
              _fmt(i["fidelity"]["max_abs_physical"], 2), _fmt(i["fidelity"]["fraction_changed"], 4),
              _fmt(i["fidelity"]["data_range"], 0),
              ("pass" if i["fidelity"]["passed"] else ("override" if i.get("override") else "FAIL"))
              + (" (unchanged on purpose: blank class)" if i.get("unchanged_on_purpose") else "")]
             for i in items if "fidelity" in i]
-    table = _table(["item", "status", "modality", "shape", "PSNR dB", "SSIM", "max |delta| units",
-                    "max |delta| physical", "fraction changed", "data range", "gate"], rows, css="sortable")
-    folded = len(rows) > ITEMS_SHOWN_OPEN
-    return (f"<details class='items'{'' if folded else ' open'}><summary>Per-item fidelity: {len(rows)} item(s)"
-            + (" (folded: click to show)" if folded else "") + "; click a column head to sort by it (the lowest "
-            "PSNR first, say)</summary>" + table + "</details>")
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -418,11 +405,11 @@ DEID_WORDS = {"refuse": "refuse: an input that is not marked de-identified is qu
               "ignore": "ignore: de-identification is not checked; the site vouches for it"}
 
 
-def _policies_html(report: dict[str, Any]) -> str:
-    """The release's handling rules in words, then every item warning (or that there were none)."""
+def _policy_rows(report: dict[str, Any]) -> list[list[str]]:
+    """The release's handling rules in words (the report then lists every item warning, or that there were none)."""
     pol = report.get("policies") or {}
     override = pol.get("fidelity_override")
-    rows = [["de-identification", DEID_WORDS.get(pol.get("deidentification", ""), pol.get("deidentification", ""))],
+    return [["de-identification", DEID_WORDS.get(pol.get("deidentification", ""), pol.get("deidentification", ""))],
             ["DICOM UIDs", "keyed: new UIDs derived from the key (the same input gives the same UIDs)"
              if pol.get("uid_mode") == "keyed" else "random: new UIDs on every run"],
             ["labels in the release", "yes (labels.include_in_release)" if pol.get("labels_in_release") else
@@ -431,127 +418,54 @@ def _policies_html(report: dict[str, Any]) -> str:
              if pol.get("reversible") else "no: nothing kept that could restore the originals"],
             ["fidelity gate override", f"recorded by {override.get('by')}: {override.get('reason')}" if override
              else "none: an image that fails the gate is not exported"]]
-    warnings = report.get("warnings") or []
-    out = _table(["policy", "in force"], rows)
-    if warnings:
-        out += (f"<p class='fail'><b>{len(warnings)} warning(s):</b></p>"
-                + _table(["item", "warning"], [[w["item_id"], w["warning"]] for w in warnings]))
-    else:
-        out += "<p>No item carried a warning.</p>"
-    return out
-
-
-def _verdict_html(verdict: dict[str, Any]) -> str:
-    """The efficacy verdict as three lists in plain words, headed by whose evidence it is."""
-    if verdict.get("own"):
-        head = ("<p><b>Evidence: this release's own.</b> Attackers trained on this release's files with the true "
-                "labels and were tested on the site's held-out images, which were never released.</p>")
-    elif verdict["applies"]:
-        head = (f"<p><b>Evidence:</b> {html.escape(verdict['evidence'])}. Attackers trained with the true labels on "
-                "files a release wrote, tested on clean held-out images.</p>")
-    else:
-        head = (f"<p class='fail'><b>{html.escape(verdict.get('note', 'not measured on this release'))}.</b> "
-                f"Evidence: {html.escape(verdict['evidence'])}. Nothing below is a measurement of this release.</p>")
-
-    def items(xs: Sequence[str], empty: str) -> str:
-        return "<ul>" + ("".join(f"<li>{html.escape(x)}</li>" for x in xs) or f"<li>{empty}</li>") + "</ul>"
-
-    return (head + f"<p>An attack counts as stopped when its <b>worst</b> seed stays at or below "
-            f"{verdict['target']:.2f} clean-test accuracy (chance is 0.50 on two balanced classes).</p>"
-            "<div class='verdict'><h3>Protects against</h3>"
-            + items(verdict["protects_against"], "nothing" if not verdict["applies"] else "nothing measured")
-            + "<h3 class='fail'>Does not protect against</h3>"
-            + items(verdict["does_not_protect_against"], "none measured")
-            + "<h3>Not tested</h3>" + items(verdict.get("not_tested") or [], "none") + "</div>")
 
 
 def render_html(report: dict[str, Any], markers: Sequence[ItemMarker], layout: OutputLayout,
                 max_pictures: int, efficacy: EfficacyResult | None = None) -> str:
     """A single HTML file with every picture inlined as a data URI (opens offline, can be e-mailed); ``efficacy``
-    is the result ``report["efficacy"]`` was written from."""
+    is the result ``report["efficacy"]`` was written from. The page is ``templates/report.html.j2``; this gathers
+    what it shows."""
     s = report["summary"]
-    parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>medue protection report: {html.escape(report['release'])}</title>",
-        "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #bbb;padding:3px 8px}"
-        "th{background:#eee}.pass{color:#176}.fail{color:#b00}img{max-width:100%}"
-        ".verdict,.carries{border:2px solid #888;padding:0 1em;margin:1em 0}</style></head><body>",
-        f"<h1>Protection report: {html.escape(report['release'])}</h1>",
-        f"<p>Created {html.escape(report['created'])} by medue {html.escape(report['medue_version'])}. "
-        f"Method <b>{html.escape(report['method'])}</b>; key fingerprint <code>{report['key_fingerprint']}</code>; "
-        f"config hash <code>{report['config_hash']}</code>; protector state "
-        f"<code>{html.escape(report['protector']['state_fingerprint'][:16])}</code>.</p>",
-        "<h2>Summary</h2>",
-        _table(["items", "exported", "quarantined", "failed fidelity gate", "failed",
-                "held out for self-evaluation (never released)", "files ignored on purpose"],
-               [[s["items"], s["done"], s["quarantined"], s["gate_failed"], s["failed"], s.get("held_out", 0),
-                 f"{s.get('ignored', 0)} " + ", ".join(f"({n} {r})" for r, n in s.get("ignored_reasons", {}).items())]]),
-        "<div class='carries'><h2>What this release carries</h2><ul>"
-        + "".join(f"<li>{html.escape(line.strip())}</li>" for line in protection_lines(report["protection"]))
-        + "</ul></div>" if report.get("protection") else "",
-        "<h2>What the protection stops</h2>",
-        (_verdict_html(report["efficacy_verdict"]) if report.get("efficacy_verdict") else
-         "<p class='fail'><b>Not measured.</b> No efficacy results are attached to this release (run "
-         "<code>medue evaluate CONFIG --self</code> on a labelled release, or attach a benchmark result in "
-         "report.efficacy_results): nothing is known about what it stops.</p>"),
-        "<h2>Policies and warnings</h2>",
-        _policies_html(report),
-        "<h2>Clinical utility (fidelity)</h2>",
-        "<p>PSNR and SSIM use an explicit data range (the original volume's max - min in stored units, given per "
-        "row). |delta| is in stored units and in physical units (HU for CT) after rescale.</p>",
-        _item_table(report["items"]),
-        f"<p>Policy: <code>{html.escape(json.dumps(report.get('policy', {})))}</code></p>",
-    ]
-    plot = _fidelity_plot(sorted(markers, key=lambda m: m.item_id))  # markers keep the per-slice PSNRs
-    if plot:
-        parts.append(f"<img alt='fidelity plots' src='{plot}'>")
-    parts.append("<h2>Before / after / |delta| / mask (middle slice)</h2>")
-    parts.append("<p>Exported items that carry the protection come first (an item released unchanged on purpose, or "
-                 "one the gate weakened, only when there are not enough of the others).</p>")
-    pictured = 0
+    previews = []
     for m in sorted(markers, key=_preview_order):
         preview = layout.private / "previews" / f"{m.item_id}.npz"
-        if pictured >= max_pictures or not preview.exists():
+        if len(previews) >= max_pictures or not preview.exists():
             continue
         with np.load(preview) as p:
             window = p["window"] if "window" in p.files else None
             title = f"{m.item_id} ({m.modality or ''}, {m.status}" + (
                 ", clinical window)" if window is not None else ")")
-            parts.append(f"<img alt='preview {m.item_id}' "
-                         f"src='{_panel(p['original'], p['protected'], title, window)}'>")
-        pictured += 1
-    bad = [i for i in report["items"] if i["status"] != DONE]
-    parts.append("<h2>Quarantined and failed inputs</h2>")
-    parts.append(_table(["item", "status", "reason", "message"],
-                        [[i["item_id"], i["status"], i.get("reason", ""), i.get("message", "")[:300]] for i in bad])
-                 if bad else "<p>None.</p>")
-    parts.append("<h2>Efficacy: what the protection was measured to do</h2>")
-    eff = efficacy
+            previews.append((f"preview {m.item_id}", _panel(p["original"], p["protected"], title, window)))
     verdict = report.get("efficacy_verdict")
-    if eff and verdict:
-        parts.append("<p>The verdict is at the top of this report. " + html.escape(verdict_lines(verdict)[0]) + "</p>")
-        chart = _efficacy_plot(eff)
-        if chart:
-            parts.append(f"<img alt='efficacy chart' src='{chart}'>")
-        rows = [[s["attack"], s["habit"], _fmt(s["clean"]), _fmt(s["protected_max"]), _fmt(s["protected_min"]),
-                 _fmt(s["protected_mean"]), _fmt(s["train_min"]), s["protected_runs"], s["unfit_runs"]]
-                for s in summarise(eff)]
-        parts.append(_table(["attack", "habit", "clean data", "release: worst seed", "best seed", "mean",
-                             "attacker's training accuracy (lowest)", "runs", "runs that did not fit"], rows))
-        if eff.attacks:
-            parts.append("<p>" + "; ".join(f"<b>{html.escape(k)}</b>: {html.escape(v)}"
-                                          for k, v in eff.attacks.items()) + ".</p>")
-    else:
-        parts.append("<p>No efficacy results attached (set report.efficacy_results to the JSON written by "
-                     "<code>medue evaluate</code>). The protection of this release is not measured.</p>")
-    parts.append("<h2>Conformance</h2>")
-    parts.append(_table(["check", "result", "items", "details"],
-                        [[c["check"], c["result"], c.get("items", ""), _details(c)] for c in report["conformance"]]))
-    parts.append("<h2>Limitations</h2><ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in report["limitations"])
-                 + "</ul>")
-    parts.append("<h2>Environment</h2>" + _table(["component", "version / setting"],
-                                                  [[k, v] for k, v in report["environment"].items()]))
-    parts.append(SORT_SCRIPT)
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    measured = efficacy is not None and bool(verdict)
+    items = _item_rows(report["items"])
+    return _template().render(
+        r=report,
+        summary_row=[s["items"], s["done"], s["quarantined"], s["gate_failed"], s["failed"], s.get("held_out", 0),
+                     f"{s.get('ignored', 0)} " + ", ".join(f"({n} {r})" for r, n in s.get("ignored_reasons", {}).items())],
+        carries=[line.strip() for line in protection_lines(report["protection"])] if report.get("protection") else [],
+        policies=_policy_rows(report), warnings=[[w["item_id"], w["warning"]] for w in report.get("warnings") or []],
+        item_rows=items, folded=len(items) > ITEMS_SHOWN_OPEN, policy_json=json.dumps(report.get("policy", {})),
+        fidelity_plot=_fidelity_plot(sorted(markers, key=lambda m: m.item_id)),  # markers keep per-slice PSNRs
+        previews=previews,
+        bad_rows=[[i["item_id"], i["status"], i.get("reason", ""), i.get("message", "")[:300]]
+                  for i in report["items"] if i["status"] != DONE],
+        verdict_first_line=verdict_lines(verdict)[0] if measured else "",
+        efficacy_chart=_efficacy_plot(efficacy) if measured else None,
+        efficacy_rows=[[x["attack"], x["habit"], _fmt(x["clean"]), _fmt(x["protected_max"]), _fmt(x["protected_min"]),
+                        _fmt(x["protected_mean"]), _fmt(x["train_min"]), x["protected_runs"], x["unfit_runs"]]
+                       for x in summarise(efficacy)] if measured else None,
+        attacks=efficacy.attacks if measured else {},
+        conformance_rows=[[c["check"], c["result"], c.get("items", ""), _details(c)] for c in report["conformance"]],
+        environment_rows=[[k, v] for k, v in report["environment"].items()],
+        sort_script=SORT_SCRIPT)
+
+
+def _template() -> Any:
+    """The report's Jinja2 template; ``|h`` escapes as :func:`html.escape` does (quotes included)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("medue.audit", "templates"), autoescape=False,
+                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env.filters["h"] = lambda value: html.escape(str(value))
+    return env.get_template("report.html.j2")
