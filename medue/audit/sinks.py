@@ -51,7 +51,13 @@ class MlflowSink:
         if self.tracking_uri.startswith("sqlite:"):
             self.artifact_root.mkdir(parents=True, exist_ok=True)
             location = self.artifact_root.resolve().as_uri()
-        return client.create_experiment(self.experiment, artifact_location=location)
+        try:
+            return client.create_experiment(self.experiment, artifact_location=location)
+        except Exception:  # another release created it between the lookup and here (the name is unique)
+            exp = client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def start(self, config: ReleaseRecord, key_fingerprint: str) -> str:
         """Open the release's MLflow run now (status RUNNING), so its start time and duration are the release's

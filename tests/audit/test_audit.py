@@ -175,3 +175,23 @@ def test_two_releases_creating_one_new_sqlite_store_at_once_both_finish(tiny_con
     runs = client.search_runs([client.get_experiment_by_name("shared").experiment_id])
     assert sorted(r.data.tags["medue.release"] for r in runs) == ["release-0", "release-1"]
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_an_experiment_created_by_another_release_meanwhile_is_used_not_a_failure(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    from medue.audit.sinks import MlflowSink, _create_store_atomically
+
+    db = tmp_path / "mlflow.db"
+    _create_store_atomically(db)
+    uri = f"sqlite:///{db}"
+    other = mlflow.tracking.MlflowClient(tracking_uri=uri).create_experiment("shared")  # the other release won
+    real = mlflow.tracking.MlflowClient.get_experiment_by_name
+    calls = []
+
+    def stale_first(self, name):  # our lookup ran just before the other release's create
+        calls.append(name)
+        return None if len(calls) == 1 else real(self, name)
+
+    monkeypatch.setattr(mlflow.tracking.MlflowClient, "get_experiment_by_name", stale_first)
+    sink = MlflowSink(uri, "shared", tmp_path / "artifacts")
+    assert sink._experiment_id() == other and len(calls) == 2
