@@ -122,9 +122,12 @@ class LinesProtector(SampleSALMProtector):
     """A placed class pattern: 1-px lines every 3 px, +``epsilon`` units, on the flattest 45 % of each image
     (background first), one line orientation per class, the first class left unchanged; no optimisation.
 
-    The release default of medue 0.1 (then named ``salm``, with these parameters); what it stops and what it does
-    not is measured in ``benchmarks/results/README.md``. Every :class:`SampleSALMProtector` parameter can still be
-    set; these are its defaults.
+    Not the paper's method, and all ours: SALM spends its budget on the *most* significant pixels and optimises the
+    noise there; this places fixed lines on the *least* significant ones, and its shortcut is "lines mean the
+    second class" (a clean image reads as the first). It is the release default because it measured best of every
+    candidate on release files (``benchmarks/results/README.md``): it stops training without augmentation and, on
+    some seeds, with flip + crop, and nothing that resamples, smooths, quantises or mixes in clean images. Every
+    :class:`SampleSALMProtector` parameter can still be set; these are its defaults.
     """
 
     key = "lines"
