@@ -8,6 +8,7 @@ done exactly when its marker exists. Any executor (a loop, a process pool, Ray) 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 import time
@@ -66,19 +67,17 @@ class JobContext:
         return dataclasses.replace(self, device=device)
 
 
-_PROTECTOR_CACHE: dict[str, Any] = {}
-
-
 def load_protector(path: Path, device: str) -> Any:
-    """Load the fitted protector once per process (and device)."""
-    cache_key = f"{path}:{path.stat().st_mtime_ns}:{device}"
-    if cache_key not in _PROTECTOR_CACHE:
-        from medue.protect import load_protector as _load
+    """The fitted protector at ``path``, loaded once per process and device: every item of a worker shares it, and
+    a protector fitted again (another modification time) is loaded again."""
+    return _load_protector(str(path), path.stat().st_mtime_ns, device)
 
-        protector = _load(path, device)  # tensors and JSON types only: loading runs no pickled code
-        _PROTECTOR_CACHE.clear()
-        _PROTECTOR_CACHE[cache_key] = protector
-    return _PROTECTOR_CACHE[cache_key]
+
+@functools.lru_cache(maxsize=1)
+def _load_protector(path: str, mtime_ns: int, device: str) -> Any:
+    from medue.protect import load_protector as _load
+
+    return _load(Path(path), device)  # tensors and JSON types only: loading runs no pickled code
 
 
 #: Extensions a quarantine copy may keep; anything else in a name (dates, MRNs) is dropped.
