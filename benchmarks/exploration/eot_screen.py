@@ -27,7 +27,7 @@ from medue.efficacy.release import _as_uint8, load_split, resample
 from medue.efficacy.train import TrainSettings, train_classifier
 from medue.protect.base import UnitSpace
 from medue.protect.masks import flat_region_mask
-from medue.protect.robust import blob_lattice, fit_tiles, place, salient_mask
+from medue.protect.robust import fit_tiles, place, salient_mask
 
 ATTACKS = {
     "r18_plain": dict(recipe="none"),
@@ -42,6 +42,25 @@ ATTACKS = {
     "r18_adversarial": dict(recipe="flip_crop", adversarial=2 / 255),
 }
 
+
+
+def blob_lattice(num_classes: int, period: int, blob: int, *, blank: int | None = 0) -> torch.Tensor:
+    """``(num_classes, period, period)`` tiles: a ``blob`` x ``blob`` square of ones per tile (a lattice of blobs
+    once tiled), the blob at a different place of the tile for each class, none for the ``blank`` class.
+
+    Isotropic blobs keep their shape under flips, rotations and zooms; a blob of 3 px keeps its centre through a
+    3x3 median and most of its height through a Gaussian of sigma 1 and area resampling by 2.
+    """
+    tiles = torch.zeros(num_classes, period, period)
+    spots = [(r, c) for r in range(0, period - blob + 1, max(1, blob)) for c in range(0, period - blob + 1, max(1, blob))]
+    k = 0
+    for cls in range(num_classes):
+        if cls == blank:
+            continue
+        r, c = spots[k % len(spots)]
+        tiles[cls, r:r + blob, c:c + blob] = 1.0
+        k += 1
+    return tiles
 
 def spaces_for(x: np.ndarray) -> UnitSpace:
     lo = np.percentile(x.reshape(len(x), -1), 0.5, axis=1)

@@ -23,7 +23,7 @@ import torch
 
 from medue.protect.base import Protector, UnitSpace, batches, per_sample_mask, project
 from medue.protect.clusters import assign, kmeans, surrogate_features
-from medue.protect.masks import flat_region_mask, foreground_mask, smooth_region_mask, textured_region_mask
+from medue.protect.masks import flat_region_mask, foreground_mask
 from medue.protect.minmin import (
     AUGMENTATIONS,
     MaskFn,
@@ -38,8 +38,8 @@ from medue.protect.stream import FitCheckpoint
 from medue.protect.surrogate import SURROGATES, make_surrogate, surrogate_for
 
 MODES = ("samplewise", "classwise")
-INITS = ("zeros", "random", "grating", "cosine", "dots", "grid", "blobs")
-PLACEMENTS = ("pattern", "flat", "texture", "smooth")
+INITS = ("zeros", "random", "grating")
+PLACEMENTS = ("pattern", "flat")
 
 
 class EMProtector(Protector):
@@ -64,12 +64,9 @@ class EMProtector(Protector):
         augment: Transformations both minimisations see (subset of ``flip``, ``shift``, ``smooth``, ``noise``),
             so the noise stays a shortcut under an attacker's augmentation and preprocessing.
         init: Class-wise only: ``"zeros"`` (paper), ``"random"`` (random signs at the budget, from the key) or
-            ``"grating"`` (one stripe orientation per class, :func:`medue.protect.minmin.grating`) or ``"cosine"``
-            (the same orientations as a sampled cosine: with period 4 the values +1, 0, -1, 0, zero-mean, half the
-            pixels unchanged, all of its energy at the one frequency) or ``"dots"`` (one pixel on per ``tile`` x
-            ``tile`` cell, :func:`medue.protect.minmin.dots`) or ``"grid"`` (1-px lines along both axes,
-            :func:`medue.protect.minmin.grid`) or ``"blobs"`` (a square of side ``duty * tile`` per cell,
-            :func:`medue.protect.minmin.blobs`).
+            ``"grating"`` (one stripe orientation per class, :func:`medue.protect.minmin.grating`). (Other starts,
+            screened in sessions 4-12 and left out: sampled cosines, dot and grid lattices, square blobs; their
+            results are in ``benchmarks/results/README.md``.)
         flat_max_level: ``placement="flat"`` only: the flat region stops where the local mean reaches this level
             (model space: the volume's 0.5-99.5 percentile span is [0, 1]); 0.15 keeps to air and background, 1
             lets the region reach the flattest tissue when there is too little background.
@@ -89,11 +86,8 @@ class EMProtector(Protector):
         placement: Class-wise only: where a sample carries its class pattern. ``"pattern"``: everywhere the
             pattern's own (sparse) support allows; ``"flat"``: on the ``support_ratio`` fraction of each image's
             darkest, flattest pixels (:func:`medue.protect.masks.flat_region_mask`), the pattern dense there and
-            non-negative (a negative change at the bottom of the stored range would be clipped away);
-            ``"texture"``: on the ``support_ratio`` fraction of each image's brightest, most textured pixels
-            (:func:`medue.protect.masks.textured_region_mask`, inside the anatomy), the pattern dense and signed;
-            ``"smooth"``: on the smoothest pixels above the bottom of the range
-            (:func:`medue.protect.masks.smooth_region_mask`), signed, so a zero-mean pattern keeps local means.
+            non-negative (a negative change at the bottom of the stored range would be clipped away). (The textured
+            and smooth regions screened in session 6 are left out; their results are in the results README.)
         **kwargs: :class:`~medue.protect.base.Protector` arguments (``epsilon``, ``step``…).
     """
 
@@ -203,12 +197,10 @@ class EMProtector(Protector):
         return foreground_mask(space.to_model(x)) if self.foreground_only else None
 
     def _placement(self, x: torch.Tensor, space: UnitSpace) -> torch.Tensor | None:
-        """Per-sample 0/1 mask of where the class pattern goes (``placement`` flat, texture or smooth), else ``None``."""
+        """Per-sample 0/1 mask of where the class pattern goes (``placement: flat``), else ``None``."""
         if self.placement == "pattern":
             return None
-        region = {"flat": self._flat_region, "texture": textured_region_mask,
-                  "smooth": smooth_region_mask}[self.placement]
-        return per_sample_mask(region, x, space, self.support_ratio)
+        return per_sample_mask(self._flat_region, x, space, self.support_ratio)
 
     def _flat_region(self, x_model: torch.Tensor, ratio: float) -> torch.Tensor:
         return flat_region_mask(x_model, ratio, max_level=None if self.flat_max_level >= 1.0 else self.flat_max_level)

@@ -64,29 +64,3 @@ def flat_region_mask(x_model: torch.Tensor, ratio: float, *, max_level: float | 
     mean, std = _local_mean_std(x_model)
     mask = topk_mask(-(mean + std), ratio)
     return mask if max_level is None else mask * (mean < max_level).to(mask.dtype)
-
-
-def textured_region_mask(x_model: torch.Tensor, ratio: float, *, min_level: float = 0.15) -> torch.Tensor:
-    """Per-sample mask of at most ``ratio`` of the pixels, in the brightest, most textured places of each image.
-
-    The opposite of :func:`flat_region_mask`: score = 3x3 local mean + 3x3 local standard deviation, the
-    highest-scored pixels kept where the local mean is at least ``min_level``. SSIM forgives a change most where
-    the signal is bright and varies (its luminance and contrast terms), and a signed change there is not clipped at
-    the bottom of the stored range, so the same PSNR buys a pattern twice as strong as on black background.
-    """
-    mean, std = _local_mean_std(x_model)
-    mask = topk_mask(mean + std, ratio)
-    return mask * (mean >= min_level).to(mask.dtype)
-
-
-def smooth_region_mask(x_model: torch.Tensor, ratio: float, *, min_level: float = 0.1) -> torch.Tensor:
-    """Per-sample mask of at most ``ratio`` of the pixels, in the smoothest places that are not at the bottom of
-    the range (local mean at least ``min_level``): flat tissue rather than black background.
-
-    There a zero-mean pattern keeps the local mean, so SSIM's luminance term stays 1, while on black background
-    only the positive half of a pattern survives and shifts the local mean (SSIM's harshest case): at the same
-    PSNR and SSIM a zero-mean pattern here can be several times stronger.
-    """
-    mean, std = _local_mean_std(x_model)
-    mask = topk_mask(-std + torch.where(mean >= min_level, 0.0, -1e3), ratio)
-    return mask * (mean >= min_level).to(mask.dtype)

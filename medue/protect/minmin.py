@@ -246,54 +246,6 @@ def grating(num_classes: int, height: int, width: int, period: int = 4, duty: fl
     return torch.stack(out).unsqueeze(1)
 
 
-def _lattice(num_classes: int, height: int, width: int, period: int, *, both: bool) -> torch.Tensor:
-    """Pixels on a 1-px line every ``period`` px along columns and rows (``both``: where the lines cross; else
-    anywhere on either), class ``k`` shifted by ``k`` px along both axes; ``(K, 1, height, width)`` in {-1, 1}."""
-    v, u = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    out = []
-    for k in range(num_classes):
-        on_column, on_row = torch.remainder(u - k, period) == 0, torch.remainder(v - k, period) == 0
-        out.append(torch.where(on_column & on_row if both else on_column | on_row, 1.0, -1.0))
-    return torch.stack(out).unsqueeze(1)
-
-
-def dots(num_classes: int, height: int, width: int, period: int = 4) -> torch.Tensor:
-    """``(K, 1, height, width)`` lattices in {-1, 1}: one pixel on in every ``period`` x ``period`` cell, the lattice
-    of class ``k`` shifted by ``k`` pixels along both axes. A 2D pulse train: harmonics at periods ``period``,
-    ``period / 2``… along both axes and the diagonals, unchanged by flips up to a shift."""
-    return _lattice(num_classes, height, width, period, both=True)
-
-
-def blobs(num_classes: int, height: int, width: int, period: int = 6, duty: float = 0.5) -> torch.Tensor:
-    """``(K, 1, height, width)`` in {-1, 1}: a square blob of side ``round(duty * period)`` px in every ``period`` x
-    ``period`` cell, the lattice of class ``k`` shifted by ``k`` px along both axes.
-
-    A blob of 3 px or more keeps its centre through a 3x3 median, and its shape under flips, rotations and zooms;
-    most of its height survives a Gaussian of sigma 1 and area resampling by 2 (what erases 1-px lines).
-    """
-    side = max(1, min(period - 1, round(duty * period)))
-    v, u = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    out = [torch.where((torch.remainder(u - k, period) < side) & (torch.remainder(v - k, period) < side), 1.0, -1.0)
-           for k in range(num_classes)]
-    return torch.stack(out).unsqueeze(1)
-
-
-def grid(num_classes: int, height: int, width: int, period: int = 4) -> torch.Tensor:
-    """``(K, 1, height, width)`` in {-1, 1}: 1-px lines along both axes every ``period`` px (a grid), the grid of
-    class ``k`` shifted by ``k`` pixels. The period-``period`` content of :func:`grating` along both axes at once."""
-    return _lattice(num_classes, height, width, period, both=False)
-
-
-def cosine_grating(num_classes: int, height: int, width: int, period: int = 4) -> torch.Tensor:
-    """``(K, 1, height, width)`` sampled cosines rounded to {-1, 0, 1}, one orientation per class (as :func:`grating`).
-
-    With period 4: +1, 0, -1, 0 along the class's direction. Zero-mean, so on a flat region it changes the local
-    mean by nothing (SSIM's luminance term stays 1), and half of its pixels stay unchanged.
-    """
-    return torch.stack([torch.round(torch.cos(2 * torch.pi * phase))
-                        for phase in _class_phases(num_classes, height, width, period)]).unsqueeze(1)
-
-
 def block_mask(scores: torch.Tensor, ratio: float, block: int) -> torch.Tensor:
     """0/1 mask over ``scores`` ``(K, 1, h, w)`` keeping the top ``ratio`` of ``block`` x ``block`` cells per row."""
     if block > 1:
@@ -327,20 +279,12 @@ def bilevel_classwise_tiled(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
         noise = (torch.randint(0, 2, (num_classes, 1, th, tw), generator=generator).float() * 2 - 1) * eps
     elif init == "grating":
         noise = grating(num_classes, th, tw, period=tile or 4, duty=duty) * eps
-    elif init == "cosine":
-        noise = cosine_grating(num_classes, th, tw, period=tile or 4) * eps
-    elif init == "dots":
-        noise = dots(num_classes, th, tw, period=tile or 4) * eps
-    elif init == "grid":
-        noise = grid(num_classes, th, tw, period=tile or 4) * eps
-    elif init == "blobs":
-        noise = blobs(num_classes, th, tw, period=tile or 6, duty=duty) * eps
     else:
         noise = torch.zeros((num_classes, 1, th, tw))
     noise = noise.clamp(lo_noise, eps).to(x.device)
     support = block_mask(torch.rand((num_classes, 1, th, tw), generator=generator).to(x.device), mask_ratio, block) \
         if mask_ratio < 1.0 else torch.ones_like(noise)
-    if init in ("grating", "dots", "grid", "blobs") and positive:
+    if init == "grating" and positive:
         # the stripes are the shortcut: the optimisation sets their strength, it does not move them
         support = (noise > 0).to(noise.dtype)
     # (built only for a refinement: torch's first optimiser imports torch._dynamo, seconds for a placed pattern)

@@ -64,25 +64,6 @@ def oriented_gratings(num_classes: int, period: int) -> torch.Tensor:
     return torch.stack(tiles)
 
 
-def blob_lattice(num_classes: int, period: int, blob: int, *, blank: int | None = 0) -> torch.Tensor:
-    """``(num_classes, period, period)`` tiles: a ``blob`` x ``blob`` square of ones per tile (a lattice of blobs
-    once tiled), the blob at a different place of the tile for each class, none for the ``blank`` class.
-
-    Isotropic blobs keep their shape under flips, rotations and zooms; a blob of 3 px keeps its centre through a
-    3x3 median and most of its height through a Gaussian of sigma 1 and area resampling by 2.
-    """
-    tiles = torch.zeros(num_classes, period, period)
-    spots = [(r, c) for r in range(0, period - blob + 1, max(1, blob)) for c in range(0, period - blob + 1, max(1, blob))]
-    k = 0
-    for cls in range(num_classes):
-        if cls == blank:
-            continue
-        r, c = spots[k % len(spots)]
-        tiles[cls, r:r + blob, c:c + blob] = 1.0
-        k += 1
-    return tiles
-
-
 def salient_mask(x_model: torch.Tensor, ratio: float) -> torch.Tensor:
     """Per-sample 0/1 mask of the ``ratio`` fraction of pixels with the highest 5x5 local mean (the anatomy)."""
     pad = F.pad(x_model, (2, 2, 2, 2), mode="replicate")

@@ -357,29 +357,3 @@ def test_protect_in_slice_chunks_under_a_memory_budget_gives_the_same_volume(met
         d = fitted.squeeze(1).numpy()
         assert np.array_equal(p.protect(vol, label=1, delta=d).array,
                               p.protect(vol, label=1, delta=d, memory_bytes=one_slice).array)
-
-
-def test_dots_lattice_one_pixel_per_cell_shifted_per_class():
-    from medue.protect.minmin import dots
-
-    d = dots(2, 8, 8, period=4)
-    assert d.shape == (2, 1, 8, 8) and set(d.unique().tolist()) == {-1.0, 1.0}
-    assert [int((d[k] > 0).sum()) for k in range(2)] == [4, 4]
-    assert d[0, 0, 0, 0] == 1 and d[1, 0, 1, 1] == 1 and d[1, 0, 0, 0] == -1
-    assert torch.equal(d[0].flip(-1).roll(1, -1), d[0])  # a flip only shifts the lattice
-    from medue.protect.minmin import grid
-
-    g = grid(2, 8, 8, period=4)
-    assert int((g[0] > 0).sum()) == 28 and bool((g[0] >= d[0]).all())  # 2 rows + 2 columns of 8, crossing in 4
-
-
-def test_blobs_lattice_keeps_its_centre_through_a_median():
-    from medue.protect.minmin import blobs
-
-    b = blobs(2, 12, 12, period=6, duty=0.5)
-    assert b.shape == (2, 1, 12, 12) and [int((b[k] > 0).sum()) for k in range(2)] == [36, 36]
-    assert b[0, 0, 0, 0] == 1 and b[1, 0, 0, 0] == -1 and b[1, 0, 1, 1] == 1  # class 1 shifted by one pixel
-    on = (b[0, 0] > 0).float()
-    med = torch.nn.functional.pad(on[None, None], (1, 1, 1, 1), mode="circular").unfold(2, 3, 1).unfold(3, 3, 1)
-    med = med.reshape(12, 12, 9).median(-1).values
-    assert med[1, 1] == 1 and med[7, 7] == 1  # a 3x3 median keeps each blob's centre (a 1-px line loses all)
