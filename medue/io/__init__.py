@@ -130,8 +130,8 @@ def read_item(item: InputItem, *, root: str | Path | None = None, deidentificati
               float_unit: float | None = None) -> Volume:
     """Read one discovered item with the reader its kind names; the reader key is recorded in the history.
 
-    ``float_unit`` (``protect.unit``): a floating-point NIfTI image is read as whole multiples of this step
-    (:func:`medue.io.nifti.read_nifti`); without it such an image is refused."""
+    ``float_unit`` (``protect.unit``): a floating-point NIfTI, MetaImage or NRRD image is read as whole multiples of
+    this step (:mod:`medue.io.units`); without it such an image is refused."""
     if item.problem:
         raise IngestError(item.problem, source=item.item_id, reason="unrecognized")
     root_path = Path(root) if root is not None else None
@@ -139,7 +139,7 @@ def read_item(item: InputItem, *, root: str | Path | None = None, deidentificati
     if item.kind == "dicom":
         volume = reader(item.paths, deidentification=deidentification, root=root_path)
     else:
-        volume = reader(item.paths[0], root=root_path, **({"float_unit": float_unit} if item.kind == "nifti" else {}))
+        volume = reader(item.paths[0], root=root_path, float_unit=float_unit)
     check_volume(volume, item.item_id)
     return volume
 

@@ -9,6 +9,7 @@ import numpy as np
 from medue.errors import ExportError, IngestError
 from medue.io.paths import relative_label
 from medue.io.atomic import atomic_file
+from medue.io.units import float_header, float_to_units, units_to_float
 from medue.provenance import StepRecord, sha256_file
 from medue.volume import Geometry, SourceRef, Volume
 
@@ -94,8 +95,12 @@ def _sitk():
     return sitk
 
 
-def read_itk(path: str | Path, *, root: Path | None = None) -> Volume:
-    """Read a scalar integer image with SimpleITK; ``(z, y, x)`` array, LPS affine from origin/spacing/direction."""
+def read_itk(path: str | Path, *, root: Path | None = None, float_unit: float | None = None) -> Volume:
+    """Read a scalar image with SimpleITK; ``(z, y, x)`` array, LPS affine from origin/spacing/direction.
+
+    Integer pixels are the stored units. Floating-point pixels are read with ``float_unit`` (``protect.unit``) as
+    whole multiples of it, only when every pixel is one bit for bit (:func:`medue.io.units.float_to_units`);
+    :func:`write_itk` writes them back in their own float type."""
     sitk = _sitk()
     path = Path(path)
     label = relative_label(path, root)
@@ -117,10 +122,17 @@ def read_itk(path: str | Path, *, root: Path | None = None) -> Volume:
         raise IngestError(f"{label}: vector/colour image; only scalar images are supported", source=label,
                           reason="unsupported")
     array = sitk.GetArrayFromImage(img)
+    float_dtype = None
     if np.issubdtype(array.dtype, np.floating):
-        reason = "nan_values" if np.isnan(array).any() else "unsupported"
-        raise IngestError(f"{label}: floating-point pixels ({array.dtype}); medue needs stored integer units",
-                          source=label, reason=reason)
+        if not np.isfinite(array).all():
+            raise IngestError(f"{label}: {int((~np.isfinite(array)).sum())} NaN or infinite voxels; fix or mask "
+                              "them before release", source=label, reason="nan_values")
+        if float_unit is None:
+            raise IngestError(f"{label}: floating-point pixels ({array.dtype}); medue perturbs whole units, so set "
+                              "protect.unit to the step of the image's values (1 for CT in float HU) or convert the "
+                              "image to integers", source=label, reason="unsupported")
+        float_dtype = array.dtype
+        array = float_to_units(array, float_unit, label)
     if array.ndim == 2:
         array = array[None]
     if array.ndim != 3:
@@ -137,6 +149,8 @@ def read_itk(path: str | Path, *, root: Path | None = None) -> Volume:
         "valid_range": (int(info.min), int(info.max)),
         "itk_file": str(path),
     }
+    if float_dtype is not None:
+        header.update(float_header(float_dtype, float_unit), rescale_slope=float(float_unit))
     source = SourceRef(paths=(label,), sha256=(sha256_file(path),), format="itk")
     vol = Volume(array=np.ascontiguousarray(array), geometry=Geometry(affine=affine), modality="OT",
                  source=source, header=header)
@@ -154,6 +168,17 @@ def write_itk(volume: Volume, path: str | Path) -> Path:
     reader.SetFileName(str(src_path))
     src = reader.Execute()
     array = volume.array if src.GetDimension() == 3 else volume.array[0]
+    unit = volume.header.get("float_unit")
+    if unit is not None:  # whole units of a float image: back to its own float type, exactly
+        units = array
+        array = units_to_float(units, unit, np.dtype(volume.header["float_dtype"]))
+        try:
+            same = np.array_equal(float_to_units(array, unit, "the protected image"), units)
+        except IngestError:
+            same = False
+        if not same:
+            raise ExportError(f"the protected values do not read back as the same whole units of protect.unit "
+                              f"{unit:g}; a release must restore bit-exactly, so it is not written")
     img = sitk.GetImageFromArray(array)
     img.CopyInformation(src)
     for key in src.GetMetaDataKeys():

@@ -16,6 +16,7 @@ import numpy as np
 
 from medue.errors import ExportError, IngestError
 from medue.io.paths import relative_label
+from medue.io.units import float_header, float_to_units, units_to_float
 from medue.io.atomic import atomic_file
 from medue.provenance import StepRecord, sha256_file
 from medue.volume import Geometry, SourceRef, Volume
@@ -91,8 +92,7 @@ def read_nifti(path: str | Path, *, root: Path | None = None, float_unit: float 
     info = np.iinfo(array.dtype)
     valid = (int(info.min), int(info.max))
     if float_dtype is not None:  # whole units that the float type still holds exactly
-        exact = 2 ** (np.finfo(float_dtype).nmant + 1) - 1
-        valid = (-exact, exact)
+        valid = float_header(float_dtype, float_unit)["valid_range"]
         slope = slope * float(float_unit)
     header: dict[str, Any] = {
         "rescale_slope": slope,
@@ -104,41 +104,11 @@ def read_nifti(path: str | Path, *, root: Path | None = None, float_unit: float 
         "sform_code": int(hdr["sform_code"]),
     }
     if float_dtype is not None:
-        header["float_unit"] = float(float_unit)
+        header.update(float_header(float_dtype, float_unit))
     source = SourceRef(paths=(label,), sha256=(sha256_file(path),), format="nifti")
     vol = Volume(array=array, geometry=Geometry(affine=affine), modality="OT", source=source, header=header)
     return vol.with_step(StepRecord(name="read:nifti", params={"nibabel": nib.__version__},
                                     output_fingerprint=vol.fingerprint))
-
-
-def float_to_units(raw: np.ndarray, unit: float, label: str) -> np.ndarray:
-    """``raw / unit`` as int32 when every voxel of ``raw`` is exactly (bit for bit) ``float(k * unit)`` for a whole
-    ``k`` inside the range the float type holds exactly; otherwise :class:`IngestError` ``unsupported``."""
-    exact = 2 ** (np.finfo(raw.dtype).nmant + 1) - 1
-    units = np.rint(raw.astype(np.float64) / unit) + 0.0  # (+ 0.0: a whole unit has no sign of zero)
-    back = (units * unit).astype(raw.dtype)
-    bits = np.dtype(f"u{raw.dtype.itemsize}")  # compare bit patterns: -0.0 is not 0.0 in a bit-exact release
-    off = np.ascontiguousarray(back).view(bits) != np.ascontiguousarray(raw).view(bits)
-    off |= np.abs(units) > min(exact, np.iinfo(np.int32).max)
-    if off.any():
-        negative_zero = int(np.count_nonzero(off & (raw == 0)))
-        if negative_zero == int(off.sum()):
-            raise IngestError(
-                f"{label}: {negative_zero} of {raw.size} voxels hold negative zero (-0.0), which whole units of "
-                "protect.unit cannot give back bit for bit; expected +0.0; replace them with 0.0 (the same value) "
-                "before release", source=label, reason="unsupported")
-        rem = np.abs(raw.astype(np.float64) - units * unit)[off]
-        raise IngestError(
-            f"{label}: {int(off.sum())} of {raw.size} voxels are not whole multiples of protect.unit {unit:g} "
-            f"(largest remainder {float(rem.max()):.6g}); expected values on steps of the unit, so that the release "
-            "restores bit-exactly; set protect.unit to the image's real step, or convert the image to integers "
-            "yourself", source=label, reason="unsupported")
-    return units.astype(np.int32)
-
-
-def units_to_float(units: np.ndarray, unit: float, dtype: np.dtype) -> np.ndarray:
-    """The float voxels of whole ``units`` of ``unit`` (inverse of :func:`float_to_units`)."""
-    return (units.astype(np.float64) * unit).astype(dtype)
 
 
 def write_nifti(volume: Volume, path: str | Path) -> Path:

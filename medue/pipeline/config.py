@@ -55,9 +55,10 @@ class ProtectConfig(_Section):
     ``fit_size``: ``None`` (default) fits at the exported resolution; a number area-resizes fit slices to it.
     ``preset``: a named, measured setting (:data:`medue.presets.PRESETS`) that fixes ``method``, ``params`` and the
     fidelity budget, and attaches its measurement as ``report.efficacy_results``.
-    ``unit``: ``None`` (default) refuses floating-point images; a number reads a floating-point NIfTI image as whole
-    multiples of it (1 for CT stored as float HU), so that the budget ``epsilon`` means ``epsilon * unit`` in the
-    image's own values; an image whose values are not whole multiples is quarantined, never rounded.
+    ``unit``: ``None`` (default) refuses floating-point images; a number reads a floating-point NIfTI, MetaImage or
+    NRRD image as whole multiples of it (1 for CT stored as float HU), so that the budget ``epsilon`` means
+    ``epsilon * unit`` in the image's own values; an image whose values are not whole multiples is quarantined,
+    never rounded.
     """
 
     method: str = "lines"

@@ -154,3 +154,19 @@ def test_a_unit_that_puts_the_budget_above_the_physical_limit_is_warned_about(ti
     cfg = load_config(tiny_config(protect={"unit": 5.0}, fidelity={"max_abs_physical": 10}))
     assert "epsilon 4 units = 20 in the image's values, above fidelity.max_abs_physical 10" in cfg.unit_warning()
     assert "lower epsilon to 2" in cfg.unit_warning()
+
+
+def test_float_mha_with_a_unit_round_trips_in_its_own_float_type(tmp_path):
+    import SimpleITK as sitk
+
+    from medue.io.itk import read_itk, write_itk
+
+    hu = (np.arange(2 * 6 * 5, dtype=np.float32).reshape(2, 6, 5) * 4 - 100) + np.float32(0)
+    sitk.WriteImage(sitk.GetImageFromArray(hu), str(tmp_path / "ct.mha"))
+    with pytest.raises(IngestError, match="protect.unit"):
+        read_itk(tmp_path / "ct.mha")
+    vol = read_itk(tmp_path / "ct.mha", float_unit=2.0)  # 2-HU steps: 4 HU apart is 2 units
+    assert vol.array.dtype == np.int32 and vol.header["float_unit"] == 2.0 and vol.rescale[0] == 2.0
+    out = write_itk(vol.with_array(vol.array + 1, StepRecord(name="t", params={})), tmp_path / "out.mha")
+    back = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    assert back.dtype == np.float32 and np.array_equal(back, hu + 2)  # one unit = 2 HU, in float32
