@@ -9,7 +9,7 @@ import numpy as np
 from medue.errors import ExportError, IngestError
 from medue.io.paths import relative_label
 from medue.io.atomic import atomic_file
-from medue.io.units import float_header, float_to_units, units_to_float
+from medue.io.units import float_header, float_to_units, units_to_float_exact
 from medue.provenance import StepRecord, sha256_file
 from medue.volume import Geometry, SourceRef, Volume
 
@@ -170,15 +170,7 @@ def write_itk(volume: Volume, path: str | Path) -> Path:
     array = volume.array if src.GetDimension() == 3 else volume.array[0]
     unit = volume.header.get("float_unit")
     if unit is not None:  # whole units of a float image: back to its own float type, exactly
-        units = array
-        array = units_to_float(units, unit, np.dtype(volume.header["float_dtype"]))
-        try:
-            same = np.array_equal(float_to_units(array, unit, "the protected image"), units)
-        except IngestError:
-            same = False
-        if not same:
-            raise ExportError(f"the protected values do not read back as the same whole units of protect.unit "
-                              f"{unit:g}; a release must restore bit-exactly, so it is not written")
+        array = units_to_float_exact(array, unit, np.dtype(volume.header["float_dtype"]))
     img = sitk.GetImageFromArray(array)
     img.CopyInformation(src)
     for key in src.GetMetaDataKeys():

@@ -16,7 +16,7 @@ import numpy as np
 
 from medue.errors import ExportError, IngestError
 from medue.io.paths import relative_label
-from medue.io.units import float_header, float_to_units, units_to_float
+from medue.io.units import float_header, float_to_units, units_to_float_exact
 from medue.io.atomic import atomic_file
 from medue.provenance import StepRecord, sha256_file
 from medue.volume import Geometry, SourceRef, Volume
@@ -131,15 +131,7 @@ def write_nifti(volume: Volume, path: str | Path) -> Path:
     data = volume.array.transpose(2, 1, 0).reshape(src.dataobj.shape)
     unit = volume.header.get("float_unit")
     if unit is not None and dtype.kind == "f":
-        units = data
-        data = units_to_float(units, unit, dtype)
-        try:
-            same = np.array_equal(float_to_units(data, unit, "the protected image"), units)
-        except IngestError:
-            same = False
-        if not same:
-            raise ExportError(f"the protected values do not read back as the same whole units of protect.unit "
-                              f"{unit:g} in {dtype}; a release must restore bit-exactly, so it is not written")
+        data = units_to_float_exact(data, unit, dtype)
     if data.dtype.kind != dtype.kind or data.dtype.itemsize != dtype.itemsize:
         raise ExportError(f"protected dtype {data.dtype} does not match the source's stored dtype {dtype}")
     body = np.asarray(data, dtype=dtype).tobytes(order="F")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medue.errors import IngestError
+from medue.errors import ExportError, IngestError
 
 
 def float_to_units(raw: np.ndarray, unit: float, label: str) -> np.ndarray:
@@ -45,3 +45,17 @@ def float_header(dtype: np.dtype, unit: float) -> dict:
     exact = 2 ** (np.finfo(dtype).nmant + 1) - 1
     return {"float_unit": float(unit), "float_dtype": np.dtype(dtype).str,
             "valid_range": (-exact, exact)}
+
+
+def units_to_float_exact(units: np.ndarray, unit: float, dtype: np.dtype) -> np.ndarray:
+    """:func:`units_to_float`, refused (:class:`ExportError`) unless the float values read back as the same whole
+    units: a release that would not restore bit-exactly is not written."""
+    values = units_to_float(units, unit, dtype)
+    try:
+        same = np.array_equal(float_to_units(values, unit, "the protected image"), units)
+    except IngestError:
+        same = False
+    if not same:
+        raise ExportError(f"the protected values do not read back as the same whole units of protect.unit {unit:g} "
+                          f"in {np.dtype(dtype)}; a release must restore bit-exactly, so it is not written")
+    return values
