@@ -129,12 +129,6 @@ def describe(result: EfficacyResult) -> str:
             f"{result.settings.get('suite', 'custom')}, result {result.name}")
 
 
-def row_key(row: EfficacyRow | dict[str, Any]) -> str:
-    """The attack a result row belongs to (:attr:`medue.records.EfficacyRow.key`); a row being written may still
-    be a mapping."""
-    return (row if isinstance(row, EfficacyRow) else EfficacyRow.from_dict(row)).key
-
-
 def summarise(result: EfficacyResult) -> list[dict[str, Any]]:
     """One line per attack: clean baseline, protected mean / worst / best over the seeds whose model fitted its
     training set, runs that did not fit and the best clean-test accuracy among those (``unfit_max``)."""

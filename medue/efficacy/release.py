@@ -28,7 +28,7 @@ from medue.efficacy import countermeasures
 from medue.efficacy.suite import Attack, suite_attacks
 from medue.efficacy.train import TrainSettings, predict, train_classifier
 from medue.errors import IngestError, InvalidConfigError
-from medue.evidence import RESULT_SCHEMA, row_key, summarise
+from medue.evidence import RESULT_SCHEMA, summarise
 from medue.fidelity.diagnostic import diagnostic_preservation
 from medue.records import EfficacyResult, ItemMarker
 
@@ -589,29 +589,31 @@ def _reusable_clean_rows(earlier: EfficacyResult, info: dict[str, Any], root: Pa
             if r.training_data == "clean" and (first is None or r.seed == first)}
 
 
-def results_markdown(result: dict[str, Any]) -> str:
-    """Markdown twin of a release-efficacy result (the mapping being written)."""
-    d, f = result["dataset"], result.get("fidelity") or {}
-    lines = [f"# Release efficacy: {result['name']}", "",
-             f"Dataset **{d['name']}** ({d['format']}, {result['image_size'][0]}x{result['image_size'][1]} px, "
+def results_markdown(result: EfficacyResult | dict[str, Any]) -> str:
+    """Markdown twin of a release-efficacy result (or of the mapping being written)."""
+    r = result if isinstance(result, EfficacyResult) else EfficacyResult.from_dict(result)
+    x = r.extra  # what a release evaluation records besides the typed fields
+    d, f = r.dataset, x.get("fidelity") or {}
+    lines = [f"# Release efficacy: {r.name}", "",
+             f"Dataset **{d['name']}** ({d['format']}, {r.image_size[0]}x{r.image_size[1]} px, "
              f"{d['train']} train / {d['test']} test, split seed {d.get('split_seed', 'none')}; majority class "
-             f"{d['majority_class_accuracy']:.3f}). Method **{result['method']}**, labels given to the release: "
-             f"**{'yes' if result['labels_used'] else 'no'}**. Attackers always train with the true labels on the "
-             f"files the release wrote, and are tested on clean held-out images. Device {result['device']}.", "",
-             f"Parameters: `{json.dumps(result['params'], sort_keys=True)}`", "",
-             "Exported / expected per class: " + ", ".join(f"{c} {result['exported'][c]}/{result['expected'][c]}"
-                                                          for c in result["expected"])
-             + (f"; not exported: {result['not_exported']}" if result["not_exported"] else "") + ".", ""]
+             f"{d['majority_class_accuracy']:.3f}). Method **{r.method}**, labels given to the release: "
+             f"**{'yes' if r.labels_used else 'no'}**. Attackers always train with the true labels on the "
+             f"files the release wrote, and are tested on clean held-out images. Device {x['device']}.", "",
+             f"Parameters: `{json.dumps(r.params, sort_keys=True)}`", "",
+             "Exported / expected per class: " + ", ".join(f"{c} {x['exported'][c]}/{x['expected'][c]}"
+                                                          for c in x["expected"])
+             + (f"; not exported: {x['not_exported']}" if x["not_exported"] else "") + ".", ""]
     if f:
         lines += [f"Fidelity over {f['images']} exported images: PSNR min {f['psnr_db']['min']} / mean "
                   f"{f['psnr_db']['mean']} dB, SSIM min {f['ssim']['min']} / mean {f['ssim']['mean']}, fraction "
                   f"changed max {f['fraction_changed']['max']} / mean {f['fraction_changed']['mean']}, max |delta| "
                   f"{f['max_abs_units']} units. "
                   + ("Release read back from an existing output folder (not re-run here)"
-                     if result.get("release_existing") else f"Release run {result['release_seconds']} s")
-                  + f" (fit {result['fit'].get('fit_seconds')} s "
+                     if x.get("release_existing") else f"Release run {x['release_seconds']} s")
+                  + f" (fit {x['fit'].get('fit_seconds')} s "
                   + ("from the labels alone, no pixels read)."
-                     if result['fit'].get('pixels_used') is False else f"on {result['fit'].get('slices')} slices)."),
+                     if x['fit'].get('pixels_used') is False else f"on {x['fit'].get('slices')} slices)."),
                   ""]
     from medue.evidence import TARGET
 
@@ -624,7 +626,7 @@ def results_markdown(result: dict[str, Any]) -> str:
     def fmt(v: float | None) -> str:
         return "not tested" if v is None else f"{v:.3f}"
 
-    for s in summarise(EfficacyResult.from_dict(result)):
+    for s in summarise(r):
         worst = max((v for v in (s["protected_max"], s["unfit_max"]) if v is not None), default=None)
         mark = ("" if worst is None else "**not stopped**" if worst > TARGET
                 else "stopped" if s["protected_max"] is not None else "no fitted run")
@@ -632,29 +634,29 @@ def results_markdown(result: dict[str, Any]) -> str:
                      f"{fmt(s['protected_min'])} | {fmt(s['protected_mean'])} | {fmt(s['train_min'])} | "
                      f"{s['protected_runs']} | {s['unfit_runs']}"
                      + (f" ({s['unfit_max']:.3f})" if s["unfit_max"] is not None else "") + f" | {mark} |")
-    if result.get("not_run"):
-        lines += ["", "Not run: " + "; ".join(result["not_run"]) + "."]
-    if result.get("attacks"):
-        lines += ["", "Attacks: " + "; ".join(f"**{k}**: {v}" for k, v in result["attacks"].items()) + "."]
-    if result.get("attack_seconds") is not None:
+    if r.not_run:
+        lines += ["", "Not run: " + "; ".join(r.not_run) + "."]
+    if r.attacks:
+        lines += ["", "Attacks: " + "; ".join(f"**{k}**: {v}" for k, v in r.attacks.items()) + "."]
+    if x.get("attack_seconds") is not None:
         what = ("Training time of the attacks, summed over runs that ran in parallel processes"
-                if result.get("attack_seconds_summed") else "Wall time of the attacks")
-        lines += ["", f"{what}: {result['attack_seconds']:.0f} s on {result['device']} "
-                      f"(release {result['release_seconds']} s)."]
-    if result.get("complete") is False:
+                if x.get("attack_seconds_summed") else "Wall time of the attacks")
+        lines += ["", f"{what}: {x['attack_seconds']:.0f} s on {x['device']} "
+                      f"(release {x['release_seconds']} s)."]
+    if x.get("complete") is False:
         lines += ["", "**Partial result: the suite was still running when this was written.**"]
     lines += ["", "## Every run", "", "| attack | data | seed | training images | train acc | clean-test acc | "
               "fit | epochs | s |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        lines.append(f"| {row_key(r)} | {r['training_data']} | {r['seed']} | {r.get('train_images', '')} | "
-                     f"{r['train_accuracy']:.3f} | {r['clean_test_accuracy']:.3f} | "
-                     f"{'yes' if r['fit'] else '**no**'} | {r['epochs']} | {r['seconds']}"
-                     + (f" (reused from {r['reused_from']})" if r.get("reused_from") else "") + " |")
-    if result.get("diagnostic"):
+    for row in r.rows:
+        lines.append(f"| {row.key} | {row.training_data} | {row.seed} | {row.extra.get('train_images', '')} | "
+                     f"{row.train_accuracy:.3f} | {row.clean_test_accuracy:.3f} | "
+                     f"{'yes' if row.fit else '**no**'} | {row.extra['epochs']} | {row.extra['seconds']}"
+                     + (f" (reused from {row.extra['reused_from']})" if row.extra.get("reused_from") else "") + " |")
+    if r.diagnostic:
         lines += ["", "## Diagnostic content (clean-trained model reading released vs original training images)", "",
                   "| attacker | accuracy on originals | on released | drop | agreement | passed |",
                   "|---|---|---|---|---|---|"]
-        for arch, dg in result["diagnostic"].items():
+        for arch, dg in r.diagnostic.items():
             lines.append(f"| {arch} | {dg['accuracy_original']:.3f} | {dg['accuracy_protected']:.3f} | "
                          f"{dg['accuracy_drop']:+.3f} | {dg['agreement']:.3f} | {dg['passed']} |")
     return "\n".join(lines) + "\n"
