@@ -114,8 +114,8 @@ class ItemMarker:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ItemMarker":
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        if "item_id" not in data:
-            raise ValueError("a marker needs an item_id")
+        if not isinstance(data, dict) or "item_id" not in data:
+            raise ValueError("a marker is a JSON object with an item_id")
         return cls(**{k: v for k, v in data.items() if k in names},
                    extra={k: v for k, v in data.items() if k not in names})
 

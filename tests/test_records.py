@@ -29,6 +29,8 @@ def test_item_marker_keeps_unknown_fields_and_refuses_what_is_not_a_marker(tmp_p
     assert ItemMarker.read(bad) is None and ItemMarker.read(tmp_path / "missing.json") is None
     (tmp_path / "other.json").write_text('{"status": "done"}')
     assert ItemMarker.read(tmp_path / "other.json") is None
+    (tmp_path / "list.json").write_text('["item_id"]')
+    assert ItemMarker.read(tmp_path / "list.json") is None
 
 
 def test_item_marker_status_properties():
