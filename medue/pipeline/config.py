@@ -267,7 +267,7 @@ class PipelineConfig(_Section):
                                       "`medue evaluate` or remove the setting"])
         try:
             return EfficacyResult.read(path)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:  # not JSON, or not a result's shape
             raise InvalidConfigError([f"report.efficacy_results: {path} is not a result of `medue evaluate` "
                                       f"({exc}); give the JSON it wrote"]) from exc
 
