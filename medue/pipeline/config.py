@@ -465,6 +465,10 @@ def _cross_field_problems(data: Mapping[str, Any]) -> list[str]:
         problems.append("labels.attribute: required with source 'dicom_attribute' (a DICOM keyword)")
     if bool(f.get("override_reason")) != bool(f.get("override_by")):
         problems.append("fidelity: an override needs both override_reason and override_by")
+    if p.get("unit") is not None and f.get("data_range") == "dtype":
+        problems.append("fidelity.data_range: 'dtype' measures PSNR/SSIM over a type's whole range, which a float "
+                        "image read with protect.unit does not have (the gate would pass any change); use "
+                        "'volume' (each image's own max - min)")
     return problems
 
 

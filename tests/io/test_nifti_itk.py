@@ -170,3 +170,11 @@ def test_float_mha_with_a_unit_round_trips_in_its_own_float_type(tmp_path):
     out = write_itk(vol.with_array(vol.array + 1, StepRecord(name="t", params={})), tmp_path / "out.mha")
     back = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
     assert back.dtype == np.float32 and np.array_equal(back, hu + 2)  # one unit = 2 HU, in float32
+
+
+def test_a_float_unit_with_a_dtype_data_range_is_refused(tiny_config):
+    from medue.errors import InvalidConfigError
+    from medue.pipeline.config import load_config
+
+    with pytest.raises(InvalidConfigError, match="fidelity.data_range: 'dtype'.*use 'volume'"):
+        load_config(tiny_config(protect={"unit": 1.0}, fidelity={"data_range": "dtype"}))
