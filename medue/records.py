@@ -60,6 +60,19 @@ class ReleaseRecord:
 MARKER_SCHEMA = 1
 
 
+def _split(cls: type, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]:
+    """``data`` as (the dataclass's fields, the rest, the key order)."""
+    names = {f.name for f in dataclasses.fields(cls)} - {"extra", "order"}
+    return ({k: v for k, v in data.items() if k in names}, {k: v for k, v in data.items() if k not in names},
+            tuple(data))
+
+
+def _ordered(record: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` in the key order the record was read with (then any new key)."""
+    out = {k: values[k] for k in record.order if k in values}
+    return {**out, **{k: v for k, v in values.items() if k not in out}}
+
+
 @dataclasses.dataclass(frozen=True)
 class ItemMarker:
     """One item's completion record, as ``markers/<item_id>.json`` holds it (written last: an item is done when
@@ -113,11 +126,10 @@ class ItemMarker:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ItemMarker":
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         if not isinstance(data, dict) or "item_id" not in data:
             raise ValueError("a marker is a JSON object with an item_id")
-        return cls(**{k: v for k, v in data.items() if k in names},
-                   extra={k: v for k, v in data.items() if k not in names})
+        known, extra, _ = _split(cls, data)
+        return cls(**known, extra=extra)
 
     @classmethod
     def read(cls, path: Path) -> "ItemMarker | None":
@@ -164,19 +176,6 @@ class ItemMarker:
     def gate_passed(self) -> bool:
         """Passed the fidelity gate, or was exported under a recorded override."""
         return bool((self.fidelity or {}).get("passed") or self.override)
-
-
-def _split(cls: type, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]:
-    """``data`` as (the dataclass's fields, the rest, the key order)."""
-    names = {f.name for f in dataclasses.fields(cls)} - {"extra", "order"}
-    return ({k: v for k, v in data.items() if k in names}, {k: v for k, v in data.items() if k not in names},
-            tuple(data))
-
-
-def _ordered(record: Any, values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` in the key order the record was read with (then any new key)."""
-    out = {k: values[k] for k in record.order if k in values}
-    return {**out, **{k: v for k, v in values.items() if k not in out}}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -174,10 +174,10 @@ def _fidelity_plot(items: Sequence[ItemMarker]) -> str | None:
     return _png(fig)
 
 
-def _efficacy_plot(efficacy: EfficacyResult) -> str | None:
-    """Clean baseline and release per attack; the release bar is the mean over seeds, its whisker spans the best to
-    the worst seed (the worst decides the verdict), and the target line is drawn."""
-    summary = summarise(efficacy)
+def _efficacy_plot(efficacy: EfficacyResult, summary: Sequence[dict[str, Any]]) -> str | None:
+    """Clean baseline and release per attack (``summary``: :func:`medue.evidence.summarise` of ``efficacy``); the
+    release bar is the mean over seeds, its whisker spans the best to the worst seed (the worst decides the
+    verdict), and the target line is drawn."""
     if not summary:
         return None
     import matplotlib
@@ -438,6 +438,7 @@ def render_html(report: dict[str, Any], markers: Sequence[ItemMarker], layout: O
             previews.append((f"preview {m.item_id}", _panel(p["original"], p["protected"], title, window)))
     verdict = report.get("efficacy_verdict")
     measured = efficacy is not None and bool(verdict)
+    summary = summarise(efficacy) if measured else []
     items = _item_rows(report["items"])
     return _template().render(
         r=report,
@@ -451,10 +452,10 @@ def render_html(report: dict[str, Any], markers: Sequence[ItemMarker], layout: O
         bad_rows=[[i["item_id"], i["status"], i.get("reason", ""), i.get("message", "")[:300]]
                   for i in report["items"] if i["status"] != DONE],
         verdict_first_line=verdict_lines(verdict)[0] if measured else "",
-        efficacy_chart=_efficacy_plot(efficacy) if measured else None,
+        efficacy_chart=_efficacy_plot(efficacy, summary) if measured else None,
         efficacy_rows=[[x["attack"], x["habit"], _fmt(x["clean"]), _fmt(x["protected_max"]), _fmt(x["protected_min"]),
                         _fmt(x["protected_mean"]), _fmt(x["train_min"]), x["protected_runs"], x["unfit_runs"]]
-                       for x in summarise(efficacy)] if measured else None,
+                       for x in summary] if measured else None,
         attacks=efficacy.attacks if measured else {},
         conformance_rows=[[c["check"], c["result"], c.get("items", ""), _details(c)] for c in report["conformance"]],
         environment_rows=[[k, v] for k, v in report["environment"].items()],

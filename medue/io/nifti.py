@@ -90,20 +90,18 @@ def read_nifti(path: str | Path, *, root: Path | None = None, float_unit: float 
     array = np.ascontiguousarray(raw.transpose(2, 1, 0))
     affine = RAS_TO_LPS @ img.affine
     info = np.iinfo(array.dtype)
-    valid = (int(info.min), int(info.max))
-    if float_dtype is not None:  # whole units that the float type still holds exactly
-        valid = float_header(float_dtype, float_unit)["valid_range"]
+    if float_dtype is not None:
         slope = slope * float(float_unit)
     header: dict[str, Any] = {
         "rescale_slope": slope,
         "rescale_intercept": inter,
-        "valid_range": valid,
+        "valid_range": (int(info.min), int(info.max)),
         "nifti_file": str(path),
         "nifti_dtype": str(hdr.get_data_dtype()),
         "qform_code": int(hdr["qform_code"]),
         "sform_code": int(hdr["sform_code"]),
     }
-    if float_dtype is not None:
+    if float_dtype is not None:  # the unit, the float type, and the whole units that type holds exactly
         header.update(float_header(float_dtype, float_unit))
     source = SourceRef(paths=(label,), sha256=(sha256_file(path),), format="nifti")
     vol = Volume(array=array, geometry=Geometry(affine=affine), modality="OT", source=source, header=header)

@@ -355,5 +355,6 @@ def _save_preview(path: Path, original: np.ndarray, protected: np.ndarray,
 
 def _finish(result: dict[str, Any], marker_path: Path, t0: float) -> ItemMarker:
     result["seconds"] = round(time.perf_counter() - t0, 3)
-    write_text_atomic(marker_path, json.dumps(result, indent=2, default=str))
-    return ItemMarker.from_dict(json.loads(json.dumps(result, default=str)))
+    text = json.dumps(result, indent=2, default=str)
+    write_text_atomic(marker_path, text)
+    return ItemMarker.from_dict(json.loads(text))  # the marker as it reads back from disk
