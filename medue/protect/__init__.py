@@ -7,6 +7,7 @@ from typing import Any
 from medue.protect.base import Protector, UnitSpace, project
 from medue.protect.conv import ConvProtector
 from medue.protect.em import EMProtector, SEMProtector
+from medue.protect.fields import FieldsProtector
 from medue.protect.salm import LinesProtector, SALMProtector, SampleSALMProtector, salm_perturb
 from medue.protect.t2ue import T2UEProtector
 from medue.protect.uc import UCProtector
@@ -16,6 +17,7 @@ PROTECTORS: Registry[type[Protector]] = Registry("protector")
 PROTECTORS.add("salm", SALMProtector)
 PROTECTORS.add("salm-samplewise", SampleSALMProtector)
 PROTECTORS.add("lines", LinesProtector)
+PROTECTORS.add("fields", FieldsProtector)
 PROTECTORS.add("em", EMProtector)
 PROTECTORS.add("sem", SEMProtector)
 PROTECTORS.add("conv", ConvProtector, aliases=("cuda-conv",))
@@ -53,6 +55,6 @@ def load_protector(path: Any, device: Any = "cpu") -> Protector:
     return protector
 
 
-__all__ = ["PROTECTORS", "ConvProtector", "EMProtector", "LinesProtector", "Protector", "SALMProtector",
+__all__ = ["PROTECTORS", "ConvProtector", "EMProtector", "FieldsProtector", "LinesProtector", "Protector", "SALMProtector",
            "SEMProtector", "SampleSALMProtector", "T2UEProtector", "UCProtector", "UnitSpace", "build_protector",
            "load_protector", "project", "salm_perturb"]
