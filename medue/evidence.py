@@ -25,6 +25,9 @@ RESULT_SCHEMA = "medue.release_efficacy/1"
 
 #: "Protects against": the worst seed's clean-test accuracy at or below this (chance is 0.50 on two balanced classes).
 TARGET = 0.60
+#: A mixing attack (release plus clean images from elsewhere) is held when the mixed model beats the same clean images
+#: trained alone for as many steps by at most this much: the protected part then taught it (almost) nothing.
+MIX_MARGIN = 0.02
 
 #: What no attacker suite runs (:data:`medue.efficacy.suite.NOT_TESTED`).
 NEVER_TESTED = (
@@ -134,14 +137,14 @@ def summarise(result: EfficacyResult) -> list[dict[str, Any]]:
     training set, runs that did not fit and the best clean-test accuracy among those (``unfit_max``)."""
     groups: dict[str, dict[str, Any]] = {}
     for r in result.rows:
-        g = groups.setdefault(r.key, {"first": r, "clean": [], "protected": [], "unfit": 0, "train": [],
-                                      "unfit_protected": []})
-        if not r.fit:
+        g = groups.setdefault(r.key, {"first": r, "clean": [], "protected": [], "clean_part": [], "unfit": 0,
+                                      "train": [], "unfit_protected": []})
+        if not r.fit and r.training_data != "clean_part":
             g["unfit"] += 1
             if r.training_data == "protected":
                 g["unfit_protected"].append(r.clean_test_accuracy)
             continue
-        g[r.training_data].append(r)
+        g.setdefault(r.training_data, []).append(r)
         if r.training_data == "protected":
             g["train"].append(r.train_accuracy)
     out = []
@@ -149,11 +152,14 @@ def summarise(result: EfficacyResult) -> list[dict[str, Any]]:
         first: EfficacyRow = g["first"]
         prot = [r.clean_test_accuracy for r in g["protected"]]
         clean = [r.clean_test_accuracy for r in g["clean"]]
+        part = [r.clean_test_accuracy for r in g["clean_part"]]
         out.append({"attack": name, "habit": first.habit or ("plain" if first.countermeasure == "none"
                                                              else "purification"),
                     "architecture": first.architecture, "augmentation": first.augmentation,
                     "countermeasure": first.countermeasure,
                     "clean": round(float(np.mean(clean)), 4) if clean else None,
+                    # a mixing attack's clean images alone, trained as long: the release's share is the difference
+                    "clean_part": round(float(np.mean(part)), 4) if part else None,
                     "protected_mean": round(float(np.mean(prot)), 4) if prot else None,
                     "protected_max": round(float(np.max(prot)), 4) if prot else None,
                     "protected_min": round(float(np.min(prot)), 4) if prot else None,
@@ -197,6 +203,11 @@ def verdict(result: EfficacyResult, *, method: str, params: dict[str, Any], fact
             out["does_not_protect_against"].append(
                 f"{words}: {worst:.3f} by a model that did not fit its training set (it learned that much all the "
                 f"same) vs {clean} on clean data")
+        elif s["clean_part"] is not None and s["protected_max"] is not None:
+            added = s["protected_max"] - s["clean_part"]
+            text = (f"{words}: worst seed {s['protected_max']:.3f} vs {s['clean_part']:.3f} from its clean images "
+                    f"alone (the release adds {added:+.3f}) and {clean} on clean data")
+            out["protects_against" if added <= MIX_MARGIN else "does_not_protect_against"].append(text)
         else:
             text = (f"{words}: worst seed {s['protected_max']:.3f} (of {s['protected_runs']} fitted runs; best "
                     f"{s['protected_min']:.3f}) vs {clean} on clean data")

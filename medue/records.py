@@ -184,7 +184,8 @@ class EfficacyRow:
 
     Attributes:
         architecture: Network layout (``resnet18``, ``densenet121``, ``plain_cnn``...).
-        training_data: ``clean`` (the baseline) or ``protected`` (the released files).
+        training_data: ``clean`` (the baseline), ``protected`` (the released files) or ``clean_part`` (a mixing
+            attack's clean images alone, trained for as many steps as the mix).
         clean_test_accuracy: Accuracy on clean held-out images.
         train_accuracy: Accuracy on its own training set.
         fit: Whether the model fitted its training set (a run that did not fit proves no protection).

@@ -93,3 +93,19 @@ def test_the_shipped_br35h_evidence_applies_to_the_shipped_br35h_pipeline():
     refined = build_protector(cfg.protect.method, **{**cfg.protect.params, "max_rounds": 2}).params()
     ok, why = evidence_applies(result, cfg.protect.method, refined, facts)
     assert not ok and "max_rounds: 0 there, 2 here" in why and "surrogate: 'small' there, 'auto' here" in why
+
+
+def test_a_mixing_attack_is_judged_by_what_the_release_adds_to_its_clean_part():
+    result = _result(protected=0.90)
+    for r in result["rows"]:
+        r["attack"] = "resnet18_mix10"
+    result["rows"].append({**result["rows"][-1], "training_data": "clean_part", "clean_test_accuracy": 0.89,
+                           "fit": False})  # the clean part alone need not fit: it is what those images teach
+    (s,) = summarise(R(result))
+    assert s["clean_part"] == 0.89 and s["unfit_runs"] == 0
+    v = verdict(R(result), method="salm-samplewise", params=PARAMS, facts=BR35H)
+    assert v["protects_against"][0].startswith("resnet18_mix10: worst seed 0.900 vs 0.890 from its clean images alone "
+                                               "(the release adds +0.010)")
+    result["rows"][-1]["clean_test_accuracy"] = 0.80  # the protected part taught it 0.10 more: not held
+    v = verdict(R(result), method="salm-samplewise", params=PARAMS, facts=BR35H)
+    assert v["protects_against"] == [] and "adds +0.100" in v["does_not_protect_against"][0]

@@ -8,6 +8,7 @@ import pytest
 from medue.efficacy import ReleaseEvalSettings, evaluate_release, results_markdown, stratified_split, write_image_set
 from medue.efficacy import countermeasures as cm
 from medue.records import EfficacyResult
+from medue.evidence import summarise
 from medue.efficacy.attackers import ATTACKERS, build_attacker
 from medue.errors import InvalidConfigError
 from medue.pipeline.config import parse_config
@@ -130,7 +131,14 @@ def test_mixing_attacks_draw_from_a_pool_the_release_never_held(tmp_path):
     assert not any((tmp_path / "work" / "markers" / f"{i}.json").exists() for i in held)
     assert res["dataset"]["train"] == 12 and res["dataset"]["clean_pool"] == 4
     mix = [r for r in res["rows"] if r["attack"] == "resnet18_mix25"]
-    assert [r["train_images"] for r in mix] == [15, 15]  # 12 + 25 % of 12 clean pool images, both classes
+    assert [r["training_data"] for r in mix] == ["clean", "protected", "clean_part"]
+    assert [r["train_images"] for r in mix] == [15, 15, 3]  # 12 + 25 % of 12 clean pool images, both classes
+    # the clean part alone trains for as many steps as the mix: 15 images x 1 epoch -> 3 images x 5 epochs
+    assert mix[2]["epochs"] == 5 and mix[1]["epochs"] == 1
+    summary = {s["attack"]: s for s in summarise(EfficacyResult.from_dict(res))}
+    assert summary["resnet18_mix25"]["clean_part"] == mix[2]["clean_test_accuracy"]
+    assert summary["resnet18_half_resolution"]["clean_part"] is None
+    assert "clean part alone" in results_markdown(res)
     half = [r for r in res["rows"] if r["attack"] == "resnet18_half_resolution"]
     assert half and all(r["scale"] == 0.5 for r in half)
 

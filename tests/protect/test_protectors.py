@@ -21,7 +21,8 @@ def _data(n=16, size=16, seed=0):
 def _make(method, **kw):
     params = {"conv": {}, "t2ue": {"train_steps": 4, "reference_size": 16},
               "uc": {"num_clusters": 2, "extractor_steps": 3, "generator_steps": 3, "fit_resolution": 16},
-              "salm": {"rounds": 1, "train_steps": 2, "noise_steps": 2, "batch_size": 8}, "lines": {}
+              "salm": {"rounds": 1, "train_steps": 2, "noise_steps": 2, "batch_size": 8}, "lines": {},
+              "fields": {}
               }.get(method, dict(FAST))
     params.update(kw)
     return build_protector(method, **params)
