@@ -208,6 +208,43 @@ def _efficacy_plot(efficacy: EfficacyResult, summary: Sequence[dict[str, Any]]) 
     return _png(fig)
 
 
+def _tradeoff(method: str, preset: str | None) -> tuple[str | None, list[list[str]]]:
+    """The chart and table of ``method``'s presets (:func:`medue.presets.frontier`): per fidelity budget, the worst
+    seed of every attack measured at all of them; ``preset`` (the release's own, if any) is marked."""
+    from medue.presets import frontier
+
+    points = frontier(method)
+    if len(points) < 2:
+        return None, []
+    common = [k for k in points[0]["attacks"] if all(k in p["attacks"] for p in points)]
+    rows = []
+    for p in points:
+        f = p["fidelity"]
+        psnr, ssim = f.get("psnr_db") or {}, f.get("ssim") or {}
+        cells = [f"{p['attacks'][k]['worst']:.3f}" if p["attacks"][k]["worst"] is not None else "not run"
+                 for k in common]
+        rows.append([p["preset"] + (" (this release)" if p["preset"] == preset else ""),
+                     f"{psnr.get('min', '?')} / {ssim.get('min', '?')}", str(f.get("max_abs_units", "?")), *cells])
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    x = [float(p["budget"].get("min_psnr_db") or 0) for p in points]
+    for k in common:
+        ax.plot(x, [p["attacks"][k]["worst"] for p in points], marker="o", label=k)
+    ax.axhline(0.60, color="black", linestyle=":", label="stopped (0.60)")
+    if preset in [p["preset"] for p in points]:
+        ax.axvline(x[[p["preset"] for p in points].index(preset)], color="grey", alpha=0.4, linewidth=8,
+                   label="this release")
+    ax.invert_xaxis()
+    ax.set_xlabel("fidelity budget: PSNR of every image, dB (left: closer to the original)")
+    ax.set_ylabel("attacker's clean-test accuracy\n(worst seed)")
+    ax.set_ylim(0.4, 1.02)
+    ax.legend(fontsize=6, loc="lower left")
+    fig.tight_layout()
+    header = ["preset", "PSNR min dB / SSIM min", "max |delta| units", *common]
+    return _png(fig), [header, *rows]
+
+
 def efficacy_verdict(efficacy: EfficacyResult, *, method: str, params: dict[str, Any], facts: Any = None,
                      target: float | None = None) -> dict[str, Any]:
     """What the release is protected against, what not, and what was not tested (:func:`medue.evidence.verdict`)."""
@@ -318,6 +355,7 @@ def build_report(layout: OutputLayout, config: ReleaseRecord, markers: Sequence[
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "medue_version": str(env.get("medue", "")),
         "method": config.method,
+        "preset": config.public_params.get("protect.preset"),
         "key_fingerprint": key_fingerprint,
         "config_hash": config.config_hash,
         "protector": {"params": fit_info.get("params", {}), "state_fingerprint": fit_info.get("state_fingerprint", ""),
@@ -388,7 +426,7 @@ def _item_rows(items: Sequence[dict[str, Any]]) -> list[list[Any]]:
     return [[i["item_id"], i["status"], i.get("modality", ""), "x".join(map(str, i.get("shape", []))),
              _fmt(i["fidelity"]["psnr_db"], 2), _fmt(i["fidelity"]["ssim"], 4), i["fidelity"]["max_abs_units"],
              _fmt(i["fidelity"]["max_abs_physical"], 2), _fmt(i["fidelity"]["fraction_changed"], 4),
-             _fmt(i["fidelity"]["data_range"], 0),
+             f"{100 * i['fidelity'].get('max_relative_change', 0.0):.1f} %", _fmt(i["fidelity"]["data_range"], 0),
              ("pass" if i["fidelity"]["passed"] else ("override" if i.get("override") else "FAIL"))
              + (" (unchanged on purpose: blank class)" if i.get("unchanged_on_purpose") else "")]
             for i in items if "fidelity" in i]
@@ -440,6 +478,7 @@ def render_html(report: dict[str, Any], markers: Sequence[ItemMarker], layout: O
     measured = efficacy is not None and bool(verdict)
     summary = summarise(efficacy) if measured else []
     items = _item_rows(report["items"])
+    tradeoff_chart, tradeoff_rows = _tradeoff(report["method"], report.get("preset"))
     return _template().render(
         r=report,
         summary_row=[s["items"], s["done"], s["quarantined"], s["gate_failed"], s["failed"], s.get("held_out", 0),
@@ -457,6 +496,7 @@ def render_html(report: dict[str, Any], markers: Sequence[ItemMarker], layout: O
                         _fmt(x["protected_mean"]), _fmt(x["train_min"]), x["protected_runs"], x["unfit_runs"]]
                        for x in summary] if measured else None,
         attacks=efficacy.attacks if measured else {},
+        tradeoff_chart=tradeoff_chart, tradeoff_rows=tradeoff_rows,
         conformance_rows=[[c["check"], c["result"], c.get("items", ""), _details(c)] for c in report["conformance"]],
         environment_rows=[[k, v] for k, v in report["environment"].items()],
         sort_script=SORT_SCRIPT)

@@ -176,6 +176,8 @@ def _fidelity_summary(status: dict[str, ItemMarker]) -> dict[str, Any]:
                              "mean": round(float(col("fraction_changed").mean()), 4)},
         "max_abs_units": int(col("max_abs_units").max()),
         "unchanged_images": int(sum(1 for f in fids if not f.get("fraction_changed"))),
+        **({"max_relative_change": {"max": round(float(rel.max()), 4), "mean": round(float(rel.mean()), 4)}}
+           if (rel := col("max_relative_change")).size else {}),
     }
 
 

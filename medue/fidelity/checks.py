@@ -42,6 +42,8 @@ class FidelityReport:
     data_range: float
     per_slice_psnr_db: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    #: Largest change relative to the local intensity of tissue (a bias field's measure; reported, not gated).
+    max_relative_change: float = 0.0
 
     @property
     def passed(self) -> bool:
@@ -89,4 +91,4 @@ def check_fidelity(original: np.ndarray, protected: np.ndarray, thresholds: Fide
         failures.append(f"fraction changed {frac:.4f} > maximum {t.max_fraction_changed}")
     return FidelityReport(psnr_db=psnr, ssim=ssim, max_abs_units=linf, max_abs_physical=physical,
                           fraction_changed=frac, data_range=data_range, per_slice_psnr_db=per_slice,
-                          failures=failures)
+                          failures=failures, max_relative_change=round(m.max_relative_change, 4))

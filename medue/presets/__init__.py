@@ -100,4 +100,30 @@ def apply_preset(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return out, problems
 
 
-__all__ = ["PRESETS", "Preset", "apply_preset"]
+def worst_seed(summary: Mapping[str, Any]) -> float | None:
+    """The worst clean-test accuracy of one attack's summary (:func:`medue.evidence.summarise`): its fitted runs'
+    worst seed, or an unfit run's when that is higher (it learned that much all the same)."""
+    values = [v for v in (summary.get("protected_max"), summary.get("unfit_max")) if v is not None]
+    return max(values) if values else None
+
+
+def frontier(method: str) -> list[dict[str, Any]]:
+    """The measured price of strength of ``method``: one entry per preset of it, loosest fidelity last, each with
+    its fidelity budget, the fidelity measured on its release files and, per attack, the clean baseline and the
+    worst seed (its evidence, read from this package)."""
+    from medue.evidence import summarise
+    from medue.records import EfficacyResult
+
+    out = []
+    for preset in PRESETS.values():
+        if preset.method != method or not preset.evidence_path.is_file():
+            continue
+        result = EfficacyResult.read(preset.evidence_path)
+        attacks = {s["attack"]: {"clean": s["clean"], "worst": worst_seed(s), "clean_part": s.get("clean_part"),
+                                 "runs": s["protected_runs"] + s["unfit_runs"]} for s in summarise(result)}
+        out.append({"preset": preset.name, "budget": dict(preset.fidelity),
+                    "fidelity": result.extra.get("fidelity") or {}, "attacks": attacks})
+    return sorted(out, key=lambda e: -float(e["budget"].get("min_psnr_db") or 0))
+
+
+__all__ = ["PRESETS", "Preset", "apply_preset", "frontier", "worst_seed"]

@@ -124,3 +124,16 @@ def test_efficacy_evidence_applies_across_parameters_added_later_at_their_defaul
     assert not ok and "fine_ratio: None there, 0.2 here" in why
     ok, why = efficacy_applies(result, "salm-samplewise", {**now, "epsilon": 4})
     assert not ok and "epsilon: 8 there, 4 here" in why
+
+
+def test_relative_change_measures_a_gain_change_on_tissue_not_background():
+    from medue.fidelity.metrics import volume_metrics
+
+    original = np.zeros((2, 32, 32), dtype=np.int64)
+    original[:, 8:24, 8:24] = 100  # tissue at 100 on a black background
+    protected = original.copy()
+    protected[:, 8:24, 8:24] = 110  # a 10 % gain on the tissue
+    protected[:, :4, :4] = 5  # background noise: no intensity to be relative to
+    m = volume_metrics(original, protected, data_range=255)
+    assert abs(m.max_relative_change - 0.10) < 1e-9
+    assert volume_metrics(original, original, data_range=255).max_relative_change == 0.0
