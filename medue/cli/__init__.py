@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clean-from", type=Path, metavar="RESULT.json",
                    help="reuse the clean-data rows of an earlier result on the same dataset, epochs and width "
                         "(screening many releases against one baseline)")
+    p.add_argument("--save-models", type=Path, metavar="DIR",
+                   help="also save every trained attacker as TorchScript in DIR (release-size input in [0, 1]), with "
+                        "what it trained on beside it: suspects for `medue verify`")
 
     p = sub.add_parser("completion", help="print a shell completion script (bash or zsh)",
                        description="Enable with: eval \"$(medue completion bash)\" (or add it to ~/.bashrc); "

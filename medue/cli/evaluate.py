@@ -56,7 +56,8 @@ def command(args: argparse.Namespace) -> int:
         res = evaluate_release(config, args.dataset, work=work, labels_used=not args.no_labels, settings=settings,
                                name=name, log=log, existing=args.existing, partial=out.with_suffix(".json"),
                                clean_from=EfficacyResult.read(args.clean_from) if args.clean_from else None,
-                               clean_from_file=str(args.clean_from) if args.clean_from else None)
+                               clean_from_file=str(args.clean_from) if args.clean_from else None,
+                               models_dir=args.save_models)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str))
     out.with_suffix(".md").write_text(results_markdown(res))

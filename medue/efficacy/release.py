@@ -220,15 +220,49 @@ def _mix_pick(y_pool: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picks)) if picks else np.zeros(0, dtype=int)
 
 
+class Deployed(torch.nn.Module):
+    """An attacker's model as it would be used: release-size images ``(N, 1, H, W)`` in ``[0, 1]`` in, logits out
+    (resampled to the size it was trained at, as its training resampled)."""
+
+    def __init__(self, net: torch.nn.Module, side: int, scale: float) -> None:
+        super().__init__()
+        self.net, self.scale = net, float(scale)
+        self.trained_side = max(1, int(round(side * scale)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        size = (self.trained_side, self.trained_side)
+        if self.scale < 1:
+            x = F.interpolate(x, size=size, mode="area")
+        elif self.scale > 1:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return self.net(x)
+
+
+def save_deployed(model: torch.nn.Module, path: Path, *, side: int, scale: float, device: torch.device,
+                  record: dict[str, Any]) -> None:
+    """Save ``model`` as TorchScript (traced at ``side`` px) and ``record`` (what it trained on) beside it."""
+    from medue.io.atomic import write_text_atomic
+
+    wrapped = Deployed(model, side, scale).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        traced = torch.jit.trace(wrapped, torch.zeros(2, 1, side, side, device=device))
+    traced.save(str(path))
+    write_text_atomic(path.with_suffix(".json"), json.dumps(record, indent=2, default=str))
+
+
 def run_attacks(attacks: Sequence[Attack], data: EvalData, settings: ReleaseEvalSettings, device: torch.device,
                 log: Callable[[str], None], *, reused: dict[str, dict[str, Any]] | None = None,
-                reused_from: str = "", on_row: Callable[[list[dict[str, Any]]], None] | None = None
+                reused_from: str = "", on_row: Callable[[list[dict[str, Any]]], None] | None = None,
+                models_dir: Path | None = None
                 ) -> tuple[list[dict[str, Any]], dict[str, torch.nn.Module], list[str]]:
     """Train every attack on the clean originals (its baseline, first seed) and on the release (every seed).
 
     A mixing attack also trains on its mixed-in clean images alone for as many steps (``clean_part``, first seed):
     what the release adds is the mixed model's accuracy over that one. Returns the rows, the clean-trained model of
-    each architecture's plain attack (for the diagnostic check) and the attacks that could not run, with why. ``on_row(rows)`` is called after every row (partial results).
+    each architecture's plain attack (for the diagnostic check) and the attacks that could not run, with why.
+    ``on_row(rows)`` is called after every row (partial results). ``models_dir``: every trained model is also saved
+    there as TorchScript that takes release-size images (:func:`save_deployed`), suspects for ``medue verify``.
     """
     rows: list[dict[str, Any]] = []
     clean_models: dict[str, torch.nn.Module] = {}
@@ -269,6 +303,9 @@ def run_attacks(attacks: Sequence[Attack], data: EvalData, settings: ReleaseEval
                "fit": bool(res["train_accuracy"] >= settings.min_train_accuracy)}
         if purification == "adversarial_training":
             row["adversarial_epsilon"] = round(settings.adversarial_epsilon, 5)
+        if models_dir is not None:
+            save_deployed(model, models_dir / f"{attack.name}_{data_name}_seed{seed}.pt", side=data.x_test.shape[-1],
+                          scale=attack.scale, device=device, record={**row, "trained_on": data_name})
         plain = purification == "none" and attack.scale == 1.0 and not attack.clean_mix
         if data_name == "clean" and plain and attack.architecture not in clean_models:
             clean_models[attack.architecture] = model
@@ -327,7 +364,7 @@ def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path,
                      settings: ReleaseEvalSettings = ReleaseEvalSettings(), name: str | None = None,
                      log: Callable[[str], None] = print, existing: bool = False,
                      clean_from: EfficacyResult | None = None, clean_from_file: str | None = None,
-                     partial: str | Path | None = None
+                     partial: str | Path | None = None, models_dir: str | Path | None = None
                      ) -> dict[str, Any]:
     """Release the training split of ``dataset_root`` with ``config`` and attack the released files.
 
@@ -445,7 +482,8 @@ def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path,
     rows, clean_models, not_run = run_attacks(
         attacks, data, settings, device, log, reused=reused,
         reused_from=clean_from_file or (clean_from.name if clean_from else ""),
-        on_row=_partial_writer(Path(partial) if partial else None, head))
+        on_row=_partial_writer(Path(partial) if partial else None, head),
+        models_dir=Path(models_dir) if models_dir else None)
     return {**head, "complete": True, "attack_seconds": round(time.perf_counter() - t_attack, 1), "rows": rows,
             "not_run": not_run, "diagnostic": _diagnostic(clean_models, data, device,
                                                           config.fidelity.max_diagnostic_accuracy_drop)}
@@ -555,7 +593,8 @@ def evaluate_own_release(config: Any, *, settings: ReleaseEvalSettings = Release
     }
     t_attack = time.perf_counter()
     rows, clean_models, not_run = run_attacks(settings.selected(), data, settings, device, log,
-                                              on_row=_partial_writer(Path(partial) if partial else None, head))
+                                              on_row=_partial_writer(Path(partial) if partial else None, head),
+        models_dir=Path(models_dir) if models_dir else None)
     return {**head, "complete": True, "attack_seconds": round(time.perf_counter() - t_attack, 1), "rows": rows,
             "not_run": not_run, "diagnostic": _diagnostic(clean_models, data, device,
                                                           config.fidelity.max_diagnostic_accuracy_drop)}

@@ -121,7 +121,17 @@ def test_mixing_attacks_draw_from_a_pool_the_release_never_held(tmp_path):
     write_image_set(root, images, labels, ["no", "yes"], fmt="nifti", name="tiny")
     settings = ReleaseEvalSettings(attacks=("resnet18_mix25", "resnet18_half_resolution"), seeds=(0,), epochs=1,
                                    width=4, device="cpu", mix_pool=0.25)
-    res = evaluate_release(_fast_config(), root, work=tmp_path / "work", settings=settings, log=lambda s: None)
+    res = evaluate_release(_fast_config(), root, work=tmp_path / "work", settings=settings, log=lambda s: None,
+                           models_dir=tmp_path / "models")
+    # every trained attacker saved as TorchScript taking release-size images, with what it trained on beside it
+    saved = sorted(p.name for p in (tmp_path / "models").glob("*.pt"))
+    assert "resnet18_half_resolution_protected_seed0.pt" in saved and "resnet18_mix25_clean_part_seed0.pt" in saved
+    import torch
+
+    half = torch.jit.load(str(tmp_path / "models" / "resnet18_half_resolution_protected_seed0.pt"))
+    assert tuple(half(torch.rand(3, 1, 16, 16)).shape) == (3, 2)
+    record = json.loads((tmp_path / "models" / "resnet18_half_resolution_protected_seed0.json").read_text())
+    assert record["trained_on"] == "protected" and record["scale"] == 0.5
     held = json.loads((tmp_path / "work" / "private" / "holdout.local.json").read_text())["items"]
     assert len(held) == 4 and sorted(e["label"] for e in held.values()) == ["no", "no", "yes", "yes"]
     # no held-out image was fitted on, exported or listed in the manifest
