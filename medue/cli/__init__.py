@@ -1,4 +1,4 @@
-"""``medue`` command line: init | run | protect | fit | check | report | evaluate | inspect | restore | methods.
+"""``medue`` command line: init | run | protect | fit | check | report | evaluate | verify | inspect | restore | methods.
 
 The parser, logging and the translation of errors into exit codes (:mod:`medue.exit_codes`) live here; each
 command is a module of this package with a ``command(args) -> exit code`` function.
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from medue.cli import check, completion, evaluate, fit, init, inspect, methods, report, restore, run, schema
+from medue.cli import check, completion, evaluate, fit, init, inspect, methods, report, restore, run, schema, verify
 from medue.exit_codes import (EXIT_CONFIG, EXIT_ERROR, EXIT_GATE, EXIT_OK, EXIT_PARTIAL,  # noqa: F401 (re-exported)
                               EXIT_WORDS)
 
@@ -170,13 +170,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("delta", type=Path, help="private/deltas/<item_id>.npz")
     p.add_argument("out", type=Path, help="the restored NIfTI file, or a new folder for the DICOM series")
 
+    p = sub.add_parser("verify", help="whether a model was trained on a release, proven with the site's key",
+                       description="Ask a suspect model about the release's own images carrying the release's keyed "
+                                   "class fields and fields of never-used keys; a one-sided test says whether it "
+                                   "learned this release's fields. Needs the site's key and the release's private fit "
+                                   "(method fields). The test ran: exit 0, detected or not (the sentence and --json "
+                                   "say which).", epilog=EPILOG)
+    p.add_argument("release", type=Path, help="the release's pipeline config, or its output folder (then the key "
+                                              "from $MEDUE_KEY or --key-file)")
+    p.add_argument("--model", required=True,
+                   help="the suspect model: TorchScript (.pt) or ONNX (.onnx) file taking (N, 1, H, W) images in "
+                        "[0, 1], or module:function (a Python callable, NumPy in, probabilities or labels out)")
+    p.add_argument("--key-file", type=Path, help="the site's key, when RELEASE is an output folder")
+    p.add_argument("--probes", type=int, default=100, help="probe images, balanced over the classes (default 100)")
+    p.add_argument("--controls", type=int, default=19, help="fields of never-used keys (default 19)")
+    p.add_argument("--amplify", type=float, default=1.0, help="multiply every probe field (default 1: as released)")
+    p.add_argument("--alpha", type=float, default=0.01, help="significance level (default 0.01)")
+    p.add_argument("--labels-only", action="store_true", help="use the model's top-1 labels only (black-box)")
+    p.add_argument("--device", default="cpu", help="where a TorchScript model runs (cpu, cuda)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
     sub.add_parser("methods", help="list protection methods and their parameters")
     return parser
 
 
 COMMANDS = {"init": init.command, "run": run.command, "protect": run.command, "fit": fit.command,
             "check": check.command, "inspect": inspect.command, "report": report.command,
-            "evaluate": evaluate.command, "restore": restore.command, "methods": methods.command,
+            "evaluate": evaluate.command, "verify": verify.command, "restore": restore.command,
+            "methods": methods.command,
             "config-schema": schema.command, "completion": completion.command}
 
 

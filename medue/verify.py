@@ -1,0 +1,307 @@
+"""Whether a model was trained on a release: a keyed test that needs the site's key and the release's private fit.
+
+A model that learns from a release protected by ``fields`` learns, beside or instead of the anatomy, that the
+release's class field means its class. The site holds the key that drew those fields (``private/protector.pt``:
+the waves; :mod:`medue.protect.fields`). The test asks the suspect model about probe images (originals of the
+release's items, each class's images with another class's field added) and compares its answer with the answers
+to the same probes carrying *control* fields of the same family drawn from keys that were never used:
+
+* ``T_k`` = the mean over the probes of the score of the field's class (its log-odds when the model returns
+  probabilities, whether it is the top-1 label when it returns labels only), for the release's field (``k = 0``)
+  and ``K`` control fields;
+* under the null hypothesis (the model never learned this site's fields) the release's field is one more draw of the
+  same family, so ``T_0`` is exchangeable with the controls; the p-value is that of ``T_0`` as a new draw from the
+  controls' distribution (Student's t prediction interval, ``K - 1`` degrees of freedom), and the rank of ``T_0``
+  among them is reported beside it (exact, at best ``1 / (K + 1)``).
+
+The test is a measurement of learned keyed content, after the dataset-ownership verification line of work
+(radioactive data, Sablayrolles et al. ICML 2020: a keyed mark with a null distribution from random keys; backdoor
+watermark verification, Li et al. NeurIPS 2022: a paired hypothesis test on the suspect model's outputs). Ours: the
+mark is the protection itself (no extra change to the release), the controls are fields of the same family, and the
+probe is the release's own images. What it costs and how often it detects which attacker is in
+``benchmarks/results/`` (``verify_power_*``).
+
+A method whose pattern is not drawn from the key (``lines``: every lines release carries the same lines) or that is
+sample-wise (``em``, ``salm-samplewise``, ...) cannot be verified with a key: :func:`verify` says so.
+
+Suspect models receive ``(N, 1, H, W)`` float32 images in ``[0, 1]``: 8-bit stored values divided by 255, other
+types mapped by each image's 0.5-99.5 percentile span (medue's model space), clipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from medue.device import derive_seed, make_generator
+from medue.errors import InvalidConfigError
+from medue.protect.base import UnitSpace
+
+#: Control fields per verification and probe images: (1 + 19) x 100 = 2,000 queries.
+CONTROLS, PROBES = 19, 100
+#: Seeds of the control keys: fixed and public (they are keys nobody used), never the site's.
+CONTROL_LABEL = "medue-verify-control"
+
+Suspect = Callable[[np.ndarray], np.ndarray]
+
+
+class NotVerifiable(ValueError):
+    """The release's method places no keyed class field: a key proves nothing about it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyResult:
+    """The outcome of one verification (JSON-ready by :meth:`to_dict`)."""
+
+    detected: bool
+    p_value: float
+    rank_p_value: float
+    statistic: float
+    release_score: float
+    control_mean: float
+    control_sd: float
+    mode: str
+    alpha: float
+    probes: int
+    controls: int
+    queries: int
+    seconds: float
+    method: str
+    amplify: float
+
+    @property
+    def sentence(self) -> str:
+        what = "top-1 labels" if self.mode == "labels" else "class probabilities"
+        if self.detected:
+            return (f"The model was trained on this release (or on data carrying its keyed fields): it answers the "
+                    f"release's fields more than {self.controls} never-used fields (p = {self.p_value:.2g}, "
+                    f"alpha {self.alpha:g}; {self.queries} queries of its {what}).")
+        return (f"No evidence that the model was trained on this release: it answers the release's fields no more "
+                f"than {self.controls} never-used fields (p = {self.p_value:.2g}, alpha {self.alpha:g}; "
+                f"{self.queries} queries of its {what}). This does not prove it was not: see the measured power.")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["sentence"] = self.sentence
+        return d
+
+
+def load_suspect(spec: str | Path, device: str | torch.device = "cpu") -> Suspect:
+    """A suspect model as a function of ``(N, 1, H, W)`` images in ``[0, 1]`` to ``(N, C)`` probabilities or ``(N,)``
+    labels: a TorchScript file (its logits are turned into probabilities), an ONNX file (needs ``onnxruntime``) or
+    ``module:function`` (a Python callable that takes and returns NumPy arrays, black-box)."""
+    text = str(spec)
+    path = Path(text)
+    if path.is_file() and path.suffix == ".onnx":
+        try:
+            import onnxruntime
+        except ImportError:
+            raise InvalidConfigError([f"--model {text}: an ONNX model needs onnxruntime (pip install onnxruntime); "
+                                      "or export the model as TorchScript"], source="verify") from None
+        session = onnxruntime.InferenceSession(text)
+        name = session.get_inputs()[0].name
+
+        def run_onnx(x: np.ndarray) -> np.ndarray:
+            return _probabilities(np.asarray(session.run(None, {name: x.astype(np.float32)})[0]))
+
+        return run_onnx
+    if path.is_file():
+        try:
+            model = torch.jit.load(text, map_location=device).eval()
+        except Exception as exc:  # a damaged or foreign file raises anything
+            raise InvalidConfigError([f"--model {text}: not a TorchScript model ({type(exc).__name__}); give a "
+                                      "TorchScript (.pt) or ONNX (.onnx) file, or module:function"],
+                                     source="verify") from None
+
+        @torch.no_grad()
+        def run_torch(x: np.ndarray) -> np.ndarray:
+            out = model(torch.from_numpy(x).to(device))
+            return _probabilities(out.float().cpu().numpy())
+
+        return run_torch
+    if ":" in text and not path.exists():
+        module, _, attr = text.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise InvalidConfigError([f"--model {text}: cannot import {attr!r} from {module!r} ({exc}); give "
+                                      "module:function importable here, or a model file"], source="verify") from None
+        return lambda x: np.asarray(fn(x))
+    raise InvalidConfigError([f"--model {text}: no such file; give a TorchScript (.pt) or ONNX (.onnx) file, or "
+                              "module:function"], source="verify")
+
+
+def _probabilities(out: np.ndarray) -> np.ndarray:
+    """Logits or probabilities ``(N, C)`` as probabilities; labels ``(N,)`` unchanged."""
+    if out.ndim == 1:
+        return out
+    if np.all(out >= 0) and np.allclose(out.sum(1), 1.0, atol=1e-3):
+        return out
+    z = out - out.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def control_protectors(protector: Any, count: int) -> list[Any]:
+    """``count`` protectors like ``protector`` whose fields come from never-used keys."""
+    from medue.protect.fields import FieldsProtector
+
+    if not isinstance(protector, FieldsProtector):
+        raise NotVerifiable(
+            f"method {protector.key!r} cannot be verified with a key: "
+            + ("its pattern is not drawn from the key (every release of it carries the same lines), so it cannot "
+               "tell this release from another" if protector.key == "lines" else
+               "it places no keyed class field (verification needs a keyed field: use method fields)"))
+    classes = int(protector.waves.shape[0])
+    out = []
+    for j in range(count):
+        other = FieldsProtector(**protector.params())
+        other.fit(torch.zeros(classes, 1, 1, 1), torch.arange(classes), None,
+                  generator=make_generator(derive_seed(CONTROL_LABEL, j)), return_delta=False)
+        out.append(other)
+    return out
+
+
+def model_space(x_units: torch.Tensor, space: UnitSpace, eight_bit: bool) -> torch.Tensor:
+    """What a suspect model is shown (see the module docstring)."""
+    return (x_units / 255.0 if eight_bit else space.to_model(x_units)).clamp(0, 1)
+
+
+def keyed_test(suspect: Suspect, images: list[np.ndarray], labels: list[int], protector: Any, *,
+               controls: int = CONTROLS, amplify: float = 1.0, alpha: float = 0.01, labels_only: bool = False,
+               batch: int = 256) -> VerifyResult:
+    """Run the keyed test (module docstring) on probe ``images`` (stored units, 2D each) of classes ``labels``.
+
+    Each probe of class ``c`` carries the field of the next class that has one (``(c + 1) mod C``, skipping a blank
+    class) and ``controls`` control fields of that class.
+    """
+    from scipy import stats
+
+    t0 = time.perf_counter()
+    classes = int(protector.waves.shape[0])
+    fielded = [c for c in range(classes) if not protector.unchanged_label(c)]
+    others = control_protectors(protector, controls)
+    rows, targets = [], []
+    for img, c in zip(images, labels):
+        candidates = [t for t in fielded if t != c]
+        if not candidates:
+            continue
+        rows.append(img)
+        targets.append(min(candidates, key=lambda t: (t - c) % classes))
+    if not rows:
+        raise InvalidConfigError(["no probe image: verification needs images of a class other than a patterned "
+                                  "class's"], source="verify")
+    eight_bit = all(np.asarray(r).dtype == np.uint8 for r in rows)
+    shape = rows[0].shape
+    scores = np.zeros(controls + 1)
+    mode = "labels" if labels_only else ""
+    queries = 0
+    for start in range(0, len(rows), max(1, batch // (controls + 1))):
+        chunk = [r for r in rows[start:start + max(1, batch // (controls + 1))]]
+        tgt = torch.tensor(targets[start:start + len(chunk)])
+        x = torch.from_numpy(np.stack([np.asarray(r, dtype=np.float32).reshape(shape) for r in chunk]))[:, None]
+        lo, hi = np.percentile(x.numpy(), [0.5, 99.5], axis=(1, 2, 3))
+        valid = (0.0, 255.0) if eight_bit else (float(x.min()), float(x.max()))
+        space = UnitSpace(torch.tensor(lo).view(-1, 1, 1, 1).float(),
+                          torch.tensor(np.maximum(hi - lo, 1.0)).view(-1, 1, 1, 1).float(), *valid)
+        gen = make_generator(0)
+        views = []
+        for p in (protector, *others):
+            delta = p.perturb(x, tgt, space, generator=gen) * amplify
+            views.append(model_space((x + torch.round(delta)).clamp(space.lo, space.hi), space, eight_bit))
+        out = suspect(torch.cat(views).numpy().astype(np.float32))
+        queries += len(out)
+        if not mode:
+            mode = "labels" if np.asarray(out).ndim == 1 else "probabilities"
+        out = np.asarray(out)
+        n = len(chunk)
+        for k in range(controls + 1):
+            part = out[k * n:(k + 1) * n]
+            if mode == "labels":
+                pred = part if part.ndim == 1 else part.argmax(1)
+                scores[k] += float((pred == tgt.numpy()).sum())
+            else:
+                pt = np.clip(part[np.arange(n), tgt.numpy()], 1e-6, 1 - 1e-6)
+                scores[k] += float(np.log(pt / (1 - pt)).sum())
+    scores /= len(rows)
+    release, ctrl = scores[0], scores[1:]
+    mean, sd = float(ctrl.mean()), float(ctrl.std(ddof=1)) if controls > 1 else 0.0
+    if sd > 0:
+        statistic = (release - mean) / (sd * math.sqrt(1 + 1 / controls))
+        p_value = float(stats.t.sf(statistic, df=controls - 1))
+    else:
+        statistic = math.inf if release > mean else 0.0
+        p_value = 1 / (controls + 1) if release > mean else 1.0
+    rank_p = float((1 + np.sum(ctrl >= release)) / (controls + 1))
+    return VerifyResult(detected=p_value < alpha, p_value=p_value, rank_p_value=rank_p, statistic=float(statistic),
+                        release_score=float(release), control_mean=mean, control_sd=sd, mode=mode, alpha=alpha,
+                        probes=len(rows), controls=controls, queries=queries,
+                        seconds=round(time.perf_counter() - t0, 2), method=protector.key, amplify=amplify)
+
+
+def probe_set(output: Path, key: str, count: int, float_unit: float | None = None
+              ) -> tuple[list[np.ndarray], list[int]]:
+    """``count`` original images (the middle slice of each item) of the release's labelled items, drawn with the key,
+    balanced over the classes, read from the site's input index (``private/inputs.local.json``)."""
+    from medue.io import InputItem, read_item
+
+    private = output / "private"
+    inputs = json.loads((private / "inputs.local.json").read_text())
+    labels = json.loads((private / "labels.local.json").read_text())["by_item"]
+    ids = sorted(i for i in inputs if i in labels and labels[i] is not None)
+    rng = np.random.default_rng(derive_seed(key, "verify-probes"))
+    by_class: dict[int, list[str]] = {}
+    for i in rng.permutation(ids):
+        by_class.setdefault(int(labels[i]), []).append(str(i))
+    per_class = max(1, count // max(len(by_class), 1))
+    images, classes = [], []
+    for c, members in sorted(by_class.items()):
+        for item_id in members[:per_class]:
+            entry = inputs[item_id]
+            volume = read_item(InputItem(entry["kind"], tuple(entry["paths"]), item_id), deidentification="ignore",
+                               float_unit=float_unit)
+            images.append(np.asarray(volume.array[volume.array.shape[0] // 2]))
+            classes.append(c)
+    return images, classes
+
+
+def verify(output: str | Path, model: str | Path | Suspect, key: str, *, probes: int = PROBES,
+           controls: int = CONTROLS, amplify: float = 1.0, alpha: float = 0.01, labels_only: bool = False,
+           device: str = "cpu") -> VerifyResult:
+    """Whether ``model`` was trained on the release in ``output`` (a ``medue run`` output folder), proven with
+    ``key`` (checked against the fit's key fingerprint). Raises :class:`NotVerifiable` for a method without a keyed
+    field, :class:`~medue.errors.InvalidConfigError` for a wrong key or a missing fit."""
+    from medue.protect import load_protector
+    from medue.provenance import key_fingerprint
+
+    out = Path(output)
+    fit_record = out / "private" / "protector.json"
+    state = out / "private" / "protector.pt"
+    problems = []
+    if not fit_record.is_file() or not state.is_file():
+        problems.append(f"{out}: no private fit record (private/protector.json, protector.pt); give the output "
+                        "folder of a finished `medue run` at the site")
+    else:
+        record = json.loads(fit_record.read_text())
+        if record.get("identity", {}).get("key_fingerprint") != key_fingerprint(key):
+            problems.append("the key does not match the release's fit (another key's fingerprint): give the site's "
+                            "key the release was made with")
+    if problems:
+        raise InvalidConfigError(problems, source="verify")
+    protector = load_protector(state)
+    control_protectors(protector, 0)  # refuses a method without a keyed field before any image is read
+    suspect = model if callable(model) else load_suspect(model, device)
+    images, labels = probe_set(out, key, probes)
+    return keyed_test(suspect, images, labels, protector, controls=controls, amplify=amplify, alpha=alpha,
+                      labels_only=labels_only)
+
+
+__all__ = ["CONTROLS", "NotVerifiable", "PROBES", "VerifyResult", "keyed_test", "load_suspect", "verify"]

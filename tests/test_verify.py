@@ -1,0 +1,95 @@
+"""medue verify: a keyed test of whether a model learned a release's class fields."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from medue.device import make_generator
+from medue.protect import build_protector
+from medue.protect.base import UnitSpace
+from medue.verify import NotVerifiable, control_protectors, keyed_test, load_suspect
+
+
+def _images(n, seed, size=32):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    out = []
+    for _ in range(n):
+        r = rng.uniform(0.3, 0.45) * size
+        level = rng.uniform(90, 160)
+        out.append((((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < r * r) * level).astype(np.uint8))
+    return out
+
+
+def _fields():
+    p = build_protector("fields", epsilon=24, psnr_db=30.0, psnr_range="dtype", components=1)
+    p.fit(torch.zeros(2, 1, 1, 1), torch.tensor([0, 1]), None, generator=make_generator(11), return_delta=False)
+    return p
+
+
+def _train(x, y, seed=0, steps=150):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(1, 8, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 5, padding=2),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 2))
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    for i in range(steps):
+        idx = torch.randint(len(x), (32,))
+        loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    return lambda a: torch.softmax(net(torch.from_numpy(a)), 1).detach().numpy()
+
+
+@pytest.fixture(scope="module")
+def models():
+    p = _fields()
+    imgs = _images(200, 0)
+    y = torch.arange(200) % 2
+    x = torch.from_numpy(np.stack(imgs).astype(np.float32))[:, None]
+    space = UnitSpace(0.0, 160.0, 0.0, 255.0)
+    released = (x + p.perturb(x, y, space, generator=make_generator(0))) / 255
+    brightness = (x.flatten(1).amax(1) > 125).long()  # a clean task: bright or dark disc
+    return p, _train(released, y, steps=300), _train(x / 255, brightness, seed=1, steps=300)
+
+
+def test_a_model_trained_on_the_release_is_detected_and_a_clean_one_is_not(models):
+    p, trained, clean = models
+    probes, labels = _images(40, 5), [i % 2 for i in range(40)]
+    hit = keyed_test(trained, probes, labels, p, controls=19)
+    assert hit.detected and hit.p_value < 0.01 and hit.release_score > hit.control_mean
+    assert hit.queries == 40 * 20 and hit.probes == 40 and hit.mode == "probabilities"
+    assert "was trained on this release" in hit.sentence
+    miss = keyed_test(clean, probes, labels, p, controls=19)
+    assert not miss.detected and "No evidence" in miss.sentence
+    # top-1 labels only (black box): the same test on whether the probe reads as the field's class
+    labels_only = keyed_test(lambda a: trained(a).argmax(1), probes, labels, p, controls=19)
+    assert labels_only.mode == "labels" and labels_only.detected
+    assert keyed_test(trained, probes, labels, p, controls=19).to_dict() | {"seconds": 0} == \
+        hit.to_dict() | {"seconds": 0}  # deterministic
+
+
+def test_controls_are_never_the_release_key_and_unkeyed_methods_are_refused():
+    p = _fields()
+    ctrl = control_protectors(p, 3)
+    assert len({c.waves.numpy().tobytes() for c in ctrl} | {p.waves.numpy().tobytes()}) == 4
+    assert all(c.params() == p.params() for c in ctrl)
+    lines = build_protector("lines")
+    with pytest.raises(NotVerifiable, match="not drawn from the key"):
+        control_protectors(lines, 3)
+
+
+def test_a_torchscript_suspect_gets_probabilities(tmp_path):
+    net = torch.jit.trace(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval(), torch.zeros(1, 1, 4, 4))
+    net.save(str(tmp_path / "m.pt"))
+    out = load_suspect(tmp_path / "m.pt")(np.zeros((2, 1, 4, 4), dtype=np.float32))
+    assert out.shape == (2, 3) and np.allclose(out.sum(1), 1)
+    from medue.errors import InvalidConfigError
+
+    (tmp_path / "bad.pt").write_bytes(b"not a model")
+    with pytest.raises(InvalidConfigError, match="not a TorchScript model"):
+        load_suspect(tmp_path / "bad.pt")
+    with pytest.raises(InvalidConfigError, match="no such file"):
+        load_suspect(tmp_path / "missing.pt")
