@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -97,9 +98,20 @@ def init_site(folder: str | Path, *, config: str | Path | None = None, labels: s
     problems = []
     if not root.is_dir():
         raise InvalidConfigError([f"{folder}: not a folder; give the folder that holds the images to release"])
+    if config_path == labels_path:
+        problems.append(f"--config and --labels are the same file ({config_path}); give two names")
+    for what, path in (("input folder", root), ("config", config_path), ("labels table", labels_path),
+                       ("output folder", output_path)):
+        try:
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:
+            problems.append(f"the {what} {os.fsencode(path)!r} has a name that is not UTF-8, which a config cannot "
+                            "hold; rename it (or link it under a UTF-8 name) and run medue init again")
     for path in (config_path, labels_path):
         if path.exists() and not force:
             problems.append(f"{path} exists; choose another name or pass --force to overwrite it")
+    if problems:
+        raise InvalidConfigError(problems)
     items = [it for it in discover_inputs(root) if not it.problem]
     if not items:
         problems.append(f"{folder}: medue finds no DICOM, NIfTI, MHA or NRRD item in it (`medue inspect {folder}` "
@@ -119,11 +131,13 @@ def init_site(folder: str | Path, *, config: str | Path | None = None, labels: s
     labels_path.write_text(buf.getvalue(), encoding="utf-8")
 
     def rel(p: Path) -> str:
-        return Path(os.path.relpath(p, config_path.parent)).as_posix()
+        # a YAML double-quoted scalar (JSON's escapes are YAML's): '#', ':', quotes or a newline in a name stay in it
+        return json.dumps(Path(os.path.relpath(p, config_path.parent)).as_posix(), ensure_ascii=False)
 
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(CONFIG_TEMPLATE.format(
-        folder_name=root.name, config_name=config_path.name, name=name, input=rel(root), output=rel(output_path),
+        folder_name=json.dumps(root.name, ensure_ascii=False), name=name,
+        config_name=json.dumps(config_path.name, ensure_ascii=False), input=rel(root), output=rel(output_path),
         labels=rel(labels_path)), encoding="utf-8")
     return InitResult(config=config_path, labels=labels_path, items=len(rows),
                       classes=folders.classes if by_folder else (), unlabelled=0 if by_folder else len(rows))

@@ -67,3 +67,24 @@ def test_the_readme_walk_through_for_your_own_data_runs(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "out" / "brain_mri" / "release" / "report.html").is_file()
     assert "exported items: " in done.stdout
+
+
+@pytest.mark.parametrize("folder", ["CT #3", "a: b", "line\nbreak: injected", "quote's \"x\""])
+def test_folder_names_are_quoted_so_the_config_names_that_folder(tmp_path, monkeypatch, folder):
+    make_nifti(tmp_path / folder / "v0.nii", shape=(16, 16, 3), seed=0)
+    done = init_site(tmp_path / folder, config=tmp_path / "site.yaml")
+    monkeypatch.setenv("MEDUE_KEY", "a-site-secret-of-enough-length")
+    cfg = load_config(done.config)
+    assert cfg.input_path.resolve() == (tmp_path / folder).resolve()
+    assert "injected" not in cfg.model_dump()  # a newline in a name adds no key
+
+
+def test_config_and_labels_at_one_path_and_non_utf8_names_are_refused(tmp_path):
+    make_nifti(tmp_path / "d" / "v0.nii", shape=(16, 16, 3), seed=0)
+    with pytest.raises(InvalidConfigError, match="the same file"):
+        init_site(tmp_path / "d", config=tmp_path / "x", labels=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    odd = tmp_path / "d" / b"caf\xe9".decode("utf-8", "surrogateescape")
+    odd.mkdir()
+    with pytest.raises(InvalidConfigError, match="not UTF-8"):
+        init_site(odd, config=tmp_path / "y.yaml")
