@@ -6,6 +6,7 @@ manifest, report and MLflow), so neither imports the other for it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,13 @@ class OutputLayout:
     @property
     def protector_state(self) -> Path:
         return self.private / "protector.pt"
+
+    def make_private(self) -> None:
+        """Create ``private/`` and ``quarantine/`` readable by the owner alone (mode 700: they hold the site's
+        paths, deltas and copies of inputs), and tighten them when an earlier run left them open."""
+        for folder in (self.private, self.quarantine):
+            folder.mkdir(parents=True, exist_ok=True)
+            os.chmod(folder, 0o700)
 
 
 __all__ = ["DONE", "FAILED", "GATE_FAILED", "OutputLayout", "QUARANTINED"]

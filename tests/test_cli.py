@@ -65,6 +65,22 @@ def test_restore_command(tiny_config, tmp_path, capsys):
     from medue.io.nifti import read_nifti
 
     assert (read_nifti(restored).array == read_nifti(tmp_path / "in" / "vol.nii.gz").array).all()
+    protected_file = out / "release" / marker["outputs"][0]["path"]
+    delta_file = out / marker["delta"]["path"]
+    before = protected_file.read_bytes()
+    # never overwrites without --force, never the protected input, and a malformed delta is one line
+    capsys.readouterr()
+    assert main(["restore", str(protected_file), str(delta_file), str(restored)]) == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert main(["restore", str(protected_file), str(delta_file), str(restored), "--force"]) == EXIT_OK
+    assert main(["restore", str(protected_file), str(delta_file), str(protected_file), "--force"]) == 2
+    assert protected_file.read_bytes() == before
+    for bad in (b"", b"PK\x03\x04 truncated", b"not a zip at all"):
+        (tmp_path / "bad.npz").write_bytes(bad)
+        capsys.readouterr()
+        assert main(["restore", str(protected_file), str(tmp_path / "bad.npz"), str(tmp_path / "x.nii.gz")]) == 2
+        err = capsys.readouterr().err
+        assert "not a readable medue delta" in err and "Traceback" not in err
     # a DICOM series: its release folder and its delta give the source's stored values, bit for bit
     from medue.io.dicom import read_dicom_series
 

@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("protected", type=Path, help="protected NIfTI file, or the folder of a protected DICOM series")
     p.add_argument("delta", type=Path, help="private/deltas/<item_id>.npz")
     p.add_argument("out", type=Path, help="the restored NIfTI file, or a new folder for the DICOM series")
+    p.add_argument("--force", action="store_true", help="overwrite an existing restored NIfTI file (never the "
+                                                         "protected input)")
 
     p = sub.add_parser("verify", help="whether a model was trained on a release, proven with the site's key",
                        description="Ask a suspect model about the release's own images carrying the release's keyed "

@@ -177,6 +177,7 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
     device = resolve_device(config.execution.device)
     layout = OutputLayout(config.output_path)
     layout.root.mkdir(parents=True, exist_ok=True)
+    layout.make_private()
     removed = remove_partials(layout.root)
     if removed:
         say(f"removed {len(removed)} partial output(s) left by an interrupted run")

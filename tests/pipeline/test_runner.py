@@ -39,6 +39,9 @@ def test_end_to_end_outputs_manifest_report(tiny_config):
     # the DICOM output is a derived series
     dcm = [pydicom.dcmread(p) for p in sorted((release).glob("*/slice_*.dcm"))]
     assert dcm and all(d.ImageType[0] == "DERIVED" for d in dcm)
+    # what stays at the site is the owner's alone (paths, deltas, copies of inputs)
+    for folder in ("private", "quarantine"):
+        assert (cfg.output_path / folder).stat().st_mode & 0o777 == 0o700
 
 
 def test_reversible_delta_restores_original(tiny_config):
