@@ -455,7 +455,9 @@ def _cross_field_problems(data: Mapping[str, Any]) -> list[str]:
     if isinstance(method, str) and method in PROTECTORS and isinstance(params, Mapping):
         problems += _check_protect_params(method, params)
         if getattr(PROTECTORS.get(method), "needs_labels", False) and lab.get("source") is None:
-            problems.append(f"protect.method {method!r} is class-wise and needs labels: add a `labels:` section")
+            problems.append(f"protect.method {method!r} is class-wise and needs labels: add a `labels:` section "
+                            "(source: table, folder or dicom_attribute; `medue init FOLDER` writes a table to fill "
+                            "in), or choose a label-agnostic method (uc)")
     if lab.get("source") == "table" and not lab.get("table"):
         problems.append("labels.table: required with source 'table' (a CSV/TSV file; a relative path is taken from "
                         "the config file's folder)")

@@ -131,6 +131,7 @@ class LinesProtector(SampleSALMProtector):
     """
 
     key = "lines"
+    needs_labels = True  # one pattern per class: without labels every item would be the blank class
     DEFAULTS: dict[str, Any] = {"epsilon": 8, "mode": "classwise", "placement": "flat", "flat_max_level": 1.0,
                                 "mask_ratio": 0.45, "tile": 3, "init": "grating", "duty": 0.25, "blank_class": True,
                                 "max_rounds": 0, "augment": ["flip", "shift"]}
