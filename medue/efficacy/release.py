@@ -593,8 +593,7 @@ def evaluate_own_release(config: Any, *, settings: ReleaseEvalSettings = Release
     }
     t_attack = time.perf_counter()
     rows, clean_models, not_run = run_attacks(settings.selected(), data, settings, device, log,
-                                              on_row=_partial_writer(Path(partial) if partial else None, head),
-        models_dir=Path(models_dir) if models_dir else None)
+                                              on_row=_partial_writer(Path(partial) if partial else None, head))
     return {**head, "complete": True, "attack_seconds": round(time.perf_counter() - t_attack, 1), "rows": rows,
             "not_run": not_run, "diagnostic": _diagnostic(clean_models, data, device,
                                                           config.fidelity.max_diagnostic_accuracy_drop)}
