@@ -120,10 +120,11 @@ class FieldsProtector(Protector):
     Args:
         psnr_db: Each slice keeps at least this PSNR (span: ``psnr_range``); the amplitude is the largest that does,
             up to ``epsilon``.
-        periods: Shortest and longest period of the waves, as fractions of the image side (``(0.125, 0.5)``:
-            8-32 px on a 64 px slice).
-        components: Plane waves per class.
-        jitter_deg: Spread of the waves' orientations around the class orientation, degrees.
+        periods: Shortest and longest period of the waves, as fractions of the image side (default ``(0.25,
+            0.25)``: 16 px on a 64 px slice, 128 px on a 512 px one).
+        components: Plane waves per class (default 1: one sinusoid).
+        jitter_deg: Spread of the waves' orientations around the class orientation, degrees (default 0: along the
+            image axes, which flips keep).
         coupling: ``"additive"`` (on the tissue) or ``"multiplicative"`` (a gain change, proportional to intensity).
         tissue_level: Model-space intensity above which a pixel is tissue (additive coupling).
         edge: Softening of the tissue edge, a Gaussian sigma as a fraction of the image side (0: a hard edge).
@@ -137,8 +138,8 @@ class FieldsProtector(Protector):
     key = "fields"
     needs_labels = True
 
-    def __init__(self, *, psnr_db: float = 35.0, periods: tuple[float, float] | list[float] = (0.125, 0.5),
-                 components: int = 3, jitter_deg: float = 10.0, coupling: str = "additive",
+    def __init__(self, *, psnr_db: float = 32.0, periods: tuple[float, float] | list[float] = (0.25, 0.25),
+                 components: int = 1, jitter_deg: float = 0.0, coupling: str = "additive",
                  tissue_level: float = 0.08, edge: float = 0.0, psnr_range: str = "slice",
                  blank_class: bool | int = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
