@@ -105,6 +105,15 @@ CATALOGUE: dict[str, Attack] = _attacks(
            recipe="flip_crop", purification="gaussian_blur_1"),
     Attack("resnet18_adversarial_training", "resnet18", "purification",
            "adversarial training (PGD, L-inf 2/255)", recipe="flip_crop", purification="adversarial_training"),
+    Attack("resnet18_band_stop", "resnet18", "purification",
+           "an informed attacker: every component of 2.5-6.5 cycles per image side removed before training (where "
+           "a low-frequency field sits)", recipe="flip_crop", purification="band_stop"),
+    Attack("resnet18_high_pass", "resnet18", "purification",
+           "an informed attacker: every component below 6.5 cycles per image side removed before training",
+           recipe="flip_crop", purification="high_pass"),
+    Attack("resnet18_detrend", "resnet18", "purification",
+           "per-image bias-field correction (the image divided by its smoothing on the head) before training",
+           recipe="flip_crop", purification="detrend"),
     Attack("resnet18_double_resolution", "resnet18", "resampling",
            "ResNet-18 (slim) trained and tested at double the released resolution (bilinear)",
            recipe="flip_crop", scale=2.0),
@@ -130,7 +139,7 @@ SUITES: dict[str, tuple[str, ...]] = {
                  "resnet18_adversarial_training"),
 }
 SUITES["full"] = (*SUITES["standard"], "resnet18_double_resolution", "resnet18_sgd_cosine_30", "vit_small",
-                  "resnet18_full", "densenet121_full")
+                  "resnet18_full", "densenet121_full", "resnet18_band_stop", "resnet18_high_pass", "resnet18_detrend")
 
 #: What no suite runs: a report lists these as "not tested" whatever the suite measured.
 NOT_TESTED = NEVER_TESTED

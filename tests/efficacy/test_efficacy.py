@@ -31,6 +31,19 @@ def test_countermeasures_change_images_as_expected():
     assert cm.jpeg(x, quality=10).dtype == np.uint8 and not np.array_equal(cm.jpeg(x), x)
 
 
+def test_the_informed_attackers_filters_take_out_a_low_frequency_field():
+    yy, xx = np.mgrid[:64, :64]
+    head = ((yy - 32) ** 2 + (xx - 32) ** 2 < 25 ** 2) * 100.0
+    field = 12 * np.sin(2 * np.pi * 4 * xx / 64) * (head > 0)  # the fields carrier: 4 cycles per side
+    with_field, without = (np.clip(a, 0, 255).astype(np.uint8)[None] for a in (head + field, head))
+    inside = head > 0
+    for name, most in (("band_stop", 0.3), ("high_pass", 0.2), ("detrend", 0.8)):
+        f = cm.PREPROCESSING[name]
+        left = f(with_field).astype(float)[0] - f(without).astype(float)[0]
+        assert np.sqrt((left[inside] ** 2).mean()) < most * np.sqrt((field[inside] ** 2).mean()), name
+        assert f(with_field).dtype == np.uint8 and f(with_field).shape == with_field.shape
+
+
 def test_stratified_split_and_image_set_files(tmp_path):
     images, labels = _sample_images(10, 16)
     tr, te = stratified_split(labels, 0.2, 0)
