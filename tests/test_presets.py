@@ -10,7 +10,7 @@ from medue.presets import PRESETS
 from medue.protect import build_protector
 from medue.records import EfficacyResult
 
-BASE = {"name": "site", "input": "in", "output": "out"}
+BASE = {"name": "site", "input": "in", "output": "out", "labels": {"source": "folder"}}
 BR35H = ReleaseFacts(("OT",), ((64, 64),), ("no_tumor", "tumor"))
 
 

@@ -12,7 +12,7 @@ def test_registry_did_you_mean_and_aliases():
     with pytest.raises(UnknownComponentError, match=r"unknown protector 'slam'; did you mean 'salm'\? available: conv, em"):
         PROTECTORS.get("slam")
     assert PROTECTORS.get("cuda-conv") is PROTECTORS.get("conv")
-    assert PROTECTORS.keys() == ["conv", "em", "lines", "salm", "salm-samplewise", "sem", "t2ue", "uc"]
+    assert PROTECTORS.keys() == ["conv", "em", "fields", "lines", "salm", "salm-samplewise", "sem", "t2ue", "uc"]
 
 
 def test_registry_rejects_duplicates_and_uppercase():

@@ -141,3 +141,15 @@ def test_memory_budget_from_the_config_or_the_machine():
     assert memory_budget("cpu", memory_gb=2, workers=2) == 2**30  # shared by the workers
     machine = memory_budget("cpu")
     assert 2**26 <= machine <= 2**30 and memory_budget("cpu", workers=4) <= machine
+
+
+def test_a_class_wise_method_without_labels_is_refused_with_the_fix():
+    from medue.errors import InvalidConfigError
+    from medue.pipeline.config import parse_config
+
+    for method in ("lines", "fields"):
+        with pytest.raises(InvalidConfigError) as info:
+            parse_config({"name": "s", "input": "in", "output": "out", "protect": {"method": method}})
+        assert f"protect.method {method!r} is class-wise and needs labels" in str(info.value)
+        assert "medue init FOLDER" in str(info.value) and "label-agnostic method (uc)" in str(info.value)
+    parse_config({"name": "s", "input": "in", "output": "out", "protect": {"method": "uc"}})  # label-agnostic
