@@ -59,6 +59,8 @@ labels:
   table: {labels}              # path,label per item; fill in every empty label (or use source: folder)
 protect:
   method: lines                # no params: the measured default; what it stops: README, "What protection does"
+  # preset: fields-32db        # instead of method: a low-frequency field that augmenting attackers keep, at a
+  #                            # visible cost (PSNR >= 32 dB); remove the fidelity block below with it (`medue methods`)
   reversible: true             # keep private deltas so an authorised partner can restore the originals exactly
 fidelity:                      # an item that misses one of these is not exported (exit 3) unless overridden
   min_psnr_db: 38

@@ -432,6 +432,11 @@ def _item_rows(items: Sequence[dict[str, Any]]) -> list[list[Any]]:
             for i in items if "fidelity" in i]
 
 
+def _acc(v: float | None) -> str:
+    """An accuracy cell: a number measured, or "not run" (never a value nobody measured)."""
+    return "not run" if v is None else f"{v:.3f}"
+
+
 def _fmt(v: Any, digits: int = 3) -> str:
     if v is None:
         return "identical"
@@ -492,8 +497,8 @@ def render_html(report: dict[str, Any], markers: Sequence[ItemMarker], layout: O
                   for i in report["items"] if i["status"] != DONE],
         verdict_first_line=verdict_lines(verdict)[0] if measured else "",
         efficacy_chart=_efficacy_plot(efficacy, summary) if measured else None,
-        efficacy_rows=[[x["attack"], x["habit"], _fmt(x["clean"]), _fmt(x["protected_max"]), _fmt(x["protected_min"]),
-                        _fmt(x["protected_mean"]), _fmt(x["train_min"]), x["protected_runs"], x["unfit_runs"]]
+        efficacy_rows=[[x["attack"], x["habit"], _acc(x["clean"]), _acc(x["protected_max"]), _acc(x["protected_min"]),
+                        _acc(x["protected_mean"]), _acc(x["train_min"]), x["protected_runs"], x["unfit_runs"]]
                        for x in summary] if measured else None,
         attacks=efficacy.attacks if measured else {},
         tradeoff_chart=tradeoff_chart, tradeoff_rows=tradeoff_rows,

@@ -63,6 +63,17 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "lines_34db_br35h_64.json",
            "strongest: up to 16 units, PSNR >= 34 dB; measured on four headline attacks plus JPEG and median "
            "(flip + crop on 3 seeds)"),
+    Preset("fields-32db", "fields", {"epsilon": 24, "psnr_db": 32, "psnr_range": "dtype"},
+           {"min_psnr_db": 32, "max_abs_units": 24, "min_ssim": None, "max_fraction_changed": None,
+            "data_range": "dtype"},
+           "fields_32db_br35h_64.json",
+           "low-frequency: a smooth stripe field per class (period 1/4 of the side) on the tissue of every image, "
+           "PSNR >= 32 dB (SSIM not gated: measured >= 0.88); a larger change that augmenting attackers keep"),
+    Preset("fields-29db", "fields", {"epsilon": 24, "psnr_db": 29, "psnr_range": "dtype"},
+           {"min_psnr_db": 29, "max_abs_units": 24, "min_ssim": None, "max_fraction_changed": None,
+            "data_range": "dtype"},
+           "fields_29db_br35h_64.json",
+           "low-frequency, strongest: the same field at PSNR >= 29 dB (a visible change, up to 24 units)"),
 )}
 
 

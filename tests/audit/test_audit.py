@@ -195,3 +195,18 @@ def test_an_experiment_created_by_another_release_meanwhile_is_used_not_a_failur
     monkeypatch.setattr(mlflow.tracking.MlflowClient, "get_experiment_by_name", stale_first)
     sink = MlflowSink(uri, "shared", tmp_path / "artifacts")
     assert sink._experiment_id() == other and len(calls) == 2
+
+
+def test_the_price_of_strength_of_a_method_comes_from_its_presets_and_marks_the_release_s_own():
+    from medue.audit.report import _acc, _tradeoff
+    from medue.presets import PRESETS
+
+    chart, rows = _tradeoff("lines", "lines-36db")
+    assert chart.startswith("data:image/png;base64,")
+    header, *body = rows
+    assert header[:3] == ["preset", "PSNR min dB / SSIM min", "max |delta| units"] and "plain_cnn" in header
+    assert [r[0] for r in body] == ["lines-38db", "lines-36db (this release)", "lines-34db"]  # closest first
+    fields = [p for p in PRESETS.values() if p.method == "fields"]
+    assert len(fields) >= 2 and len(_tradeoff("fields", None)[1]) == len(fields) + 1
+    assert _tradeoff("uc", None) == (None, [])  # no presets: no trade-off shown
+    assert _acc(None) == "not run" and _acc(0.5) == "0.500"  # never "identical" for an accuracy nobody measured
