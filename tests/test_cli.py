@@ -209,3 +209,20 @@ def test_faults_in_library_words_are_one_line_and_an_exit_code(tiny_config, monk
     assert main(["run", str(tiny_config()), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_every_failure_is_one_line_json_under_log_json_and_summary_json_always_prints(tmp_path, capsys):
+    from medue.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nname: x\ninput: nowhere\noutput: out\nprotect: {method: nope}\n")
+    assert main(["run", str(bad), "--summary-json"]) == 2
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert summary["exit_code"] == 2 and summary["error"] == "invalid_config" and summary["problems"]
+    (tmp_path / "delta.npz").write_bytes(b"not a zip")
+    (tmp_path / "p.nii.gz").write_bytes(b"x")
+    assert main(["--log-json", "restore", str(tmp_path / "p.nii.gz"), str(tmp_path / "delta.npz"),
+                 str(tmp_path / "o.nii.gz")]) in (1, 2)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "event" in json.loads(lines[0])

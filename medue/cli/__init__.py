@@ -260,38 +260,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except InvalidConfigError as exc:
-        if getattr(args, "log_json", False):  # a log collector gets the problems as a list, not prose
-            import datetime as _dt
-
-            print(json.dumps({"time": _dt.datetime.now(_dt.timezone.utc).isoformat(), "level": "error",
-                              "logger": "medue", "event": "invalid_config",
-                              "message": "invalid configuration", "problems": list(exc.problems)}), file=sys.stderr)
-        else:
-            print(f"medue: invalid configuration\n{exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _fail(args, EXIT_CONFIG, "invalid_config", f"invalid configuration\n{exc}",
+                     problems=list(exc.problems))
     except FidelityCheckFailed as exc:
-        print(f"medue: fidelity gate failed: {exc}", file=sys.stderr)
-        return EXIT_GATE
+        return _fail(args, EXIT_GATE, "gate_failed", f"fidelity gate failed: {exc}")
     except IngestError as exc:
-        print(f"medue: input problem [{exc.reason}]: {exc}", file=sys.stderr)
-        return EXIT_PARTIAL
+        return _fail(args, EXIT_PARTIAL, "input_problem", f"input problem [{exc.reason}]: {exc}")
     except MedueError as exc:
-        print(f"medue: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return _fail(args, EXIT_ERROR, "error", str(exc))
     except BrokenPipeError:  # output piped into `head` and the like
         return EXIT_OK
     except OSError as exc:  # disk full, read-only output, permissions: say so, no traceback
         where = f" ({exc.filename})" if exc.filename else ""
         hint = {28: "free disk space or choose another output folder", 30: "the output folder is read-only",
                 13: "check the permissions of the output folder"}.get(exc.errno or 0, "")
-        print(f"medue: {exc.strerror or exc}{where}" + (f"; {hint}" if hint else ""), file=sys.stderr)
-        return EXIT_ERROR
+        event = "disk_full" if exc.errno == 28 else "os_error"
+        return _fail(args, EXIT_ERROR, event, f"{exc.strerror or exc}{where}" + (f"; {hint}" if hint else ""))
     except Exception as exc:  # faults that libraries word their own way: one line and an exit code
         said = _fault_line(exc)
         if said is None:
             raise
-        print(said, file=sys.stderr)
-        return EXIT_ERROR
+        event = "disk_full" if "disk is full" in said else "tracking_failed"
+        return _fail(args, EXIT_ERROR, event, said.removeprefix("medue: "))
+
+
+def _fail(args: argparse.Namespace, code: int, event: str, message: str, problems: list[str] | None = None) -> int:
+    """Every failure said one way: one line on stderr (one JSON object with ``event`` under ``--log-json``) and, with
+    ``--summary-json``, the summary object on stdout all the same (its ``exit_code`` and ``error``)."""
+    import datetime as _dt
+
+    if getattr(args, "log_json", False):  # a log collector gets one object, the problems as a list, not prose
+        record = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(), "level": "error", "logger": "medue",
+                  "event": event, "message": message.splitlines()[0]}
+        if problems is not None:
+            record["problems"] = problems
+        print(json.dumps(record), file=sys.stderr)
+    else:
+        print(f"medue: {message}", file=sys.stderr)
+    if getattr(args, "summary_json", False):
+        print(json.dumps({"release": None, "exit_code": code, "error": event, "message": message.splitlines()[0],
+                          **({"problems": problems} if problems is not None else {})}))
+    return code
 
 
 #: How libraries say that a disk is full (torch's writer, SQLite, the C library). Torch's zip writer reports a
