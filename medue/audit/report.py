@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medue.evidence import TARGET, summarise, verdict
+from medue.evidence import MIX_MARGIN, TARGET, summarise, verdict
 from medue.io.atomic import write_text_atomic
 from medue.layout import DONE, FAILED, GATE_FAILED, QUARANTINED, OutputLayout
 from medue.records import EfficacyResult, ItemMarker, ReleaseRecord
@@ -251,6 +251,41 @@ def efficacy_verdict(efficacy: EfficacyResult, *, method: str, params: dict[str,
     return verdict(efficacy, method=method, params=params, facts=facts, target=TARGET if target is None else target)
 
 
+#: Habits a board means by "how people ordinarily train" (the rest are purifications: a deliberate attack).
+EVERYDAY = ("plain", "augmentation", "resampling", "network", "mixing", "training")
+
+
+def verdict_headline(v: dict[str, Any] | None, efficacy: EfficacyResult | None) -> str:
+    """The one line a board reads first: whether the protection was measured for this release, what it stops of
+    the everyday training habits, the worst of them, and what that means."""
+    if not v or efficacy is None:
+        return ("NOT MEASURED: no efficacy result is attached, so nothing says what this release stops. Run `medue "
+                "evaluate CONFIG --self` on a labelled release, or attach a result (report.efficacy_results).")
+    if not v["applies"]:
+        return (f"NOT MEASURED ON THIS RELEASE: the attached evidence is {v.get('note', 'of another setting')}; it "
+                "says nothing about what this release stops.")
+    from medue.presets import worst_seed
+
+    rows = []
+    for s in summarise(efficacy):
+        w = worst_seed(s)
+        if s["habit"] in EVERYDAY and w is not None and s["protected_max"] is not None:
+            held = (w - s["clean_part"] <= MIX_MARGIN) if s.get("clean_part") is not None else w <= v["target"]
+            rows.append((w, s, held))
+    where = "this release's own held-out items" if v.get("own") else f"release files of this setting ({efficacy.dataset.get('name', '?')})"
+    if not rows:
+        return f"NOT MEASURED: the evidence ({where}) has no fitted everyday-habit attacker."
+    held = sum(1 for _, _, h in rows if h)
+    w, s, _ = max(rows, key=lambda r: r[0])
+    clean = "not run" if s["clean"] is None else f"{s['clean']:.2f}"
+    head = f"MEASURED on {where}: stops {held} of {len(rows)} everyday ways of training measured; "
+    if held == len(rows):
+        return head + (f"the worst, {s['attack']}, reached {w:.2f} clean-test accuracy ({clean} on clean data): "
+                       "a model trained on this release in those ways is held near chance.")
+    return head + (f"the worst, {s['attack']}, reached {w:.2f} clean-test accuracy ({clean} on clean data): a model "
+                   "trained on this release that way learns nearly as well as from the originals.")
+
+
 def verdict_lines(v: dict[str, Any]) -> list[str]:
     """The verdict in plain lines, the same words in ``medue report`` and the HTML report."""
     whose = "this release's own held-out items" if v.get("own") else v["evidence"]
@@ -378,9 +413,11 @@ def build_report(layout: OutputLayout, config: ReleaseRecord, markers: Sequence[
         "efficacy": efficacy.to_dict() if efficacy else None,
         "efficacy_verdict": (efficacy_verdict(efficacy, method=config.method,
                                               params=fit_info.get("params", {}), facts=facts) if efficacy else None),
+        "verdict_line": "",
         "limitations": LIMITATIONS,
         "environment": env,
     }
+    report["verdict_line"] = verdict_headline(report["efficacy_verdict"], efficacy)
     validate_report(report)
     json_path = layout.release / "report.json"
     write_text_atomic(json_path, json.dumps(report, indent=2, default=str))

@@ -20,6 +20,8 @@ def command(args: argparse.Namespace) -> int:
         print(json.dumps(r, indent=2))
     else:
         s = r["summary"]
+        if r.get("verdict_line"):
+            print(f"verdict: {r['verdict_line']}")
         print(f"release {r['release']}: method {r['method']}, key fingerprint {r['key_fingerprint']}, "
               f"medue {r['medue_version']}")
         print(f"  items {s['items']}: exported {s['done']}, quarantined {s['quarantined']}, failed the fidelity gate "

@@ -117,6 +117,9 @@ def test_diagnostic_check_blocks_release_unless_override(tiny_config, tmp_path):
     assert summary.exit_code == EXIT_OK and summary.release_checks[0]["result"] == "pass"
     verdict = json.loads(summary.report_json.read_text())["efficacy_verdict"]
     assert verdict["applies"] and verdict["protects_against"][0].startswith("resnet18_flip_crop: worst seed 0.500")
+    line = json.loads(summary.report_json.read_text())["verdict_line"]
+    assert line.startswith("MEASURED on release files of this setting (synthetic-set): stops 1 of 1 everyday ways")
+    assert "held near chance" in line
 
 
 def test_evidence_of_another_dataset_is_borrowed_never_pass(tiny_config, tmp_path):
@@ -137,6 +140,10 @@ def test_evidence_of_another_dataset_is_borrowed_never_pass(tiny_config, tmp_pat
     page = summary.report_html.read_text()
     assert "evidence from synthetic-set, not measured on this release" in page
     assert "Nothing below is a measurement of this release" in page
+    # the verdict line a board reads first says so, in the JSON, at the top of the page and in `medue report`
+    assert report["verdict_line"].startswith("NOT MEASURED ON THIS RELEASE: the attached evidence is evidence from "
+                                             "synthetic-set")
+    assert page.index("Verdict:") < page.index("<h2>Summary</h2>")
 
 
 def test_results_for_other_parameters_are_not_tested_and_missing_results_are_a_config_error(tiny_config, tmp_path):
