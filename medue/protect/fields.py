@@ -115,7 +115,9 @@ def scaled_delta(raw: torch.Tensor, x_units: torch.Tensor, space: UnitSpace, *, 
 
 
 class FieldsProtector(Protector):
-    """Smooth keyed class fields on the tissue of every image (see the module docstring).
+    """A smooth stripe field per class (one sinusoid, period 1/4 of the side) on the tissue of every image, in a PSNR budget.
+
+    See the module docstring for the carrier, its couplings and why it is low-frequency.
 
     Args:
         psnr_db: Each slice keeps at least this PSNR (span: ``psnr_range``); the amplitude is the largest that does,
