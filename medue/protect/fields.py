@@ -115,7 +115,7 @@ def scaled_delta(raw: torch.Tensor, x_units: torch.Tensor, space: UnitSpace, *, 
 
 
 class FieldsProtector(Protector):
-    """A smooth stripe field per class (one sinusoid, period 1/4 of the side) on the tissue of every image, in a PSNR budget.
+    """A smooth stripe field per class (a sinusoid, period 1/4 of the side) on every image's tissue, in a PSNR budget.
 
     See the module docstring for the carrier, its couplings and why it is low-frequency.
 
