@@ -272,7 +272,8 @@ def verdict_headline(v: dict[str, Any] | None, efficacy: EfficacyResult | None) 
         if s["habit"] in EVERYDAY and w is not None and s["protected_max"] is not None:
             held = (w - s["clean_part"] <= MIX_MARGIN) if s.get("clean_part") is not None else w <= v["target"]
             rows.append((w, s, held))
-    where = "this release's own held-out items" if v.get("own") else f"release files of this setting ({efficacy.dataset.get('name', '?')})"
+    where = ("this release's own held-out items" if v.get("own")
+             else f"release files of this setting ({efficacy.dataset.get('name', '?')})")
     if not rows:
         return f"NOT MEASURED: the evidence ({where}) has no fitted everyday-habit attacker."
     held = sum(1 for _, _, h in rows if h)

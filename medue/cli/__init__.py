@@ -1,4 +1,4 @@
-"""``medue`` command line: init | run | protect | fit | check | report | evaluate | verify | inspect | restore | methods.
+"""``medue`` command line: init | run | fit | check | report | evaluate | verify | inspect | restore | methods | ....
 
 The parser, logging and the translation of errors into exit codes (:mod:`medue.exit_codes`) live here; each
 command is a module of this package with a ``command(args) -> exit code`` function.
