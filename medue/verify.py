@@ -160,6 +160,11 @@ def control_protectors(protector: Any, count: int) -> list[Any]:
             + ("its pattern is not drawn from the key (every release of it carries the same lines), so it cannot "
                "tell this release from another" if protector.key == "lines" else
                "it places no keyed class field (verification needs a keyed field: use method fields)"))
+    if protector.components == 1 and protector.periods[0] == protector.periods[1] and protector.jitter_deg == 0:
+        raise NotVerifiable(
+            "this fields setting draws only the phase of its field from the key, and a network does not learn the "
+            "phase of a stripe pattern: verify cannot tell this release from another of the same setting; release "
+            "with a keyed frequency (protect.params.periods: [0.1667, 0.3333]) to be able to prove use")
     classes = int(protector.waves.shape[0])
     out = []
     for j in range(count):

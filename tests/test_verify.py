@@ -23,7 +23,8 @@ def _images(n, seed, size=32):
 
 
 def _fields():
-    p = build_protector("fields", epsilon=24, psnr_db=30.0, psnr_range="dtype", components=1)
+    p = build_protector("fields", epsilon=24, psnr_db=30.0, psnr_range="dtype", periods=[0.125, 0.5],
+                        jitter_deg=10.0)
     p.fit(torch.zeros(2, 1, 1, 1), torch.tensor([0, 1]), None, generator=make_generator(11), return_delta=False)
     return p
 
@@ -79,6 +80,11 @@ def test_controls_are_never_the_release_key_and_unkeyed_methods_are_refused():
     lines = build_protector("lines")
     with pytest.raises(NotVerifiable, match="not drawn from the key"):
         control_protectors(lines, 3)
+    phase_only = build_protector("fields", components=1, periods=[0.25, 0.25], jitter_deg=0)
+    phase_only.fit(torch.zeros(2, 1, 1, 1), torch.tensor([0, 1]), None, generator=make_generator(1),
+                   return_delta=False)
+    with pytest.raises(NotVerifiable, match="only the phase"):
+        control_protectors(phase_only, 3)
 
 
 def test_a_torchscript_suspect_gets_probabilities(tmp_path):

@@ -245,6 +245,35 @@ def _tradeoff(method: str, preset: str | None) -> tuple[str | None, list[list[st
     return _png(fig), [header, *rows]
 
 
+def _power_rows(method: str, preset: str | None) -> tuple[str, list[list[str]]]:
+    """What ``medue verify`` proves for this method, measured (:func:`medue.presets.verify_power`): a sentence and
+    one row per attack (models trained on the release, detected), then the false positives."""
+    from medue.presets import verify_power
+
+    power = verify_power(method, preset)
+    if power is None:
+        return ("Not measured for this setting. `medue verify` needs a class field drawn from the key: method fields "
+                "with a keyed frequency (protect.params.periods: [0.1667, 0.3333]); the lines and the fields presets "
+                "cannot be verified (their patterns are the same for every key but for a phase no network learns).",
+                [])
+    rows: dict[str, list[int]] = {}
+    neg = [0, 0]
+    for r in power["rows"]:
+        if r["saw_release"]:
+            cell = rows.setdefault(r["attack"], [0, 0])
+            cell[0] += int(r["detected"])
+            cell[1] += 1
+        else:
+            neg[0] += int(r["detected"])
+            neg[1] += 1
+    pos = [sum(c[0] for c in rows.values()), sum(c[1] for c in rows.values())]
+    sentence = (f"Measured on {power['preset']} (Br35H 64 px, alpha {power['alpha']}): `medue verify` detected "
+                f"{pos[0]} of {pos[1]} models trained on the release and {neg[0]} of {neg[1]} models that never saw "
+                "it (false positives).")
+    return sentence, [[a, f"{c[0]} of {c[1]}"] for a, c in sorted(rows.items())] + [
+        ["models that never saw the release (false positives)", f"{neg[0]} of {neg[1]}"]]
+
+
 def efficacy_verdict(efficacy: EfficacyResult, *, method: str, params: dict[str, Any], facts: Any = None,
                      target: float | None = None) -> dict[str, Any]:
     """What the release is protected against, what not, and what was not tested (:func:`medue.evidence.verdict`)."""
@@ -522,6 +551,7 @@ def render_html(report: dict[str, Any], markers: Sequence[ItemMarker], layout: O
     summary = summarise(efficacy) if measured else []
     items = _item_rows(report["items"])
     tradeoff_chart, tradeoff_rows = _tradeoff(report["method"], report.get("preset"))
+    power_sentence, power_rows = _power_rows(report["method"], report.get("preset"))
     return _template().render(
         r=report,
         summary_row=[s["items"], s["done"], s["quarantined"], s["gate_failed"], s["failed"], s.get("held_out", 0),
@@ -539,7 +569,8 @@ def render_html(report: dict[str, Any], markers: Sequence[ItemMarker], layout: O
                         _acc(x["protected_mean"]), _acc(x["train_min"]), x["protected_runs"], x["unfit_runs"]]
                        for x in summary] if measured else None,
         attacks=efficacy.attacks if measured else {},
-        tradeoff_chart=tradeoff_chart, tradeoff_rows=tradeoff_rows,
+        tradeoff_chart=tradeoff_chart, tradeoff_rows=tradeoff_rows, power_sentence=power_sentence,
+        power_rows=power_rows,
         conformance_rows=[[c["check"], c["result"], c.get("items", ""), _details(c)] for c in report["conformance"]],
         environment_rows=[[k, v] for k, v in report["environment"].items()],
         sort_script=SORT_SCRIPT)

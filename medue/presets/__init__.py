@@ -36,6 +36,7 @@ class Preset:
         fidelity: The fidelity thresholds it was measured at.
         evidence: File name (in this package) of the result that measured it.
         words: What it is and what it buys, in one line.
+        power: File name (in this package) of the measured power of ``medue verify`` on it, if measured.
     """
 
     name: str
@@ -44,10 +45,16 @@ class Preset:
     fidelity: dict[str, Any] = field(default_factory=dict)
     evidence: str = ""
     words: str = ""
+    power: str = ""
 
     @property
     def evidence_path(self) -> Path:
         return HERE / self.evidence
+
+    @property
+    def power_path(self) -> Path | None:
+        """The measured power of ``medue verify`` on this setting (``benchmarks/verify_power.py``), if any."""
+        return HERE / self.power if self.power else None
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -118,6 +125,19 @@ def worst_seed(summary: Mapping[str, Any]) -> float | None:
     return max(values) if values else None
 
 
+def verify_power(method: str, preset: str | None = None) -> dict[str, Any] | None:
+    """The measured power of ``medue verify`` for ``method`` (the release's preset's, else the first preset of the
+    method that has one): true and false positives per attack, as ``benchmarks/verify_power.py`` wrote them."""
+    import json
+
+    candidates = [p for p in PRESETS.values() if p.method == method and p.power_path and p.power_path.is_file()]
+    candidates.sort(key=lambda p: p.name != preset)
+    if not candidates:
+        return None
+    data = json.loads(candidates[0].power_path.read_text())
+    return {**data, "preset": candidates[0].name}
+
+
 def frontier(method: str) -> list[dict[str, Any]]:
     """The measured price of strength of ``method``: one entry per preset of it, loosest fidelity last, each with
     its fidelity budget, the fidelity measured on its release files and, per attack, the clean baseline and the
@@ -137,4 +157,4 @@ def frontier(method: str) -> list[dict[str, Any]]:
     return sorted(out, key=lambda e: -float(e["budget"].get("min_psnr_db") or 0))
 
 
-__all__ = ["PRESETS", "Preset", "apply_preset", "frontier", "worst_seed"]
+__all__ = ["PRESETS", "Preset", "apply_preset", "frontier", "verify_power", "worst_seed"]
