@@ -226,3 +226,30 @@ def test_every_failure_is_one_line_json_under_log_json_and_summary_json_always_p
                  str(tmp_path / "o.nii.gz")]) in (1, 2)
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "event" in json.loads(lines[0])
+
+
+def test_check_reads_every_input_as_run_does_and_says_what_would_be_quarantined(tmp_path, monkeypatch, capsys):
+    import nibabel as nib
+    import numpy as np
+
+    from medue.cli import main
+    from medue.testing import make_nifti
+
+    for c in ("a", "b"):
+        make_nifti(tmp_path / "in" / c / "v.nii", shape=(16, 16, 3), seed=0)
+    hu = np.arange(-1024, 1024, 16, dtype=np.float32).reshape(8, 8, 2)  # float HU: quarantined without a unit
+    nib.save(nib.Nifti1Image(np.tile(hu, (2, 2, 2)), np.eye(4)), tmp_path / "in" / "b" / "ct.nii")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("version: 1\nname: c\ninput: in\noutput: out\nlabels: {source: folder}\n"
+                   "tracking: {enabled: false}\n")
+    monkeypatch.setenv("MEDUE_KEY", "a-site-secret-of-enough-length")
+    capsys.readouterr()
+    assert main(["check", str(cfg)]) == 4
+    out = capsys.readouterr().out
+    assert "1 of 3 item(s) would be quarantined" in out
+    assert "WOULD BE QUARANTINED" in out
+    assert main(["inspect", str(tmp_path / "in"), "--config", str(cfg)]) == 4
+    cfg.write_text(cfg.read_text() + "protect: {unit: 1.0}\n")  # with the unit the float image is read, as run reads it
+    assert main(["check", str(cfg)]) == 0
+    assert main(["inspect", str(tmp_path / "in"), "--config", str(cfg)]) == 0
+    assert not (tmp_path / "out").exists()  # check and inspect write nothing
