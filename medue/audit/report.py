@@ -291,7 +291,7 @@ def verdict_headline(v: dict[str, Any] | None, efficacy: EfficacyResult | None) 
         return ("NOT MEASURED: no efficacy result is attached, so nothing says what this release stops. Run `medue "
                 "evaluate CONFIG --self` on a labelled release, or attach a result (report.efficacy_results).")
     if not v["applies"]:
-        return (f"NOT MEASURED ON THIS RELEASE: the attached evidence is {v.get('note', 'of another setting')}; it "
+        return (f"NOT MEASURED ON THIS RELEASE: the attached result is {v.get('note', 'of another setting')}; it "
                 "says nothing about what this release stops.")
     from medue.presets import worst_seed
 
@@ -323,9 +323,11 @@ def verdict_lines(v: dict[str, Any]) -> list[str]:
              f"stopped means: the worst seed's clean-test accuracy at or below {v['target']:.2f} (chance 0.50 on "
              "two balanced classes)"]
     lines.append("protects against: " + ("; ".join(v["protects_against"]) or
-                                         ("nothing: the evidence is not this release's" if not v["applies"]
-                                          else "nothing measured")))
-    lines.append("does not protect against: " + ("; ".join(v["does_not_protect_against"]) or "none measured"))
+                                         ("not measured here" if not v["applies"]
+                                          else "no attack measured here is stopped")))
+    lines.append("does not protect against: " + ("; ".join(v["does_not_protect_against"]) or
+                                                 ("not measured here" if not v["applies"]
+                                                  else "no attack measured here gets through")))
     lines.append("not tested: " + ("; ".join(v.get("not_tested") or []) or "none"))
     return lines
 

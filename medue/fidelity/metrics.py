@@ -61,16 +61,19 @@ def _box_mean(t: torch.Tensor, win: int) -> torch.Tensor:
 
 
 #: :func:`volume_metrics` measures the change relative to local intensity where the local mean is at least this
-#: fraction of the data range above the slice's minimum (tissue, not background).
+#: fraction of the slice's span above its minimum (tissue, not background).
 RELATIVE_TISSUE_LEVEL = 0.2
 
 
-def _relative_change(a: torch.Tensor, d: torch.Tensor, data_range: float, win: int) -> float:
+def _relative_change(a: torch.Tensor, d: torch.Tensor, win: int) -> float:
     """Largest ``|local mean of delta| / local intensity`` over the tissue windows of ``(n, h, w)`` slices: the
-    amplitude of a smooth change as a fraction of the intensity it sits on (a bias field's measure)."""
-    level = a - a.flatten(1).amin(1).view(-1, 1, 1)
+    amplitude of a smooth change as a fraction of the intensity it sits on (a bias field's measure). Intensity is
+    counted from each slice's minimum (stored units may carry an offset, as CT's -1024 does)."""
+    low = a.flatten(1).amin(1).view(-1, 1, 1)
+    span = (a.flatten(1).amax(1).view(-1, 1, 1) - low).clamp_min(1.0)
+    level = a - low
     ua, ud = _box_mean(level, win), _box_mean(d, win)
-    tissue = ua >= RELATIVE_TISSUE_LEVEL * data_range
+    tissue = ua >= RELATIVE_TISSUE_LEVEL * span
     if not bool(tissue.any()):
         return 0.0
     return float((ud.abs() / ua.clamp_min(1e-9))[tissue].max())
@@ -126,7 +129,7 @@ def volume_metrics(image_true: np.ndarray, image_test: np.ndarray, *, data_range
             values = torch.ones(a.shape[0], dtype=torch.float64, device=a.device)
             if bool(moved.any()):
                 values[moved] = _ssim_slices(a[moved], b[moved], data_range, win)
-                relative = max(relative, _relative_change(a[moved], d[moved], data_range, win))
+                relative = max(relative, _relative_change(a[moved], d[moved], win))
             ssim.append(values.cpu())
         else:  # too small for a window: identical or not
             ssim.append(torch.tensor([1.0 if bool(torch.equal(x, y)) else 0.0 for x, y in zip(a, b)]))

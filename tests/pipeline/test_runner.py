@@ -141,7 +141,7 @@ def test_evidence_of_another_dataset_is_borrowed_never_pass(tiny_config, tmp_pat
     assert "evidence from synthetic-set, not measured on this release" in page
     assert "Nothing below is a measurement of this release" in page
     # the verdict line a board reads first says so, in the JSON, at the top of the page and in `medue report`
-    assert report["verdict_line"].startswith("NOT MEASURED ON THIS RELEASE: the attached evidence is evidence from "
+    assert report["verdict_line"].startswith("NOT MEASURED ON THIS RELEASE: the attached result is evidence from "
                                              "synthetic-set")
     assert page.index("Verdict:") < page.index("<h2>Summary</h2>")
 
