@@ -73,7 +73,7 @@ def main() -> None:
             if rel:
                 fid["max_relative_change"] = rel
         diag = next(iter((first.diagnostic or {}).values()), None)
-        settings.append({"name": first.name, "method": first.method,
+        settings.append({"name": members[0][0].stem.replace("release_efficacy_", ""), "method": first.method,
                          "psnr": (first.extra.get("config") or {}).get("fidelity", {}).get("min_psnr_db"),
                          "fidelity": fid, "diagnostic": diag,
                          "summary": {s["attack"]: s for s in summarise(merged)},
