@@ -279,5 +279,18 @@ class Protector(ABC):
         return volume.with_array(protected, step)
 
 
+class BlankClassMixin:
+    """For a class-wise pattern whose ``blank_class`` (``false``, ``true`` for the first class, or a class index)
+    carries no pattern: that class's items are released unchanged on purpose."""
+
+    blank_class: bool | int
+
+    def _blank(self) -> int | None:
+        return None if self.blank_class is False else (0 if self.blank_class is True else int(self.blank_class))
+
+    def unchanged_label(self, label: int | None) -> bool:
+        return label is not None and label == self._blank()
+
+
 def batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from medue.errors import ProtectionError
-from medue.protect.base import Protector, UnitSpace
+from medue.protect.base import BlankClassMixin, Protector, UnitSpace
 from medue.protect.habits import gaussian_blur
 from medue.protect.robust import budget_scale
 
@@ -114,7 +114,7 @@ def scaled_delta(raw: torch.Tensor, x_units: torch.Tensor, space: UnitSpace, *, 
     return (x_units + delta).clamp(space.lo, space.hi) - x_units
 
 
-class FieldsProtector(Protector):
+class FieldsProtector(BlankClassMixin, Protector):
     """A smooth stripe field per class (a sinusoid, period 1/4 of the side) on every image's tissue, in a PSNR budget.
 
     See the module docstring for the carrier, its couplings and why it is low-frequency.
@@ -191,12 +191,6 @@ class FieldsProtector(Protector):
         if self.coupling == "multiplicative":
             inert.add("tissue_level")
         return frozenset(inert)
-
-    def _blank(self) -> int | None:
-        return None if self.blank_class is False else (0 if self.blank_class is True else int(self.blank_class))
-
-    def unchanged_label(self, label: int | None) -> bool:
-        return label is not None and label == self._blank()
 
     @property
     def slice_independent(self) -> bool:

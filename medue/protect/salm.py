@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from medue.errors import ProtectionError
-from medue.protect.base import Protector, UnitSpace, per_sample_mask
+from medue.protect.base import BlankClassMixin, Protector, UnitSpace, per_sample_mask
 from medue.protect.em import EMProtector
 from medue.protect.habits import HABITS
 from medue.protect.robust import fit_tiles, place, salient_mask
@@ -140,7 +140,7 @@ class LinesProtector(SampleSALMProtector):
         super().__init__(**{**self.DEFAULTS, **kwargs})
 
 
-class SALMProtector(Protector):
+class SALMProtector(BlankClassMixin, Protector):
     """SALM through the attacker's habits: one error-minimising pattern per class, fitted by the min-min loop through
     random augmentation, resampling and purification (:mod:`medue.protect.robust`), on each image's most significant
     pixels (the brightest anatomy), within the PSNR budget of every slice.
@@ -197,12 +197,6 @@ class SALMProtector(Protector):
         return {**super().params(), "period": self.period, "mask_ratio": self.mask_ratio, "psnr_db": self.psnr_db,
                 "rounds": self.rounds, "train_steps": self.train_steps, "noise_steps": self.noise_steps,
                 "lr": self.lr, "habits": list(self.habits), "blank_class": self.blank_class}
-
-    def _blank(self) -> int | None:
-        return None if self.blank_class is False else (0 if self.blank_class is True else int(self.blank_class))
-
-    def unchanged_label(self, label: int | None) -> bool:
-        return label is not None and label == self._blank()
 
     @property
     def slice_independent(self) -> bool:
