@@ -2,9 +2,9 @@
 files and, per attack, the worst seed against the clean baseline (issue #34, item 3).
 
 Each argument is a ``medue evaluate`` result (``.json``); results of the same setting (method, parameters, budget)
-are pooled. With ``--releases DIR`` the release folders (``DIR/<result name without release_efficacy_>_release``,
-as ``medue evaluate --work`` wrote them) are read again to add the largest change relative to tissue intensity of
-each image (a bias field's measure) when the result predates it. Writes OUT.md and OUT.png; nothing is typed in.
+are pooled. With ``--releases DIR`` the release folders (``DIR/*_release`` as ``medue evaluate --work`` wrote them, matched by
+the fit's state fingerprint) are read again for the largest change relative to tissue intensity of each
+image (a bias field's measure), with today's definition for every row. Writes OUT.md and OUT.png; nothing is typed in.
 
     python benchmarks/frontier.py benchmarks/results/release_efficacy_br35h_64_nifti_fields_*db.json \
         --out benchmarks/results/frontier_fields_br35h_64
@@ -46,6 +46,16 @@ def relative_change(release_dir: Path) -> dict[str, float] | None:
     return {"max": round(float(np.max(values)), 4), "mean": round(float(np.mean(values)), 4)} if values else None
 
 
+def _release_folder(root: Path, fingerprint: str | None) -> Path | None:
+    """The release folder under ``root`` whose fit has ``fingerprint`` (the one with the most items)."""
+    found = []
+    for record in root.glob("*_release/private/protector.json"):
+        if fingerprint and json.loads(record.read_text()).get("state_fingerprint") == fingerprint:
+            folder = record.parent.parent
+            found.append((len(list((folder / "markers").glob("*.json"))), folder))
+    return max(found)[1] if found else None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="+", type=Path)
@@ -66,10 +76,9 @@ def main() -> None:
         merged = EfficacyResult.from_dict({**first.to_dict(), "rows": [row.to_dict() for _, r in members
                                                                           for row in r.rows]})
         fid = dict(first.extra.get("fidelity") or {})
-        if "max_relative_change" not in fid and a.releases:
-            stem = members[0][0].stem.replace("release_efficacy_", "")
-            folders = [a.releases / f"{stem}_release", a.releases / f"{stem.split('_nifti_')[-1]}_release"]
-            rel = next((r for f in folders if f.is_dir() and (r := relative_change(f))), None)
+        if a.releases:  # measured again from the files: one definition for every row
+            folder = _release_folder(a.releases, first.extra.get("fit", {}).get("state_fingerprint"))
+            rel = relative_change(folder) if folder else None
             if rel:
                 fid["max_relative_change"] = rel
         diag = next(iter((first.diagnostic or {}).values()), None)
