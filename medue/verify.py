@@ -205,14 +205,18 @@ def keyed_test(suspect: Suspect, images: list[np.ndarray], labels: list[int], pr
         raise InvalidConfigError(["no probe image: verification needs images of a class other than a patterned "
                                   "class's"], source="verify")
     eight_bit = all(np.asarray(r).dtype == np.uint8 for r in rows)
-    shape = rows[0].shape
     scores = np.zeros(controls + 1)
     mode = "labels" if labels_only else ""
     queries = 0
-    for start in range(0, len(rows), max(1, batch // (controls + 1))):
-        chunk = [r for r in rows[start:start + max(1, batch // (controls + 1))]]
-        tgt = torch.tensor(targets[start:start + len(chunk)])
-        x = torch.from_numpy(np.stack([np.asarray(r, dtype=np.float32).reshape(shape) for r in chunk]))[:, None]
+    step = max(1, batch // (controls + 1))
+    groups: dict[tuple[int, ...], list[int]] = {}  # probes of one image size go to the model together
+    for i, r in enumerate(rows):
+        groups.setdefault(tuple(np.asarray(r).shape), []).append(i)
+    chunks = [idx[k:k + step] for idx in groups.values() for k in range(0, len(idx), step)]
+    for chunk_idx in chunks:
+        chunk = [rows[i] for i in chunk_idx]
+        tgt = torch.tensor([targets[i] for i in chunk_idx])
+        x = torch.from_numpy(np.stack([np.asarray(r, dtype=np.float32) for r in chunk]))[:, None]
         lo, hi = np.percentile(x.numpy(), [0.5, 99.5], axis=(1, 2, 3))
         valid = (0.0, 255.0) if eight_bit else (float(x.min()), float(x.max()))
         space = UnitSpace(torch.tensor(lo).view(-1, 1, 1, 1).float(),

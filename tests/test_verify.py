@@ -99,3 +99,34 @@ def test_a_torchscript_suspect_gets_probabilities(tmp_path):
         load_suspect(tmp_path / "bad.pt")
     with pytest.raises(InvalidConfigError, match="no such file"):
         load_suspect(tmp_path / "missing.pt")
+
+
+def test_medue_verify_on_a_release_written_by_medue_run(tiny_config, tmp_path, capsys):
+    import json as _json
+
+    from medue.cli import main
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\nseries_a,a\nvol.nii.gz,b\n")
+    fields = {"method": "fields", "params": {"epsilon": 4, "psnr_db": 20, "periods": [0.1667, 0.3333]},
+              "fit_max_slices": None, "fit_size": None}
+    cfg = tiny_config(protect=fields, labels={"source": "table", "table": str(labels)})
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    net = torch.jit.trace(nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(16, 2)).eval(),
+                          torch.zeros(1, 1, 24, 24))
+    net.save(str(tmp_path / "suspect.pt"))
+    capsys.readouterr()
+    assert main(["verify", str(cfg), "--model", str(tmp_path / "suspect.pt"), "--controls", "5", "--json"]) == 0
+    out = _json.loads(capsys.readouterr().out)
+    assert out["method"] == "fields" and out["controls"] == 5 and out["queries"] == out["probes"] * 6
+    assert not out["detected"] and "No evidence" in out["sentence"]  # a model that never saw the release
+    # the wrong key is refused before any query; a phase-only setting is refused in one line with the fix
+    (tmp_path / "other.key").write_text("another-key-of-enough-length-42")
+    assert main(["verify", str(tmp_path / "out"), "--model", str(tmp_path / "suspect.pt"),
+                 "--key-file", str(tmp_path / "other.key")]) == 2
+    assert "does not match the release's fit" in capsys.readouterr().err
+    cfg = tiny_config(protect={**fields, "params": {"epsilon": 4, "psnr_db": 20}},
+                      labels={"source": "table", "table": str(labels)}, output=str(tmp_path / "out2"))
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    assert main(["verify", str(cfg), "--model", str(tmp_path / "suspect.pt")]) == 2
+    assert "only the phase" in capsys.readouterr().err
