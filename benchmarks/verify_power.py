@@ -10,6 +10,7 @@ the table gives, per attack, how many were detected at ``--alpha``. Writes OUT.m
     MEDUE_KEY=... python benchmarks/verify_power.py /work/evals/fields_32db_release \
         --positives /work/evals/models/fields_32db* --negatives /work/evals/models/fields_32db_otherkey \
         --out benchmarks/results/verify_power_fields_32db
+    python benchmarks/verify_power.py --merge A.json B.json --out benchmarks/results/verify_power_both
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from medue.verify import CONTROLS, PROBES, NotVerifiable, verify
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("release", type=Path, help="the release's output folder (its key in $MEDUE_KEY)")
+    p.add_argument("release", type=Path, nargs="?", help="the release's output folder (its key in $MEDUE_KEY)")
+    p.add_argument("--merge", nargs="+", type=Path, help="instead of verifying: pool the rows of earlier OUT.json "
+                                                         "files (several releases, each verified with its own key)")
     p.add_argument("--positives", nargs="*", type=Path, default=[], help="--save-models folders of this release")
     p.add_argument("--negatives", nargs="*", type=Path, default=[], help="--save-models folders of other releases")
     p.add_argument("--alpha", type=float, default=0.01)
@@ -33,8 +36,13 @@ def main() -> None:
     p.add_argument("--labels-only", action="store_true")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
+    rows: list[dict] = []
+    if a.merge:
+        parts = [json.loads(f.read_text()) for f in a.merge]
+        rows = [{**r, "model": f"{part['release']}: {r['model']}"} for part in parts for r in part["rows"]]
+        _write(a.out, " + ".join(part["release"] for part in parts), rows, parts[0]["alpha"], a.probes, a.controls)
+        return
     key = os.environ["MEDUE_KEY"]
-    rows = []
     for folder, of_release in [(f, True) for f in a.positives] + [(f, False) for f in a.negatives]:
         for model in sorted(folder.glob("*.pt")):
             info = json.loads(model.with_suffix(".json").read_text())
@@ -50,14 +58,18 @@ def main() -> None:
                          "p_value": r.p_value, "rank_p_value": r.rank_p_value, "detected": r.detected,
                          "queries": r.queries, "seconds": r.seconds, "mode": r.mode})
             print(f"{rows[-1]['model']}: saw {saw}, p {r.p_value:.3g}, detected {r.detected}", flush=True)
+    _write(a.out, a.release.name, rows, a.alpha, a.probes, a.controls)
+
+
+def _write(out: Path, release: str, rows: list[dict], alpha: float, probes: int, controls: int) -> None:
     pos = [r for r in rows if r["saw_release"]]
     neg = [r for r in rows if not r["saw_release"]]
     by_attack: dict[str, list[dict]] = {}
     for r in pos:
         by_attack.setdefault(r["attack"], []).append(r)
     mode = rows[0]["mode"] if rows else "?"
-    lines = [f"# medue verify: measured power ({a.release.name}, {mode}, alpha {a.alpha}, {a.probes} probes x "
-             f"{a.controls + 1} fields)", "",
+    lines = [f"# medue verify: measured power ({release}, {mode}, alpha {alpha}, {probes} probes x "
+             f"{controls + 1} fields)", "",
              f"True positives: {sum(r['detected'] for r in pos)} of {len(pos)} models trained on the release; false "
              f"positives: {sum(r['detected'] for r in neg)} of {len(neg)} models that never saw it.", "",
              "| attack | models trained on the release | detected | p-values |", "|---|---|---|---|"]
@@ -69,11 +81,10 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['model']} | {r['trained_on']} | {r['clean_test_accuracy']} | {r['p_value']:.3g} | "
                      f"{r['rank_p_value']:.3g} | {r['detected']} | {r['queries']} | {r['seconds']} |")
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    a.out.with_suffix(".json").write_text(json.dumps({"release": a.release.name, "alpha": a.alpha, "rows": rows},
-                                                     indent=2))
-    print(f"wrote {a.out.with_suffix('.md')}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"release": release, "alpha": alpha, "rows": rows}, indent=2))
+    print(f"wrote {out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

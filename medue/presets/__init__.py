@@ -81,6 +81,14 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
             "data_range": "dtype"},
            "fields_29db_br35h_64.json",
            "low-frequency, strongest: the same field at PSNR >= 29 dB (a visible change, up to 24 units)"),
+    Preset("fields-32db-keyed", "fields", {"epsilon": 24, "psnr_db": 32, "psnr_range": "dtype",
+                                           "periods": [0.1667, 0.3333]},
+           {"min_psnr_db": 32, "max_abs_units": 24, "min_ssim": None, "max_fraction_changed": None,
+            "data_range": "dtype"},
+           "fields_32db_keyed_br35h_64.json",
+           "verifiable: fields-32db with each class's frequency (3-6 cycles per side) drawn from the key, so that "
+           "`medue verify` can prove use; efficacy measured with one key's draw",
+           power="verify_power_fields_32db_keyed.json"),
 )}
 
 
