@@ -210,3 +210,21 @@ def test_the_price_of_strength_of_a_method_comes_from_its_presets_and_marks_the_
     assert len(fields) >= 2 and len(_tradeoff("fields", None)[1]) == len(fields) + 1
     assert _tradeoff("uc", None) == (None, [])  # no presets: no trade-off shown
     assert _acc(None) == "not run" and _acc(0.5) == "0.500"  # never "identical" for an accuracy nobody measured
+
+
+def test_proving_use_quotes_the_measured_power_of_the_release_s_setting():
+    import json as _json
+
+    from medue.audit.report import _power_rows
+    from medue.presets import PRESETS
+
+    sentence, rows = _power_rows("fields", "fields-32db-keyed")
+    power = _json.loads(PRESETS["fields-32db-keyed"].power_path.read_text())["rows"]
+    pos = [r for r in power if r["saw_release"]]
+    neg = [r for r in power if not r["saw_release"]]
+    assert sentence.startswith("Measured on fields-32db-keyed")
+    assert f"detected {sum(r['detected'] for r in pos)} of {len(pos)} models trained on the release" in sentence
+    assert rows[-1] == ["models that never saw the release (false positives)",
+                        f"{sum(r['detected'] for r in neg)} of {len(neg)}"]
+    sentence, rows = _power_rows("lines", "lines-38db")
+    assert sentence.startswith("Not measured for this setting") and rows == []
