@@ -140,8 +140,8 @@ def summarise(result: EfficacyResult) -> list[dict[str, Any]]:
         g = groups.setdefault(r.key, {"first": r, "clean": [], "protected": [], "clean_part": [], "unfit": 0,
                                       "train": [], "unfit_protected": []})
         if not r.fit and r.training_data != "clean_part":
-            g["unfit"] += 1
-            if r.training_data == "protected":
+            if r.training_data == "protected":  # a clean baseline that did not fit is no run of the release
+                g["unfit"] += 1
                 g["unfit_protected"].append(r.clean_test_accuracy)
             continue
         g.setdefault(r.training_data, []).append(r)
