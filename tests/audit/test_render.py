@@ -42,7 +42,7 @@ def test_verdict_box_shows_borrowed_evidence_as_not_tested(tiny_config, tmp_path
                                     "What the protection stops"]
     shown = info["verdict"]
     protects = shown[shown.index("H3: Protects against") + 1]
-    assert protects == "LI: nothing"  # borrowed evidence protects against nothing here
+    assert protects == "LI: not measured here"  # borrowed evidence: nothing measured here, said so
     assert "LI: resnet18_flip_crop (measured on other data: 0.500)" in shown
     assert any(s.startswith("LI: fine-tuning a network pretrained") for s in shown)
 
