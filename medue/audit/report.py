@@ -306,7 +306,7 @@ def verdict_headline(v: dict[str, Any] | None, efficacy: EfficacyResult | None) 
     if not rows:
         return f"NOT MEASURED: the evidence ({where}) has no fitted everyday-habit attacker."
     held = sum(1 for _, _, h in rows if h)
-    w, s, _ = max(rows, key=lambda r: r[0])
+    w, s, _ = max((r for r in rows if not r[2]), default=max(rows, key=lambda r: r[0]), key=lambda r: r[0])
     clean = "not run" if s["clean"] is None else f"{s['clean']:.2f}"
     head = f"MEASURED on {where}: stops {held} of {len(rows)} everyday ways of training measured; "
     if held == len(rows):
