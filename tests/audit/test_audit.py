@@ -228,3 +228,21 @@ def test_proving_use_quotes_the_measured_power_of_the_release_s_setting():
                         f"{sum(r['detected'] for r in neg)} of {len(neg)}"]
     sentence, rows = _power_rows("lines", "lines-38db")
     assert sentence.startswith("Not measured for this setting") and rows == []
+
+
+def test_the_verdict_line_names_an_attack_the_release_does_not_stop():
+    from medue.audit.report import verdict_headline
+    from medue.evidence import verdict
+    from medue.protect import build_protector
+    from medue.records import EfficacyResult
+    from medue.testing import make_release_efficacy
+
+    params = build_protector("salm-samplewise", epsilon=8).params()
+    data = make_release_efficacy("salm-samplewise", params, protected=0.7)
+    mix = [{**r, "attack": "resnet18_mix10", "habit": "mixing", "clean_test_accuracy": 0.85} for r in data["rows"]]
+    mix.append({**mix[-1], "training_data": "clean_part", "clean_test_accuracy": 0.9})  # the release adds -0.05
+    result = EfficacyResult.from_dict({**data, "rows": data["rows"] + mix})
+    line = verdict_headline(verdict(result, method="salm-samplewise", params=params), result)
+    assert line.startswith("MEASURED on release files of this setting (synthetic-set): stops 1 of 2 everyday ways")
+    assert "the worst, resnet18_flip_crop, reached 0.70" in line  # not the mixing row at 0.85, which is held
+    assert verdict_headline(None, None).startswith("NOT MEASURED: no efficacy result is attached")
