@@ -158,6 +158,9 @@ def test_etl_output_json_lines_item_fields_json_config_errors_and_a_json_summary
     assert item and item[0]["status"] == "quarantined" and item[0]["reason"]
     summary = _json.loads(out.strip().splitlines()[-1])
     assert summary["exit_code"] == 4 and summary["counts"]["done"] == 2 and summary["counts"]["quarantined"] == 1
+    # what an ETL job acts on: how many released items carry the protection, weakened or unchanged on purpose
+    assert set(summary["protection"]) == {"protected", "weakened_by_gate", "unchanged_on_purpose"}
+    assert sum(summary["protection"].values()) == summary["counts"]["done"]
     assert main(["--log-json", "run", str(tmp_path / "missing.yaml")]) == 2
     problem = _json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert problem["event"] == "invalid_config" and problem["problems"]

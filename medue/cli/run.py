@@ -38,12 +38,17 @@ def command(args: argparse.Namespace) -> int:
     summary = run_pipeline(config, shard=shard, resume=args.resume, progress=say, show_bar=not args.quiet)
     if getattr(args, "summary_json", False):
         print(json.dumps({"release": config.name, "exit_code": summary.exit_code, "counts": summary.counts,
+                          "protection": summary.protection,
                           "seconds": summary.seconds, "release_checks": summary.release_checks,
                           "report_json": str(summary.report_json) if summary.report_json else None,
                           "mlflow_run_id": summary.mlflow_run_id}, default=str))
         return summary.exit_code
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items()) if v)
     print(f"release {config.name}: {counts or 'nothing to do'} in {summary.seconds:.1f} s")
+    carried = summary.protection
+    if summary.counts.get("done"):
+        print(f"  protection: {carried['protected']} in full, {carried['weakened_by_gate']} weakened by the fidelity "
+              f"gate, {carried['unchanged_on_purpose']} unchanged on purpose (blank class)")
     print(f"  output:  {summary.output / 'release'}")
     for check in summary.release_checks:
         print(f"  check:   {check['check']}: {check['result']}"

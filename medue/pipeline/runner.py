@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from medue.audit.manifest import write_checksums, write_manifest
-from medue.audit.report import build_report
+from medue.audit.report import build_report, protection_counts
 from medue.audit.sinks import open_sink
 from medue.device import memory_budget, resolve_device
 from medue.errors import InvalidConfigError
@@ -54,6 +54,12 @@ class RunSummary:
     seconds: float = 0.0
     #: Release-level checks (the diagnostic-content check); one with ``blocked`` stopped the export.
     release_checks: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def protection(self) -> dict[str, int]:
+        """How many exported items carry the protection in full, weakened by the gate, or unchanged on purpose."""
+        counts = protection_counts(self.markers)
+        return {k: counts[k] for k in ("protected", "weakened_by_gate", "unchanged_on_purpose")}
 
     @property
     def blocked(self) -> bool:
