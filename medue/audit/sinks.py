@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from medue.audit.report import protection_counts
 from medue.errors import MissingDependencyError
 from medue.evidence import describe, evidence_applies, summarise
 from medue.layout import OutputLayout
@@ -137,6 +138,9 @@ class MlflowSink:
         for check in release_checks:
             if "accuracy_drop" in check:
                 metrics["diagnostic_accuracy_drop"] = float(check["accuracy_drop"])
+        carried = protection_counts(markers)
+        for k in ("protected", "weakened_by_gate", "unchanged_on_purpose"):
+            metrics[f"protection_{k}"] = float(carried[k])
         metrics["fit_seconds"] = float(fit_info.get("fit_seconds", 0.0))
         metrics["run_seconds"] = float(seconds)
         tags = {"medue.version": env.get("medue", ""), "medue.config_hash": config.config_hash,
@@ -146,7 +150,9 @@ class MlflowSink:
         tags.update(_source_tags())
         done, total = summary_counts.get("done", 0), len(markers)
         tags["mlflow.note.content"] = (
-            f"medue release {config.name}: {config.method} protection; {done} of {total} item(s) exported, "
+            f"medue release {config.name}: {config.method} protection; {done} of {total} item(s) exported "
+            f"({carried['protected']} protected in full, {carried['weakened_by_gate']} weakened by the fidelity gate, "
+            f"{carried['unchanged_on_purpose']} unchanged on purpose), "
             + ", ".join(f"{k} {v}" for k, v in sorted(summary_counts.items()) if k not in ("done", "skipped") and v)
             + (f"; efficacy: {efficacy_tags.get('medue.efficacy.applies', '')}" if efficacy_tags else
                "; efficacy not measured for this release")).rstrip(", ")

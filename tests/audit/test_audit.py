@@ -46,6 +46,8 @@ def test_mlflow_run_has_params_metrics_artifacts_and_no_phi(tiny_config, tmp_pat
     run = client.get_run(summary.mlflow_run_id)
     assert run.data.params["protect.method"] == "salm-samplewise" and run.data.params["protect.params.epsilon"] == "4"
     assert run.data.metrics["count_done"] == 1 and run.data.metrics["max_abs_units"] <= 4
+    assert sum(run.data.metrics[f"protection_{k}"] for k in ("protected", "weakened_by_gate",
+                                                               "unchanged_on_purpose")) == 1  # the protection state
     assert run.data.metrics["efficacy.resnet18_flip_crop.protected_max"] == 0.55
     assert run.data.tags["medue.efficacy.applies"] == "yes" and "synthetic-set" in run.data.tags["medue.efficacy.evidence"]
     assert run.data.metrics["diagnostic_accuracy_drop"] == 0.01 and run.data.tags["medue.check.diagnostic"] == "pass"
@@ -58,7 +60,8 @@ def test_mlflow_run_has_params_metrics_artifacts_and_no_phi(tiny_config, tmp_pat
     assert figures and all(f.endswith(".png") for f in figures)  # shown as images in the MLflow UI
     assert len(run.inputs.dataset_inputs) == 1
     assert run.data.tags["mlflow.source.name"] == "medue run" and run.data.tags["mlflow.user"]
-    assert "1 of 1 item(s) exported" in run.data.tags["mlflow.note.content"]  # the run's description
+    assert "1 of 1 item(s) exported (" in run.data.tags["mlflow.note.content"]  # the run's description
+    assert "protected in full" in run.data.tags["mlflow.note.content"]
 
 
 def test_mlflow_embedded_default_store(tiny_config):
