@@ -33,6 +33,7 @@ from medue.pipeline.executor import execute_local, select_shard
 from medue.pipeline.fit import damaged_fit_artefacts, fit_protector, release_identity
 from medue.pipeline.inputs import class_names, labelled_inputs, release_facts, write_holdout
 from medue.pipeline.job import FAILED, GATE_FAILED, QUARANTINED, JobContext
+from medue.pipeline.release_files import release_files_check, stray_files, withdraw_stale
 from medue.protect.stream import World
 from medue.provenance import capture_environment, key_fingerprint
 from medue.records import ItemMarker
@@ -67,7 +68,7 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        if self.counts.get(GATE_FAILED) or self.blocked:
+        if self.counts.get(GATE_FAILED) or self.blocked or any(c.get("stray_files") for c in self.release_checks):
             return EXIT_GATE
         if self.counts.get(QUARANTINED) or self.counts.get(FAILED):
             return EXIT_PARTIAL
@@ -197,6 +198,9 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
     if labels is not None:
         write_text_atomic(layout.private / "labels.local.json", json.dumps(labels.to_dict(), indent=2))
         say(f"labels from {config.labels.source}: " + ", ".join(f"{c} {n}" for c, n in labels.counts().items()))
+    withdrawn = withdraw_stale(layout, [it.item_id for it in items])
+    if withdrawn:
+        say(f"withdrew {len(withdrawn)} item(s) that are no longer inputs of this release: their files left release/")
     mine = select_shard(items, shard)
     say(f"found {len(items)} item(s) under {config.input}; shard {shard[0]}/{shard[1]} has {len(mine)}")
     index = {it.item_id: {"kind": it.kind, "paths": list(it.paths)} for it in items}
@@ -301,6 +305,10 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
     all_markers = [m for p in sorted(layout.markers.glob("*.json")) if (m := ItemMarker.read(p)) is not None]
     record = config.record()
     manifest = write_manifest(layout, record, all_markers, fit_info, fingerprint)
+    strays = stray_files(layout, manifest)
+    release_checks.append(release_files_check(withdrawn, strays))
+    if strays:
+        say(f"release/ holds {len(strays)} file(s) the manifest does not list: {', '.join(strays[:5])}; exit 3")
     env = capture_environment()
     if config.report.enabled:
         summary.report_json, summary.report_html = build_report(layout, record, all_markers, fit_info, fingerprint,

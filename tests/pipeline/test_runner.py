@@ -571,3 +571,30 @@ def test_no_path_of_any_config_field_reaches_a_published_or_tracked_file(tiny_co
             found = [p for p in planted if p in data and not (p == b"MRN333333" and path.name == "mlflow.db")]
             assert not found, (path, found)
     assert scanned > 10 and (out / "mlflow" / "mlflow.db").is_file()
+
+
+def test_a_withdrawn_item_leaves_the_release_and_a_stray_file_fails_the_run(tiny_config, tmp_path):
+    cfg = load_config(tiny_config())
+    assert run_pipeline(cfg).exit_code == EXIT_OK
+    release = cfg.output_path / "release"
+    nifti = next(json.loads(p.read_text()) for p in (cfg.output_path / "markers").glob("*.json")
+                 if json.loads(p.read_text())["format"] == "nifti")
+    out_file = release / nifti["outputs"][0]["path"]
+    assert out_file.is_file()
+    (cfg.input_path / "vol.nii.gz").unlink()  # consent withdrawn: the input leaves the folder
+    summary = run_pipeline(cfg)
+    assert summary.exit_code == EXIT_OK and not out_file.exists()
+    assert not (cfg.output_path / "markers" / f"{nifti['item_id']}.json").exists()
+    manifest = (release / "manifest.json").read_text()
+    assert nifti["item_id"] not in manifest and nifti["outputs"][0]["path"] not in (release / "SHA256SUMS").read_text()
+    check = summary.release_checks[-1]
+    assert check["result"] == "pass" and check["withdrawn"] == [nifti["item_id"]]
+    report = json.loads((release / "report.json").read_text())
+    assert any(c.get("withdrawn") == [nifti["item_id"]] for c in report["conformance"])
+    assert all(i["item_id"] != nifti["item_id"] for i in report["items"])
+    # a file nobody listed (a restored original put there by hand) is named and fails the run
+    (release / "restored.nii.gz").write_bytes(b"not published by medue")
+    summary = run_pipeline(cfg, resume=True)
+    assert summary.exit_code == EXIT_GATE
+    assert summary.release_checks[-1]["stray_files"] == ["restored.nii.gz"]
+    assert "restored.nii.gz" not in (release / "SHA256SUMS").read_text()
