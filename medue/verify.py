@@ -145,13 +145,14 @@ def _probabilities(out: np.ndarray) -> np.ndarray:
         return out
     if np.all(out >= 0) and np.allclose(out.sum(1), 1.0, atol=1e-3):
         return out
-    z = out - out.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
+    from scipy.special import softmax
+
+    return softmax(out, axis=1)
 
 
-def control_protectors(protector: Any, count: int) -> list[Any]:
-    """``count`` protectors like ``protector`` whose fields come from never-used keys."""
+def check_verifiable(protector: Any) -> None:
+    """Raise :class:`NotVerifiable`, saying why and what would be, unless ``protector`` places a class field whose
+    learnable part (frequency, orientation) is drawn from the key."""
     from medue.protect.fields import FieldsProtector
 
     if not isinstance(protector, FieldsProtector):
@@ -165,6 +166,14 @@ def control_protectors(protector: Any, count: int) -> list[Any]:
             "this fields setting draws only the phase of its field from the key, and a network does not learn the "
             "phase of a stripe pattern: verify cannot tell this release from another of the same setting; release "
             "with a keyed frequency (protect.params.periods: [0.1667, 0.3333]) to be able to prove use")
+
+
+def control_protectors(protector: Any, count: int) -> list[Any]:
+    """``count`` protectors like ``protector`` whose fields come from never-used keys (:func:`check_verifiable`
+    first)."""
+    from medue.protect.fields import FieldsProtector
+
+    check_verifiable(protector)
     classes = int(protector.waves.shape[0])
     out = []
     for j in range(count):
@@ -261,8 +270,9 @@ def probe_set(output: Path, key: str, count: int, float_unit: float | None = Non
     """``count`` original images (the middle slice of each item) of the release's labelled items, drawn with the key,
     balanced over the classes, read from the site's input index (``private/inputs.local.json``)."""
     from medue.io import InputItem, read_item
+    from medue.layout import OutputLayout
 
-    private = output / "private"
+    private = OutputLayout(output).private
     inputs = json.loads((private / "inputs.local.json").read_text())
     labels = json.loads((private / "labels.local.json").read_text())["by_item"]
     ids = sorted(i for i in inputs if i in labels and labels[i] is not None)
@@ -288,16 +298,16 @@ def verify(output: str | Path, model: str | Path | Suspect, key: str, *, probes:
     """Whether ``model`` was trained on the release in ``output`` (a ``medue run`` output folder), proven with
     ``key`` (checked against the fit's key fingerprint). Raises :class:`NotVerifiable` for a method without a keyed
     field, :class:`~medue.errors.InvalidConfigError` for a wrong key or a missing fit."""
+    from medue.layout import OutputLayout
     from medue.protect import load_protector
     from medue.provenance import key_fingerprint
 
-    out = Path(output)
-    fit_record = out / "private" / "protector.json"
-    state = out / "private" / "protector.pt"
+    layout = OutputLayout(Path(output))
+    fit_record, state = layout.private / "protector.json", layout.protector_state
     problems = []
     if not fit_record.is_file() or not state.is_file():
-        problems.append(f"{out}: no private fit record (private/protector.json, protector.pt); give the output "
-                        "folder of a finished `medue run` at the site")
+        problems.append(f"{layout.root}: no private fit record (private/protector.json, protector.pt); give the "
+                        "output folder of a finished `medue run` at the site")
     else:
         record = json.loads(fit_record.read_text())
         if record.get("identity", {}).get("key_fingerprint") != key_fingerprint(key):
@@ -306,11 +316,12 @@ def verify(output: str | Path, model: str | Path | Suspect, key: str, *, probes:
     if problems:
         raise InvalidConfigError(problems, source="verify")
     protector = load_protector(state)
-    control_protectors(protector, 0)  # refuses a method without a keyed field before any image is read
+    check_verifiable(protector)  # before any image is read
     suspect = model if callable(model) else load_suspect(model, device)
-    images, labels = probe_set(out, key, probes)
+    images, labels = probe_set(layout.root, key, probes)
     return keyed_test(suspect, images, labels, protector, controls=controls, amplify=amplify, alpha=alpha,
                       labels_only=labels_only)
 
 
-__all__ = ["CONTROLS", "NotVerifiable", "PROBES", "VerifyResult", "keyed_test", "load_suspect", "verify"]
+__all__ = ["CONTROLS", "NotVerifiable", "PROBES", "VerifyResult", "check_verifiable", "control_protectors",
+           "keyed_test", "load_suspect", "verify"]

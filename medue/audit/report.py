@@ -231,7 +231,7 @@ def _tradeoff(method: str, preset: str | None) -> tuple[str | None, list[list[st
     x = [float(p["budget"].get("min_psnr_db") or 0) for p in points]
     for k in common:
         ax.plot(x, [p["attacks"][k]["worst"] for p in points], marker="o", label=k)
-    ax.axhline(0.60, color="black", linestyle=":", label="stopped (0.60)")
+    ax.axhline(TARGET, color="black", linestyle=":", label=f"stopped ({TARGET:.2f})")
     if preset in [p["preset"] for p in points]:
         ax.axvline(x[[p["preset"] for p in points].index(preset)], color="grey", alpha=0.4, linewidth=8,
                    label="this release")

@@ -77,19 +77,31 @@ def budget_scale(delta: torch.Tensor, span: torch.Tensor, psnr_db: float) -> tor
     return torch.sqrt(allowed / mse.clamp_min(1e-12)).clamp(max=1.0).view(-1, *([1] * (delta.dim() - 1)))
 
 
+def slice_span(x_units: torch.Tensor) -> torch.Tensor:
+    """Each sample's max - min in stored units (at least 1): the span a per-image PSNR budget is measured with."""
+    return (x_units.flatten(1).amax(1) - x_units.flatten(1).amin(1)).clamp_min(1.0)
+
+
+def rounded_budget_scale(delta: torch.Tensor, span: torch.Tensor, psnr_db: float, epsilon: float, *, tries: int,
+                         shrink: float) -> torch.Tensor:
+    """:func:`budget_scale` of ``delta``, then shrunk by ``shrink`` (at most ``tries`` times) for the samples whose
+    delta, rounded to whole units and clipped to ``epsilon``, is still over the budget (rounding adds error)."""
+    scale = budget_scale(delta, span, psnr_db)
+    for _ in range(tries):
+        over = budget_scale(torch.round(delta * scale).clamp(-epsilon, epsilon), span, psnr_db) < 1
+        if not bool(over.any()):
+            break
+        scale = torch.where(over, scale * shrink, scale)
+    return scale
+
+
 def place(tiles: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, x_units: torch.Tensor, space: UnitSpace, *,
           epsilon: int, psnr_db: float, differentiable: bool = False) -> torch.Tensor:
     """Each sample's class tile (stored units), on its mask, scaled to the PSNR budget, rounded to whole units and
     clipped to the valid stored range. ``differentiable`` rounds straight-through (for the fit)."""
     h, w = x_units.shape[-2:]
     raw = tile_to(tiles.unsqueeze(1), h, w)[labels] * mask
-    span = (x_units.flatten(1).amax(1) - x_units.flatten(1).amin(1)).clamp_min(1.0)
-    scale = budget_scale(raw.detach(), span, psnr_db)
-    for _ in range(8):  # rounding can add error: shrink the samples still over the budget
-        over = budget_scale(torch.round(raw.detach() * scale).clamp(-epsilon, epsilon), span, psnr_db) < 1
-        if not bool(over.any()):
-            break
-        scale = torch.where(over, scale * 0.93, scale)
+    scale = rounded_budget_scale(raw.detach(), slice_span(x_units), psnr_db, epsilon, tries=8, shrink=0.93)
     scaled = raw * scale
     rounded = round_ste(scaled) if differentiable else torch.round(scaled)
     rounded = rounded.clamp(-epsilon, epsilon)
