@@ -56,7 +56,7 @@ def main() -> None:
                          "trained_on": info.get("trained_on") if of_release else f"another release ({folder.name})",
                          "saw_release": saw, "clean_test_accuracy": info.get("clean_test_accuracy"),
                          "p_value": r.p_value, "rank_p_value": r.rank_p_value, "detected": r.detected,
-                         "queries": r.queries, "seconds": r.seconds, "mode": r.mode})
+                         "queries": r.queries, "seconds": r.seconds, "mode": r.mode, "claim": r.claim})
             print(f"{rows[-1]['model']}: saw {saw}, p {r.p_value:.3g}, detected {r.detected}", flush=True)
     _write(a.out, a.release.name, rows, a.alpha, a.probes, a.controls)
 
@@ -83,7 +83,9 @@ def _write(out: Path, release: str, rows: list[dict], alpha: float, probes: int,
                      f"{r['rank_p_value']:.3g} | {r['detected']} | {r['queries']} | {r['seconds']} |")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"release": release, "alpha": alpha, "rows": rows}, indent=2))
+    claims = sorted({r.get("claim", "key") for r in rows})
+    out.with_suffix(".json").write_text(json.dumps({"release": release, "alpha": alpha, "claim": "/".join(claims),
+                                                    "rows": rows}, indent=2))
     print(f"wrote {out.with_suffix('.md')}")
 
 

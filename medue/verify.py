@@ -21,8 +21,14 @@ mark is the protection itself (no extra change to the release), the controls are
 probe is the release's own images. What it costs and how often it detects which attacker is in
 ``benchmarks/results/`` (``verify_power_*``).
 
-A method whose pattern is not drawn from the key (``lines``: every lines release carries the same lines) or that is
-sample-wise (``em``, ``salm-samplewise``, ...) cannot be verified with a key: :func:`verify` says so.
+A setting whose pattern is not drawn from the key (the default ``lines``: every lines release carries the same
+lines; ``fields`` with one fixed period, whose key draws only a phase a network does not learn) is verified as a
+*setting*: the controls are the release's own class patterns turned to orientations between the classes' (lines of
+the same period and width on the same placement, fields of the same period on the same tissue), which a model that
+learned "this orientation means this class" answers less than the release's. Such a result proves the model was
+trained on data protected with that setting (this release, or another site's made with the same setting), not which
+site's: :attr:`VerifyResult.claim` is ``"setting"`` and the sentence says so. A sample-wise method (``em``,
+``salm-samplewise``, ...) or an optimised tile cannot be verified: :func:`verify` says so.
 
 Suspect models receive ``(N, 1, H, W)`` float32 images in ``[0, 1]``: 8-bit stored values divided by 255, other
 types mapped by each image's 0.5-99.5 percentile span (medue's model space), clipped.
@@ -76,17 +82,23 @@ class VerifyResult:
     seconds: float
     method: str
     amplify: float
+    claim: str = "key"
 
     @property
     def sentence(self) -> str:
         what = "top-1 labels" if self.mode == "labels" else "class probabilities"
+        kind = "never-used fields" if self.claim == "key" else "turned copies of its patterns"
+        counts = (f"(p = {self.p_value:.2g}, alpha {self.alpha:g}; {self.queries} queries of its {what})")
         if self.detected:
-            return (f"The model was trained on this release (or on data carrying its keyed fields): it answers the "
-                    f"release's fields more than {self.controls} never-used fields (p = {self.p_value:.2g}, "
-                    f"alpha {self.alpha:g}; {self.queries} queries of its {what}).")
-        return (f"No evidence that the model was trained on this release: it answers the release's fields no more "
-                f"than {self.controls} never-used fields (p = {self.p_value:.2g}, alpha {self.alpha:g}; "
-                f"{self.queries} queries of its {what}). This does not prove it was not: see the measured power.")
+            if self.claim == "key":
+                return (f"The model was trained on this release (or on data carrying its keyed fields): it answers "
+                        f"the release's fields more than {self.controls} {kind} {counts}.")
+            return (f"The model was trained on data protected with this release's setting ({self.method}): it answers "
+                    f"the release's class patterns more than {self.controls} {kind} {counts}. The setting's "
+                    "patterns are the same in every release made with it, so this does not tell this site's release "
+                    "from another site's of the same setting.")
+        return (f"No evidence that the model was trained on this release: it answers the release's patterns no more "
+                f"than {self.controls} {kind} {counts}. This does not prove it was not: see the measured power.")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -150,30 +162,92 @@ def _probabilities(out: np.ndarray) -> np.ndarray:
     return softmax(out, axis=1)
 
 
-def check_verifiable(protector: Any) -> None:
-    """Raise :class:`NotVerifiable`, saying why and what would be, unless ``protector`` places a class field whose
-    learnable part (frequency, orientation) is drawn from the key."""
+def _is_placed_lines(protector: Any) -> bool:
+    """Whether ``protector`` places fixed class gratings (``lines`` and its settings): class-wise, unoptimised, from
+    the grating start, a tile of whole pixels."""
+    from medue.protect.em import EMProtector
+
+    return (isinstance(protector, EMProtector) and protector.mode == "classwise" and protector.init == "grating"
+            and protector.settings.max_rounds == 0 and protector.tile > 1 and protector.fine_ratio == 0
+            and protector.class_noise is not None)
+
+
+def check_verifiable(protector: Any) -> str:
+    """What a verification of ``protector``'s release can prove: ``"key"`` (its class fields are drawn from the key:
+    this site's release), ``"setting"`` (its class pattern is the same in every release of its setting: a release
+    of this setting, not which site's), or raise :class:`NotVerifiable`, saying why."""
     from medue.protect.fields import FieldsProtector
 
-    if not isinstance(protector, FieldsProtector):
-        raise NotVerifiable(
-            f"method {protector.key!r} cannot be verified with a key: "
-            + ("its pattern is not drawn from the key (every release of it carries the same lines), so it cannot "
-               "tell this release from another" if protector.key == "lines" else
-               "it places no keyed class field (verification needs a keyed field: use method fields)"))
-    if protector.components == 1 and protector.periods[0] == protector.periods[1] and protector.jitter_deg == 0:
-        raise NotVerifiable(
-            "this fields setting draws only the phase of its field from the key, and a network does not learn the "
-            "phase of a stripe pattern: verify cannot tell this release from another of the same setting; release "
-            "with a keyed frequency (protect.params.periods: [0.1667, 0.3333]) to be able to prove use")
+    if isinstance(protector, FieldsProtector):
+        keyed = protector.components > 1 or protector.periods[0] != protector.periods[1] or protector.jitter_deg > 0
+        return "key" if keyed else "setting"
+    if _is_placed_lines(protector):
+        return "setting"
+    raise NotVerifiable(
+        f"method {protector.key!r} cannot be verified: it places no class pattern a model could be asked about "
+        "(verification needs a class-wise placed pattern: the default lines, or fields)")
+
+
+def _class_count(protector: Any) -> int:
+    patterns = getattr(protector, "waves", None)
+    return int((patterns if patterns is not None else protector.class_noise).shape[0])
+
+
+def _turn(protector: Any, j: int) -> Any:
+    """Control ``j`` of a setting: the release's class patterns turned to an orientation between the classes'
+    (``pi / (2 C)`` +- ``pi / (6 C)``, either side), with a new phase, drawn from a public control seed."""
+    from medue.protect.fields import FieldsProtector
+
+    gen = make_generator(derive_seed(CONTROL_LABEL, "turn", j))
+    r = torch.rand(3, generator=gen)
+    classes = _class_count(protector)
+    offset = (math.pi / (2 * classes) + (2 * float(r[0]) - 1) * math.pi / (6 * classes)) * (1 if r[1] < 0.5 else -1)
+    if isinstance(protector, FieldsProtector):
+        other = FieldsProtector(**protector.params())
+        waves = protector.waves.clone()
+        waves[..., 1] += offset
+        waves[..., 2] = 2 * math.pi * torch.rand(waves.shape[:-1], generator=gen)
+        other.waves, other.fitted = waves, True
+        return other
+    return _TurnedLines(protector, offset, float(r[2]))
+
+
+class _TurnedLines:
+    """A placed-lines protector whose class gratings are turned by ``offset`` radians and shifted by ``phase`` periods:
+    lines of the same period and width (one pixel in ``tile``) on the same placement, at the same strength."""
+
+    def __init__(self, protector: Any, offset: float, phase: float) -> None:
+        self.protector, self.offset, self.phase = protector, offset, phase
+
+    def perturb(self, x_units: torch.Tensor, labels: torch.Tensor, space: UnitSpace, *,
+                generator: torch.Generator) -> torch.Tensor:
+        import copy
+
+        p = self.protector
+        classes, (h, w) = int(p.class_noise.shape[0]), x_units.shape[-2:]
+        v, u = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                              indexing="ij")
+        noise = torch.zeros(classes, 1, h, w)
+        for k in range(classes):
+            if float(p.class_noise[k].abs().max()) == 0:
+                continue  # the blank class stays blank
+            angle = math.pi * k / classes + self.offset
+            phase = (u * math.cos(angle) + v * math.sin(angle)) / p.tile + self.phase
+            noise[k, 0] = torch.where(torch.remainder(phase, 1.0) < 1.0 / p.tile, 1.0, 0.0) \
+                * float(p.class_noise[k].max())
+        turned = copy.copy(p)
+        turned.class_noise = noise.to(x_units.device)
+        return turned.perturb(x_units, labels, space, generator=generator)
 
 
 def control_protectors(protector: Any, count: int) -> list[Any]:
-    """``count`` protectors like ``protector`` whose fields come from never-used keys (:func:`check_verifiable`
-    first)."""
+    """``count`` controls for ``protector``'s release (each with ``perturb``): for a keyed setting, protectors of the
+    same setting fitted with never-used keys; for a setting whose pattern is not keyed, its patterns turned to other
+    orientations (:func:`_turn`). :func:`check_verifiable` first."""
     from medue.protect.fields import FieldsProtector
 
-    check_verifiable(protector)
+    if check_verifiable(protector) == "setting":
+        return [_turn(protector, j) for j in range(count)]
     classes = int(protector.waves.shape[0])
     out = []
     for j in range(count):
@@ -200,7 +274,8 @@ def keyed_test(suspect: Suspect, images: list[np.ndarray], labels: list[int], pr
     from scipy import stats
 
     t0 = time.perf_counter()
-    classes = int(protector.waves.shape[0])
+    claim = check_verifiable(protector)
+    classes = _class_count(protector)
     fielded = [c for c in range(classes) if not protector.unchanged_label(c)]
     others = control_protectors(protector, controls)
     rows, targets = [], []
@@ -262,20 +337,23 @@ def keyed_test(suspect: Suspect, images: list[np.ndarray], labels: list[int], pr
     return VerifyResult(detected=p_value < alpha, p_value=p_value, rank_p_value=rank_p, statistic=float(statistic),
                         release_score=float(release), control_mean=mean, control_sd=sd, mode=mode, alpha=alpha,
                         probes=len(rows), controls=controls, queries=queries,
-                        seconds=round(time.perf_counter() - t0, 2), method=protector.key, amplify=amplify)
+                        seconds=round(time.perf_counter() - t0, 2), method=protector.key, amplify=amplify,
+                        claim=claim)
 
 
-def probe_set(output: Path, key: str, count: int, float_unit: float | None = None
-              ) -> tuple[list[np.ndarray], list[int]]:
-    """``count`` original images (the middle slice of each item) of the release's labelled items, drawn with the key,
-    balanced over the classes, read from the site's input index (``private/inputs.local.json``)."""
+def probe_set(output: Path, key: str, count: int, float_unit: float | None = None,
+              classes: list[int] | None = None) -> tuple[list[np.ndarray], list[int]]:
+    """``count`` original images (the middle slice of each item) of the release's labelled items (of ``classes``
+    only, when given), drawn with the key, balanced over the classes, read from the site's input index
+    (``private/inputs.local.json``)."""
     from medue.io import InputItem, read_item
     from medue.layout import OutputLayout
 
     private = OutputLayout(output).private
     inputs = json.loads((private / "inputs.local.json").read_text())
     labels = json.loads((private / "labels.local.json").read_text())["by_item"]
-    ids = sorted(i for i in inputs if i in labels and labels[i] is not None)
+    ids = sorted(i for i in inputs if i in labels and labels[i] is not None
+                 and (classes is None or int(labels[i]) in classes))
     rng = np.random.default_rng(derive_seed(key, "verify-probes"))
     by_class: dict[int, list[str]] = {}
     for i in rng.permutation(ids):
@@ -318,7 +396,9 @@ def verify(output: str | Path, model: str | Path | Suspect, key: str, *, probes:
     protector = load_protector(state)
     check_verifiable(protector)  # before any image is read
     suspect = model if callable(model) else load_suspect(model, device)
-    images, labels = probe_set(layout.root, key, probes)
+    patterned = [c for c in range(_class_count(protector)) if not protector.unchanged_label(c)]
+    asked = [c for c in range(_class_count(protector)) if any(t != c for t in patterned)]
+    images, labels = probe_set(layout.root, key, probes, classes=asked)
     return keyed_test(suspect, images, labels, protector, controls=controls, amplify=amplify, alpha=alpha,
                       labels_only=labels_only)
 

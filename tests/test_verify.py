@@ -8,7 +8,7 @@ from torch import nn
 from medue.device import make_generator
 from medue.protect import build_protector
 from medue.protect.base import UnitSpace
-from medue.verify import NotVerifiable, control_protectors, keyed_test, load_suspect
+from medue.verify import NotVerifiable, check_verifiable, control_protectors, keyed_test, load_suspect
 
 
 def _images(n, seed, size=32):
@@ -72,19 +72,68 @@ def test_a_model_trained_on_the_release_is_detected_and_a_clean_one_is_not(model
         hit.to_dict() | {"seconds": 0}  # deterministic
 
 
-def test_controls_are_never_the_release_key_and_unkeyed_methods_are_refused():
+def test_controls_are_never_the_release_key_and_unverifiable_methods_are_refused():
     p = _fields()
     ctrl = control_protectors(p, 3)
     assert len({c.waves.numpy().tobytes() for c in ctrl} | {p.waves.numpy().tobytes()}) == 4
     assert all(c.params() == p.params() for c in ctrl)
-    lines = build_protector("lines")
-    with pytest.raises(NotVerifiable, match="not drawn from the key"):
-        control_protectors(lines, 3)
-    phase_only = build_protector("fields", components=1, periods=[0.25, 0.25], jitter_deg=0)
-    phase_only.fit(torch.zeros(2, 1, 1, 1), torch.tensor([0, 1]), None, generator=make_generator(1),
-                   return_delta=False)
-    with pytest.raises(NotVerifiable, match="only the phase"):
-        control_protectors(phase_only, 3)
+    assert check_verifiable(p) == "key"
+    sample_wise = build_protector("em", mode="samplewise", epsilon=4)
+    with pytest.raises(NotVerifiable, match="cannot be verified"):
+        control_protectors(sample_wise, 3)
+
+
+def _phase_only():
+    p = build_protector("fields", epsilon=24, psnr_db=30.0, psnr_range="dtype")
+    p.fit(torch.zeros(2, 1, 1, 1), torch.tensor([0, 1]), None, generator=make_generator(1), return_delta=False)
+    return p
+
+
+def _lines(x, y, space):
+    p = build_protector("lines")
+    p.fit(x, y, space, generator=make_generator(3), return_delta=False)
+    return p
+
+
+def test_setting_controls_turn_the_pattern_between_the_class_orientations():
+    """An unkeyed setting's controls: the same lines (fields) turned 30-60 degrees off both class orientations, on
+    the same placement and at the same strength; the blank class stays blank."""
+    x = torch.from_numpy(np.stack(_images(4, 2)).astype(np.float32))[:, None]
+    space = UnitSpace(0.0, 160.0, 0.0, 255.0)
+    y = torch.tensor([1, 1, 1, 1])
+    lines = _lines(x, torch.tensor([0, 1, 0, 1]), space)
+    assert check_verifiable(lines) == "setting"
+    release = lines.perturb(x, y, space, generator=make_generator(0))
+    for c in control_protectors(lines, 4):
+        d = c.perturb(x, y, space, generator=make_generator(0))
+        assert d.max() == release.max() and ((d != 0) == 0).sum() > 0
+        # the same placement (the flattest pixels), another pattern: columns and rows both vary
+        assert ((d != 0) & (release == 0)).any() and d[:, 0].ne(0).float().mean(1).std() > 0
+        assert c.perturb(x, torch.zeros(4, dtype=torch.long), space, generator=make_generator(0)).abs().sum() == 0
+    fields = _phase_only()
+    assert check_verifiable(fields) == "setting"
+    for c in control_protectors(fields, 6):
+        turned = (c.waves[:, 0, 1] - fields.waves[:, 0, 1]).abs() * 180 / np.pi
+        assert ((turned >= 30 - 1e-4) & (turned <= 60 + 1e-4)).all()
+        assert torch.equal(c.waves[:, 0, 0], fields.waves[:, 0, 0])  # same period
+
+
+@pytest.mark.parametrize("setting", ["lines", "fields"])
+def test_a_model_trained_on_an_unkeyed_setting_is_detected_as_that_setting(setting):
+    imgs = _images(200, 0)
+    y = torch.arange(200) % 2
+    x = torch.from_numpy(np.stack(imgs).astype(np.float32))[:, None]
+    space = UnitSpace(0.0, 160.0, 0.0, 255.0)
+    p = _lines(x, y, space) if setting == "lines" else _phase_only()
+    released = (x + p.perturb(x, y, space, generator=make_generator(0))) / 255
+    trained = _train(released, y, steps=300)
+    clean = _train(x / 255, (x.flatten(1).amax(1) > 125).long(), seed=1, steps=300)
+    probes, labels = _images(40, 5), [i % 2 for i in range(40)]
+    hit = keyed_test(trained, probes, labels, p, controls=19)
+    assert hit.claim == "setting" and hit.detected, hit.to_dict()
+    assert "protected with this release's setting" in hit.sentence and "another site's" in hit.sentence
+    miss = keyed_test(clean, probes, labels, p, controls=19)
+    assert not miss.detected, miss.to_dict()
 
 
 def test_a_torchscript_suspect_gets_probabilities(tmp_path):
@@ -120,7 +169,7 @@ def test_medue_verify_on_a_release_written_by_medue_run(tiny_config, tmp_path, c
     out = _json.loads(capsys.readouterr().out)
     assert out["method"] == "fields" and out["controls"] == 5 and out["queries"] == out["probes"] * 6
     assert not out["detected"] and "No evidence" in out["sentence"]  # a model that never saw the release
-    # the wrong key is refused before any query; a phase-only setting is refused in one line with the fix
+    # the wrong key is refused before any query; a phase-only setting is verified as a setting
     (tmp_path / "other.key").write_text("another-key-of-enough-length-42")
     assert main(["verify", str(tmp_path / "out"), "--model", str(tmp_path / "suspect.pt"),
                  "--key-file", str(tmp_path / "other.key")]) == 2
@@ -128,5 +177,15 @@ def test_medue_verify_on_a_release_written_by_medue_run(tiny_config, tmp_path, c
     cfg = tiny_config(protect={**fields, "params": {"epsilon": 4, "psnr_db": 20}},
                       labels={"source": "table", "table": str(labels)}, output=str(tmp_path / "out2"))
     assert main(["run", str(cfg), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(cfg), "--model", str(tmp_path / "suspect.pt"), "--controls", "5", "--json"]) == 0
+    out = _json.loads(capsys.readouterr().out)
+    assert out["claim"] == "setting" and not out["detected"]
+    # a method without a class pattern: one line, exit 2
+    cfg = tiny_config(protect={"method": "em", "params": {"epsilon": 2, "mode": "samplewise", "max_rounds": 1,
+                                                          "inner_steps": 1}, "fit_max_slices": None,
+                               "fit_size": None},
+                      labels={"source": "table", "table": str(labels)}, output=str(tmp_path / "out3"))
+    assert main(["run", str(cfg), "--quiet"]) == 0
     assert main(["verify", str(cfg), "--model", str(tmp_path / "suspect.pt")]) == 2
-    assert "only the phase" in capsys.readouterr().err
+    assert "cannot be verified" in capsys.readouterr().err

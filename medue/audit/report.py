@@ -252,10 +252,9 @@ def _power_rows(method: str, preset: str | None) -> tuple[str, list[list[str]]]:
 
     power = verify_power(method, preset)
     if power is None:
-        return ("Not measured for this setting. `medue verify` needs a class field drawn from the key: method fields "
-                "with a keyed frequency (protect.params.periods: [0.1667, 0.3333]); the lines and the fields presets "
-                "cannot be verified (their patterns are the same for every key but for a phase no network learns).",
-                [])
+        return ("Not measured for this setting. `medue verify` works for the class patterns of lines and fields "
+                "(`medue verify OUTPUT --model MODEL`); its power was measured for the presets lines-38db, "
+                "fields-32db and fields-32db-keyed only.", [])
     rows: dict[str, list[int]] = {}
     neg = [0, 0]
     for r in power["rows"]:
@@ -270,6 +269,10 @@ def _power_rows(method: str, preset: str | None) -> tuple[str, list[list[str]]]:
     sentence = (f"Measured on {power['preset']} (Br35H 64 px, alpha {power['alpha']}): `medue verify` detected "
                 f"{pos[0]} of {pos[1]} models trained on the release and {neg[0]} of {neg[1]} models that never saw "
                 "it (false positives).")
+    if power.get("claim") == "setting":
+        sentence += (" This setting's patterns are the same in every release made with it: a detection proves the "
+                     "model was trained on data protected with this setting, not that it was this site's release; "
+                     "fields-32db-keyed draws its fields from the key and proves this site's release.")
     return sentence, [[a, f"{c[0]} of {c[1]}"] for a, c in sorted(rows.items())] + [
         ["models that never saw the release (false positives)", f"{neg[0]} of {neg[1]}"]]
 

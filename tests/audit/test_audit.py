@@ -229,7 +229,7 @@ def test_proving_use_quotes_the_measured_power_of_the_release_s_setting():
     assert f"detected {sum(r['detected'] for r in pos)} of {len(pos)} models trained on the release" in sentence
     assert rows[-1] == ["models that never saw the release (false positives)",
                         f"{sum(r['detected'] for r in neg)} of {len(neg)}"]
-    sentence, rows = _power_rows("lines", "lines-38db")
+    sentence, rows = _power_rows("salm", None)
     assert sentence.startswith("Not measured for this setting") and rows == []
 
 
