@@ -152,44 +152,93 @@ def _output_lock(config: PipelineConfig) -> Iterator[None]:
         yield
 
 
+@dataclass
+class ReleasePlan:
+    """What a run found and decided before it writes anything (stage "plan"): the key, the inputs and labels, the
+    release's identity and whether the fit on disk is reused. A run that refuses, refuses here: nothing on disk or
+    in the tracking store has changed."""
+
+    key: str
+    fingerprint: str
+    layout: OutputLayout
+    efficacy: Any
+    items: list[Any]
+    labels: Any
+    held: Any
+    ignored: list[dict[str, str]]
+    identity: dict[str, Any]
+    previous: dict[str, Any] | None
+    reuse_fit: bool
+
+
+def plan_release(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), resume: bool = False) -> ReleasePlan:
+    """Stage "plan": read the key, the inputs, the labels and the fit on disk, and check that a resume or a shard
+    matches the fitted release. Reads only.
+
+    Raises:
+        InvalidConfigError: a resume or shard of an output fitted with another key, method, parameters, labels or
+            configuration.
+    """
+    key = config.read_key()
+    efficacy = config.load_efficacy_results()  # read once, first: the gate, the report and MLflow all use it
+    fingerprint = key_fingerprint(key)
+    layout = OutputLayout(config.output_path)
+    ignored: list[dict[str, str]] = []
+    items, labels, held = labelled_inputs(config, ignored, key)
+    state_info_path = layout.private / "protector.json"
+    previous = json.loads(state_info_path.read_text()) if state_info_path.exists() else None
+    identity = release_identity(config, fingerprint, labels)
+    reuse = bool((resume or shard != (0, 1)) and previous and layout.protector_state.exists())
+    if reuse:
+        assert previous is not None
+        differs = [k for k, v in identity.items() if previous.get("identity", {}).get(k) != v]
+        if differs:
+            raise InvalidConfigError([
+                f"--resume{' / --shard' if shard != (0, 1) else ''}: {config.output} was fitted with a different "
+                + ", ".join(IDENTITY_NAMES[k] for k in differs) + "; resuming would mix two protections in one "
+                "release (nothing was changed). Resume with the original key and config, or start a new output "
+                "folder"])
+    return ReleasePlan(key=key, fingerprint=fingerprint, layout=layout, efficacy=efficacy, items=items,
+                       labels=labels, held=held, ignored=ignored, identity=identity, previous=previous,
+                       reuse_fit=reuse)
+
+
 def _run_locked(config: PipelineConfig, *, shard: tuple[int, int], resume: bool,
                 progress: Callable[[str], None] | None, show_bar: bool) -> RunSummary:
-    """Open the MLflow run first (so it spans the release and records a failure), then run the release."""
-
+    """Plan (reads only: a refusal changes nothing), then open the MLflow run (so it spans the release and records
+    a failure), then run the release."""
+    plan = plan_release(config, shard=shard, resume=resume)
     sink = None
     if config.tracking.enabled:
-        key = config.read_key()
-        OutputLayout(config.output_path).root.mkdir(parents=True, exist_ok=True)
-        sink = open_sink(config.record(), OutputLayout(config.output_path))
-        sink.start(config.record(), key_fingerprint(key))
+        plan.layout.root.mkdir(parents=True, exist_ok=True)
+        sink = open_sink(config.record(), plan.layout)
+        sink.start(config.record(), plan.fingerprint)
     try:
-        return _run_release(config, shard=shard, resume=resume, progress=progress, show_bar=show_bar, sink=sink)
+        return _run_release(config, plan, shard=shard, resume=resume, progress=progress, show_bar=show_bar,
+                            sink=sink)
     except BaseException as exc:
         if sink is not None:
             sink.fail("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
 
 
-def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool,
+def _run_release(config: PipelineConfig, plan: ReleasePlan, *, shard: tuple[int, int], resume: bool,
                  progress: Callable[[str], None] | None, show_bar: bool, sink: Any) -> RunSummary:
 
     say = progress or (lambda s: log.info(s))
     t_start = time.perf_counter()
-    key = config.read_key()
+    key, fingerprint, layout, efficacy = plan.key, plan.fingerprint, plan.layout, plan.efficacy
+    items, labels, held, ignored, identity, previous = (plan.items, plan.labels, plan.held, plan.ignored,
+                                                        plan.identity, plan.previous)
     for warning in (config.key_file_warning(), config.unit_warning()):
         if warning is not None:
             log.warning(warning)
-    efficacy = config.load_efficacy_results()  # read once, first: the gate, the report and MLflow all use it
-    fingerprint = key_fingerprint(key)
     device = resolve_device(config.execution.device)
-    layout = OutputLayout(config.output_path)
     layout.root.mkdir(parents=True, exist_ok=True)
     layout.make_private()
     removed = remove_partials(layout.root)
     if removed:
         say(f"removed {len(removed)} partial output(s) left by an interrupted run")
-    ignored: list[dict[str, str]] = []
-    items, labels, held = labelled_inputs(config, ignored, key)
     write_text_atomic(layout.private / "ignored.local.json", json.dumps(ignored, indent=2))
     if config.labels.holdout and labels is not None:
         write_holdout(layout, config, labels, held, say)
@@ -206,16 +255,8 @@ def _run_release(config: PipelineConfig, *, shard: tuple[int, int], resume: bool
     index = {it.item_id: {"kind": it.kind, "paths": list(it.paths)} for it in items}
     write_text_atomic(layout.private / "inputs.local.json", json.dumps(index, indent=2))
 
-    state_info_path = layout.private / "protector.json"
-    previous = json.loads(state_info_path.read_text()) if state_info_path.exists() else None
-    identity = release_identity(config, fingerprint, labels)
-    if (resume or shard != (0, 1)) and previous and layout.protector_state.exists():
-        differs = [k for k, v in identity.items() if previous.get("identity", {}).get(k) != v]
-        if differs:
-            raise InvalidConfigError([
-                f"--resume{' / --shard' if shard != (0, 1) else ''}: {config.output} was fitted with a different "
-                + ", ".join(IDENTITY_NAMES[k] for k in differs) + "; resuming would mix two protections in one "
-                "release. Resume with the original key and config, or start a new output folder"])
+    if plan.reuse_fit:
+        assert previous is not None
         damaged = damaged_fit_artefacts(layout, previous)
         if damaged:
             say(f"the fitted protector's files do not match their record ({'; '.join(damaged[:3])}"

@@ -271,3 +271,45 @@ def test_self_evaluation_tests_on_held_out_items_never_released_and_the_report_n
     capsys.readouterr()
     main(["report", str(out)])
     assert "efficacy evidence: this release's own held-out items" in capsys.readouterr().out
+
+
+def test_a_refused_self_evaluation_of_a_finished_release_changes_nothing(tmp_path, capsys):
+    """evaluate --self --holdout on a release made without a held-out part: refused (exit 2) before any write, and
+    no MLflow run is left behind; a plain run afterwards still works."""
+    import hashlib
+
+    import yaml
+
+    from medue.cli import main
+
+    images, labels = _sample_images(6, 16)
+    root = tmp_path / "site"
+    write_image_set(root, images, labels, ["no", "yes"], fmt="nifti", test_fraction=0.0, name="site")
+    cfg = _fast_config().to_dict()
+    cfg.update(input=str(root / "train"), output=str(tmp_path / "out"),
+               labels={"source": "table", "table": str(root / "train_labels.csv")},
+               report={"enabled": True}, key={"file": str(Path("pipelines/demo.key").resolve())},
+               tracking={"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlruns.db'}"})
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--quiet"]) == 0
+
+    def snapshot():
+        return {str(f.relative_to(tmp_path)): hashlib.sha256(f.read_bytes()).hexdigest()
+                for f in sorted(tmp_path.rglob("*")) if f.is_file() and "mlartifacts" not in f.parts}
+
+    def tracked_runs():
+        import mlflow
+
+        client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+        return [(r.info.run_id, r.info.status) for e in client.search_experiments()
+                for r in client.search_runs([e.experiment_id])]
+
+    before, runs = snapshot(), tracked_runs()
+    capsys.readouterr()
+    assert main(["evaluate", str(path), "--self", "--holdout", "0.2", "--attacks", "plain_cnn", "--epochs", "1",
+                 "--seeds", "0", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "resuming would mix two protections" in err and "nothing was changed" in err
+    assert snapshot() == before and tracked_runs() == runs
+    assert main(["run", str(path), "--resume", "--quiet"]) == 0
