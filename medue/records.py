@@ -54,6 +54,8 @@ class ReleaseRecord:
     tracking_uri: str | None
     tracking_experiment: str
     output_path: Path
+    #: The PS3.15 Basic Profile and options a derived DICOM copy follows (:func:`medue.io.basic_profile.policy_words`).
+    deidentification_profile: str = ""
 
 
 #: Version of the marker layout (``markers/<item_id>.json``); markers of older releases read the same.

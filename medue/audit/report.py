@@ -433,7 +433,8 @@ def build_report(layout: OutputLayout, config: ReleaseRecord, markers: Sequence[
                       "fit_seconds": fit_info.get("fit_seconds"),
                       "surrogate_accuracy_per_round": fit_info.get("surrogate_accuracy_per_round", [])},
         "policy": config.fidelity_policy,
-        "policies": {"deidentification": config.deidentification, "uid_mode": config.uid_mode,
+        "policies": {"deidentification": config.deidentification,
+                     "deidentification_profile": config.deidentification_profile, "uid_mode": config.uid_mode,
                      "labels_in_release": config.labels_in_release, "reversible": config.reversible,
                      "fidelity_override": ({"reason": config.override_reason, "by": config.override_by}
                                            if config.override_reason else None)},
@@ -524,7 +525,10 @@ def _policy_rows(report: dict[str, Any]) -> list[list[str]]:
     """The release's handling rules in words (the report then lists every item warning, or that there were none)."""
     pol = report.get("policies") or {}
     override = pol.get("fidelity_override")
-    return [["de-identification", DEID_WORDS.get(pol.get("deidentification", ""), pol.get("deidentification", ""))],
+    rows = [["de-identification", DEID_WORDS.get(pol.get("deidentification", ""), pol.get("deidentification", ""))]]
+    if pol.get("deidentification_profile"):
+        rows.append(["DICOM attributes", pol["deidentification_profile"]])
+    return rows + [
             ["DICOM UIDs", "keyed: new UIDs derived from the key (the same input gives the same UIDs)"
              if pol.get("uid_mode") == "keyed" else "random: new UIDs on every run"],
             ["labels in the release", "yes (labels.include_in_release)" if pol.get("labels_in_release") else

@@ -127,7 +127,7 @@ def peek(item: InputItem) -> tuple[str, tuple[int, int]] | None:
 
 
 def read_item(item: InputItem, *, root: str | Path | None = None, deidentification: str = "refuse",
-              float_unit: float | None = None) -> Volume:
+              float_unit: float | None = None, deid_retain: tuple[str, ...] = ()) -> Volume:
     """Read one discovered item with the reader its kind names; the reader key is recorded in the history.
 
     ``float_unit`` (``protect.unit``): a floating-point NIfTI, MetaImage or NRRD image is read as whole multiples of
@@ -137,7 +137,7 @@ def read_item(item: InputItem, *, root: str | Path | None = None, deidentificati
     root_path = Path(root) if root is not None else None
     reader = READERS.get(item.kind)
     if item.kind == "dicom":
-        volume = reader(item.paths, deidentification=deidentification, root=root_path)
+        volume = reader(item.paths, deidentification=deidentification, root=root_path, retain=deid_retain)
     else:
         volume = reader(item.paths[0], root=root_path, float_unit=float_unit)
     check_volume(volume, item.item_id)
@@ -177,11 +177,16 @@ def output_name(volume: Volume, item_id: str) -> str:
 
 
 def write_volume(volume: Volume, out_path: str | Path, *, derivation: str, uid_key: str | None = None,
-                 uid_root: str | None = None) -> list[Path]:
-    """Write ``volume`` in its source format, atomically, verified by re-reading. Returns the written files."""
+                 uid_root: str | None = None, keep_descriptions: bool = False,
+                 keep_private_creators: tuple[str, ...] = (), unchanged: bool = False) -> list[Path]:
+    """Write ``volume`` in its source format, atomically, verified by re-reading. Returns the written files.
+    DICOM: a derived copy cleaned by the Basic Profile (:mod:`medue.io.basic_profile`); ``unchanged``: the item
+    carries no perturbation on purpose, which its SeriesDescription says."""
     fmt = volume.source.format
     if fmt == "dicom":
-        return dicom_derive.write_dicom_series(volume, out_path, derivation=derivation, uid_key=uid_key, uid_root=uid_root)
+        return dicom_derive.write_dicom_series(volume, out_path, derivation=derivation, uid_key=uid_key,
+                                               uid_root=uid_root, keep_descriptions=keep_descriptions,
+                                               keep_private_creators=keep_private_creators, unchanged=unchanged)
     if fmt == "nifti":
         return [nifti.write_nifti(volume, out_path)]
     if fmt == "itk":

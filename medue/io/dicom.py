@@ -124,11 +124,12 @@ def identifying_attributes(ds: Dataset) -> list[str]:
     return found
 
 
-def check_deidentified(ds: Dataset, *, policy: str, source: str) -> str | None:
+def check_deidentified(ds: Dataset, *, policy: str, source: str, retain: tuple[str, ...] = ()) -> str | None:
     """Apply the de-identification policy; returns a warning text for ``warn`` or ``None``.
 
     An instance is de-identified when it declares it (PatientIdentityRemoved YES, or a DeidentificationMethod) *and*
-    carries none of :data:`IDENTIFYING_ATTRIBUTES`: the flag alone is not trusted. Under ``warn`` such an instance
+    carries none of the attributes the PS3.15 Basic Profile removes from it (:func:`medue.io.basic_profile.violations`;
+    ``retain``: the Retain Institution / Device Identity options the site applies): the flag alone is not trusted. Under ``warn`` such an instance
     is released with its header as it is, identifying attributes included, and the warning names them.
     """
     if policy == "ignore":
@@ -140,7 +141,9 @@ def check_deidentified(ds: Dataset, *, policy: str, source: str) -> str | None:
         problems.append(f"input does not declare de-identification (PatientIdentityRemoved is "
                         f"{removed or 'absent'}, DeidentificationMethod is {'empty' if not method else 'set'}); "
                         "run the site de-identifier first (it sets PatientIdentityRemoved=YES and names its method)")
-    left = identifying_attributes(ds)
+    from medue.io.basic_profile import violations
+
+    left = violations(ds, retain)
     if left:
         problems.append(f"identifying attributes still carry values ({', '.join(left[:8])}"
                         f"{', ...' if len(left) > 8 else ''}) although the instance declares de-identification "
@@ -317,7 +320,8 @@ def pixel_module_problems(ds: Dataset) -> list[str]:
     return problems
 
 
-def read_dicom_series(paths: Sequence[str | Path], *, deidentification: str = "refuse", root: Path | None = None) -> Volume:
+def read_dicom_series(paths: Sequence[str | Path], *, deidentification: str = "refuse", root: Path | None = None,
+                      retain: tuple[str, ...] = ()) -> Volume:
     """Read one series (single-frame files or one multi-frame file) into a :class:`Volume`.
 
     Args:
@@ -380,7 +384,7 @@ def read_dicom_series(paths: Sequence[str | Path], *, deidentification: str = "r
                               "grayscale intensities only (perturbing palette indices or colour would change the "
                               "rendered image unboundedly); convert to MONOCHROME2 first", source=label,
                               reason="unsupported")
-        w = check_deidentified(ds, policy=deidentification, source=label)
+        w = check_deidentified(ds, policy=deidentification, source=label, retain=retain)
         if w and w not in warnings:
             warnings.append(w)
         datasets.append(ds)

@@ -27,6 +27,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from medue.errors import ExportError
+from medue.io import basic_profile
 from medue.io.atomic import atomic_folder
 from medue.io.dicom import take_headers
 from medue.volume import Volume
@@ -169,6 +170,9 @@ def write_dicom_series(
     derivation: str,
     uid_key: str | None = None,
     uid_root: str | None = None,
+    keep_descriptions: bool = False,
+    keep_private_creators: Sequence[str] = (),
+    unchanged: bool = False,
 ) -> list[Path]:
     """Write ``volume`` as a derived copy of its source series into ``out_dir`` (atomically) and verify it.
 
@@ -178,6 +182,10 @@ def write_dicom_series(
         derivation: Text for DerivationDescription (what was done, method, budget).
         uid_key: Secret for deterministic UID remapping; ``None`` makes random UIDs.
         uid_root: The site's DICOM UID root for the new UIDs (``None``: pydicom's).
+        keep_descriptions: Keep the source's descriptions (the Basic Profile removes them:
+            :mod:`medue.io.basic_profile`).
+        keep_private_creators: Private blocks kept (by creator); every other private attribute is removed.
+        unchanged: The volume carries no perturbation on purpose (a blank class): SeriesDescription says so.
 
     Returns:
         The written files, in slice order.
@@ -207,7 +215,9 @@ def write_dicom_series(
     expected: list[bytes] = []
     with atomic_folder(out_dir) as tmp:
         for i, src in enumerate(sources):
-            ds = _derive_dataset(src, i, volume, new_series, derivation, uid_key, __version__, now, uid_root)
+            ds = _derive_dataset(src, i, volume, new_series, derivation, uid_key, __version__, now, uid_root,
+                                 keep_descriptions=keep_descriptions, keep_private_creators=keep_private_creators,
+                                 unchanged=unchanged)
             pixels = volume.array if volume.header.get("multiframe") else volume.array[i]
             data = np.ascontiguousarray(pixels, dtype=volume.array.dtype.newbyteorder("<")).tobytes()
             ds.PixelData = data
@@ -225,8 +235,11 @@ def write_dicom_series(
 
 
 def _derive_dataset(src: Dataset, index: int, volume: Volume, new_series: str, derivation: str,
-                    uid_key: str | None, version: str, now: _dt.datetime, uid_root: str | None = None) -> Dataset:
+                    uid_key: str | None, version: str, now: _dt.datetime, uid_root: str | None = None, *,
+                    keep_descriptions: bool = False, keep_private_creators: Sequence[str] = (),
+                    unchanged: bool = False) -> Dataset:
     ds = copy.deepcopy(src)  # file meta included: a shallow copy would share (and rewrite) the source's elements
+    basic_profile.clean(ds, keep_descriptions=keep_descriptions, keep_private_creators=keep_private_creators)
     old_sop = str(src.SOPInstanceUID)
     # each instance its own new UID, even where the source repeats one (index and new series in the seed)
     new_sop = derived_uid(uid_key, f"{old_sop}|{index}|{new_series}", "instance", uid_root)
@@ -265,8 +278,9 @@ def _derive_dataset(src: Dataset, index: int, volume: Volume, new_series: str, d
     ds.ContributingEquipmentSequence = DicomSequence(equipment)
     ds.InstanceCreationDate = now.strftime("%Y%m%d")
     ds.InstanceCreationTime = now.strftime("%H%M%S")
-    desc = str(src.get("SeriesDescription", ""))
-    ds.SeriesDescription = ("PROTECTED " + desc).strip()[:64]
+    desc = str(src.get("SeriesDescription", "")) if keep_descriptions else ""
+    mark = "UNCHANGED (medue: class left blank)" if unchanged else "PROTECTED (medue)"
+    ds.SeriesDescription = (mark + " " + desc).strip()[:64]
     if "LossyImageCompression" not in src and src.file_meta.TransferSyntaxUID.is_compressed:
         ds.LossyImageCompression = "00"
     return ds

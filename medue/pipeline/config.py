@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from medue.errors import InvalidConfigError
 from medue.fidelity.checks import FidelityThresholds
+from medue.io import basic_profile
 from medue.io.dicom import DEID_POLICIES
 from medue.labels import ID_COLUMNS, LABEL_SOURCES
 from medue.presets import apply_preset
@@ -152,6 +153,14 @@ class ReportConfig(_Section):
     max_items_pictured: int = Field(8, ge=0)
 
 
+class DeidentificationOptions(_Section):
+    """What a derived DICOM copy keeps of what the PS3.15 Basic Profile removes (:mod:`medue.io.basic_profile`)."""
+
+    keep_descriptions: bool = False
+    keep_private_creators: list[str] = Field(default_factory=list)
+    retain: list[Literal["institution_identity", "device_identity"]] = Field(default_factory=list)
+
+
 class PipelineConfig(_Section):
     """A whole release job. ``base_dir`` is not a setting: it is the config file's folder (see :meth:`resolve`)."""
 
@@ -160,6 +169,7 @@ class PipelineConfig(_Section):
     output: str = Field(min_length=1, json_schema_extra=PRIVATE)
     version: int = CONFIG_VERSION
     deidentification: Literal[DEID_POLICIES] = "refuse"  # type: ignore[valid-type]
+    deidentification_options: DeidentificationOptions = DeidentificationOptions()
     uid_mode: Literal["keyed", "random"] = "keyed"
     uid_root: str | None = None
     key: KeyConfig = KeyConfig()
@@ -237,6 +247,7 @@ class PipelineConfig(_Section):
             public_params={k: v for k, v in flat.items() if k not in private and not any(
                 k.startswith(p + ".") for p in private)},
             fidelity_policy=self.to_dict()["fidelity"], deidentification=self.deidentification,
+            deidentification_profile=basic_profile.policy_words(**self.deidentification_options.model_dump()),
             uid_mode=self.uid_mode, labels_in_release=self.labels.include_in_release,
             reversible=self.protect.reversible, override_reason=self.fidelity.override_reason,
             override_by=self.fidelity.override_by, max_items_pictured=self.report.max_items_pictured,
@@ -251,6 +262,8 @@ class PipelineConfig(_Section):
         for added_later in ("unit", "preset"):  # at their defaults, the hashes of before stand
             if d.get("protect", {}).get(added_later) is None:
                 d.get("protect", {}).pop(added_later, None)
+        if d.get("deidentification_options") == DeidentificationOptions().model_dump():
+            d.pop("deidentification_options")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def load_efficacy_results(self) -> EfficacyResult | None:

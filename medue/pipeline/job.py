@@ -45,6 +45,11 @@ class JobContext:
     override_reason: str | None = None
     override_by: str | None = None
     deidentification: str = "refuse"
+    #: ``deidentification_options`` (:mod:`medue.io.basic_profile`): Basic Profile options a retained group needs,
+    #: descriptions kept, private creators kept.
+    deid_retain: tuple[str, ...] = ()
+    keep_descriptions: bool = False
+    keep_private_creators: tuple[str, ...] = ()
     uid_mode: str = "keyed"
     uid_root: str | None = None
     reversible: bool = False
@@ -151,7 +156,8 @@ def read_ahead_needed(item: InputItem, ctx: JobContext, *, resume: bool) -> bool
 
 def read_volume(item: InputItem, ctx: JobContext) -> Any:
     """The volume of ``item`` as :func:`process_item` reads it (a read-ahead thread calls this)."""
-    return read_item(item, root=ctx.input_root, deidentification=ctx.deidentification, float_unit=ctx.float_unit)
+    return read_item(item, root=ctx.input_root, deidentification=ctx.deidentification, float_unit=ctx.float_unit,
+                     deid_retain=ctx.deid_retain)
 
 
 def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True, prefetched: Future | None = None
@@ -232,13 +238,17 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True, prefe
         if not fid.passed:
             result["override"] = {"reason": ctx.override_reason, "by": ctx.override_by, "failures": fid.failures}
         name = output_name(volume, item.item_id)
-        derivation = (f"medue {step.medue_version} {ctx.method}: unlearnable-example perturbation, "
+        what = ("no perturbation: this item's class is left unchanged on purpose (blank class)"
+                if result.get("unchanged_on_purpose") else "unlearnable-example perturbation")
+        derivation = (f"medue {step.medue_version} {ctx.method}: {what}, "
                       f"max |delta| {fid.max_abs_units} stored units ({fid.max_abs_physical:g} "
                       f"{volume.header.get('rescale_type', 'units')}), {100 * fid.fraction_changed:.2f}% of voxels "
                       f"changed; key fingerprint {ctx.key_fingerprint}")
         t = time.perf_counter()
         files = write_volume(protected, layout.release / name, derivation=derivation,
-                             uid_key=ctx.key if ctx.uid_mode == "keyed" else None, uid_root=ctx.uid_root)
+                             uid_key=ctx.key if ctx.uid_mode == "keyed" else None, uid_root=ctx.uid_root,
+                             keep_descriptions=ctx.keep_descriptions, keep_private_creators=ctx.keep_private_creators,
+                             unchanged=bool(result.get("unchanged_on_purpose")))
         stages["write_verify"] = round(time.perf_counter() - t, 4)
         result["outputs"] = [{"path": str(f.relative_to(layout.release)), "sha256": sha256_file(f),
                               "bytes": f.stat().st_size} for f in files]

@@ -43,10 +43,46 @@ def test_a_de_identified_flag_is_not_trusted_over_identifying_attributes(tmp_pat
     with pytest.raises(DeidentificationError) as err:
         read_dicom_series(paths, deidentification="refuse")
     text = str(err.value)
-    assert "(PatientBirthDate, PatientComments, InstitutionName)" in text and "PS3.15" in text
+    assert "(PatientBirthDate, InstitutionName)" in text and "PS3.15" in text  # comments: removed at export
     assert "19600101" not in text and "Elsewhere" not in text and "Jane" not in text  # named, never shown
     vol = read_dicom_series(paths, deidentification="warn")
     assert any("InstitutionName" in w for w in vol.history[-1].warnings)
+    # a site that applies the Retain Institution Identity option keeps the institution
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        del ds.PatientBirthDate
+        ds.save_as(p)
+    assert read_dicom_series(paths, deidentification="refuse", retain=("institution_identity",)).modality == "CT"
+
+
+def test_a_derived_copy_carries_no_description_and_no_private_attribute_unless_kept(tmp_path):
+    """PS3.15 Basic Profile at export: descriptors and private blocks removed (a listed creator's block kept), the
+    SeriesDescription medue's own words, "UNCHANGED" for an item left unchanged on purpose."""
+    from medue.io import read_item, InputItem, write_volume
+
+    paths = make_dicom_series(tmp_path / "s", slices=2, size=8)
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.StudyDescription = "MRI head of J. Doe"
+        ds.ProtocolName = "doe protocol"
+        ds.PatientComments = "called Jane on Monday"
+        block = ds.private_block(0x0011, "ACME 1.1", create=True)
+        block.add_new(0x01, "LO", "patient Jane Doe")
+        keep = ds.private_block(0x0013, "SITE KEEP", create=True)
+        keep.add_new(0x01, "LO", "scanner-calibration-7")
+        ds.save_as(p)
+    volume = read_item(InputItem("dicom", tuple(str(p) for p in paths), "s"))
+    out = write_volume(volume, tmp_path / "out1", derivation="test", keep_private_creators=("SITE KEEP",))
+    ds = pydicom.dcmread(out[0])
+    for keyword in ("StudyDescription", "ProtocolName", "PatientComments"):
+        assert keyword not in ds
+    assert ds.SeriesDescription == "PROTECTED (medue)"
+    text = str(ds)
+    assert "ACME" not in text and "Jane" not in text and "scanner-calibration-7" in text
+    out = write_volume(volume, tmp_path / "out2", derivation="test", keep_descriptions=True, unchanged=True)
+    ds = pydicom.dcmread(out[0])
+    assert ds.StudyDescription == "MRI head of J. Doe" and ds.SeriesDescription.startswith("UNCHANGED (medue")
+    assert "SITE KEEP" not in str(ds)  # not listed this time: removed
 
 
 def test_series_grouping_splits_two_series(tmp_path):
