@@ -23,10 +23,12 @@ probe is the release's own images. What it costs and how often it detects which 
 
 A setting whose pattern is not drawn from the key (the default ``lines``: every lines release carries the same
 lines; ``fields`` with one fixed period, whose key draws only a phase a network does not learn) is verified as a
-*setting*: the controls are the release's own class patterns turned to orientations between the classes' (lines of
-the same period and width on the same placement, fields of the same period on the same tissue), which a model that
-learned "this orientation means this class" answers less than the release's. Such a result proves the model was
-trained on data protected with that setting (this release, or another site's made with the same setting), not which
+*setting*: the controls are the release's own class patterns changed in what the setting fixes (lines turned to
+orientations between the classes', on the same placement at the same strength; fields at a frequency 1.6-2.5 times
+lower or higher along the same orientation), which a model that learned "this pattern means this class" answers less
+than the release's. Such a result proves the model was trained on data protected with that setting (this release,
+or another made with it; or, measured, another medue setting that codes the same class with the same orientation),
+not which
 site's: :attr:`VerifyResult.claim` is ``"setting"`` and the sentence says so. A sample-wise method (``em``,
 ``salm-samplewise``, ...) or an optimised tile cannot be verified: :func:`verify` says so.
 
@@ -194,21 +196,29 @@ def _class_count(protector: Any) -> int:
 
 
 def _turn(protector: Any, j: int) -> Any:
-    """Control ``j`` of a setting: the release's class patterns turned to an orientation between the classes'
-    (``pi / (2 C)`` +- ``pi / (6 C)``, either side), with a new phase, drawn from a public control seed."""
+    """Control ``j`` of a setting whose pattern is not keyed, drawn from a public control seed.
+
+    * lines: the release's class gratings turned to an orientation between the classes' (``pi / (2 C)`` +-
+      ``pi / (6 C)``, either side), with a new phase: lines of the same period, width, placement and strength;
+    * fields: the release's class fields at another frequency, 1.6-2.5 times lower or higher (either side, so a
+      model's preference for coarser or finer stripes cancels), with a new phase, along the same orientation (a
+      network's preference for stripes along the image axes, measured in clean models, would otherwise read as a
+      mark).
+    """
     from medue.protect.fields import FieldsProtector
 
     gen = make_generator(derive_seed(CONTROL_LABEL, "turn", j))
     r = torch.rand(3, generator=gen)
-    classes = _class_count(protector)
-    offset = (math.pi / (2 * classes) + (2 * float(r[0]) - 1) * math.pi / (6 * classes)) * (1 if r[1] < 0.5 else -1)
+    sign = 1 if r[1] < 0.5 else -1
     if isinstance(protector, FieldsProtector):
         other = FieldsProtector(**protector.params())
         waves = protector.waves.clone()
-        waves[..., 1] += offset
+        waves[..., 0] *= math.exp(sign * (math.log(1.6) + float(r[0]) * (math.log(2.5) - math.log(1.6))))
         waves[..., 2] = 2 * math.pi * torch.rand(waves.shape[:-1], generator=gen)
         other.waves, other.fitted = waves, True
         return other
+    classes = _class_count(protector)
+    offset = (math.pi / (2 * classes) + (2 * float(r[0]) - 1) * math.pi / (6 * classes)) * sign
     return _TurnedLines(protector, offset, float(r[2]))
 
 

@@ -95,9 +95,10 @@ def _lines(x, y, space):
     return p
 
 
-def test_setting_controls_turn_the_pattern_between_the_class_orientations():
-    """An unkeyed setting's controls: the same lines (fields) turned 30-60 degrees off both class orientations, on
-    the same placement and at the same strength; the blank class stays blank."""
+def test_setting_controls_turn_the_lines_and_rescale_the_fields():
+    """An unkeyed setting's controls: the same lines turned 30-60 degrees off both class orientations, on the same
+    placement and at the same strength (the blank class stays blank); the same fields 1.6-2.5 times coarser or
+    finer along the same orientation."""
     x = torch.from_numpy(np.stack(_images(4, 2)).astype(np.float32))[:, None]
     space = UnitSpace(0.0, 160.0, 0.0, 255.0)
     y = torch.tensor([1, 1, 1, 1])
@@ -112,10 +113,13 @@ def test_setting_controls_turn_the_pattern_between_the_class_orientations():
         assert c.perturb(x, torch.zeros(4, dtype=torch.long), space, generator=make_generator(0)).abs().sum() == 0
     fields = _phase_only()
     assert check_verifiable(fields) == "setting"
-    for c in control_protectors(fields, 6):
-        turned = (c.waves[:, 0, 1] - fields.waves[:, 0, 1]).abs() * 180 / np.pi
-        assert ((turned >= 30 - 1e-4) & (turned <= 60 + 1e-4)).all()
-        assert torch.equal(c.waves[:, 0, 0], fields.waves[:, 0, 0])  # same period
+    ratios = []
+    for c in control_protectors(fields, 12):
+        ratio = (c.waves[:, 0, 0] / fields.waves[:, 0, 0]).numpy()
+        assert np.allclose(ratio, ratio[0]) and 1.6 - 1e-4 <= max(ratio[0], 1 / ratio[0]) <= 2.5 + 1e-4
+        assert torch.equal(c.waves[:, 0, 1], fields.waves[:, 0, 1])  # same orientation, another frequency
+        ratios.append(ratio[0])
+    assert min(ratios) < 1 < max(ratios)  # coarser and finer: the release's frequency is bracketed
 
 
 @pytest.mark.parametrize("setting", ["lines", "fields"])
