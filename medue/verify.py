@@ -28,8 +28,7 @@ orientations between the classes', on the same placement at the same strength; f
 lower or higher along the same orientation), which a model that learned "this pattern means this class" answers less
 than the release's. Such a result proves the model was trained on data protected with that setting (this release,
 or another made with it; or, measured, another medue setting that codes the same class with the same orientation),
-not which
-site's: :attr:`VerifyResult.claim` is ``"setting"`` and the sentence says so. A sample-wise method (``em``,
+not which site's: :attr:`VerifyResult.claim` is ``"setting"`` and the sentence says so. A sample-wise method (``em``,
 ``salm-samplewise``, ...) or an optimised tile cannot be verified: :func:`verify` says so.
 
 Suspect models receive ``(N, 1, H, W)`` float32 images in ``[0, 1]``: 8-bit stored values divided by 255, other
