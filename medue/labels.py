@@ -60,9 +60,14 @@ def read_label_table(path: Path, id_column: str, label_column: str) -> tuple[dic
         else ","
     reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
     fields = reader.fieldnames or []
+    # column names are shown only when the first line looks like a header row: never a line of some other file
+    header = (f"found columns {fields}" if len(fields) >= 2 and all(len(f) <= 40 for f in fields)
+              else f"its first line is not a header row of column names ({len(fields)} field(s) of up to "
+                   f"{max((len(f) for f in fields), default=0)} characters, not shown)")
     for col in (id_column, label_column):
         if col not in fields:
-            problems.append(f"labels.table {path.name}: no column {col!r}; found columns {fields}")
+            problems.append(f"labels.table {path.name}: no column {col!r}; {header}; a labels table is CSV or TSV "
+                            f"with a header row, e.g. {id_column},{label_column}")
     if problems:
         return {}, problems
     rows: dict[str, str] = {}
@@ -149,6 +154,7 @@ def resolve_labels(items: list[Any], *, root: Path, source: str, table: Path | N
     classes = tuple(sorted(set(names.values())))
     if len(classes) < 2 and wanted:
         problems.append(f"labels: found {len(classes)} class(es) {list(classes)}; a labelled release needs at "
-                        "least two (or remove `labels:` for the label-agnostic default)")
+                        "least two: give a table (or folders) with two or more classes; without labels, only a "
+                        "label-agnostic method (uc) can release")
     index = {c: i for i, c in enumerate(classes)}
     return ReleaseLabels(classes=classes, by_item={k: index[v] for k, v in names.items()}), problems

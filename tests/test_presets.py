@@ -46,3 +46,9 @@ def test_preset_conflicts_are_listed_at_once_and_unknown_names_get_a_suggestion(
     assert "fidelity.min_psnr_db: 40 conflicts with protect.preset 'lines-36db', measured at 36" in text
     with pytest.raises(InvalidConfigError, match="did you mean 'lines-38db'"):
         parse_config({**BASE, "protect": {"preset": "lines-38"}})
+
+
+@pytest.mark.parametrize("value", [["lines-38db"], {"name": "lines-38db"}, 38])
+def test_a_preset_that_is_not_a_name_is_a_config_error_not_a_traceback(value):
+    with pytest.raises(InvalidConfigError, match="protect.preset: expected a string"):
+        parse_config({**BASE, "protect": {"preset": value}})

@@ -103,6 +103,8 @@ def apply_preset(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     if not isinstance(protect, Mapping) or protect.get("preset") is None:
         return dict(values), []
     name = protect["preset"]
+    if not isinstance(name, str):
+        return dict(values), []  # the config's own check says what a preset is (one name, a string)
     if name not in PRESETS:
         close = difflib.get_close_matches(str(name), list(PRESETS), n=1)
         return dict(values), [f"protect.preset: unknown preset {name!r}; expected one of {', '.join(PRESETS)}"

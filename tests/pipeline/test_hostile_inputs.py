@@ -88,3 +88,19 @@ def test_a_labels_table_that_is_not_utf8_is_a_config_error_that_says_so(tiny_con
     cfg = load_config(tiny_config(labels={"source": "table", "table": str(table)}))
     with pytest.raises(InvalidConfigError, match="not UTF-8 text .byte 0xe9.*save it as UTF-8"):
         run_pipeline(cfg)
+
+
+def test_a_labels_table_that_is_another_file_is_refused_without_showing_its_content(tiny_config, tmp_path):
+    """A labels table linked to a system file (one field per line): the error names the file and what a table
+    looks like, never the file's first line."""
+    from medue.errors import InvalidConfigError
+
+    other = tmp_path / "passwd"
+    other.write_text("root:x:0:0:SECRET_SYSTEM_CONTENT:/root:/bin/bash\n")
+    (tmp_path / "labels.csv").symlink_to(other)
+    cfg = load_config(tiny_config(labels={"source": "table", "table": str(tmp_path / "labels.csv")}))
+    with pytest.raises(InvalidConfigError) as err:
+        run_pipeline(cfg)
+    text = str(err.value)
+    assert "SECRET_SYSTEM_CONTENT" not in text and "root:x" not in text
+    assert "not a header row of column names" in text and "path,label" in text
