@@ -52,8 +52,9 @@ def test_methods_lists_all(capsys):
     assert all(k in out for k in ("salm", "em", "sem", "conv", "uc"))
 
 
-def test_restore_command(tiny_config, tmp_path, capsys):
+def test_restore_command(tiny_config, tmp_path, capsys, monkeypatch):
 
+    monkeypatch.setenv("MEDUE_KEY", (tmp_path / "site.key").read_text())
     cfg = tiny_config()
     main(["run", str(cfg), "--quiet"])
     out = tmp_path / "out"
@@ -97,9 +98,10 @@ def test_restore_command(tiny_config, tmp_path, capsys):
     assert main(["restore", str(series), str(out / dicom["delta"]["path"]), str(tmp_path / "restored_series")]) == 2
 
 
-def test_report_summary_exit_codes_and_restore_errors(tiny_config, tmp_path, capsys):
+def test_report_summary_exit_codes_and_restore_errors(tiny_config, tmp_path, capsys, monkeypatch):
     from medue.cli import main
 
+    monkeypatch.setenv("MEDUE_KEY", (tmp_path / "site.key").read_text())
     cfg_path = tiny_config()
     assert main(["run", str(cfg_path), "--quiet"]) == 0
     out = tmp_path / "out"
@@ -123,6 +125,57 @@ def test_report_summary_exit_codes_and_restore_errors(tiny_config, tmp_path, cap
     assert main(["restore", str(series), str(out / nifti["delta"]["path"]), str(tmp_path / "wrong")]) == 1
     assert "does not belong" in capsys.readouterr().err  # another item's delta: refused, nothing written
     assert not (tmp_path / "wrong").exists()
+
+
+def test_restore_of_a_metaimage_and_a_forged_delta_refused(tiny_config, tmp_path, capsys, monkeypatch):
+    """MHA restores bit-exactly; a delta edited to restore other values (its fingerprints recomputed) is refused
+    with the site's key; without a key restore asks for it or for --unauthenticated."""
+    import io
+    import zipfile
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from medue.provenance import fingerprint_array
+
+    rng = np.random.default_rng(0)
+    image = sitk.GetImageFromArray(rng.integers(0, 200, (3, 20, 20)).astype(np.int16))
+    sitk.WriteImage(image, str(tmp_path / "in" / "ct.mha"))
+    assert main(["run", str(tiny_config()), "--quiet"]) == 0
+    out = tmp_path / "out"
+    marker = next(json.loads(p.read_text()) for p in (out / "markers").glob("*.json")
+                  if json.loads(p.read_text()).get("format") == "itk")
+    protected, delta = out / "release" / marker["outputs"][0]["path"], out / marker["delta"]["path"]
+    capsys.readouterr()
+    monkeypatch.delenv("MEDUE_KEY", raising=False)
+    assert main(["restore", str(protected), str(delta), str(tmp_path / "r.mha")]) == 2
+    assert "no key to authenticate the delta" in capsys.readouterr().err and not (tmp_path / "r.mha").exists()
+    key_file = tmp_path / "site.key"
+    assert main(["restore", str(protected), str(delta), str(tmp_path / "r.mha"), "--key-file", str(key_file)]) == 0
+    back = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "r.mha")))
+    assert (back == sitk.GetArrayFromImage(image)).all()
+    # a forger rewrites the delta so that "restoring" gives other values, and recomputes both fingerprints
+    with np.load(delta) as data:
+        members = {name: data[name] for name in data.files}
+    prot = sitk.GetArrayFromImage(sitk.ReadImage(str(protected)))
+    forged_original = prot.copy()
+    forged_original[0, :5, :5] = 0
+    members["delta"] = (prot.astype(np.int32) - forged_original).astype(np.int16)
+    members["original_fingerprint"] = np.asarray(fingerprint_array(forged_original))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, value in members.items():
+            with zf.open(f"{name}.npy", "w") as fh:
+                np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
+    (tmp_path / "forged.npz").write_bytes(buf.getvalue())
+    capsys.readouterr()
+    assert main(["restore", str(protected), str(tmp_path / "forged.npz"), str(tmp_path / "f.mha"),
+                 "--key-file", str(key_file)]) == 2
+    assert "not authentic" in capsys.readouterr().err and not (tmp_path / "f.mha").exists()
+    # without the key the forger's delta passes its own fingerprints: that is what --unauthenticated says
+    assert main(["restore", str(protected), str(tmp_path / "forged.npz"), str(tmp_path / "f.mha"),
+                 "--unauthenticated"]) == 0
+    assert "not authenticated" in capsys.readouterr().out
 
 
 def test_run_dry_run_writes_nothing(tiny_config, tmp_path):

@@ -163,14 +163,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="apply this pipeline config's policies, as `run` would")
 
     p = sub.add_parser("restore", help="restore original stored values from a protected item and its delta",
-                       description="Bit-exact restoration by an authorised partner: the protected NIfTI file or DICOM "
-                                   "series folder, and its private delta, give the original stored values (checked "
-                                   "by fingerprint).", epilog=EPILOG)
-    p.add_argument("protected", type=Path, help="protected NIfTI file, or the folder of a protected DICOM series")
+                       description="Bit-exact restoration by an authorised partner: the protected NIfTI, MetaImage "
+                                   "or NRRD file or DICOM series folder, and its private delta, give the original "
+                                   "stored values (checked by fingerprint). The delta is authenticated with the "
+                                   "site's key ($MEDUE_KEY or --key-file): an edited delta is refused.",
+                       epilog=EPILOG)
+    p.add_argument("protected", type=Path, help="protected NIfTI/MHA/NRRD file, or the folder of a protected DICOM "
+                                                "series")
     p.add_argument("delta", type=Path, help="private/deltas/<item_id>.npz")
-    p.add_argument("out", type=Path, help="the restored NIfTI file, or a new folder for the DICOM series")
-    p.add_argument("--force", action="store_true", help="overwrite an existing restored NIfTI file (never the "
+    p.add_argument("out", type=Path, help="the restored file, or a new folder for the DICOM series")
+    p.add_argument("--force", action="store_true", help="overwrite an existing restored file (never the "
                                                          "protected input)")
+    p.add_argument("--key-file", type=Path, help="the site's key, to authenticate the delta (default: $MEDUE_KEY)")
+    p.add_argument("--unauthenticated", action="store_true",
+                   help="restore without the key (the delta's fingerprints are checked, not its authenticity)")
 
     p = sub.add_parser("verify", help="whether a model was trained on a release, proven with the site's key",
                        description="Ask a suspect model about the release's own images carrying the release's keyed "

@@ -50,6 +50,8 @@ def check_text_header(path: Path, label: str) -> None:
                 break
             continue
         sep = ":" if nrrd else "="
+        if not nrrd and not line:
+            continue  # a blank line inside a MetaImage header (ITK writes one after an unprintable value)
         if sep not in line:
             if nrrd:
                 continue
@@ -174,6 +176,8 @@ def write_itk(volume: Volume, path: str | Path) -> Path:
     img = sitk.GetImageFromArray(array)
     img.CopyInformation(src)
     for key in src.GetMetaDataKeys():
+        if key.startswith("ITK_"):  # ITK's own bookkeeping (unprintable values write blank header lines), not the source's
+            continue
         img.SetMetaData(key, src.GetMetaData(key))
     path = Path(path)
     with atomic_file(path) as tmp:

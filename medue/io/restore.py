@@ -2,7 +2,7 @@
 
 ``restore_original`` (:mod:`medue.io.delta`) undoes the perturbation of an array and checks both fingerprints, so a
 delta applied to the wrong item, or to an item read in another slice order, is refused rather than half-applied.
-Here the same for whole files: a protected NIfTI file, or a protected DICOM series (the files ``medue run`` wrote
+Here the same for whole files: a protected NIfTI, MetaImage or NRRD file, or a protected DICOM series (the files ``medue run`` wrote
 into one folder of ``release/``).
 
 A restored DICOM instance is a copy of the protected one with the original pixel values, new SOP Instance and
@@ -23,17 +23,30 @@ from medue.io.atomic import atomic_folder
 from medue.io.delta import delta_float_unit, restore_original
 
 
-def restore_nifti(protected: str | Path, delta: str | Path, out: str | Path) -> int:
-    """Write the original of a protected NIfTI file to ``out``; returns how many voxels changed back."""
+def restore_nifti(protected: str | Path, delta: str | Path, out: str | Path, *, key: str | None = None) -> int:
+    """Write the original of a protected NIfTI file to ``out``; returns how many voxels changed back. ``key``: the
+    site's key, to authenticate the delta (:func:`~medue.io.delta.restore_original`)."""
     from medue.io.nifti import read_nifti, write_nifti
 
     vol = read_nifti(protected, float_unit=delta_float_unit(delta))
-    original = restore_original(vol.array, delta)
+    original = restore_original(vol.array, delta, key=key)
     write_nifti(vol.with_array(original, vol.history[-1]), out)
     return int(np.count_nonzero(original != vol.array))
 
 
-def restore_dicom_series(protected: str | Path, delta: str | Path, out_dir: str | Path) -> tuple[list[Path], int]:
+def restore_itk(protected: str | Path, delta: str | Path, out: str | Path, *, key: str | None = None) -> int:
+    """Write the original of a protected MetaImage or NRRD file to ``out`` (the protected file's geometry and
+    metadata, the original stored values); returns how many voxels changed back."""
+    from medue.io.itk import read_itk, write_itk
+
+    vol = read_itk(protected, float_unit=delta_float_unit(delta))
+    original = restore_original(vol.array, delta, key=key)
+    write_itk(vol.with_array(original, vol.history[-1]), out)
+    return int(np.count_nonzero(original != vol.array))
+
+
+def restore_dicom_series(protected: str | Path, delta: str | Path, out_dir: str | Path, *,
+                         key: str | None = None) -> tuple[list[Path], int]:
     """Write the original pixel values of a protected DICOM series (a folder, or one file of a single-file series)
     into ``out_dir`` (created whole, atomically); returns the files written and how many voxels changed back.
 
@@ -46,7 +59,7 @@ def restore_dicom_series(protected: str | Path, delta: str | Path, out_dir: str 
     protected = Path(protected)
     files = sorted(p for p in protected.iterdir() if p.is_file()) if protected.is_dir() else [protected]
     vol = read_dicom_series(files, deidentification="ignore")  # medue's own output: nothing to de-identify
-    original = restore_original(vol.array, delta)
+    original = restore_original(vol.array, delta, key=key)
     ordered = [Path(p) for p in vol.header["dicom_files"]]
     multiframe = bool(vol.header.get("multiframe"))
     series = generate_uid()

@@ -255,7 +255,7 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True, prefe
         if ctx.reversible:
             t = time.perf_counter()
             delta_path = write_delta(volume.array, protected.array, layout.private / "deltas" / f"{item.item_id}.npz",
-                                     float_unit=volume.header.get("float_unit"))
+                                     float_unit=volume.header.get("float_unit"), key=ctx.key)
             result["delta"] = {"path": str(delta_path.relative_to(layout.root)), "sha256": sha256_file(delta_path)}
             stages["delta"] = round(time.perf_counter() - t, 4)
         result["status"] = DONE

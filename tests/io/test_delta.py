@@ -46,3 +46,21 @@ def test_delta_files_of_earlier_versions_are_still_restored(tmp_path):
                         protected_fingerprint=np.asarray(fingerprint_array(protected)))
     (tmp_path / "old.npz").write_bytes(buf.getvalue())
     assert np.array_equal(restore_original(protected, tmp_path / "old.npz"), original)
+
+
+def test_a_delta_written_with_the_key_is_authenticated_by_it(tmp_path):
+    from medue.io.delta import DeltaAuthenticationError, delta_authenticated
+
+    rng = np.random.default_rng(1)
+    original = rng.integers(0, 1000, (2, 8, 8)).astype(np.int16)
+    protected = original + rng.integers(-4, 5, original.shape).astype(np.int16)
+    signed = write_delta(original, protected, tmp_path / "signed.npz", key="site-key-long-enough-1")
+    assert delta_authenticated(signed)
+    assert (restore_original(protected, signed, key="site-key-long-enough-1") == original).all()
+    with pytest.raises(DeltaAuthenticationError, match="not authentic"):
+        restore_original(protected, signed, key="another-key-long-enough-2")
+    plain = write_delta(original, protected, tmp_path / "plain.npz")
+    assert not delta_authenticated(plain)
+    assert (restore_original(protected, plain) == original).all()  # fingerprints only, without a key
+    with pytest.raises(DeltaAuthenticationError, match="carries no MAC"):
+        restore_original(protected, plain, key="site-key-long-enough-1")
