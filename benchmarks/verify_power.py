@@ -16,6 +16,7 @@ the table gives, per attack, how many were detected at ``--alpha``. Writes OUT.m
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -43,8 +44,14 @@ def main() -> None:
         _write(a.out, " + ".join(part["release"] for part in parts), rows, parts[0]["alpha"], a.probes, a.controls)
         return
     key = os.environ["MEDUE_KEY"]
+    seen: set[str] = set()  # a clean model trained twice with the same seed is the same model: count it once
     for folder, of_release in [(f, True) for f in a.positives] + [(f, False) for f in a.negatives]:
         for model in sorted(folder.glob("*.pt")):
+            digest = _weights_digest(model)
+            if digest in seen:
+                print(f"{folder.name}/{model.stem}: the same model as one above, skipped", flush=True)
+                continue
+            seen.add(digest)
             info = json.loads(model.with_suffix(".json").read_text())
             saw = of_release and info.get("trained_on") == "protected"
             try:
@@ -59,6 +66,17 @@ def main() -> None:
                          "queries": r.queries, "seconds": r.seconds, "mode": r.mode, "claim": r.claim})
             print(f"{rows[-1]['model']}: saw {saw}, p {r.p_value:.3g}, detected {r.detected}", flush=True)
     _write(a.out, a.release.name, rows, a.alpha, a.probes, a.controls)
+
+
+def _weights_digest(path: Path) -> str:
+    """A digest of a TorchScript model's weights (its file's bytes differ between two saves of one model)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, value in sorted(torch.jit.load(str(path), map_location="cpu").state_dict().items()):
+        h.update(name.encode())
+        h.update(value.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _write(out: Path, release: str, rows: list[dict], alpha: float, probes: int, controls: int) -> None:

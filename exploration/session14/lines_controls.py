@@ -1,0 +1,62 @@
+"""Screen of control families for verifying the lines setting (session 14): p-values of medue verify's test on
+saved models when the controls are (a) lines turned between the class orientations (shipped), (b) lines along
+either axis at other periods (2, 4, 5, 6 px) or turned 90 degrees at the release's period.
+
+    MEDUE_KEY=... python exploration/session14/lines_controls.py RELEASE MODEL.pt [MODEL.pt ...]
+"""
+import math
+import sys
+
+import torch
+
+import medue.verify as V
+from medue.device import derive_seed, make_generator
+
+
+class AxisLines(V._TurnedLines):
+    def __init__(self, protector, offset, phase, period):
+        super().__init__(protector, offset, phase)
+        self.period = period
+
+    def perturb(self, x_units, labels, space, *, generator):
+        import copy
+
+        p = self.protector
+        classes, (h, w) = int(p.class_noise.shape[0]), x_units.shape[-2:]
+        v, u = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                              indexing="ij")
+        noise = torch.zeros(classes, 1, h, w)
+        for k in range(classes):
+            if float(p.class_noise[k].abs().max()) == 0:
+                continue
+            angle = math.pi * k / classes + self.offset
+            phase = (u * math.cos(angle) + v * math.sin(angle)) / self.period + self.phase
+            noise[k, 0] = torch.where(torch.remainder(phase + 1e-6, 1.0) < 1.0 / self.period, 1.0, 0.0) \
+                * float(p.class_noise[k].max())
+        turned = copy.copy(p)
+        turned.class_noise = noise.to(x_units.device)
+        return turned.perturb(x_units, labels, space, generator=generator)
+
+
+def axis_family(protector, j):
+    gen = make_generator(derive_seed(V.CONTROL_LABEL, "axis", j))
+    r = torch.rand(3, generator=gen)
+    choices = [(0.0, 2), (0.0, 4), (0.0, 5), (0.0, 6), (math.pi / 2, 2), (math.pi / 2, 3), (math.pi / 2, 4),
+               (math.pi / 2, 5), (math.pi / 2, 6)]
+    offset, period = choices[j % len(choices)]
+    return AxisLines(protector, offset, float(r[2]), period)
+
+
+if __name__ == "__main__":
+    release, models = sys.argv[1], sys.argv[2:]
+    import os
+    key = os.environ["MEDUE_KEY"]
+    shipped = V._turn
+    for m in models:
+        out = []
+        for name, fn in (("turned", shipped), ("axis", axis_family)):
+            V._turn = fn
+            r = V.verify(release, m, key)
+            out.append(f"{name} p {r.p_value:.3g}")
+        V._turn = shipped
+        print(m.split("/")[-2] + "/" + m.split("/")[-1], "; ".join(out), flush=True)
