@@ -104,6 +104,9 @@ class FidelityPolicy(_Section):
     #: Largest drop in a clean-trained model's accuracy on protected vs original images, read from the efficacy
     #: results attached in ``report.efficacy_results`` (see :mod:`medue.fidelity.diagnostic`); ``None`` disables.
     max_diagnostic_accuracy_drop: float | None = Field(0.02, ge=0, le=1)
+    #: Fail the run (exit 3) when fewer than this fraction of the exported items meant to carry a pattern carry it
+    #: in full (the rest were weakened by the gate); ``None``: report the counts, never fail on them.
+    min_protected_fraction: float | None = Field(None, ge=0, le=1)
     override_reason: str | None = None
     override_by: str | None = None
     #: PSNR/SSIM data range: "volume" (original max - min) or "dtype" (stored type's span; for 8-bit images).
@@ -262,6 +265,8 @@ class PipelineConfig(_Section):
         for added_later in ("unit", "preset"):  # at their defaults, the hashes of before stand
             if d.get("protect", {}).get(added_later) is None:
                 d.get("protect", {}).pop(added_later, None)
+        if d.get("fidelity", {}).get("min_protected_fraction") is None:
+            d.get("fidelity", {}).pop("min_protected_fraction", None)
         if d.get("deidentification_options") == DeidentificationOptions().model_dump():
             d.pop("deidentification_options")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -68,7 +68,8 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        if self.counts.get(GATE_FAILED) or self.blocked or any(c.get("stray_files") for c in self.release_checks):
+        if self.counts.get(GATE_FAILED) or self.blocked or any(c.get("stray_files") or c.get("below_minimum")
+                                                               for c in self.release_checks):
             return EXIT_GATE
         if self.counts.get(QUARANTINED) or self.counts.get(FAILED):
             return EXIT_PARTIAL
@@ -79,6 +80,25 @@ class RunSummary:
 IDENTITY_NAMES = {"key_fingerprint": "key", "method": "protection method", "params": "protector parameters",
                   "labels_sha256": "set of labels", "config_hash": "configuration (method, parameters, labels, "
                   "fidelity policy, input or output)"}
+
+
+def protected_fraction_check(markers: list[ItemMarker], minimum: float) -> dict[str, Any]:
+    """The report's line on ``fidelity.min_protected_fraction``: the fraction of the exported items meant to carry a
+    pattern (not unchanged on purpose) that carry it in full; below ``minimum`` the run fails (exit 3)."""
+    counts = protection_counts(markers)
+    meant = counts["protected"] + counts["weakened_by_gate"]
+    fraction = counts["protected"] / meant if meant else 1.0
+    below = fraction < minimum
+    check: dict[str, Any] = {
+        "check": f"at least {minimum:.0%} of the patterned items carry the full protection (fidelity.min_protected_"
+                 "fraction)", "result": "fail" if below else "pass", "fraction": round(fraction, 4),
+        "minimum": minimum, "items": meant}
+    if below:
+        check["below_minimum"] = True
+        check["note"] = (f"{counts['protected']} of {meant} patterned item(s) ({fraction:.0%}) carry the full "
+                         f"protection, below the minimum {minimum:.0%}: {counts['weakened_by_gate']} were weakened by "
+                         "the fidelity gate. Loosen the gate, choose a weaker preset, or lower the minimum")
+    return check
 
 
 def fit_release(config: PipelineConfig, *, resume: bool = False, progress: Callable[[str], None] | None = None
@@ -351,6 +371,10 @@ def _run_release(config: PipelineConfig, plan: ReleasePlan, *, shard: tuple[int,
     manifest = write_manifest(layout, record, all_markers, fit_info, fingerprint)
     strays = stray_files(layout, manifest)
     release_checks.append(release_files_check(withdrawn, strays))
+    if fp.min_protected_fraction is not None:
+        release_checks.append(protected_fraction_check(all_markers, fp.min_protected_fraction))
+        if release_checks[-1].get("below_minimum"):
+            say(f"{release_checks[-1]['note']}; exit 3")
     if strays:
         say(f"release/ holds {len(strays)} file(s) the manifest does not list: {', '.join(strays[:5])}; exit 3")
     env = capture_environment()

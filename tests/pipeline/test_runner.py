@@ -598,3 +598,30 @@ def test_a_withdrawn_item_leaves_the_release_and_a_stray_file_fails_the_run(tiny
     assert summary.exit_code == EXIT_GATE
     assert summary.release_checks[-1]["stray_files"] == ["restored.nii.gz"]
     assert "restored.nii.gz" not in (release / "SHA256SUMS").read_text()
+
+
+def test_a_minimum_protected_fraction_fails_the_run_when_the_gate_weakened_too_many():
+    from medue.pipeline.runner import RunSummary, protected_fraction_check
+    from medue.records import ItemMarker
+
+    full = {"protection": {"params": {"epsilon": 8}, "stats": {"linf_units": 8}}, "fidelity": {"passed": True}}
+    markers = [ItemMarker(item_id="a", status="done", **full), ItemMarker(item_id="b", status="done", **full),
+               ItemMarker(item_id="c", status="done", adapted={"kept_fraction": 0.5}, **full),
+               ItemMarker(item_id="d", status="done", unchanged_on_purpose="blank class")]
+    check = protected_fraction_check(markers, 0.9)  # 2 of the 3 patterned items: 67 %
+    assert check["result"] == "fail" and check["below_minimum"] and check["fraction"] == 0.6667
+    assert "2 of 3 patterned item(s)" in check["note"] and "1 were weakened" in check["note"]
+    assert RunSummary(counts={"done": 4}, release_checks=[check]).exit_code == 3
+    ok = protected_fraction_check(markers, 0.5)
+    assert ok["result"] == "pass" and RunSummary(counts={"done": 4}, release_checks=[ok]).exit_code == 0
+
+
+def test_min_protected_fraction_is_checked_by_a_run_and_leaves_older_config_hashes_alone(tiny_config):
+    cfg = load_config(tiny_config(fidelity={"min_protected_fraction": 1.0}))
+    assert load_config(tiny_config()).config_hash() != cfg.config_hash()
+    unset = load_config(tiny_config(fidelity={"min_protected_fraction": None}))
+    assert unset.config_hash() == load_config(tiny_config()).config_hash()  # a release of before resumes
+    summary = run_pipeline(cfg)
+    check = next(c for c in summary.release_checks if "min_protected_fraction" in c["check"])
+    assert check["result"] == ("pass" if check["fraction"] >= 1.0 else "fail")
+    assert summary.exit_code == (0 if check["result"] == "pass" else 3)
