@@ -246,8 +246,35 @@ def _create_store_atomically(db: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+#: How long a tracking server may take to answer, and how often MLflow retries, unless the site's environment says
+#: otherwise (MLflow's own defaults hold a job for minutes when the server is down).
+TRACKING_TIMEOUT_S, TRACKING_RETRIES = 10, 2
+
+
+def check_tracking_server(uri: str | None, timeout: float = 5.0) -> str | None:
+    """For an ``http(s)://`` tracking URI, whether its host accepts a connection within ``timeout`` seconds: ``None``
+    when it does (or the URI is not a server), else the problem in one line with the fix."""
+    from urllib.parse import urlparse
+    import socket
+
+    if not uri or not uri.startswith(("http://", "https://")):
+        return None
+    parsed = urlparse(uri)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "", port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return (f"tracking.uri: the MLflow server at {parsed.hostname}:{port} does not answer "
+                f"({type(exc).__name__}, {timeout:g} s); start it, fix tracking.uri, or run with --no-tracking "
+                "(tracking.enabled: false); nothing was written")
+
+
 def open_sink(config: ReleaseRecord, layout: OutputLayout) -> MlflowSink:
     uri = config.tracking_uri or default_tracking_uri(layout)
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(TRACKING_TIMEOUT_S))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(TRACKING_RETRIES))
     if uri.startswith("sqlite:///"):  # the embedded store, or a site's own SQLite file: made whole, once
         db = Path(uri[len("sqlite:///"):])
         if not db.exists():

@@ -17,6 +17,10 @@ def command(args: argparse.Namespace, config: object = None) -> int:
     config.read_key()
     config.load_efficacy_results()
     problems = config.folder_problems()
+    if config.tracking.enabled:
+        from medue.audit.sinks import check_tracking_server
+
+        problems += [p for p in [check_tracking_server(config.tracking.uri)] if p]
     if problems:
         from medue.errors import InvalidConfigError
 

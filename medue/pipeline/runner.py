@@ -152,6 +152,10 @@ def run_pipeline(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), res
             or another run holding the output folder's lock.
     """
     problems = config.folder_problems()
+    if config.tracking.enabled:  # before the output folder or its lock exists
+        from medue.audit.sinks import check_tracking_server
+
+        problems += [p for p in [check_tracking_server(config.tracking.uri)] if p]
     if problems:
         raise InvalidConfigError(problems)
     with _output_lock(config):

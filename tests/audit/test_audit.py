@@ -249,3 +249,23 @@ def test_the_verdict_line_names_an_attack_the_release_does_not_stop():
     assert line.startswith("MEASURED on release files of this setting (synthetic-set): stops 1 of 2 everyday ways")
     assert "the worst, resnet18_flip_crop, reached 0.70" in line  # not the mixing row at 0.85, which is held
     assert verdict_headline(None, None).startswith("NOT MEASURED: no efficacy result is attached")
+
+
+def test_a_tracking_server_that_does_not_answer_fails_fast_and_writes_nothing(tiny_config, tmp_path, capsys):
+    import socket
+    import time
+
+    from medue.cli import main
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tiny_config(tracking={"enabled": True, "uri": f"http://127.0.0.1:{port}"})
+    t = time.perf_counter()
+    capsys.readouterr()
+    assert main(["run", str(cfg), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert time.perf_counter() - t < 30 and "does not answer" in err and "--no-tracking" in err
+    assert not (tmp_path / "out").exists()
+    assert main(["check", str(cfg)]) == 2 and "does not answer" in capsys.readouterr().err
+    assert main(["run", str(cfg), "--quiet", "--no-tracking"]) == 0
