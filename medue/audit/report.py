@@ -94,6 +94,15 @@ def _preview_order(m: ItemMarker) -> tuple[int, str]:
     return (2, m.item_id)
 
 
+def window_saturates(image: np.ndarray, lo: float, hi: float, fraction: float = 0.9) -> bool:
+    """Whether the window ``[lo, hi]`` clips at least ``fraction`` of the image's non-constant part to black or
+    white (the picture would show nothing of the content)."""
+    values = np.asarray(image, dtype=np.float64)
+    if values.size == 0 or values.max() == values.min():
+        return False
+    return float(((values <= lo) | (values >= hi)).mean()) >= fraction
+
+
 def _panel(original: np.ndarray, protected: np.ndarray, title: str, window: Any = None) -> str:
     """One PNG data URI: before | after | amplified |delta| | mask, and for images larger than 96 px the 64 x 64
     window where the most changed, not shrunk (1-px lines vanish when a 512 px slice is reduced).
@@ -107,6 +116,11 @@ def _panel(original: np.ndarray, protected: np.ndarray, title: str, window: Any 
     diff = np.abs(protected.astype(np.int64) - original.astype(np.int64))
     # the clinical window (stored units) where the item has one (CT, or a DICOM WindowCenter/Width), else percentiles
     lo, hi = (float(window[0]), float(window[1])) if window is not None else np.percentile(original, [0.5, 99.5])
+    if window is not None and window_saturates(original, lo, hi):
+        # the clinical window shows this slice as one flat colour (a phantom, or values outside soft tissue):
+        # the picture then says nothing, so it is drawn by percentiles and the title says so
+        lo, hi = np.percentile(original, [0.5, 99.5])
+        title += " (clinical window saturated: shown by percentiles)"
     peak = max(int(diff.max()), 1)
 
     def gray(img: np.ndarray) -> np.ndarray:
@@ -148,6 +162,10 @@ def _panel(original: np.ndarray, protected: np.ndarray, title: str, window: Any 
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+#: Up to this many volumes the fidelity chart has one labelled bar each; above, histograms.
+MAX_BARS = 40
+
+
 def _fidelity_plot(items: Sequence[ItemMarker]) -> str | None:
     fids = [(i.item_id[:8], i.fidelity) for i in items if i.fidelity is not None]
     if not fids:
@@ -160,17 +178,25 @@ def _fidelity_plot(items: Sequence[ItemMarker]) -> str | None:
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     names = [n for n, _ in fids]
     psnr = [f["psnr_db"] if f["psnr_db"] is not None else 0 for _, f in fids]
-    axes[0].bar(names, psnr, color="#4477aa")
-    axes[0].set_title("PSNR (dB) per volume")
-    axes[1].bar(names, [f["ssim"] for _, f in fids], color="#228833")
-    axes[1].set_title("SSIM per volume")
-    axes[1].set_ylim(min(0.9, min(f["ssim"] for _, f in fids)), 1.0)
+    ssim = [f["ssim"] for _, f in fids]
+    if len(fids) <= MAX_BARS:
+        axes[0].bar(names, psnr, color="#4477aa")
+        axes[0].set_title("PSNR (dB) per volume")
+        axes[1].bar(names, ssim, color="#228833")
+        axes[1].set_title("SSIM per volume")
+        axes[1].set_ylim(min(0.9, min(ssim)), 1.0)
+        for a in axes[:2]:
+            a.tick_params(axis="x", rotation=60, labelsize=7)
+    else:  # one bar per volume would be hundreds of unreadable labels: the distribution instead
+        axes[0].hist(psnr, bins=30, color="#4477aa")
+        axes[0].set_title(f"PSNR (dB), {len(fids)} volumes")
+        axes[0].set_ylabel("volumes")
+        axes[1].hist(ssim, bins=30, color="#228833")
+        axes[1].set_title(f"SSIM, {len(fids)} volumes")
     slices = [v for _, f in fids for v in f.get("per_slice_psnr_db", []) if v is not None and np.isfinite(v)]
     axes[2].hist(slices, bins=20, color="#aa3377")
     unchanged = sum(1 for _, f in fids for v in f.get("per_slice_psnr_db", []) if v is None or not np.isfinite(v))
     axes[2].set_title("per-slice PSNR histogram (dB)" + (f"; {unchanged} unchanged slice(s)" if unchanged else ""))
-    for a in axes[:2]:
-        a.tick_params(axis="x", rotation=60, labelsize=7)
     return _png(fig)
 
 
@@ -395,7 +421,8 @@ def protection_lines(p: dict[str, Any]) -> list[str]:
         return text
 
     lines = ["exported items: " + words(p)]
-    lines += [f"  class {name}: " + words(c) for name, c in p.get("by_class", {}).items()]
+    lines += [f"  {name if name.startswith('class ') else 'class ' + name}: " + words(c)
+              for name, c in p.get("by_class", {}).items()]
     return lines
 
 

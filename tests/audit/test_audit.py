@@ -269,3 +269,42 @@ def test_a_tracking_server_that_does_not_answer_fails_fast_and_writes_nothing(ti
     assert not (tmp_path / "out").exists()
     assert main(["check", str(cfg)]) == 2 and "does not answer" in capsys.readouterr().err
     assert main(["run", str(cfg), "--quiet", "--no-tracking"]) == 0
+
+
+def test_a_clinical_window_that_saturates_the_slice_falls_back_to_percentiles():
+    import numpy as np
+
+    from medue.audit.report import window_saturates
+
+    phantom = np.full((32, 32), 1200.0)  # a CT phantom at 991-1489 HU: a soft-tissue window shows it all white
+    phantom[8:24, 8:24] = 1000.0
+    assert window_saturates(phantom, -160, 240)
+    head = np.linspace(-100, 200, 32 * 32).reshape(32, 32)
+    assert not window_saturates(head, -160, 240) and not window_saturates(np.zeros((4, 4)), -160, 240)
+
+
+def test_the_fidelity_chart_of_a_large_release_is_a_distribution_not_hundreds_of_bars(monkeypatch):
+    import matplotlib.axes
+
+    from medue.audit import report
+    from medue.records import ItemMarker
+
+    bars, hists = [], []
+    real_bar = matplotlib.axes.Axes.bar
+
+    def bar(self, *a, **k):  # a labelled bar chart: item names on the x axis (hist draws bars of numbers)
+        if isinstance(a[0], list) and a[0] and isinstance(a[0][0], str):
+            bars.append(a)
+        return real_bar(self, *a, **k)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", bar)
+    real_hist = matplotlib.axes.Axes.hist
+    monkeypatch.setattr(matplotlib.axes.Axes, "hist", lambda self, *a, **k: hists.append(a) or real_hist(self, *a, **k))
+    items = [ItemMarker(item_id=f"{i:016x}", status="done",
+                        fidelity={"psnr_db": 38 + i % 3, "ssim": 0.97, "per_slice_psnr_db": [38.0]})
+             for i in range(600)]
+    assert report._fidelity_plot(items).startswith("data:image/png")
+    assert not bars and len(hists) == 3
+    bars.clear()
+    report._fidelity_plot(items[:5])
+    assert len(bars) == 2
