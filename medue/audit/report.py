@@ -548,6 +548,29 @@ DEID_WORDS = {"refuse": "refuse: an input that is not marked de-identified is qu
               "ignore": "ignore: de-identification is not checked; the site vouches for it"}
 
 
+def fidelity_rules(policy: dict[str, Any]) -> list[list[str]]:
+    """The fidelity gate in words, one row per threshold (``None``: not checked), instead of its raw JSON."""
+    span = {"dtype": "the stored type's span (255 for 8-bit images)",
+            "volume": "each original volume's max - min"}.get(policy.get("data_range", "volume"), "")
+
+    def limit(key: str, text: str) -> list[str]:
+        value = policy.get(key)
+        return [text, "not checked" if value is None else f"{value:g}" if isinstance(value, (int, float))
+                else str(value)]
+
+    rows = [limit("min_psnr_db", "lowest PSNR, dB"), limit("min_ssim", "lowest SSIM"),
+            limit("max_abs_units", "largest change, stored units"),
+            limit("max_abs_physical", "largest change, physical units (HU for CT)"),
+            limit("max_fraction_changed", "largest fraction of voxels changed"),
+            limit("max_diagnostic_accuracy_drop", "largest drop of a clean-trained model's accuracy"),
+            ["PSNR/SSIM data range", span]]
+    if policy.get("min_protected_fraction") is not None:
+        rows.append(limit("min_protected_fraction", "smallest fraction of patterned items protected in full"))
+    if policy.get("override_reason"):
+        rows.append(["override", f"by {policy.get('override_by')}: {policy.get('override_reason')}"])
+    return rows
+
+
 def _policy_rows(report: dict[str, Any]) -> list[list[str]]:
     """The release's handling rules in words (the report then lists every item warning, or that there were none)."""
     pol = report.get("policies") or {}
@@ -594,7 +617,7 @@ def render_html(report: dict[str, Any], markers: Sequence[ItemMarker], layout: O
                      f"{s.get('ignored', 0)} " + ", ".join(f"({n} {r})" for r, n in s.get("ignored_reasons", {}).items())],
         carries=[line.strip() for line in protection_lines(report["protection"])] if report.get("protection") else [],
         policies=_policy_rows(report), warnings=[[w["item_id"], w["warning"]] for w in report.get("warnings") or []],
-        item_rows=items, folded=len(items) > ITEMS_SHOWN_OPEN, policy_json=json.dumps(report.get("policy", {})),
+        item_rows=items, folded=len(items) > ITEMS_SHOWN_OPEN, fidelity_rules=fidelity_rules(report.get("policy", {})),
         fidelity_plot=_fidelity_plot(sorted(markers, key=lambda m: m.item_id)),  # markers keep per-slice PSNRs
         previews=previews,
         bad_rows=[[i["item_id"], i["status"], i.get("reason", ""), i.get("message", "")[:300]]
