@@ -154,8 +154,12 @@ class MlflowSink:
             f"({carried['protected']} protected in full, {carried['weakened_by_gate']} weakened by the fidelity gate, "
             f"{carried['unchanged_on_purpose']} unchanged on purpose), "
             + ", ".join(f"{k} {v}" for k, v in sorted(summary_counts.items()) if k not in ("done", "skipped") and v)
-            + (f"; efficacy: {efficacy_tags.get('medue.efficacy.applies', '')}" if efficacy_tags else
-               "; efficacy not measured for this release")).rstrip(", ")
+            + (("; efficacy evidence applies to this release: " if efficacy_tags["medue.efficacy.applies"] == "yes"
+                else "; efficacy evidence does not apply to this release (" + efficacy_tags["medue.efficacy.applies"][4:]
+                + "): ") + efficacy_tags["medue.efficacy.evidence"][:200] if efficacy_tags else
+               "; efficacy not measured for this release")
+            + "".join(f"; diagnostic content check: {c['result']}" for c in release_checks
+                      if c.get("check", "").startswith("diagnostic"))).rstrip(", ")
         tags.update({"medue.check.diagnostic": c["result"] for c in release_checks
                      if c.get("check", "").startswith("diagnostic")})
         with (mlflow.start_run(run_id=self.run_id) if self.run_id else

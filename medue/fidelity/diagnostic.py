@@ -66,12 +66,17 @@ def efficacy_applies(efficacy: EfficacyResult, method: str, params: dict[str, An
     return evidence_applies(efficacy, method, params, facts)
 
 
+#: A clean-trained model must beat the majority class by this much for the diagnostic check to mean anything.
+INFORMATIVE_MARGIN = 0.05
+
+
 def release_diagnostic_check(efficacy: EfficacyResult | None, method: str, params: dict[str, Any],
                              max_accuracy_drop: float | None, facts: ReleaseFacts | None = None) -> dict[str, Any]:
     """The release-level diagnostic check from a release-efficacy result (the JSON ``medue evaluate`` writes).
 
-    Uses the worst accuracy drop over the attackers' clean-trained models. ``result`` is ``"pass"``, ``"fail"``,
-    or ``"not tested"`` (no threshold, no results attached, or results for another method, other parameters or,
+    Uses the worst accuracy drop over the attackers' clean-trained models that fitted their training set and beat the
+    majority class. ``result`` is ``"pass"``, ``"fail"``, ``"inconclusive"`` (no clean model learned the task), or
+    ``"not tested"`` (no threshold, no results attached, or results for another method, other parameters or,
     given ``facts``, other data than this release's: another modality, image size or classes),
     with a ``note`` saying why; ``evidence`` names the dataset, method and parameters the number comes from.
     """
@@ -87,7 +92,23 @@ def release_diagnostic_check(efficacy: EfficacyResult | None, method: str, param
     per_arch = efficacy.diagnostic
     if not per_arch:
         return {**entry, "note": "the attached results have no diagnostic check"}
-    worst_arch, worst = max(per_arch.items(), key=lambda kv: kv[1]["accuracy_drop"])
+    # a clean-trained model that did not fit its training set, or scores at chance, learned nothing a change to the
+    # images could remove: its accuracy drop says nothing about diagnostic content
+    chance = float(efficacy.dataset.get("majority_class_accuracy") or 0.0)
+    fitted = {r.architecture for r in efficacy.rows if r.training_data == "clean" and r.fit}
+    informative = {a: v for a, v in per_arch.items()
+                   if a in fitted and v["accuracy_original"] > chance + INFORMATIVE_MARGIN}
+    if not informative:
+        trained = [r for r in efficacy.rows if r.training_data == "clean"]
+        best = max((r.train_accuracy for r in trained), default=None)
+        return {**entry, "result": "inconclusive",
+                "note": "the clean-trained models did not learn the task" + (
+                    f" (best training accuracy {best:.2f}; clean accuracy at most "
+                    f"{max(v['accuracy_original'] for v in per_arch.values()):.2f}, chance {chance:.2f})"
+                    if best is not None else "") + ": a model that learned nothing cannot show that the content "
+                "survived. Evaluate on more items (a larger release or --holdout part) or for more epochs "
+                "(--epochs), so the clean model fits"}
+    worst_arch, worst = max(informative.items(), key=lambda kv: kv[1]["accuracy_drop"])
     entry.update(result="pass" if worst["accuracy_drop"] <= max_accuracy_drop + 1e-12 else "fail",
                  accuracy_drop=worst["accuracy_drop"], architecture=worst_arch,
                  accuracy_original=worst["accuracy_original"], accuracy_protected=worst["accuracy_protected"],

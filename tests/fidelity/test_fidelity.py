@@ -137,3 +137,28 @@ def test_relative_change_measures_a_gain_change_on_tissue_not_background():
     m = volume_metrics(original, protected, data_range=255)
     assert abs(m.max_relative_change - 0.10) < 1e-9
     assert volume_metrics(original, original, data_range=255).max_relative_change == 0.0
+
+
+def test_the_diagnostic_check_is_inconclusive_when_no_clean_model_learned_the_task():
+    """A clean-trained model that did not fit (train 0.50) scores at chance on both versions: its zero drop proves
+    nothing, so the check says "inconclusive" with what to do, never "pass"."""
+    from medue.fidelity.diagnostic import release_diagnostic_check
+    from medue.protect import build_protector
+    from medue.records import EfficacyResult
+
+    params = build_protector("lines").params()
+
+    def result(train_accuracy, accuracy):
+        return EfficacyResult.from_dict({
+            "schema": "medue.release_efficacy/1", "method": "lines", "params": params,
+            "dataset": {"name": "site", "majority_class_accuracy": 0.5},
+            "rows": [{"attack": "plain_cnn", "architecture": "plain_cnn", "training_data": "clean", "seed": 0,
+                      "train_accuracy": train_accuracy, "clean_test_accuracy": accuracy,
+                      "fit": train_accuracy >= 0.98}],
+            "diagnostic": {"plain_cnn": {"images": 40, "accuracy_original": accuracy, "accuracy_protected": accuracy,
+                                         "accuracy_drop": 0.0, "agreement": 1.0}}})
+
+    check = release_diagnostic_check(result(0.5, 0.5), "lines", params, 0.02)
+    assert check["result"] == "inconclusive" and "did not learn the task" in check["note"]
+    assert "training accuracy 0.50" in check["note"] and "--epochs" in check["note"]
+    assert release_diagnostic_check(result(0.99, 0.93), "lines", params, 0.02)["result"] == "pass"
