@@ -58,6 +58,42 @@ class ReleaseRecord:
     deidentification_profile: str = ""
 
 
+@dataclasses.dataclass
+class ReleaseOutcome:
+    """What a run produced, handed whole to the manifest, the report and the tracking store (stage "write
+    documents" and "track" of :func:`medue.pipeline.runner.run_pipeline`).
+
+    Attributes:
+        record: The release's settings as published (:class:`ReleaseRecord`).
+        key_fingerprint: The key's fingerprint (never the key).
+        fit: The fit record (``private/protector.json``: method, parameters, state fingerprint, fit facts).
+        markers: Every item of the release (this run's and earlier runs'), by item id.
+        run_counts: This run's items by status, with ``skipped``.
+        checks: Release-level checks (diagnostic content, release files, protected fraction).
+        efficacy: The attached efficacy evidence, if any.
+        facts: What the release is (modality, sizes, classes) for deciding whether evidence applies.
+        ignored: Files ignored on purpose (hidden files, sidecars), with why.
+        class_of: Item id -> class name as published ("class 1"... unless labels are published).
+        env: The software environment.
+        manifest: The manifest written (set by the manifest stage).
+        seconds: Wall time of the run.
+    """
+
+    record: ReleaseRecord
+    key_fingerprint: str
+    fit: dict[str, Any]
+    markers: list[Any]
+    run_counts: dict[str, int]
+    checks: list[dict[str, Any]]
+    efficacy: Any = None
+    facts: Any = None
+    ignored: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    class_of: dict[str, str] | None = None
+    env: dict[str, Any] = dataclasses.field(default_factory=dict)
+    manifest: dict[str, Any] = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0
+
+
 #: Version of the marker layout (``markers/<item_id>.json``); markers of older releases read the same.
 MARKER_SCHEMA = 1
 

@@ -9,14 +9,16 @@ from typing import Any, Sequence
 from medue._version import __version__
 from medue.io.atomic import write_text_atomic
 from medue.layout import OutputLayout
-from medue.records import ItemMarker, ReleaseRecord
+from medue.records import ItemMarker, ReleaseOutcome, ReleaseRecord
 
 MANIFEST_SCHEMA = "medue.manifest/1"
 
 
-def write_manifest(layout: OutputLayout, config: ReleaseRecord, markers: Sequence[ItemMarker],
-                   fit_info: dict[str, Any], key_fingerprint: str) -> dict[str, Any]:
-    """Write ``release/manifest.json`` and a first ``release/SHA256SUMS`` (``sha256sum -c`` compatible)."""
+def write_manifest(layout: OutputLayout, outcome: ReleaseOutcome) -> dict[str, Any]:
+    """Write ``release/manifest.json`` and a first ``release/SHA256SUMS`` (``sha256sum -c`` compatible) for
+    ``outcome``'s items; returns the manifest (also set on ``outcome``)."""
+    config, markers, fit_info, key_fingerprint = (outcome.record, outcome.markers, outcome.fit,
+                                                  outcome.key_fingerprint)
     items = []
     for m in sorted(markers, key=lambda m: m.item_id):
         entry = {"item_id": m.item_id, "status": m.status, "input_sha256": m.input_sha256 or [],
@@ -47,6 +49,7 @@ def write_manifest(layout: OutputLayout, config: ReleaseRecord, markers: Sequenc
     layout.release.mkdir(parents=True, exist_ok=True)
     write_text_atomic(layout.release / "manifest.json", json.dumps(manifest, indent=2))
     write_checksums(layout, manifest)
+    outcome.manifest = manifest
     return manifest
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from medue.evidence import MIX_MARGIN, TARGET, summarise, verdict
 from medue.io.atomic import write_text_atomic
 from medue.layout import DONE, FAILED, GATE_FAILED, QUARANTINED, OutputLayout
-from medue.records import EfficacyResult, ItemMarker, ReleaseRecord
+from medue.records import EfficacyResult, ItemMarker, ReleaseOutcome, ReleaseRecord
 
 REPORT_SCHEMA = "medue.report/1"
 
@@ -426,16 +426,13 @@ def protection_lines(p: dict[str, Any]) -> list[str]:
     return lines
 
 
-def build_report(layout: OutputLayout, config: ReleaseRecord, markers: Sequence[ItemMarker],
-                 fit_info: dict[str, Any], key_fingerprint: str, env: dict[str, Any],
-                 manifest: dict[str, Any], efficacy: EfficacyResult | None = None,
-                 release_checks: Sequence[dict[str, Any]] = (),
-                 ignored: Sequence[dict[str, str]] = (), facts: Any = None,
-                 class_of: dict[str, str] | None = None) -> tuple[Path, Path]:
-    """Write ``release/report.json`` (schema-validated) and ``release/report.html``; return their paths.
-
-    ``efficacy`` is the attached ``medue evaluate`` result (``PipelineConfig.load_efficacy_results``).
-    """
+def build_report(layout: OutputLayout, outcome: ReleaseOutcome) -> tuple[Path, Path]:
+    """Write ``release/report.json`` (schema-validated) and ``release/report.html`` of ``outcome`` (its manifest
+    written first); return their paths."""
+    config, markers, fit_info, key_fingerprint = (outcome.record, outcome.markers, outcome.fit,
+                                                  outcome.key_fingerprint)
+    env, manifest, efficacy, release_checks = outcome.env, outcome.manifest, outcome.efficacy, outcome.checks
+    ignored, facts, class_of = outcome.ignored, outcome.facts, outcome.class_of
     items = []
     for m in sorted(markers, key=lambda m: m.item_id):
         entry = m.subset("item_id", "status", "format", "modality", "shape", "reason", "message", "fidelity",

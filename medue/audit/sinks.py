@@ -15,7 +15,7 @@ from medue.audit.report import protection_counts
 from medue.errors import MissingDependencyError
 from medue.evidence import describe, evidence_applies, summarise
 from medue.layout import OutputLayout
-from medue.records import EfficacyResult, ItemMarker, ReleaseRecord
+from medue.records import EfficacyResult, ItemMarker, ReleaseOutcome, ReleaseRecord
 
 
 def default_tracking_uri(layout: OutputLayout) -> str:
@@ -102,11 +102,15 @@ class MlflowSink:
             self.mlflow.tracking.MlflowClient(tracking_uri=self.tracking_uri).set_terminated(self.run_id, status=status)
             self.run_id = None
 
-    def log_release(self, *, config: ReleaseRecord, markers: Sequence[ItemMarker], summary_counts: dict[str, int],
-                    fit_info: dict[str, Any], key_fingerprint: str, env: dict[str, Any], manifest: dict[str, Any],
-                    report_paths: tuple[Path | None, Path | None], seconds: float,
-                    efficacy: EfficacyResult | None = None,
-                    release_checks: Sequence[dict[str, Any]] = (), facts: Any = None) -> tuple[str, str]:
+    def log_release(self, outcome: ReleaseOutcome, report_paths: tuple[Path | None, Path | None]
+                    ) -> tuple[str, str]:
+        """Log ``outcome`` (parameters, metrics, tags, the report and manifest as artifacts) into the run opened by
+        :meth:`start`; returns the run id and the tracking URI."""
+        config, markers, summary_counts, fit_info = (outcome.record, outcome.markers, outcome.run_counts,
+                                                     outcome.fit)
+        key_fingerprint, env, manifest, seconds = (outcome.key_fingerprint, outcome.env, outcome.manifest,
+                                                   outcome.seconds)
+        efficacy, release_checks, facts = outcome.efficacy, outcome.checks, outcome.facts
         mlflow = self.mlflow
         mlflow.set_tracking_uri(self.tracking_uri)
         exp_id = self._experiment_id()

@@ -36,7 +36,7 @@ from medue.pipeline.job import FAILED, GATE_FAILED, QUARANTINED, JobContext
 from medue.pipeline.release_files import release_files_check, stray_files, withdraw_stale
 from medue.protect.stream import World
 from medue.provenance import capture_environment, key_fingerprint
-from medue.records import ItemMarker
+from medue.records import ItemMarker, ReleaseOutcome
 
 log = logging.getLogger("medue")
 
@@ -248,88 +248,139 @@ def _run_locked(config: PipelineConfig, *, shard: tuple[int, int], resume: bool,
 
 def _run_release(config: PipelineConfig, plan: ReleasePlan, *, shard: tuple[int, int], resume: bool,
                  progress: Callable[[str], None] | None, show_bar: bool, sink: Any) -> RunSummary:
-
+    """The stages after the plan: prepare outputs -> fit or reuse -> release gate -> protect items -> write
+    documents -> track. Each is a function below."""
     say = progress or (lambda s: log.info(s))
     t_start = time.perf_counter()
-    key, fingerprint, layout, efficacy = plan.key, plan.fingerprint, plan.layout, plan.efficacy
-    items, labels, held, ignored, identity, previous = (plan.items, plan.labels, plan.held, plan.ignored,
-                                                        plan.identity, plan.previous)
+    device = resolve_device(config.execution.device)
+    withdrawn = prepare_outputs(config, plan, say)
+    mine = select_shard(plan.items, shard)
+    say(f"found {len(plan.items)} item(s) under {config.input}; shard {shard[0]}/{shard[1]} has {len(mine)}")
+    fit = fit_or_reuse(config, plan, device, resume=resume, say=say)
+    gate, facts = release_gate(config, plan, fit, say)
+    markers = protect_items([] if gate.get("blocked") else mine, job_context(config, plan, device), config, device,
+                            resume=resume, show_bar=show_bar, say=say)
+    counts: dict[str, int] = {}
+    for m in markers:
+        counts[m.status or FAILED] = counts.get(m.status or FAILED, 0) + 1
+    counts["skipped"] = sum(1 for m in markers if m.skipped)
+    layout = plan.layout
+    outcome = ReleaseOutcome(
+        record=config.record(), key_fingerprint=plan.fingerprint, fit=fit,
+        markers=[m for p in sorted(layout.markers.glob("*.json")) if (m := ItemMarker.read(p)) is not None],
+        run_counts=counts, checks=[gate], efficacy=plan.efficacy, facts=facts, ignored=plan.ignored,
+        class_of=class_names(plan.labels, named=config.labels.include_in_release), env=capture_environment())
+    report_paths = write_documents(config, layout, outcome, withdrawn, say)
+    outcome.seconds = round(time.perf_counter() - t_start, 2)
+    summary = RunSummary(counts=counts, markers=sorted(markers, key=lambda m: m.item_id), output=layout.root,
+                         report_json=report_paths[0], report_html=report_paths[1], seconds=outcome.seconds,
+                         release_checks=outcome.checks)
+    if sink is not None:  # stage "track"
+        summary.mlflow_run_id, summary.tracking_uri = sink.log_release(outcome, report_paths)
+    return summary
+
+
+def prepare_outputs(config: PipelineConfig, plan: ReleasePlan, say: Callable[[str], None]) -> list[str]:
+    """Stage "prepare outputs": the output folders, the site-private index files (inputs, labels, held-out part,
+    ignored files), partial files of an interrupted run removed, withdrawn items' files removed from ``release/``.
+    Returns the withdrawn item ids."""
+    layout, labels = plan.layout, plan.labels
     for warning in (config.key_file_warning(), config.unit_warning()):
         if warning is not None:
             log.warning(warning)
-    device = resolve_device(config.execution.device)
     layout.root.mkdir(parents=True, exist_ok=True)
     layout.make_private()
     removed = remove_partials(layout.root)
     if removed:
         say(f"removed {len(removed)} partial output(s) left by an interrupted run")
-    write_text_atomic(layout.private / "ignored.local.json", json.dumps(ignored, indent=2))
+    write_text_atomic(layout.private / "ignored.local.json", json.dumps(plan.ignored, indent=2))
     if config.labels.holdout and labels is not None:
-        write_holdout(layout, config, labels, held, say)
-    if ignored:
-        say(f"ignored {len(ignored)} file(s) on purpose (hidden files, sidecars); listed in private/ignored.local.json")
+        write_holdout(layout, config, labels, plan.held, say)
+    if plan.ignored:
+        say(f"ignored {len(plan.ignored)} file(s) on purpose (hidden files, sidecars); listed in "
+            "private/ignored.local.json")
     if labels is not None:
         write_text_atomic(layout.private / "labels.local.json", json.dumps(labels.to_dict(), indent=2))
         say(f"labels from {config.labels.source}: " + ", ".join(f"{c} {n}" for c, n in labels.counts().items()))
-    withdrawn = withdraw_stale(layout, [it.item_id for it in items])
+    withdrawn = withdraw_stale(layout, [it.item_id for it in plan.items])
     if withdrawn:
         say(f"withdrew {len(withdrawn)} item(s) that are no longer inputs of this release: their files left release/")
-    mine = select_shard(items, shard)
-    say(f"found {len(items)} item(s) under {config.input}; shard {shard[0]}/{shard[1]} has {len(mine)}")
-    index = {it.item_id: {"kind": it.kind, "paths": list(it.paths)} for it in items}
+    index = {it.item_id: {"kind": it.kind, "paths": list(it.paths)} for it in plan.items}
     write_text_atomic(layout.private / "inputs.local.json", json.dumps(index, indent=2))
+    return withdrawn
 
-    if plan.reuse_fit:
-        assert previous is not None
-        damaged = damaged_fit_artefacts(layout, previous)
-        if damaged:
-            say(f"the fitted protector's files do not match their record ({'; '.join(damaged[:3])}"
-                f"{'; ...' if len(damaged) > 3 else ''}): fitting again (a fit is deterministic for a key)")
-            fit_info = fit_protector([it for it in items if not it.problem], config, key, device=device,
-                                     progress=say, identity=identity, resume=False)
-            if fit_info.get("state_fingerprint") != previous.get("state_fingerprint") and any(
-                    m.exported for p in layout.markers.glob("*.json") if (m := ItemMarker.read(p))):
-                raise InvalidConfigError([
-                    f"{config.output}: the fitted protector was damaged and fitting it again gave another state "
-                    f"({fit_info.get('state_fingerprint', '')[:12]} instead of "
-                    f"{previous.get('state_fingerprint', '')[:12]}); the items already exported carry the first "
-                    "one. Restore private/ from a backup, or release into a new output folder"])
-        else:
-            fit_info = previous
-            say(f"reusing fitted {config.protect.method} protector (state {fit_info['state_fingerprint'][:12]})")
-    else:
-        fit_info = fit_protector([it for it in items if not it.problem], config, key, device=device, progress=say,
-                                 identity=identity, resume=resume)
 
+def fit_or_reuse(config: PipelineConfig, plan: ReleasePlan, device: torch.device, *, resume: bool,
+                 say: Callable[[str], None]) -> dict[str, Any]:
+    """Stage "fit or reuse": the fit record of this release, reused on resume (fitted again when its files are
+    damaged: a fit is deterministic for a key), else fitted now."""
+    layout, previous, items = plan.layout, plan.previous, plan.items
+    readable = [it for it in items if not it.problem]
+    if not plan.reuse_fit:
+        return fit_protector(readable, config, plan.key, device=device, progress=say, identity=plan.identity,
+                             resume=resume)
+    assert previous is not None
+    damaged = damaged_fit_artefacts(layout, previous)
+    if not damaged:
+        say(f"reusing fitted {config.protect.method} protector (state {previous['state_fingerprint'][:12]})")
+        return previous
+    say(f"the fitted protector's files do not match their record ({'; '.join(damaged[:3])}"
+        f"{'; ...' if len(damaged) > 3 else ''}): fitting again (a fit is deterministic for a key)")
+    fit = fit_protector(readable, config, plan.key, device=device, progress=say, identity=plan.identity,
+                        resume=False)
+    if fit.get("state_fingerprint") != previous.get("state_fingerprint") and any(
+            m.exported for p in layout.markers.glob("*.json") if (m := ItemMarker.read(p))):
+        raise InvalidConfigError([
+            f"{config.output}: the fitted protector was damaged and fitting it again gave another state "
+            f"({fit.get('state_fingerprint', '')[:12]} instead of {previous.get('state_fingerprint', '')[:12]}); "
+            "the items already exported carry the first one. Restore private/ from a backup, or release into a new "
+            "output folder"])
+    return fit
+
+
+def release_gate(config: PipelineConfig, plan: ReleasePlan, fit: dict[str, Any], say: Callable[[str], None]
+                 ) -> tuple[dict[str, Any], Any]:
+    """Stage "release gate": the diagnostic-content check of the attached evidence; a failure blocks every export
+    (``blocked``) unless an override is recorded. Returns the check and the release's facts."""
     fp = config.fidelity
-    facts = release_facts(items, labels, config) if efficacy else None
-    release_checks = [release_diagnostic_check(efficacy, config.protect.method, fit_info.get("params", {}),
-                                               fp.max_diagnostic_accuracy_drop, facts)]
-    if release_checks[0]["result"] == "fail":
-        if fp.override_reason:
-            release_checks[0]["override"] = {"reason": fp.override_reason, "by": fp.override_by}
-            say(f"diagnostic check failed (accuracy drop {release_checks[0]['accuracy_drop']}); exporting under "
-                f"the recorded override by {fp.override_by}")
-        else:
-            release_checks[0]["blocked"] = True
-            say(f"release blocked: {release_checks[0]['check']} failed (accuracy drop "
-                f"{release_checks[0]['accuracy_drop']} > {fp.max_diagnostic_accuracy_drop}); nothing is exported. "
-                "Lower the protection strength, or record fidelity.override_reason and override_by")
-            mine = []
-    ctx = JobContext(
-        out=str(layout.root), input_root=str(config.input_path), key=key, key_fingerprint=fingerprint,
-        method=config.protect.method,
-        thresholds=fp.thresholds,
+    facts = release_facts(plan.items, plan.labels, config) if plan.efficacy else None
+    check = release_diagnostic_check(plan.efficacy, config.protect.method, fit.get("params", {}),
+                                     fp.max_diagnostic_accuracy_drop, facts)
+    if check["result"] != "fail":
+        return check, facts
+    if fp.override_reason:
+        check["override"] = {"reason": fp.override_reason, "by": fp.override_by}
+        say(f"diagnostic check failed (accuracy drop {check['accuracy_drop']}); exporting under the recorded "
+            f"override by {fp.override_by}")
+    else:
+        check["blocked"] = True
+        say(f"release blocked: {check['check']} failed (accuracy drop {check['accuracy_drop']} > "
+            f"{fp.max_diagnostic_accuracy_drop}); nothing is exported. Lower the protection strength, or record "
+            "fidelity.override_reason and override_by")
+    return check, facts
+
+
+def job_context(config: PipelineConfig, plan: ReleasePlan, device: torch.device) -> JobContext:
+    """What every item's job needs (picklable: it travels to worker processes and Ray actors)."""
+    fp, deid = config.fidelity, config.deidentification_options
+    return JobContext(
+        out=str(plan.layout.root), input_root=str(config.input_path), key=plan.key,
+        key_fingerprint=plan.fingerprint, method=config.protect.method, thresholds=fp.thresholds,
         override_reason=fp.override_reason, override_by=fp.override_by, deidentification=config.deidentification,
-        deid_retain=tuple(config.deidentification_options.retain),
-        keep_descriptions=config.deidentification_options.keep_descriptions,
-        keep_private_creators=tuple(config.deidentification_options.keep_private_creators),
-        uid_mode=config.uid_mode, uid_root=config.uid_root, reversible=config.protect.reversible, device=str(device),
+        deid_retain=tuple(deid.retain), keep_descriptions=deid.keep_descriptions,
+        keep_private_creators=tuple(deid.keep_private_creators), uid_mode=config.uid_mode, uid_root=config.uid_root,
+        reversible=config.protect.reversible, device=str(device),
         memory_bytes=memory_budget(device, memory_gb=config.execution.memory_gb, workers=config.execution.workers),
         read_ahead=(device.type == "cuda" if config.execution.read_ahead == "auto"
                     else bool(config.execution.read_ahead)),
-        float_unit=config.protect.unit,
-    )
+        float_unit=config.protect.unit)
+
+
+def protect_items(mine: list[Any], ctx: JobContext, config: PipelineConfig, device: torch.device, *, resume: bool,
+                  show_bar: bool, say: Callable[[str], None]) -> list[ItemMarker]:
+    """Stage "protect items": every item of this shard through its job (local processes or Ray), with progress;
+    returns this run's markers."""
+    layout = ctx.layout
     if resume:
         retry = [it for it in mine if (m := ItemMarker.read(layout.marker(it.item_id))) is not None
                  and m.status == FAILED]
@@ -357,44 +408,31 @@ def _run_release(config: PipelineConfig, plan: ReleasePlan, *, shard: tuple[int,
             bar.set_postfix_str(marker.status or "")
             bar.update(1)
         if not marker.exported and not marker.skipped:
-            line = (f"{marker.item_id}: {marker.status} ({marker.reason or ''}) "
-                    f"{(marker.message or '')[:200]}")
+            line = f"{marker.item_id}: {marker.status} ({marker.reason or ''}) {(marker.message or '')[:200]}"
             # a log record that carries the item's fields (a JSON log line keeps them apart)
             log.warning(line, extra={"item_id": marker.item_id, "status": marker.status,
                                      "reason": marker.reason or ""})
     if bar is not None:
         bar.close()
-    summary = RunSummary(output=layout.root, release_checks=release_checks)
-    for m in markers:
-        summary.counts[m.status or FAILED] = summary.counts.get(m.status or FAILED, 0) + 1
-    summary.counts["skipped"] = sum(1 for m in markers if m.skipped)
-    summary.markers = sorted(markers, key=lambda m: m.item_id)
+    return markers
 
-    all_markers = [m for p in sorted(layout.markers.glob("*.json")) if (m := ItemMarker.read(p)) is not None]
-    record = config.record()
-    manifest = write_manifest(layout, record, all_markers, fit_info, fingerprint)
+
+def write_documents(config: PipelineConfig, layout: OutputLayout, outcome: ReleaseOutcome, withdrawn: list[str],
+                    say: Callable[[str], None]) -> tuple[Path | None, Path | None]:
+    """Stage "write documents": the manifest, the release-files and protected-fraction checks, the report and the
+    checksums over all of it. Returns the report's paths (``None`` with the report disabled)."""
+    manifest = write_manifest(layout, outcome)
     strays = stray_files(layout, manifest)
-    release_checks.append(release_files_check(withdrawn, strays))
-    if fp.min_protected_fraction is not None:
-        release_checks.append(protected_fraction_check(all_markers, fp.min_protected_fraction))
-        if release_checks[-1].get("below_minimum"):
-            say(f"{release_checks[-1]['note']}; exit 3")
+    outcome.checks.append(release_files_check(withdrawn, strays))
     if strays:
         say(f"release/ holds {len(strays)} file(s) the manifest does not list: {', '.join(strays[:5])}; exit 3")
-    env = capture_environment()
-    if config.report.enabled:
-        summary.report_json, summary.report_html = build_report(layout, record, all_markers, fit_info, fingerprint,
-                                                                env, manifest, efficacy=efficacy,
-                                                                release_checks=release_checks, ignored=ignored,
-                                                                facts=facts,
-                                                                class_of=class_names(
-                                                                    labels, named=config.labels.include_in_release))
-        write_checksums(layout, manifest)  # now over the reports too
-    summary.seconds = round(time.perf_counter() - t_start, 2)
-    if sink is not None:
-        summary.mlflow_run_id, summary.tracking_uri = sink.log_release(
-            config=record, markers=all_markers, summary_counts=summary.counts, fit_info=fit_info,
-            key_fingerprint=fingerprint, env=env, manifest=manifest, report_paths=(summary.report_json,
-                                                                                  summary.report_html),
-            seconds=summary.seconds, efficacy=efficacy, release_checks=release_checks, facts=facts)
-    return summary
+    minimum = config.fidelity.min_protected_fraction
+    if minimum is not None:
+        outcome.checks.append(protected_fraction_check(outcome.markers, minimum))
+        if outcome.checks[-1].get("below_minimum"):
+            say(f"{outcome.checks[-1]['note']}; exit 3")
+    if not config.report.enabled:
+        return None, None
+    paths = build_report(layout, outcome)
+    write_checksums(layout, manifest)  # now over the reports too
+    return paths
