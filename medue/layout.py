@@ -47,6 +47,11 @@ class OutputLayout:
     def protector_state(self) -> Path:
         return self.private / "protector.pt"
 
+    @property
+    def fit_record(self) -> Path:
+        """The fit record (:class:`medue.records.FitRecord`)."""
+        return self.private / "protector.json"
+
     def make_private(self) -> None:
         """Create ``private/`` and ``quarantine/`` readable by the owner alone (mode 700: they hold the site's
         paths, deltas and copies of inputs), and tighten them when an earlier run left them open."""

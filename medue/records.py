@@ -58,6 +58,87 @@ class ReleaseRecord:
     deidentification_profile: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class FitRecord:
+    """The fit of a release, as ``private/protector.json`` holds it (written by :func:`medue.pipeline.fit.
+    fit_protector`, read through :meth:`read` everywhere else).
+
+    Attributes:
+        method: The protection method.
+        params: Its resolved parameters (inert ones included).
+        state_fingerprint: Fingerprint of the fitted state (the protection it places).
+        state_sha256: SHA-256 of ``private/protector.pt``.
+        identity: What a resume must share with this fit (key fingerprint, method, parameters, labels, config).
+        config_hash: The config hash of the fit.
+        slices, items: What the fit saw.
+        fit_resolution: The in-plane size it fitted at, if resized.
+        labels_used, pixels_used: Whether it read the labels and the pixels (a placed pattern needs neither pixel).
+        items_with_fitted_delta: Items whose sample-wise noise was stored, with each file's SHA-256 in
+            ``noise_sha256``.
+        fit_seconds: Wall time of the fit.
+        surrogate_accuracy_per_round: The surrogate's accuracy per min-min round (optimised methods).
+        streamed_from_disk, processes, resumed_after_round: A streamed (multi-process) fit's facts.
+        extra: Keys of a newer writer, kept.
+    """
+
+    method: str
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    state_fingerprint: str = ""
+    state_sha256: str = ""
+    identity: dict[str, Any] = dataclasses.field(default_factory=dict)
+    config_hash: str = ""
+    slices: int | None = None
+    items: int | None = None
+    fit_resolution: Any = None
+    labels_used: bool = False
+    pixels_used: bool = True
+    items_with_fitted_delta: int = 0
+    noise_sha256: dict[str, str] = dataclasses.field(default_factory=dict)
+    fit_seconds: float = 0.0
+    surrogate_accuracy_per_round: list[float] = dataclasses.field(default_factory=list)
+    streamed_from_disk: bool | None = None
+    processes: int | None = None
+    resumed_after_round: int | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    #: The order of the keys in the file (the order the fit has always written them).
+    ORDER = ("method", "config_hash", "identity", "slices", "items", "fit_resolution", "labels_used", "pixels_used",
+             "items_with_fitted_delta", "noise_sha256", "fit_seconds", "state_fingerprint", "state_sha256", "params",
+             "surrogate_accuracy_per_round", "streamed_from_disk", "processes", "resumed_after_round")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FitRecord:
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in data.items() if k in names},
+                   extra={k: v for k, v in data.items() if k not in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.ORDER:
+            value = getattr(self, name)
+            if name in ("streamed_from_disk", "processes", "resumed_after_round") and not self.streamed_from_disk:
+                continue  # written only by a streamed fit
+            out[name] = value
+        return {**out, **self.extra}
+
+    @classmethod
+    def read(cls, path: Path) -> FitRecord | None:
+        """The record at ``path``, or ``None`` when there is none (or it is not one: a damaged file is refit)."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            return None
+        return cls.from_dict(data) if isinstance(data, dict) and isinstance(data.get("method"), str) else None
+
+    def write(self, path: Path) -> None:
+        from medue.io.atomic import write_text_atomic
+
+        write_text_atomic(Path(path), json.dumps(self.to_dict(), indent=2))
+
+    def replace(self, **changes: Any) -> FitRecord:
+        return dataclasses.replace(self, **changes)
+
+
 @dataclasses.dataclass
 class ReleaseOutcome:
     """What a run produced, handed whole to the manifest, the report and the tracking store (stage "write
@@ -66,7 +147,7 @@ class ReleaseOutcome:
     Attributes:
         record: The release's settings as published (:class:`ReleaseRecord`).
         key_fingerprint: The key's fingerprint (never the key).
-        fit: The fit record (``private/protector.json``: method, parameters, state fingerprint, fit facts).
+        fit: The fit record (:class:`FitRecord`).
         markers: Every item of the release (this run's and earlier runs'), by item id.
         run_counts: This run's items by status, with ``skipped``.
         checks: Release-level checks (diagnostic content, release files, protected fraction).
@@ -81,7 +162,7 @@ class ReleaseOutcome:
 
     record: ReleaseRecord
     key_fingerprint: str
-    fit: dict[str, Any]
+    fit: FitRecord
     markers: list[Any]
     run_counts: dict[str, int]
     checks: list[dict[str, Any]]

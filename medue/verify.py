@@ -388,21 +388,20 @@ def verify(output: str | Path, model: str | Path | Suspect, key: str, *, probes:
     from medue.layout import OutputLayout
     from medue.protect import load_protector
     from medue.provenance import key_fingerprint
+    from medue.records import FitRecord
 
     layout = OutputLayout(Path(output))
-    fit_record, state = layout.private / "protector.json", layout.protector_state
+    record = FitRecord.read(layout.fit_record)
     problems = []
-    if not fit_record.is_file() or not state.is_file():
+    if record is None or not layout.protector_state.is_file():
         problems.append(f"{layout.root}: no private fit record (private/protector.json, protector.pt); give the "
                         "output folder of a finished `medue run` at the site")
-    else:
-        record = json.loads(fit_record.read_text())
-        if record.get("identity", {}).get("key_fingerprint") != key_fingerprint(key):
-            problems.append("the key does not match the release's fit (another key's fingerprint): give the site's "
-                            "key the release was made with")
+    elif record.identity.get("key_fingerprint") != key_fingerprint(key):
+        problems.append("the key does not match the release's fit (another key's fingerprint): give the site's "
+                        "key the release was made with")
     if problems:
         raise InvalidConfigError(problems, source="verify")
-    protector = load_protector(state)
+    protector = load_protector(layout.protector_state)
     check_verifiable(protector)  # before any image is read
     suspect = model if callable(model) else load_suspect(model, device)
     patterned = [c for c in range(_class_count(protector)) if not protector.unchanged_label(c)]

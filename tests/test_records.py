@@ -59,3 +59,22 @@ def test_efficacy_result_reads_the_shipped_evidence_back_byte_for_byte():
                                  "training_data": "protected", "clean_test_accuracy": 0.9, "train_accuracy": 1.0,
                                  "fit": True})
     assert old.key == "resnet18_flip_crop_jpeg_q10" and old.attack is None and "attack" not in old.to_dict()
+
+
+def test_the_fit_record_reads_and_writes_protector_json_byte_for_byte(tiny_config, tmp_path):
+    from medue.layout import OutputLayout
+    from medue.pipeline.config import load_config
+    from medue.pipeline.runner import run_pipeline
+    from medue.records import FitRecord
+
+    cfg = load_config(tiny_config())
+    run_pipeline(cfg)
+    path = OutputLayout(cfg.output_path).fit_record
+    record = FitRecord.read(path)
+    assert record is not None and record.method == "salm-samplewise" and record.state_fingerprint
+    record.write(tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_bytes() == path.read_bytes()
+    newer = {**json.loads(path.read_text()), "written_by_a_later_version": 1}
+    assert FitRecord.from_dict(newer).to_dict() == newer  # a newer writer's keys are kept
+    (tmp_path / "half.json").write_text('{"method": "li')
+    assert FitRecord.read(tmp_path / "half.json") is None and FitRecord.read(tmp_path / "none.json") is None

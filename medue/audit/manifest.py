@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from typing import Any, Sequence
+from typing import Any
 
 from medue._version import __version__
 from medue.io.atomic import write_text_atomic
 from medue.layout import OutputLayout
-from medue.records import ItemMarker, ReleaseOutcome, ReleaseRecord
+from medue.records import ReleaseOutcome
 
 MANIFEST_SCHEMA = "medue.manifest/1"
 
@@ -40,7 +40,7 @@ def write_manifest(layout: OutputLayout, outcome: ReleaseOutcome) -> dict[str, A
         "config_hash": config.config_hash,
         "method": config.method,
         "key_fingerprint": key_fingerprint,
-        "protector_state_fingerprint": fit_info.get("state_fingerprint", ""),
+        "protector_state_fingerprint": fit_info.state_fingerprint,
         "items": items,
         # the release's own documents: SHA256SUMS lists these and every item output, the same files as here (the
         # documents carry no hash here: the reports are written after the manifest, and no file holds its own hash)

@@ -18,7 +18,7 @@ import numpy as np
 from medue.evidence import MIX_MARGIN, TARGET, summarise, verdict
 from medue.io.atomic import write_text_atomic
 from medue.layout import DONE, FAILED, GATE_FAILED, QUARANTINED, OutputLayout
-from medue.records import EfficacyResult, ItemMarker, ReleaseOutcome, ReleaseRecord
+from medue.records import EfficacyResult, ItemMarker, ReleaseOutcome
 
 REPORT_SCHEMA = "medue.report/1"
 
@@ -431,7 +431,7 @@ def build_report(layout: OutputLayout, outcome: ReleaseOutcome) -> tuple[Path, P
     written first); return their paths."""
     config, markers, fit_info, key_fingerprint = (outcome.record, outcome.markers, outcome.fit,
                                                   outcome.key_fingerprint)
-    env, manifest, efficacy, release_checks = outcome.env, outcome.manifest, outcome.efficacy, outcome.checks
+    env, efficacy, release_checks = outcome.env, outcome.efficacy, outcome.checks
     ignored, facts, class_of = outcome.ignored, outcome.facts, outcome.class_of
     items = []
     for m in sorted(markers, key=lambda m: m.item_id):
@@ -452,10 +452,10 @@ def build_report(layout: OutputLayout, outcome: ReleaseOutcome) -> tuple[Path, P
         "preset": config.public_params.get("protect.preset"),
         "key_fingerprint": key_fingerprint,
         "config_hash": config.config_hash,
-        "protector": {"params": fit_info.get("params", {}), "state_fingerprint": fit_info.get("state_fingerprint", ""),
-                      "fit_slices": fit_info.get("slices"), "fit_pixels_used": fit_info.get("pixels_used", True),
-                      "fit_seconds": fit_info.get("fit_seconds"),
-                      "surrogate_accuracy_per_round": fit_info.get("surrogate_accuracy_per_round", [])},
+        "protector": {"params": fit_info.params, "state_fingerprint": fit_info.state_fingerprint,
+                      "fit_slices": fit_info.slices, "fit_pixels_used": fit_info.pixels_used,
+                      "fit_seconds": fit_info.fit_seconds,
+                      "surrogate_accuracy_per_round": fit_info.surrogate_accuracy_per_round},
         "policy": config.fidelity_policy,
         "policies": {"deidentification": config.deidentification,
                      "deidentification_profile": config.deidentification_profile, "uid_mode": config.uid_mode,
@@ -472,7 +472,7 @@ def build_report(layout: OutputLayout, outcome: ReleaseOutcome) -> tuple[Path, P
         "conformance": _conformance(markers) + list(release_checks),
         "efficacy": efficacy.to_dict() if efficacy else None,
         "efficacy_verdict": (efficacy_verdict(efficacy, method=config.method,
-                                              params=fit_info.get("params", {}), facts=facts) if efficacy else None),
+                                              params=fit_info.params, facts=facts) if efficacy else None),
         "verdict_line": "",
         "limitations": LIMITATIONS,
         "environment": env,

@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from medue.audit.report import protection_counts
 from medue.errors import MissingDependencyError
 from medue.evidence import describe, evidence_applies, summarise
 from medue.layout import OutputLayout
-from medue.records import EfficacyResult, ItemMarker, ReleaseOutcome, ReleaseRecord
+from medue.records import ItemMarker, ReleaseOutcome, ReleaseRecord
 
 
 def default_tracking_uri(layout: OutputLayout) -> str:
@@ -108,14 +108,13 @@ class MlflowSink:
         :meth:`start`; returns the run id and the tracking URI."""
         config, markers, summary_counts, fit_info = (outcome.record, outcome.markers, outcome.run_counts,
                                                      outcome.fit)
-        key_fingerprint, env, manifest, seconds = (outcome.key_fingerprint, outcome.env, outcome.manifest,
-                                                   outcome.seconds)
+        key_fingerprint, env, seconds = outcome.key_fingerprint, outcome.env, outcome.seconds
         efficacy, release_checks, facts = outcome.efficacy, outcome.checks, outcome.facts
         mlflow = self.mlflow
         mlflow.set_tracking_uri(self.tracking_uri)
         exp_id = self._experiment_id()
         params: dict[str, Any] = dict(config.public_params)  # no path, no tracking store, no key variable
-        params["protector.state_fingerprint"] = fit_info.get("state_fingerprint", "")
+        params["protector.state_fingerprint"] = fit_info.state_fingerprint
         params["items"] = len(markers)
         metrics: dict[str, float] = {f"count_{k}": float(v) for k, v in summary_counts.items()}
         fids = [m.fidelity for m in markers if m.fidelity is not None]
@@ -130,7 +129,7 @@ class MlflowSink:
                            gate_pass_rate=float(np.mean([bool(f["passed"]) for f in fids])))
         efficacy_tags: dict[str, str] = {}
         if efficacy:
-            applies, why = evidence_applies(efficacy, config.method, fit_info.get("params", {}), facts)
+            applies, why = evidence_applies(efficacy, config.method, fit_info.params, facts)
             efficacy_tags = {"medue.efficacy.evidence": describe(efficacy)[:500],
                              "medue.efficacy.applies": "yes" if applies else f"no: {why}"[:500]}
             if applies:  # numbers measured for another method, parameters or data are not this release's
@@ -145,7 +144,7 @@ class MlflowSink:
         carried = protection_counts(markers)
         for k in ("protected", "weakened_by_gate", "unchanged_on_purpose"):
             metrics[f"protection_{k}"] = float(carried[k])
-        metrics["fit_seconds"] = float(fit_info.get("fit_seconds", 0.0))
+        metrics["fit_seconds"] = float(fit_info.fit_seconds or 0.0)
         metrics["run_seconds"] = float(seconds)
         tags = {"medue.version": env.get("medue", ""), "medue.config_hash": config.config_hash,
                 "medue.key_fingerprint": key_fingerprint, "medue.method": config.method,

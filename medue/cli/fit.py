@@ -27,11 +27,11 @@ def command(args: argparse.Namespace) -> int:
     try:
         log = logging.getLogger("medue.fit")
         info = fit_release(config, resume=args.resume, progress=(lambda s: None) if args.quiet else log.info)
-        if info.get("rank", 0) == 0:
-            rounds = info.get("surrogate_accuracy_per_round") or []
-            print(f"fitted {info['method']} on {info.get('slices', 0)} slice(s) of {info.get('items', 0)} item(s)"
+        if info.extra.get("rank", 0) == 0:
+            rounds = info.surrogate_accuracy_per_round or []
+            print(f"fitted {info.method} on {info.slices or 0} slice(s) of {info.items or 0} item(s)"
                   + (f", {len(rounds)} round(s), last surrogate accuracy {rounds[-1]:.3f}" if rounds else "")
-                  + (f", {info['processes']} process(es)" if info.get("processes") else ""))
+                  + (f", {info.processes} process(es)" if info.processes else ""))
             print(f"  state:   {config.output_path / 'private' / 'protector.json'}")
             print(f"  export:  medue run {args.config} --resume")
         return EXIT_OK

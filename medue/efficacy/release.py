@@ -31,7 +31,8 @@ from medue.efficacy.train import TrainSettings, predict, train_classifier
 from medue.errors import IngestError, InvalidConfigError
 from medue.evidence import RESULT_SCHEMA, summarise
 from medue.fidelity.diagnostic import diagnostic_preservation
-from medue.records import EfficacyResult, ItemMarker
+from medue.layout import OutputLayout
+from medue.records import EfficacyResult, FitRecord, ItemMarker
 
 #: Default fraction of a benchmark's training split kept out of the release as the clean pool of the mixing attacks.
 MIX_POOL = 0.2
@@ -417,7 +418,7 @@ def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path,
                else "") + f") -> {work}")
         exit_code = run_pipeline(run_cfg, progress=log, show_bar=True).exit_code
     release_seconds = round(time.perf_counter() - t0, 1)
-    fit_info = json.loads((work / "private" / "protector.json").read_text())
+    fit_info = FitRecord.read(OutputLayout(work).fit_record)
 
     train_table = read_labels_table(root / "train_labels.csv")
     pool_rels = _pool_rels(work, root / "train")
@@ -460,7 +461,7 @@ def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path,
                     "majority_class_accuracy": round(float(np.bincount(y_test).max() / len(y_test)), 4)},
         "image_size": list(size),
         "method": config.protect.method,
-        "params": fit_info.get("params", {}),
+        "params": fit_info.params,
         "config": {"fit_max_slices": config.protect.fit_max_slices, "fit_size": config.protect.fit_size,
                    "fidelity": config.fidelity.model_dump()},
         "labels_used": bool(labels_used),
@@ -470,8 +471,8 @@ def evaluate_release(config: Any, dataset_root: str | Path, *, work: str | Path,
         "release_exit_code": exit_code,
         "release_existing": existing,
         "release_seconds": release_seconds,
-        "fit": {k: fit_info.get(k) for k in ("slices", "fit_resolution", "fit_seconds", "labels_used", "pixels_used",
-                                              "surrogate_accuracy_per_round", "state_fingerprint")},
+        "fit": {k: getattr(fit_info, k) for k in ("slices", "fit_resolution", "fit_seconds", "labels_used",
+                                                  "pixels_used", "surrogate_accuracy_per_round", "state_fingerprint")},
         "fidelity": _fidelity_summary(status),
         "device": str(device),
         "torch": torch.__version__,
@@ -527,7 +528,7 @@ def evaluate_own_release(config: Any, *, settings: ReleaseEvalSettings = Release
     release_seconds = round(time.perf_counter() - t0, 1)
     out = config.output_path
     private = out / "private"
-    fit_info = json.loads((private / "protector.json").read_text())
+    fit_info = FitRecord.read(OutputLayout(out).fit_record)
     index = json.loads((private / "inputs.local.json").read_text())
     labels = json.loads((private / "labels.local.json").read_text())
     held = json.loads((private / "holdout.local.json").read_text())["items"]
@@ -574,7 +575,7 @@ def evaluate_own_release(config: Any, *, settings: ReleaseEvalSettings = Release
                     "majority_class_accuracy": round(float(np.bincount(data.y_test).max() / len(data.y_test)), 4)},
         "image_size": list(size),
         "method": config.protect.method,
-        "params": fit_info.get("params", {}),
+        "params": fit_info.params,
         "labels_used": True,
         "exported": {c: sum(1 for m in done if labels["by_item"][m.item_id] == i) for i, c in enumerate(classes)},
         "expected": {c: sum(1 for item, lab in labels["by_item"].items() if lab == i and item not in held)
@@ -583,8 +584,8 @@ def evaluate_own_release(config: Any, *, settings: ReleaseEvalSettings = Release
                          if (n := sum(1 for m in markers if m.status == st))},
         "release_exit_code": exit_code,
         "release_seconds": release_seconds,
-        "fit": {k: fit_info.get(k) for k in ("slices", "fit_seconds", "labels_used", "pixels_used",
-                                              "state_fingerprint")},
+        "fit": {k: getattr(fit_info, k) for k in ("slices", "fit_seconds", "labels_used", "pixels_used",
+                                                  "state_fingerprint")},
         "fidelity": _fidelity_summary(status),
         "device": str(device),
         "torch": torch.__version__,

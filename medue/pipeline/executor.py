@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from medue.device import device_count
 from medue.errors import InvalidConfigError

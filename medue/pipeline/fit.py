@@ -28,6 +28,7 @@ from medue.pipeline.config import PipelineConfig
 from medue.protect import UnitSpace, build_protector
 from medue.protect.stream import FitCheckpoint, RowFile, SliceStore, SliceWriter, World
 from medue.provenance import sha256_file
+from medue.records import FitRecord
 
 log = logging.getLogger("medue")
 
@@ -158,8 +159,10 @@ def release_identity(config: PipelineConfig, key_fingerprint: str, labels: Any) 
 
 def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, device: torch.device,
                   progress: Callable[[str], None] | None = None,
-                  identity: dict[str, Any] | None = None, resume: bool = False) -> dict[str, Any]:
-    """Fit the configured protector on the whole release and save it (and sample-wise deltas) under ``private/``.
+                  identity: dict[str, Any] | None = None, resume: bool = False) -> FitRecord:
+    """Fit the configured protector on the whole release and save it (and sample-wise deltas) under ``private/``;
+    returns the fit record written to ``private/protector.json`` (on processes other than 0, a record with the
+    method and ``extra["rank"]`` only).
 
     Sample-wise methods keep the delta the bi-level optimisation found for each slice
     (``private/noise/<item_id>.npz``), so every exported slice carries noise optimised jointly with the surrogate;
@@ -176,7 +179,7 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
     world = World.current()
     # an interrupted fit must never look like a finished one to --resume: its record goes first, comes back last
     if world.rank == 0:
-        (layout.private / "protector.json").unlink(missing_ok=True)
+        layout.fit_record.unlink(missing_ok=True)
     protector = build_protector(config.protect.method, **dict(config.protect.params))
     labelled = bool(items) and all(it.label is not None for it in items)
     pixels = protector.fit_uses_pixels(labelled)
@@ -227,7 +230,7 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
         model.to("cpu")
     resumed_from = getattr(getattr(protector, "checkpoint", None), "resumed_from", None)
     if world.rank != 0:  # process 0 writes the results
-        return {"method": config.protect.method, "rank": world.rank}
+        return FitRecord(method=config.protect.method, extra={"rank": world.rank})
     layout.private.mkdir(parents=True, exist_ok=True)
     stored = 0
     noise_sha256: dict[str, str] = {}
@@ -248,29 +251,28 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
     tmp = layout.protector_state.with_suffix(".tmp")
     protector.save(tmp)
     tmp.replace(layout.protector_state)
-    info = {"method": config.protect.method, "config_hash": config.config_hash(), "identity": identity or {},
-            "slices": slices,
-            "items": len(fit.owners), "fit_resolution": resolution,
-            "labels_used": fit.labels is not None, "pixels_used": pixels, "items_with_fitted_delta": stored,
-            "noise_sha256": noise_sha256,
-            "fit_seconds": round(time.perf_counter() - t0, 2), "state_fingerprint": protector.state_fingerprint(),
-            "state_sha256": sha256_file(layout.protector_state), "params": protector.params(),
-            "surrogate_accuracy_per_round": list(getattr(protector, "history", []) or [])}
-    if streamed:  # resumed_after_round: index (from 0, as in checkpoint.json) of the last round before a resume
-        info.update({"streamed_from_disk": True, "processes": world.size, "resumed_after_round": resumed_from})
-    write_text_atomic(layout.private / "protector.json", json.dumps(info, indent=2))
+    info = FitRecord(
+        method=config.protect.method, config_hash=config.config_hash(), identity=identity or {}, slices=slices,
+        items=len(fit.owners), fit_resolution=resolution, labels_used=fit.labels is not None, pixels_used=pixels,
+        items_with_fitted_delta=stored, noise_sha256=noise_sha256, fit_seconds=round(time.perf_counter() - t0, 2),
+        state_fingerprint=protector.state_fingerprint(), state_sha256=sha256_file(layout.protector_state),
+        params=protector.params(), surrogate_accuracy_per_round=list(getattr(protector, "history", []) or []),
+        # resumed_after_round: index (from 0, as in checkpoint.json) of the last round before a resume
+        **({"streamed_from_disk": True, "processes": world.size, "resumed_after_round": resumed_from}
+           if streamed else {}))
+    info.write(layout.fit_record)
     if streamed:
         shutil.rmtree(fit_dir, ignore_errors=True)  # slices and buffers: the noise is in private/noise/ now
     return info
 
 
-def damaged_fit_artefacts(layout: OutputLayout, record: dict[str, Any]) -> list[str]:
+def damaged_fit_artefacts(layout: OutputLayout, record: FitRecord) -> list[str]:
     """What of a finished fit does not match its record (``private/protector.json``): the protector state and each
     item's fitted noise, by SHA-256. Empty when everything is intact."""
     problems = []
-    if record.get("state_sha256") and sha256_file(layout.protector_state) != record["state_sha256"]:
+    if record.state_sha256 and sha256_file(layout.protector_state) != record.state_sha256:
         problems.append("private/protector.pt differs from its recorded SHA-256")
-    for item_id, digest in sorted((record.get("noise_sha256") or {}).items()):
+    for item_id, digest in sorted((record.noise_sha256 or {}).items()):
         path = layout.private / "noise" / f"{item_id}.npz"
         if not path.is_file():
             problems.append(f"private/noise/{item_id}.npz is missing")

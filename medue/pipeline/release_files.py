@@ -3,7 +3,6 @@ file the manifest does not list is named, never published silently."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Iterable
 
 from medue.layout import OutputLayout

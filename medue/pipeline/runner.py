@@ -36,7 +36,7 @@ from medue.pipeline.job import FAILED, GATE_FAILED, QUARANTINED, JobContext
 from medue.pipeline.release_files import release_files_check, stray_files, withdraw_stale
 from medue.protect.stream import World
 from medue.provenance import capture_environment, key_fingerprint
-from medue.records import ItemMarker, ReleaseOutcome
+from medue.records import FitRecord, ItemMarker, ReleaseOutcome
 
 log = logging.getLogger("medue")
 
@@ -102,7 +102,7 @@ def protected_fraction_check(markers: list[ItemMarker], minimum: float) -> dict[
 
 
 def fit_release(config: PipelineConfig, *, resume: bool = False, progress: Callable[[str], None] | None = None
-                ) -> dict[str, Any]:
+                ) -> FitRecord:
     """Fit the protector of ``config``'s release and stop (no export): ``medue fit``.
 
     Run it in one process, or in every process of a ``torch.distributed`` group (``torchrun ... -m medue.cli fit``),
@@ -123,11 +123,10 @@ def fit_release(config: PipelineConfig, *, resume: bool = False, progress: Calla
     layout = OutputLayout(config.output_path)
     items, labels, _ = labelled_inputs(config, ignored=[], key=key)
     identity = release_identity(config, key_fingerprint(key), labels)
-    previous = layout.private / "protector.json"
-    info = json.loads(previous.read_text()) if previous.exists() and layout.protector_state.exists() else None
-    if resume and info is not None and info.get("identity") == identity:
+    info = FitRecord.read(layout.fit_record) if layout.protector_state.exists() else None
+    if resume and info is not None and info.identity == identity:
         say(f"{config.output} already holds this release's fitted protector; nothing to fit")
-        return info if world.rank == 0 else {"method": config.protect.method, "rank": world.rank}
+        return info if world.rank == 0 else FitRecord(method=config.protect.method, extra={"rank": world.rank})
     if layout.markers.is_dir() and any(layout.markers.glob("*.json")):
         raise InvalidConfigError([
             f"{config.output} already holds exported items (markers/) of an earlier fit; a new fit would mix two "
@@ -191,7 +190,7 @@ class ReleasePlan:
     held: Any
     ignored: list[dict[str, str]]
     identity: dict[str, Any]
-    previous: dict[str, Any] | None
+    previous: FitRecord | None
     reuse_fit: bool
 
 
@@ -209,13 +208,12 @@ def plan_release(config: PipelineConfig, *, shard: tuple[int, int] = (0, 1), res
     layout = OutputLayout(config.output_path)
     ignored: list[dict[str, str]] = []
     items, labels, held = labelled_inputs(config, ignored, key)
-    state_info_path = layout.private / "protector.json"
-    previous = json.loads(state_info_path.read_text()) if state_info_path.exists() else None
+    previous = FitRecord.read(layout.fit_record)
     identity = release_identity(config, fingerprint, labels)
     reuse = bool((resume or shard != (0, 1)) and previous and layout.protector_state.exists())
     if reuse:
         assert previous is not None
-        differs = [k for k, v in identity.items() if previous.get("identity", {}).get(k) != v]
+        differs = [k for k, v in identity.items() if previous.identity.get(k) != v]
         if differs:
             raise InvalidConfigError([
                 f"--resume{' / --shard' if shard != (0, 1) else ''}: {config.output} was fitted with a different "
@@ -311,7 +309,7 @@ def prepare_outputs(config: PipelineConfig, plan: ReleasePlan, say: Callable[[st
 
 
 def fit_or_reuse(config: PipelineConfig, plan: ReleasePlan, device: torch.device, *, resume: bool,
-                 say: Callable[[str], None]) -> dict[str, Any]:
+                 say: Callable[[str], None]) -> FitRecord:
     """Stage "fit or reuse": the fit record of this release, reused on resume (fitted again when its files are
     damaged: a fit is deterministic for a key), else fitted now."""
     layout, previous, items = plan.layout, plan.previous, plan.items
@@ -322,29 +320,29 @@ def fit_or_reuse(config: PipelineConfig, plan: ReleasePlan, device: torch.device
     assert previous is not None
     damaged = damaged_fit_artefacts(layout, previous)
     if not damaged:
-        say(f"reusing fitted {config.protect.method} protector (state {previous['state_fingerprint'][:12]})")
+        say(f"reusing fitted {config.protect.method} protector (state {previous.state_fingerprint[:12]})")
         return previous
     say(f"the fitted protector's files do not match their record ({'; '.join(damaged[:3])}"
         f"{'; ...' if len(damaged) > 3 else ''}): fitting again (a fit is deterministic for a key)")
     fit = fit_protector(readable, config, plan.key, device=device, progress=say, identity=plan.identity,
                         resume=False)
-    if fit.get("state_fingerprint") != previous.get("state_fingerprint") and any(
+    if fit.state_fingerprint != previous.state_fingerprint and any(
             m.exported for p in layout.markers.glob("*.json") if (m := ItemMarker.read(p))):
         raise InvalidConfigError([
             f"{config.output}: the fitted protector was damaged and fitting it again gave another state "
-            f"({fit.get('state_fingerprint', '')[:12]} instead of {previous.get('state_fingerprint', '')[:12]}); "
+            f"({fit.state_fingerprint[:12]} instead of {previous.state_fingerprint[:12]}); "
             "the items already exported carry the first one. Restore private/ from a backup, or release into a new "
             "output folder"])
     return fit
 
 
-def release_gate(config: PipelineConfig, plan: ReleasePlan, fit: dict[str, Any], say: Callable[[str], None]
+def release_gate(config: PipelineConfig, plan: ReleasePlan, fit: FitRecord, say: Callable[[str], None]
                  ) -> tuple[dict[str, Any], Any]:
     """Stage "release gate": the diagnostic-content check of the attached evidence; a failure blocks every export
     (``blocked``) unless an override is recorded. Returns the check and the release's facts."""
     fp = config.fidelity
     facts = release_facts(plan.items, plan.labels, config) if plan.efficacy else None
-    check = release_diagnostic_check(plan.efficacy, config.protect.method, fit.get("params", {}),
+    check = release_diagnostic_check(plan.efficacy, config.protect.method, fit.params,
                                      fp.max_diagnostic_accuracy_drop, facts)
     if check["result"] != "fail":
         return check, facts
