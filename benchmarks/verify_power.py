@@ -60,7 +60,8 @@ def main() -> None:
             except NotVerifiable as exc:
                 raise SystemExit(str(exc)) from None
             rows.append({"model": f"{folder.name}/{model.stem}", "attack": info.get("attack"),
-                         "trained_on": info.get("trained_on") if of_release else f"another release ({folder.name})",
+                         "trained_on": info.get("trained_on") if of_release or info.get("trained_on") != "protected"
+                         else f"another release ({folder.name})",
                          "saw_release": saw, "clean_test_accuracy": info.get("clean_test_accuracy"),
                          "p_value": r.p_value, "rank_p_value": r.rank_p_value, "detected": r.detected,
                          "queries": r.queries, "seconds": r.seconds, "mode": r.mode, "claim": r.claim})
