@@ -309,3 +309,18 @@ def test_check_reads_every_input_as_run_does_and_says_what_would_be_quarantined(
     assert main(["check", str(cfg)]) == 0
     assert main(["inspect", str(tmp_path / "in"), "--config", str(cfg)]) == 0
     assert not (tmp_path / "out").exists()  # check and inspect write nothing
+
+
+def test_logs_carry_no_input_path_and_no_class_name_unless_verbose(tiny_config, tmp_path, capsys):
+    """What an ETL job ships to a log collector: counts, not the site's folder or its class names."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\nseries_a,glioma_ward7\nvol.nii.gz,normal_ward7\n")
+    cfg = tiny_config(labels={"source": "table", "table": str(labels)})
+    capsys.readouterr()
+    assert main(["--log-json", "run", str(cfg)]) == 0
+    err = capsys.readouterr().err
+    assert "found 2 item(s) in the input folder" in err and "2 classes" in err
+    assert str(tmp_path / "in") not in err and "ward7" not in err
+    assert main(["--log-json", "-v", "run", str(cfg), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert str(tmp_path / "in") in err and "ward7" in err  # asked for with --verbose

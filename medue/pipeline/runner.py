@@ -253,7 +253,8 @@ def _run_release(config: PipelineConfig, plan: ReleasePlan, *, shard: tuple[int,
     device = resolve_device(config.execution.device)
     withdrawn = prepare_outputs(config, plan, say)
     mine = select_shard(plan.items, shard)
-    say(f"found {len(plan.items)} item(s) under {config.input}; shard {shard[0]}/{shard[1]} has {len(mine)}")
+    log.debug("input folder: %s", config.input)  # a path: only with --verbose (logs are shipped to collectors)
+    say(f"found {len(plan.items)} item(s) in the input folder; shard {shard[0]}/{shard[1]} has {len(mine)}")
     fit = fit_or_reuse(config, plan, device, resume=resume, say=say)
     gate, facts = release_gate(config, plan, fit, say)
     markers = protect_items([] if gate.get("blocked") else mine, job_context(config, plan, device), config, device,
@@ -299,7 +300,10 @@ def prepare_outputs(config: PipelineConfig, plan: ReleasePlan, say: Callable[[st
             "private/ignored.local.json")
     if labels is not None:
         write_text_atomic(layout.private / "labels.local.json", json.dumps(labels.to_dict(), indent=2))
-        say(f"labels from {config.labels.source}: " + ", ".join(f"{c} {n}" for c, n in labels.counts().items()))
+        counts = labels.counts()
+        log.debug("classes: %s", counts)  # the site's class names: only with --verbose
+        say(f"labels from {config.labels.source}: {len(counts)} classes of "
+            + ", ".join(str(n) for n in counts.values()) + " item(s)")
     withdrawn = withdraw_stale(layout, [it.item_id for it in plan.items])
     if withdrawn:
         say(f"withdrew {len(withdrawn)} item(s) that are no longer inputs of this release: their files left release/")
