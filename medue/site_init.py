@@ -39,6 +39,14 @@ def _table_path(item_paths: tuple[str, ...], root: Path, kind: str) -> str:
     return target.relative_to(root).as_posix()
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _name(folder: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", folder.resolve().name).strip("-").lower() or "release"
 
@@ -124,6 +132,11 @@ def init_site(folder: str | Path, *, config: str | Path | None = None, labels: s
     folders, folder_problems = resolve_labels(items, root=root, source="folder")
     by_folder = folders is not None and not folder_problems
     rows = sorted((_table_path(it.paths, root, it.kind), it.item_id) for it in items)
+    unnamed = [path for path, _ in rows if not _utf8(path)]
+    if unnamed:
+        raise InvalidConfigError([
+            f"{len(unnamed)} item(s) have names that are not UTF-8 (first: {os.fsencode(unnamed[0])!r}), which a "
+            "labels table cannot hold; rename them (or link them under UTF-8 names) and run medue init again"])
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["path", "label"])

@@ -88,3 +88,13 @@ def test_config_and_labels_at_one_path_and_non_utf8_names_are_refused(tmp_path):
     odd.mkdir()
     with pytest.raises(InvalidConfigError, match="not UTF-8"):
         init_site(odd, config=tmp_path / "y.yaml")
+
+
+def test_an_item_whose_name_is_not_utf8_is_refused_in_one_line_and_nothing_is_written(tmp_path):
+    """The folder's own name is UTF-8, an item's is not (Latin-1 from an old share): refused before any file."""
+    odd = tmp_path / "d" / b"caf\xe9".decode("utf-8", "surrogateescape")
+    make_nifti(odd / "v0.nii", shape=(16, 16, 3), seed=0)
+    make_nifti(tmp_path / "d" / "fine" / "v1.nii", shape=(16, 16, 3), seed=1)
+    with pytest.raises(InvalidConfigError, match=r"1 item\(s\) have names that are not UTF-8"):
+        init_site(tmp_path / "d", config=tmp_path / "site.yaml")
+    assert not (tmp_path / "site.yaml").exists() and not (tmp_path / "site_labels.csv").exists()
