@@ -52,3 +52,16 @@ def test_preset_conflicts_are_listed_at_once_and_unknown_names_get_a_suggestion(
 def test_a_preset_that_is_not_a_name_is_a_config_error_not_a_traceback(value):
     with pytest.raises(InvalidConfigError, match="protect.preset: expected a string"):
         parse_config({**BASE, "protect": {"preset": value}})
+
+
+def test_a_limit_stricter_than_the_preset_was_measured_with_is_listed():
+    """`preset: lines-36db` under a gate with max_abs_physical 10 (as `medue init` writes) or a smaller changed
+    fraction would weaken its items back towards the 38 dB pixels: refused, each limit named; a limit no stricter
+    than the measured release's is fine."""
+    with pytest.raises(InvalidConfigError) as info:
+        parse_config({**BASE, "protect": {"preset": "lines-36db"},
+                      "fidelity": {"max_abs_physical": 10, "max_fraction_changed": 0.1}})
+    text = str(info.value)
+    assert "fidelity.max_abs_physical: 10 is stricter than protect.preset 'lines-36db' was measured with (no limit)" \
+        in text and "fidelity.max_fraction_changed: 0.1" in text and "(0.2)" in text
+    parse_config({**BASE, "protect": {"preset": "lines-36db"}, "fidelity": {"max_fraction_changed": 0.2}})

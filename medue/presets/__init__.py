@@ -123,6 +123,7 @@ def apply_preset(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         if key in fidelity and fidelity[key] != value:
             problems.append(f"fidelity.{key}: {fidelity[key]!r} conflicts with protect.preset {name!r}, measured at "
                             f"{value!r}; remove fidelity.{key}, or the preset")
+    problems += _stricter_limits(name, preset, fidelity)
     out = dict(values)
     out["protect"] = {**protect, "method": preset.method, "params": dict(preset.params)}
     out["fidelity"] = {**fidelity, **preset.fidelity}
@@ -130,6 +131,40 @@ def apply_preset(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     if report.get("efficacy_results") is None:
         out["report"] = {**report, "efficacy_results": str(preset.evidence_path)}
     return out, problems
+
+
+#: Fidelity limits that weaken items when stricter than the preset's measured release had them (``min_*``: higher is
+#: stricter; ``max_*``: lower is stricter).
+LIMITS = ("min_psnr_db", "min_ssim", "max_abs_units", "max_abs_physical", "max_fraction_changed")
+
+
+def measured_fidelity(preset: Preset) -> dict[str, Any]:
+    """The fidelity gate the preset's evidence release ran under (its efficacy JSON's ``config.fidelity``)."""
+    import json
+
+    try:
+        data = json.loads(preset.evidence_path.read_text())
+    except (OSError, ValueError):
+        return dict(preset.fidelity)
+    return {**((data.get("config") or {}).get("fidelity") or {}), **preset.fidelity}
+
+
+def _stricter_limits(name: str, preset: Preset, fidelity: Mapping[str, Any]) -> list[str]:
+    """Problems for each limit of the site's gate that is stricter than the gate the preset was measured under: it
+    would weaken the preset's items back towards weaker pixels, and the attached evidence would not be theirs."""
+    measured = measured_fidelity(preset)
+    out = []
+    for key in LIMITS:
+        value = fidelity.get(key)
+        if key in preset.fidelity or value is None or not isinstance(value, (int, float)):
+            continue  # the preset's own limits are checked above; an unset limit weakens nothing
+        then = measured.get(key)
+        stricter = then is None or (value > then if key.startswith("min_") else value < then)
+        if stricter:
+            out.append(f"fidelity.{key}: {value!r} is stricter than protect.preset {name!r} was measured with "
+                       f"({'no limit' if then is None else repr(then)}): it would weaken the preset's items, and its "
+                       f"evidence would not be theirs; remove fidelity.{key}, or the preset")
+    return out
 
 
 def worst_seed(summary: Mapping[str, Any]) -> float | None:
