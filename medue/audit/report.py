@@ -390,6 +390,11 @@ def protection_counts(markers: Sequence[ItemMarker], class_of: dict[str, str] | 
             "gate_failed": sum(1 for m in ms if m.status == GATE_FAILED),
             "failed": sum(1 for m in ms if m.status == FAILED)}
         if weakened:
+            limits: dict[str, int] = {}
+            for a in weakened:
+                for name in a.get("limits") or ["(not recorded)"]:
+                    limits[name] = limits.get(name, 0) + 1
+            out["weakened_by_limit"] = dict(sorted(limits.items()))
             out["weakened_mean_kept_fraction"] = round(float(np.mean([a.get("kept_fraction", 1.0)
                                                                       for a in weakened])), 4)
             out["weakened_mean_amplitude_scale"] = round(float(np.mean([a.get("amplitude_scale", 1.0)
@@ -410,7 +415,10 @@ def protection_lines(p: dict[str, Any]) -> list[str]:
         if c["weakened_by_gate"]:
             text += (f", {c['weakened_by_gate']} weakened by the fidelity gate (kept on average "
                      f"{100 * c.get('weakened_mean_kept_fraction', 1):.0f} % of the changed pixels at "
-                     f"{100 * c.get('weakened_mean_amplitude_scale', 1):.0f} % amplitude)")
+                     f"{100 * c.get('weakened_mean_amplitude_scale', 1):.0f} % amplitude"
+                     + ("; the limits the full protection missed: " + ", ".join(
+                         f"{k} ({n})" for k, n in c["weakened_by_limit"].items()) if c.get("weakened_by_limit")
+                        else "") + ")")
         if c["unchanged_on_purpose"]:
             text += (f", {c['unchanged_on_purpose']} released UNCHANGED on purpose (their class carries no pattern: "
                      "the method's blank class)")

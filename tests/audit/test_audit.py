@@ -308,3 +308,21 @@ def test_the_fidelity_chart_of_a_large_release_is_a_distribution_not_hundreds_of
     bars.clear()
     report._fidelity_plot(items[:5])
     assert len(bars) == 2
+
+
+def test_the_report_names_the_limit_that_weakened_items():
+    from medue.audit.report import protection_counts, protection_lines
+    from medue.pipeline.job import _limit_name
+    from medue.records import ItemMarker
+
+    assert _limit_name("max |delta| 12 physical units > maximum 10") == "max_abs_physical"
+    assert _limit_name("PSNR 36.10 dB < minimum 38 dB") == "min_psnr_db"
+    full = {"protection": {"params": {"epsilon": 8}, "stats": {"linf_units": 8}}, "fidelity": {"passed": True}}
+    markers = [ItemMarker(item_id="a", status="done", **full),
+               ItemMarker(item_id="b", status="done", adapted={"kept_fraction": 0.5, "limits": ["max_abs_physical"]},
+                          **full),
+               ItemMarker(item_id="c", status="done", adapted={"kept_fraction": 0.7,
+                                                               "limits": ["max_abs_physical", "min_psnr_db"]}, **full)]
+    counts = protection_counts(markers)
+    assert counts["weakened_by_limit"] == {"max_abs_physical": 2, "min_psnr_db": 1}
+    assert "the limits the full protection missed: max_abs_physical (2), min_psnr_db (1)" in protection_lines(counts)[0]
