@@ -594,6 +594,19 @@ def _policy_rows(report: dict[str, Any]) -> list[list[str]]:
              else "none: an image that fails the gate is not exported"]]
 
 
+def _looks_like(method: str) -> str:
+    """What the method's pattern looks like on an image, in words (:attr:`~medue.protect.base.Protector.looks_like`:
+    a class attribute, no protector is built)."""
+    from medue.protect import PROTECTORS
+
+    from medue.errors import UnknownComponentError
+
+    try:
+        return PROTECTORS.get(method).looks_like
+    except UnknownComponentError:
+        return ""
+
+
 def render_html(report: dict[str, Any], markers: Sequence[ItemMarker], layout: OutputLayout,
                 max_pictures: int, efficacy: EfficacyResult | None = None) -> str:
     """A single HTML file with every picture inlined as a data URI (opens offline, can be e-mailed); ``efficacy``
@@ -634,6 +647,7 @@ def render_html(report: dict[str, Any], markers: Sequence[ItemMarker], layout: O
                        for x in summary] if measured else None,
         attacks=efficacy.attacks if measured else {},
         tradeoff_chart=tradeoff_chart, tradeoff_rows=tradeoff_rows, power_sentence=power_sentence,
+        looks_like=_looks_like(report["method"]),
         power_rows=power_rows,
         conformance_rows=[[c["check"], c["result"], c.get("items", ""), _details(c)] for c in report["conformance"]],
         environment_rows=[[k, v] for k, v in report["environment"].items()],

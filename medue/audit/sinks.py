@@ -158,7 +158,8 @@ class MlflowSink:
             f"{carried['unchanged_on_purpose']} unchanged on purpose), "
             + ", ".join(f"{k} {v}" for k, v in sorted(summary_counts.items()) if k not in ("done", "skipped") and v)
             + (("; efficacy evidence applies to this release: " if efficacy_tags["medue.efficacy.applies"] == "yes"
-                else "; efficacy evidence does not apply to this release (" + efficacy_tags["medue.efficacy.applies"][4:]
+                else "; efficacy evidence does not apply to this release ("
+                + efficacy_tags["medue.efficacy.applies"][4:]
                 + "): ") + efficacy_tags["medue.efficacy.evidence"][:200] if efficacy_tags else
                "; efficacy not measured for this release")
             + "".join(f"; diagnostic content check: {c['result']}" for c in release_checks

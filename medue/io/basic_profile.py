@@ -12,8 +12,8 @@ against this table, attribute by attribute, and cleans what a derived copy must 
   every derived copy, unless ``deidentification_options.keep_descriptions`` is set (the site vouches for them);
 * private attributes: removed from every derived copy, unless their creator is listed in
   ``deidentification_options.keep_private_creators``;
-* dates and times other than the birth date (Retain Longitudinal Temporal Information) and patient characteristics (sex, age, size, weight:
-  Retain Patient Characteristics) are kept as the site's de-identifier left them (a dummy value satisfies the
+* dates and times other than the birth date (Retain Longitudinal Temporal Information) and patient
+  characteristics (sex, age, size, weight: Retain Patient Characteristics) are kept as the site's de-identifier left them (a dummy value satisfies the
   profile's Z/D actions, so a value proves nothing); the report says so;
 * UIDs (action U): the derived copy gets new Series and SOP Instance UIDs; Study Instance UID and Frame of Reference
   UID are kept, so the copy stays in its study and its geometry (the site's de-identifier replaced them).
@@ -33,7 +33,8 @@ PROFILE_NAME = "DICOM PS3.15 Basic Application Level Confidentiality Profile"
 #: keyword -> (Basic Profile action, group); see the module docstring for what each group means here.
 TABLE: dict[str, tuple[str, str]] = {
     # identifying: a value means the site's de-identifier missed it
-    "PatientBirthDate": ("Z", "identifying"), "PatientBirthTime": ("X", "identifying"), "PatientAddress": ("X", "identifying"),
+    "PatientBirthDate": ("Z", "identifying"), "PatientBirthTime": ("X", "identifying"),
+    "PatientAddress": ("X", "identifying"),
     "PatientTelephoneNumbers": ("X", "identifying"), "OtherPatientIDs": ("X", "identifying"),
     "OtherPatientNames": ("X", "identifying"), "OtherPatientIDsSequence": ("X", "identifying"),
     "PatientBirthName": ("X", "identifying"), "PatientMotherBirthName": ("X", "identifying"),

@@ -101,7 +101,8 @@ def restore_original(protected: np.ndarray, path: str | Path, *, key: str | None
                     "the delta is not authentic for this key: " + ("it carries no MAC (written without the key, or "
                                                                    "by an earlier version)" if not mac else
                                                                    "its content or the key differs from the site's"))
-        if tuple(data["shape"]) != protected.shape or str(data["protected_fingerprint"]) != fingerprint_array(protected):
+        if (tuple(data["shape"]) != protected.shape
+                or str(data["protected_fingerprint"]) != fingerprint_array(protected)):
             raise ExportError("delta file does not belong to this protected array (fingerprint mismatch)")
         if "delta" in data.files:
             original = (protected.astype(np.int64) - data["delta"].astype(np.int64)).astype(protected.dtype)

@@ -99,38 +99,14 @@ def group_series(headers: Sequence[DicomHeaderSummary]) -> list[list[Path]]:
     return [sorted(paths) for _, paths in sorted(groups.items(), key=lambda kv: str(kv[0]))]
 
 
-#: Attributes that the PS3.15 Basic Application Level Confidentiality Profile removes (action X) or empties (Z):
-#: a de-identified instance carries none of them with a value, whatever PatientIdentityRemoved says. PatientName and
-#: PatientID are replaced by pseudonyms (action Z/D), so a value there proves nothing and they are not listed.
-IDENTIFYING_ATTRIBUTES = (
-    "PatientBirthDate", "PatientBirthTime", "PatientAddress", "PatientTelephoneNumbers", "OtherPatientIDs",
-    "OtherPatientNames", "OtherPatientIDsSequence", "PatientBirthName", "PatientMotherBirthName",
-    "MedicalRecordLocator", "PatientComments", "AdditionalPatientHistory", "InstitutionName", "InstitutionAddress",
-    "InstitutionalDepartmentName", "ReferringPhysicianName", "ReferringPhysicianAddress",
-    "ReferringPhysicianTelephoneNumbers", "PerformingPhysicianName", "NameOfPhysiciansReadingStudy",
-    "OperatorsName", "PhysiciansOfRecord", "RequestingPhysician", "StationName", "AccessionNumber",
-    "MilitaryRank", "BranchOfService", "CountryOfResidence", "RegionOfResidence", "PatientInsurancePlanCodeSequence",
-    "ImageComments", "StudyComments", "RequestAttributesSequence",
-)
-
-
-def identifying_attributes(ds: Dataset) -> list[str]:
-    """Keywords of :data:`IDENTIFYING_ATTRIBUTES` that ``ds`` carries with a value (the values are never shown)."""
-    found = []
-    for keyword in IDENTIFYING_ATTRIBUTES:
-        value = ds.get(keyword)
-        if value is not None and str(value).strip() not in ("", "[]", "Sequence of 0 items"):
-            found.append(keyword)
-    return found
-
-
 def check_deidentified(ds: Dataset, *, policy: str, source: str, retain: tuple[str, ...] = ()) -> str | None:
     """Apply the de-identification policy; returns a warning text for ``warn`` or ``None``.
 
     An instance is de-identified when it declares it (PatientIdentityRemoved YES, or a DeidentificationMethod) *and*
     carries none of the attributes the PS3.15 Basic Profile removes from it (:func:`medue.io.basic_profile.violations`;
-    ``retain``: the Retain Institution / Device Identity options the site applies): the flag alone is not trusted. Under ``warn`` such an instance
-    is released with its header as it is, identifying attributes included, and the warning names them.
+    ``retain``: the Retain Institution / Device Identity options the site applies): the flag alone is not trusted.
+    Under ``warn`` such an instance is released with its header as it is, identifying attributes included, and the
+    warning names them.
     """
     if policy == "ignore":
         return None

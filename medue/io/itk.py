@@ -176,7 +176,7 @@ def write_itk(volume: Volume, path: str | Path) -> Path:
     img = sitk.GetImageFromArray(array)
     img.CopyInformation(src)
     for key in src.GetMetaDataKeys():
-        if key.startswith("ITK_"):  # ITK's own bookkeeping (unprintable values write blank header lines), not the source's
+        if key.startswith("ITK_"):  # ITK's bookkeeping (unprintable values write blank header lines), not the source's
             continue
         img.SetMetaData(key, src.GetMetaData(key))
     path = Path(path)

@@ -2,8 +2,8 @@
 
 ``restore_original`` (:mod:`medue.io.delta`) undoes the perturbation of an array and checks both fingerprints, so a
 delta applied to the wrong item, or to an item read in another slice order, is refused rather than half-applied.
-Here the same for whole files: a protected NIfTI, MetaImage or NRRD file, or a protected DICOM series (the files ``medue run`` wrote
-into one folder of ``release/``).
+Here the same for whole files: a protected NIfTI, MetaImage or NRRD file, or a protected DICOM series (the files
+``medue run`` wrote into one folder of ``release/``).
 
 A restored DICOM instance is a copy of the protected one with the original pixel values, new SOP Instance and
 Series UIDs (it is neither the protected instance nor, header-wise, the source) and ``RESTORED`` in front of the

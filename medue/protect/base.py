@@ -100,6 +100,8 @@ class Protector(ABC):
 
     key: ClassVar[str] = ""
     needs_labels: ClassVar[bool] = False
+    #: What the pattern looks like on a released image, in words a board member reads (the report quotes it).
+    looks_like: ClassVar[str] = ""
 
     def __init__(self, *, epsilon: int = 8, step: int = 1, batch_size: int = 64, foreground_only: bool = False) -> None:
         if not isinstance(epsilon, (int, np.integer)) or isinstance(epsilon, bool) or epsilon < 0:

@@ -38,6 +38,7 @@ class ConvProtector(Protector):
     """
 
     key = "conv"
+    looks_like = ("a slight blur or sharpening of the whole image, one filter per class")
     needs_labels = True
 
     def __init__(self, *, kernel_size: int = 3, blur: float = 0.3, num_classes: int = 2, epsilon: int = 8,

@@ -92,6 +92,7 @@ class EMProtector(Protector):
     """
 
     key = "em"
+    looks_like = ("faint noise over the whole image, optimised per image (class-wise: one noise pattern per class)")
     rho_default: Callable[[int], int] = staticmethod(lambda eps: 0)  # type: ignore[assignment]
 
     def __init__(self, *, mode: str = "samplewise", inner_steps: int = 20, train_steps: int = 10,

@@ -135,6 +135,8 @@ class FieldsProtector(BlankClassMixin, Protector):
     """
 
     key = "fields"
+    looks_like = ("a smooth, gentle brightening and darkening of the tissue in broad stripes (a few across the image), "
+                  "horizontal for one class and vertical for the other: like a mild scanner shading")
     needs_labels = True
 
     def __init__(self, *, psnr_db: float = 32.0, periods: tuple[float, float] | list[float] = (0.25, 0.25),

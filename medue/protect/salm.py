@@ -97,6 +97,7 @@ class SampleSALMProtector(EMProtector):
     """
 
     key = "salm-samplewise"
+    looks_like = ("faint speckle on the most significant pixels of each image, different on every image")
 
     def __init__(self, *, mask_ratio: float = 0.1, mask_update: str = "sticky", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -131,6 +132,9 @@ class LinesProtector(SampleSALMProtector):
     """
 
     key = "lines"
+    looks_like = ("thin bright lines, one pixel wide every three pixels, in the flattest parts of each image (mostly "
+                  "the background around the body), at most 8 stored units; the first class's images are left "
+                  "unchanged")
     needs_labels = True  # one pattern per class: without labels every item would be the blank class
     DEFAULTS: dict[str, Any] = {"epsilon": 8, "mode": "classwise", "placement": "flat", "flat_max_level": 1.0,
                                 "mask_ratio": 0.45, "tile": 3, "init": "grating", "duty": 0.25, "blank_class": True,
@@ -160,6 +164,7 @@ class SALMProtector(BlankClassMixin, Protector):
     """
 
     key = "salm"
+    looks_like = ("a faint fine striped texture on the brightest anatomy of each image, one stripe direction per class")
     needs_labels = True
 
     def __init__(self, *, period: int = 6, mask_ratio: float = 0.4, psnr_db: float = 38.5, rounds: int = 15,

@@ -117,6 +117,7 @@ class T2UEProtector(Protector):
     """
 
     key = "t2ue"
+    looks_like = ("faint noise over the whole image, derived from a text description of each class")
     needs_labels = True
 
     def __init__(self, *, texts: list[str] | tuple[str, ...] | None = None, tile: int = 8, mask_ratio: float = 0.15,

@@ -111,6 +111,7 @@ class UCProtector(Protector):
     """
 
     key = "uc"
+    looks_like = ("faint noise over the whole image, one pattern per cluster of similar images")
     needs_labels = False
 
     def __init__(self, *, num_clusters: int = 10, target_offset: int = 1, fit_resolution: int = 32,

@@ -18,6 +18,9 @@ def test_report_json_follows_schema_and_html_is_self_contained(tiny_config):
     html = summary.report_html.read_text()
     assert html.count("data:image/png;base64,") >= 3  # fidelity plot + one panel per volume
     assert "src='http" not in html and "test-key-123-long-enough" not in html
+    assert "What the protection looks like:</b> faint speckle" in html  # the method's pattern in words
+    assert "DICOM attributes" in html and "Basic Application Level Confidentiality Profile" in html
+    assert "lowest PSNR, dB" in html and "{&#34;min_psnr_db" not in html  # the gate in words, not raw JSON
     for heading in ("Clinical utility", "Before / after", "Efficacy: what the protection was measured to do", "Conformance", "Limitations"):
         assert heading in html
     broken = dict(report, schema="medue.report/0")
