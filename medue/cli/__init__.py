@@ -179,11 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restore without the key (the delta's fingerprints are checked, not its authenticity)")
 
     p = sub.add_parser("verify", help="whether a model was trained on a release, proven with the site's key",
-                       description="Ask a suspect model about the release's own images carrying the release's keyed "
-                                   "class fields and fields of never-used keys; a one-sided test says whether it "
-                                   "learned this release's fields. Needs the site's key and the release's private fit "
-                                   "(method fields). The test ran: exit 0, detected or not (the sentence and --json "
-                                   "say which).", epilog=EPILOG)
+                       description="Ask a suspect model about the release's own images carrying the release's class "
+                                   "patterns and control patterns (fields of never-used keys for a keyed setting; the "
+                                   "patterns turned or rescaled for lines and phase-only fields); a one-sided test "
+                                   "says whether it learned them. For lines and phase-only fields a detection proves "
+                                   "the setting, not the site (the sentence says which). Needs the site's key and the "
+                                   "release's private fit (methods lines and fields). The test ran: exit 0, detected "
+                                   "or not (the sentence and --json say which).", epilog=EPILOG)
     p.add_argument("release", type=Path, help="the release's pipeline config, or its output folder (then the key "
                                               "from $MEDUE_KEY or --key-file)")
     p.add_argument("--model", required=True,
@@ -191,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "[0, 1], or module:function (a Python callable, NumPy in, probabilities or labels out)")
     p.add_argument("--key-file", type=Path, help="the site's key, when RELEASE is an output folder")
     p.add_argument("--probes", type=int, default=100, help="probe images, balanced over the classes (default 100)")
-    p.add_argument("--controls", type=int, default=19, help="fields of never-used keys (default 19)")
-    p.add_argument("--amplify", type=float, default=1.0, help="multiply every probe field (default 1: as released)")
+    p.add_argument("--controls", type=int, default=19, help="control patterns (default 19)")
+    p.add_argument("--amplify", type=float, default=1.0, help="multiply every probe pattern (default 1: as released)")
     p.add_argument("--alpha", type=float, default=0.01, help="significance level (default 0.01)")
     p.add_argument("--labels-only", action="store_true", help="use the model's top-1 labels only (black-box)")
     p.add_argument("--device", default="cpu", help="where a TorchScript model runs (cpu, cuda)")

@@ -26,7 +26,7 @@ from medue.io.atomic import atomic_file, write_text_atomic
 from medue.layout import OutputLayout
 from medue.pipeline.config import PipelineConfig
 from medue.protect import UnitSpace, build_protector
-from medue.protect.stream import FitCheckpoint, RowFile, SliceStore, SliceWriter, World
+from medue.store import FitCheckpoint, RowFile, SliceStore, SliceWriter, World
 from medue.provenance import sha256_file
 from medue.records import FitRecord
 
@@ -60,7 +60,7 @@ def _fit_samples(items: list[InputItem], config: PipelineConfig, store: Path | N
     """Every slice of every readable item (dataset-level fit), at the exported resolution unless ``fit_size``.
 
     With ``store`` (a protector whose fit streams, :attr:`~medue.protect.base.Protector.streams_fit`) the slices are
-    appended to that file and read a batch at a time (:class:`~medue.protect.stream.SliceStore`), so
+    appended to that file and read a batch at a time (:class:`~medue.store.SliceStore`), so
     :data:`MAX_FIT_BYTES` does not apply: every slice of the release is fitted, only ``fit_max_slices`` caps them.
 
     One pass over the items, holding only the slices kept (never whole volumes side by side). The fit resolution is
@@ -170,7 +170,7 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
 
     A method whose fit streams (:attr:`~medue.protect.base.Protector.streams_fit`: the sample-wise EM family) gets
     every slice of the release in ``private/fit/slices.f32`` (read a batch at a time), keeps its deltas
-    in two buffer files there and checkpoints every round (:mod:`medue.protect.stream`); with ``resume`` a fit
+    in two buffer files there and checkpoints every round (:mod:`medue.store`); with ``resume`` a fit
     interrupted after round ``r`` continues at round ``r + 1``. Under a ``torch.distributed`` group (``medue fit``
     launched by ``torchrun``) process 0 writes the slices and the results, and all processes share the rounds. The
     folder is removed once the fit is saved.

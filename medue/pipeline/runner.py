@@ -34,7 +34,7 @@ from medue.pipeline.fit import damaged_fit_artefacts, fit_protector, release_ide
 from medue.pipeline.inputs import class_names, labelled_inputs, release_facts, write_holdout
 from medue.pipeline.job import FAILED, GATE_FAILED, QUARANTINED, JobContext
 from medue.pipeline.release_files import release_files_check, stray_files, withdraw_stale
-from medue.protect.stream import World
+from medue.store import World
 from medue.provenance import capture_environment, key_fingerprint
 from medue.records import FitRecord, ItemMarker, ReleaseOutcome
 
@@ -106,7 +106,7 @@ def fit_release(config: PipelineConfig, *, resume: bool = False, progress: Calla
     """Fit the protector of ``config``'s release and stop (no export): ``medue fit``.
 
     Run it in one process, or in every process of a ``torch.distributed`` group (``torchrun ... -m medue.cli fit``),
-    several GPUs or machines sharing the rounds of a streamed fit (:mod:`medue.protect.stream`); ``medue run
+    several GPUs or machines sharing the rounds of a streamed fit (:mod:`medue.store`); ``medue run
     --resume`` then exports with the fitted protector. With ``resume`` an interrupted fit continues from its last
     checkpointed round, and a finished fit of the same release is kept as it is. Returns the fit record
     (``private/protector.json``; on processes other than 0, only the method and the rank).

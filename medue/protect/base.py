@@ -129,7 +129,7 @@ class Protector(ABC):
 
     @property
     def streams_fit(self) -> bool:
-        """Whether :meth:`fit` takes a :class:`~medue.protect.stream.SliceStore` (the release's slices on disk, read
+        """Whether :meth:`fit` takes a :class:`~medue.store.SliceStore` (the release's slices on disk, read
         batch by batch) in place of a tensor, so that a release larger than memory is fitted whole."""
         return False
 

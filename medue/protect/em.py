@@ -34,7 +34,7 @@ from medue.protect.minmin import (
     grating,
     tile_to,
 )
-from medue.protect.stream import FitCheckpoint
+from medue.store import FitCheckpoint
 from medue.protect.surrogate import SURROGATES, make_surrogate, surrogate_for
 
 MODES = ("samplewise", "classwise")
@@ -165,7 +165,7 @@ class EMProtector(Protector):
         self.history: list[float] = []
         self.progress: Callable[[str], None] | None = None
         #: Sample-wise fit only: where the release path keeps its per-round checkpoint and delta buffers
-        #: (:class:`~medue.protect.stream.FitCheckpoint`); ``None`` keeps the deltas in memory.
+        #: (:class:`~medue.store.FitCheckpoint`); ``None`` keeps the deltas in memory.
         self.checkpoint: FitCheckpoint | None = None
 
     def params(self) -> dict[str, Any]:
@@ -238,7 +238,7 @@ class EMProtector(Protector):
 
     def fit(self, x_units: torch.Tensor, labels: torch.Tensor | None, space: UnitSpace, *,
             generator: torch.Generator, return_delta: bool = True) -> torch.Tensor | None:
-        """Fit on every slice. Sample-wise, ``x_units`` may also be a :class:`~medue.protect.stream.SliceStore` (the
+        """Fit on every slice. Sample-wise, ``x_units`` may also be a :class:`~medue.store.SliceStore` (the
         release on disk, streamed batch by batch) and, with :attr:`checkpoint` set, the deltas returned are the
         checkpoint's int16 buffer of the last round."""
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))

@@ -20,7 +20,7 @@ from torch import nn
 from medue.device import derive_seed, make_generator
 from medue.protect.base import UnitSpace, batches, project
 from medue.protect.masks import topk_mask
-from medue.protect.stream import DeltaBuffers, FitCheckpoint, RowFile, SliceStore, World
+from medue.store import DeltaBuffers, FitCheckpoint, RowFile, SliceStore, World
 
 #: ``mask_fn(grad, x_model, proposed) -> 0/1 mask``: where the update may act (SALM); ``None`` means everywhere.
 #: ``proposed`` is the delta after the unmasked sign step, so a mask may favour pixels already perturbed.
@@ -115,13 +115,13 @@ def bilevel_samplewise(model: nn.Module, x: torch.Tensor | SliceStore, y: torch.
     """Bi-level loop with one delta per sample, streaming ``x`` batch by batch. Returns ``(delta, accuracy per
     round)``.
 
-    ``x`` is a tensor or a :class:`~medue.protect.stream.SliceStore` (slices read from disk a batch at a time);
+    ``x`` is a tensor or a :class:`~medue.store.SliceStore` (slices read from disk a batch at a time);
     ``allowed`` a 0/1 tensor or a function of a batch and its space. Without ``checkpoint`` the deltas are kept in
     memory and returned as a tensor on ``x``'s device; with one they live in its two buffer files, every finished
     round is recorded, a fit continues from the last recorded round when the checkpoint allows it, and the returned
-    delta is the int16 :class:`~medue.protect.stream.RowFile` of the last round (read it a few rows at a time). Under
-    a ``torch.distributed`` group (:class:`~medue.protect.stream.World`) the processes share the work; see
-    :mod:`medue.protect.stream`.
+    delta is the int16 :class:`~medue.store.RowFile` of the last round (read it a few rows at a time). Under
+    a ``torch.distributed`` group (:class:`~medue.store.World`) the processes share the work; see
+    :mod:`medue.store`.
     """
     world = World.current()
     device = x.device

@@ -1,4 +1,4 @@
-"""The streamed, checkpointed and distributed dataset-level fit (medue.protect.stream)."""
+"""The streamed, checkpointed and distributed dataset-level fit (medue.store)."""
 
 import json
 import os
@@ -15,7 +15,7 @@ from medue.pipeline.config import load_config
 from medue.errors import InvalidConfigError
 from medue.pipeline.runner import EXIT_OK, fit_release, run_pipeline
 from medue.protect import UnitSpace, build_protector
-from medue.protect.stream import FitCheckpoint, RowFile, SliceStore, SliceWriter
+from medue.store import FitCheckpoint, RowFile, SliceStore, SliceWriter
 
 SPACE = UnitSpace(0.0, 255.0, 0.0, 255.0)
 
@@ -152,7 +152,7 @@ def test_the_release_fits_every_slice_and_resume_continues_an_interrupted_fit(tm
     noise = {p.name: np.load(p)["delta"] for p in (config.output_path / "private" / "noise").glob("*.npz")}
     # medue fit on a folder that holds this release: nothing to do with --resume; without, a new fit is refused
     said = []
-    assert fit_release(config, resume=True, progress=said.append)["slices"] == 12 and "nothing to fit" in said[-1]
+    assert fit_release(config, resume=True, progress=said.append).slices == 12 and "nothing to fit" in said[-1]
     with pytest.raises(InvalidConfigError, match="mix two protections"):
         fit_release(config)
 
@@ -203,7 +203,7 @@ def test_torchrun_fit_in_two_processes_then_run_resume_exports(tmp_path):
 def test_row_files_read_any_rows_in_any_order_and_travel_to_other_processes(tmp_path):
     import pickle
 
-    from medue.protect.stream import create_row_file
+    from medue.store import create_row_file
 
     rows = create_row_file(tmp_path / "r.i16", (10, 1, 3, 3), np.int16)
     data = np.arange(90, dtype=np.int16).reshape(10, 1, 3, 3)
