@@ -282,16 +282,17 @@ def _power_rows(method: str, preset: str | None) -> tuple[str, list[list[str]]]:
                 "(`medue verify OUTPUT --model MODEL`); its power was measured for the presets lines-38db, "
                 "fields-32db and fields-32db-keyed only.", [])
     rows: dict[str, list[int]] = {}
-    neg = [0, 0]
+    negatives: dict[str, list[int]] = {}
     for r in power["rows"]:
         if r["saw_release"]:
             cell = rows.setdefault(r["attack"], [0, 0])
-            cell[0] += int(r["detected"])
-            cell[1] += 1
         else:
-            neg[0] += int(r["detected"])
-            neg[1] += 1
+            kind = "trained on clean data" if r["trained_on"] in ("clean", "clean_part") else r["trained_on"]
+            cell = negatives.setdefault(kind, [0, 0])
+        cell[0] += int(r["detected"])
+        cell[1] += 1
     pos = [sum(c[0] for c in rows.values()), sum(c[1] for c in rows.values())]
+    neg = [sum(c[0] for c in negatives.values()), sum(c[1] for c in negatives.values())]
     sentence = (f"Measured on {power['preset']} (Br35H 64 px, alpha {power['alpha']}): `medue verify` detected "
                 f"{pos[0]} of {pos[1]} models trained on the release and {neg[0]} of {neg[1]} models that never saw "
                 "it (false positives).")
@@ -300,7 +301,8 @@ def _power_rows(method: str, preset: str | None) -> tuple[str, list[list[str]]]:
                      "model was trained on data protected with this setting, not that it was this site's release; "
                      "fields-32db-keyed draws its fields from the key and proves this site's release.")
     return sentence, [[a, f"{c[0]} of {c[1]}"] for a, c in sorted(rows.items())] + [
-        ["models that never saw the release (false positives)", f"{neg[0]} of {neg[1]}"]]
+        [f"never saw the release: {kind} (false positives)", f"{c[0]} of {c[1]}"]
+        for kind, c in sorted(negatives.items())]
 
 
 def efficacy_verdict(efficacy: EfficacyResult, *, method: str, params: dict[str, Any], facts: Any = None,

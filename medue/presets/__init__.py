@@ -68,7 +68,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("lines-38db", "lines", {}, {"min_psnr_db": 38, "min_ssim": 0.95, "max_abs_units": 8},
            "lines_38db_br35h_64.json",
            "the default: 1-px lines every 3 px on the flattest 45 % of each image, first class unchanged, "
-           "PSNR >= 38 dB, |delta| <= 8; measured under the full attacker suite (2-3 seeds)"),
+           "PSNR >= 38 dB, |delta| <= 8; measured under the full attacker suite (2-3 seeds)",
+           power="verify_power_lines_38db.json"),
     Preset("lines-36db", "lines", {"epsilon": 12}, {"min_psnr_db": 36, "min_ssim": 0.95, "max_abs_units": 12},
            "lines_36db_br35h_64.json",
            "stronger: the same lines at up to 12 units, PSNR >= 36 dB; measured on four headline attacks "
@@ -81,7 +82,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            _fields_budget(32),
            "fields_32db_br35h_64.json",
            "low-frequency: a smooth stripe field per class (period 1/4 of the side) on the tissue of every image, "
-           "PSNR >= 32 dB (SSIM not gated: measured >= 0.88); a larger change that augmenting attackers keep"),
+           "PSNR >= 32 dB (SSIM not gated: measured >= 0.88); a larger change that augmenting attackers keep",
+           power="verify_power_fields_32db.json"),
     Preset("fields-29db", "fields", {"epsilon": 24, "psnr_db": 29, "psnr_range": "dtype"},
            _fields_budget(29),
            "fields_29db_br35h_64.json",

@@ -230,8 +230,12 @@ def test_proving_use_quotes_the_measured_power_of_the_release_s_setting():
     neg = [r for r in power if not r["saw_release"]]
     assert sentence.startswith("Measured on fields-32db-keyed")
     assert f"detected {sum(r['detected'] for r in pos)} of {len(pos)} models trained on the release" in sentence
-    assert rows[-1] == ["models that never saw the release (false positives)",
-                        f"{sum(r['detected'] for r in neg)} of {len(neg)}"]
+    never = [r for r in rows if r[0].startswith("never saw the release")]
+    assert sum(int(r[1].split(" of ")[1]) for r in never) == len(neg)
+    assert sum(int(r[1].split(" of ")[0]) for r in never) == sum(r["detected"] for r in neg)
+    sentence, rows = _power_rows("lines", "lines-38db")  # the default: verified as a setting
+    assert sentence.startswith("Measured on lines-38db") and "not that it was this site's release" in sentence
+    assert ["never saw the release: trained on clean data (false positives)", "0 of 11"] in rows
     sentence, rows = _power_rows("salm", None)
     assert sentence.startswith("Not measured for this setting") and rows == []
 
