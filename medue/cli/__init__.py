@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "labels and tested on clean images the attackers never saw:\n\n"
                     "  medue evaluate CONFIG --dataset SET   release the training split of a labelled benchmark "
                     "set\n"
-                    "                                        (benchmarks/build_br35h.py) with CONFIG and attack it\n"
+                    "                                        (python -m medue.efficacy.br35h) with CONFIG and attack it\n"
                     "  medue evaluate CONFIG --self [--holdout 0.2]\n"
                     "                                        the site's own release: labels.holdout of each class is "
                     "kept\n                                        clean and unreleased, attacks train on the release "

