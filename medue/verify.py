@@ -381,10 +381,11 @@ def probe_set(output: Path, key: str, count: int, float_unit: float | None = Non
 
 def verify(output: str | Path, model: str | Path | Suspect, key: str, *, probes: int = PROBES,
            controls: int = CONTROLS, amplify: float = 1.0, alpha: float = 0.01, labels_only: bool = False,
-           device: str = "cpu") -> VerifyResult:
+           device: str = "cpu", float_unit: float | None = None) -> VerifyResult:
     """Whether ``model`` was trained on the release in ``output`` (a ``medue run`` output folder), proven with
-    ``key`` (checked against the fit's key fingerprint). Raises :class:`NotVerifiable` for a method without a keyed
-    field, :class:`~medue.errors.InvalidConfigError` for a wrong key or a missing fit."""
+    ``key`` (checked against the fit's key fingerprint); ``float_unit``: the release's ``protect.unit`` (its
+    floating-point originals are read in whole multiples of it). Raises :class:`NotVerifiable` for a method without a
+    class pattern, :class:`~medue.errors.InvalidConfigError` for a wrong key or a missing fit."""
     from medue.layout import OutputLayout
     from medue.protect import load_protector
     from medue.provenance import key_fingerprint
@@ -406,7 +407,7 @@ def verify(output: str | Path, model: str | Path | Suspect, key: str, *, probes:
     suspect = model if callable(model) else load_suspect(model, device)
     patterned = [c for c in range(_class_count(protector)) if not protector.unchanged_label(c)]
     asked = [c for c in range(_class_count(protector)) if any(t != c for t in patterned)]
-    images, labels = probe_set(layout.root, key, probes, classes=asked)
+    images, labels = probe_set(layout.root, key, probes, float_unit=float_unit, classes=asked)
     return keyed_test(suspect, images, labels, protector, controls=controls, amplify=amplify, alpha=alpha,
                       labels_only=labels_only)
 

@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amplify", type=float, default=1.0, help="multiply every probe pattern (default 1: as released)")
     p.add_argument("--alpha", type=float, default=0.01, help="significance level (default 0.01)")
     p.add_argument("--labels-only", action="store_true", help="use the model's top-1 labels only (black-box)")
+    p.add_argument("--unit", type=float, help="protect.unit of a floating-point release given as an output folder "
+                                              "(a config gives its own)")
     p.add_argument("--device", default="cpu", help="where a TorchScript model runs (cpu, cuda)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 

@@ -81,11 +81,12 @@ class ReleaseEvalSettings:
             raise InvalidConfigError(problems, source="evaluate")
 
 
-def _read_file_slices(kind: str, paths: Sequence[str]) -> np.ndarray:
-    """Stored units ``(z, y, x)`` of one file / series, through medue's own readers (as the attacker sees them)."""
+def _read_file_slices(kind: str, paths: Sequence[str], float_unit: float | None = None) -> np.ndarray:
+    """Stored units ``(z, y, x)`` of one file / series, through medue's own readers (as the attacker sees them);
+    ``float_unit``: the release's ``protect.unit`` (a floating-point image is read in whole multiples of it)."""
     from medue.io import InputItem, read_item
 
-    vol = read_item(InputItem(kind, tuple(paths), "eval"), deidentification="ignore")
+    vol = read_item(InputItem(kind, tuple(paths), "eval"), deidentification="ignore", float_unit=float_unit)
     return vol.array
 
 
@@ -546,14 +547,15 @@ def evaluate_own_release(config: Any, *, settings: ReleaseEvalSettings = Release
     prot, orig, y = [], [], []
     for m in done:
         files = [str(out / "release" / o["path"]) for o in m.outputs or []]
-        p = _as_uint8([_read_file_slices(_kind_of(Path(files[0])), files)], size)
-        o = _as_uint8([_read_file_slices(index[m.item_id]["kind"], index[m.item_id]["paths"])], size)
+        unit = config.protect.unit
+        p = _as_uint8([_read_file_slices(_kind_of(Path(files[0])), files, unit)], size)
+        o = _as_uint8([_read_file_slices(index[m.item_id]["kind"], index[m.item_id]["paths"], unit)], size)
         prot.append(p)
         orig.append(o)
         y += [labels["by_item"][m.item_id]] * len(p)
     test, y_test = [], []
     for entry in held.values():
-        t = _as_uint8([_read_file_slices(entry["kind"], entry["paths"])], size)
+        t = _as_uint8([_read_file_slices(entry["kind"], entry["paths"], config.protect.unit)], size)
         test.append(t)
         y_test += [classes.index(entry["label"])] * len(t)
     x_prot = np.concatenate(prot)

@@ -86,7 +86,9 @@ def _fit_samples(items: list[InputItem], config: PipelineConfig, store: Path | N
         if len(owners) >= wanted:
             break
         try:
-            vol = read_item(item, root=config.input_path, deidentification=config.deidentification)
+            vol = read_item(item, root=config.input_path, deidentification=config.deidentification,
+                            float_unit=config.protect.unit,
+                            deid_retain=tuple(config.deidentification_options.retain))  # as the export reads it
         except Exception:  # any unreadable item: the job quarantines it with its reason
             continue
         if size is None:

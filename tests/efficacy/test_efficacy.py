@@ -313,3 +313,29 @@ def test_a_refused_self_evaluation_of_a_finished_release_changes_nothing(tmp_pat
     assert "resuming would mix two protections" in err and "nothing was changed" in err
     assert snapshot() == before and tracked_runs() == runs
     assert main(["run", str(path), "--resume", "--quiet"]) == 0
+
+
+def test_a_self_evaluation_reads_a_float_release_back_in_its_unit(tmp_path):
+    """A site whose images are float (HU saved as float32) releases with protect.unit; its self-evaluation reads the
+    released and the held-out files in that unit (it could not before: every float file was refused)."""
+    import yaml
+
+    from medue.cli import EXIT_OK, main
+
+    images, labels = _sample_images(10, 16)
+    root = tmp_path / "site"
+    write_image_set(root, images, labels, ["no", "yes"], fmt="nifti", test_fraction=0.0, name="site")
+    for f in (root / "train").glob("*.nii*"):
+        img = nib.load(f)
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj).astype(np.float32), img.affine), f)
+    cfg = _fast_config().to_dict()
+    cfg.update(input=str(root / "train"), output=str(tmp_path / "out"),
+               labels={"source": "table", "table": str(root / "train_labels.csv")},
+               report={"enabled": True}, key={"file": str(Path("pipelines/demo.key").resolve())})
+    cfg["protect"] = {**cfg["protect"], "unit": 1.0}
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["evaluate", str(path), "--self", "--holdout", "0.2", "--attacks", "plain_cnn", "--epochs", "1",
+                 "--seeds", "0", "--device", "cpu"]) == EXIT_OK
+    res = json.loads((tmp_path / "out" / "private" / "self_evaluation.json").read_text())
+    assert res["dataset"]["train"] == 16 and res["dataset"]["test"] == 4
