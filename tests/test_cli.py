@@ -324,3 +324,12 @@ def test_logs_carry_no_input_path_and_no_class_name_unless_verbose(tiny_config, 
     assert main(["--log-json", "-v", "run", str(cfg), "--resume"]) == 0
     err = capsys.readouterr().err
     assert str(tmp_path / "in") in err and "ward7" in err  # asked for with --verbose
+
+
+def test_report_and_restore_errors_are_one_json_line_under_log_json(tmp_path, capsys):
+    for argv in (["--log-json", "report", str(tmp_path / "nothing")],
+                 ["--log-json", "restore", str(tmp_path / "p.nii"), str(tmp_path / "d.npz"), str(tmp_path / "o.nii")]):
+        capsys.readouterr()
+        assert main(argv) == 2
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(lines) == 1 and json.loads(lines[0])["event"] == "invalid_config"

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from medue.exit_codes import EXIT_CONFIG, EXIT_GATE, EXIT_OK, EXIT_PARTIAL
+from medue.exit_codes import EXIT_GATE, EXIT_OK, EXIT_PARTIAL
 
 
 def command(args: argparse.Namespace) -> int:
     """A readable summary of a finished run; exit code as the run's (3 when a gate failed, 4 partial)."""
     path = args.output / "release" / "report.json"
+    from medue.errors import InvalidConfigError
+
     if not path.is_file():
-        print(f"medue: no report at {path}; run `medue run` first", file=sys.stderr)
-        return EXIT_CONFIG
-    r = json.loads(path.read_text())
+        raise InvalidConfigError([f"no report at {path}; give the output folder of a finished `medue run`"],
+                                 source="report")
+    try:
+        r = json.loads(path.read_text())
+    except ValueError:
+        raise InvalidConfigError([f"{path} is not a readable report (not JSON); run `medue run` again to rewrite it"],
+                                 source="report") from None
     if getattr(args, "json", False):
         print(json.dumps(r, indent=2))
     else:
