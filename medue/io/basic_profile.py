@@ -126,6 +126,8 @@ def policy_words(*, keep_descriptions: bool, keep_private_creators: Iterable[str
     creators = list(keep_private_creators)
     options.append("private attributes removed" + (f" except those of {', '.join(creators)}" if creators else ""))
     options += [RETAIN_OPTIONS[r][1] for r in retain if r in RETAIN_OPTIONS]
+    options.append("PatientName and PatientID kept as the site's de-identifier set them (its pseudonyms: the "
+                   "profile lets Z/D attributes hold a dummy value, so medue cannot tell one from a name)")
     options.append("dates and patient characteristics kept as the site's de-identifier left them")
     return (f"{PROFILE_NAME} ({len(TABLE)} attributes checked): {'; '.join(options)}. UIDs: Study Instance UID and "
             "Frame of Reference UID kept (the derived series stays in its study and geometry; the site's "
