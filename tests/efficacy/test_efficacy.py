@@ -339,3 +339,21 @@ def test_a_self_evaluation_reads_a_float_release_back_in_its_unit(tmp_path):
                  "--seeds", "0", "--device", "cpu"]) == EXIT_OK
     res = json.loads((tmp_path / "out" / "private" / "self_evaluation.json").read_text())
     assert res["dataset"]["train"] == 16 and res["dataset"]["test"] == 4
+
+
+def test_a_small_training_set_recalibrates_batchnorm_so_a_fitted_model_is_not_scored_at_chance(monkeypatch):
+    """~24 optimiser steps leave BatchNorm's running statistics far from the data: the model then scores at chance in
+    eval mode although its batches were right. Below BN_RECALIBRATION_STEPS they are recomputed after training."""
+    import torch
+    import torch.optim.swa_utils
+
+    from medue.efficacy.train import BN_RECALIBRATION_STEPS, TrainSettings, train_classifier
+
+    calls = []
+    real = torch.optim.swa_utils.update_bn
+    monkeypatch.setattr(torch.optim.swa_utils, "update_bn", lambda loader, model: calls.append(1) or real(loader, model))
+    x, y = _sample_images(48, 16)
+    res = train_classifier("resnet18", x, y, x, y, settings=TrainSettings(epochs=6, width=4), seed=0,
+                           device=torch.device("cpu"))
+    assert calls and 6 * 1 < BN_RECALIBRATION_STEPS
+    assert res["train_accuracy"] > 0.7  # 0.60 without the recalibration (measured), 0.79 with it
