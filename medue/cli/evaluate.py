@@ -64,6 +64,13 @@ def command(args: argparse.Namespace) -> int:
     out.with_suffix(".md").write_text(results_markdown(res))
     print(results_markdown(res))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    unfit = [r for r in res.get("rows", []) if not r.get("fit", True)]
+    if unfit:
+        train = len(res["rows"]) and max(r.get("train_images", 0) for r in res["rows"])
+        print(f"note: {len(unfit)} of {len(res['rows'])} attacker run(s) did not fit their training set (training "
+              f"accuracy below {settings.min_train_accuracy}): such a run proves no protection, and without a fitted "
+              f"clean model the diagnostic check is inconclusive. {train} training image(s): train longer "
+              f"(--epochs {2 * settings.epochs}) or evaluate a release with more items")
     if args.own:
         from medue.pipeline.runner import run_pipeline
 
