@@ -335,7 +335,8 @@ def verdict_headline(v: dict[str, Any] | None, efficacy: EfficacyResult | None) 
     where = ("this release's own held-out items" if v.get("own")
              else f"release files of this setting ({efficacy.dataset.get('name', '?')})")
     if not rows:
-        return f"NOT MEASURED: the evidence ({where}) has no fitted everyday-habit attacker."
+        return (f"NOT MEASURED: no everyday-habit attacker of the evidence ({where}) fitted its training set, so its "
+                "numbers show nothing. Train longer (medue evaluate --epochs) or evaluate a release with more items.")
     held = sum(1 for _, _, h in rows if h)
     w, s, _ = max((r for r in rows if not r[2]), default=max(rows, key=lambda r: r[0]), key=lambda r: r[0])
     clean = "not run" if s["clean"] is None else f"{s['clean']:.2f}"
@@ -345,6 +346,19 @@ def verdict_headline(v: dict[str, Any] | None, efficacy: EfficacyResult | None) 
                        "a model trained on this release in those ways is held near chance.")
     return head + (f"the worst, {s['attack']}, reached {w:.2f} clean-test accuracy ({clean} on clean data): a model "
                    "trained on this release that way learns nearly as well as from the originals.")
+
+
+def carried_suffix(p: dict[str, Any]) -> str:
+    """What the verdict line adds when the release's items do not carry what was measured: items weakened by the
+    gate, or no item protected at all."""
+    meant = p.get("protected", 0) + p.get("weakened_by_gate", 0)
+    if not meant:
+        return " NO ITEM of this release carries the protection." if p.get("unchanged_on_purpose") or any(
+            p.get(k) for k in ("quarantined", "gate_failed", "failed")) else ""
+    if not p.get("weakened_by_gate"):
+        return ""
+    return (f" Only {p['protected']} of {meant} patterned items carry the protection in full ({p['weakened_by_gate']} "
+            "weakened by the fidelity gate): those carry less than what was measured.")
 
 
 def verdict_lines(v: dict[str, Any]) -> list[str]:
@@ -487,7 +501,8 @@ def build_report(layout: OutputLayout, outcome: ReleaseOutcome) -> tuple[Path, P
         "limitations": LIMITATIONS,
         "environment": env,
     }
-    report["verdict_line"] = verdict_headline(report["efficacy_verdict"], efficacy)
+    report["verdict_line"] = verdict_headline(report["efficacy_verdict"], efficacy) + carried_suffix(
+        report["protection"])
     validate_report(report)
     json_path = layout.release / "report.json"
     write_text_atomic(json_path, json.dumps(report, indent=2, default=str))

@@ -333,3 +333,21 @@ def test_the_report_names_the_limit_that_weakened_items():
     counts = protection_counts(markers)
     assert counts["weakened_by_limit"] == {"max_abs_physical": 2, "min_psnr_db": 1}
     assert "the limits the full protection missed: max_abs_physical (2), min_psnr_db (1)" in protection_lines(counts)[0]
+
+
+def test_the_verdict_line_of_evidence_whose_attackers_did_not_fit_says_not_measured_and_what_to_do():
+    from medue.audit.report import verdict_headline
+    from medue.evidence import verdict
+    from medue.protect import build_protector
+    from medue.records import EfficacyResult
+    from medue.testing import make_release_efficacy
+
+    params = build_protector("lines").params()
+    data = make_release_efficacy("lines", params, protected=0.5)
+    for r in data["rows"]:
+        r.update(train_accuracy=0.5, fit=False)  # a small self-evaluation whose attackers learned nothing
+    result = EfficacyResult.from_dict(data)
+    v = verdict(result, method="lines", params=params, facts=None, target=0.6)
+    line = verdict_headline(v, result)
+    assert line.startswith("NOT MEASURED: no everyday-habit attacker") and "--epochs" in line
+    assert "stops" not in line and "identical" not in line

@@ -133,3 +133,46 @@ def test_item_table_folds_when_long_and_sorts_by_a_clicked_column(tiny_config, t
         finally:
             browser.close()
     assert errors == [] and len(up) == 2 and up == sorted(up) and down == sorted(up, reverse=True)
+
+
+def _verdict(info, html_path):
+    """The verdict line as the page shows it (the first paragraph of class verdict)."""
+    import re
+
+    page = html_path.read_text()
+    m = re.search(r"<p class='verdict[^']*'[^>]*><b>Verdict:</b> (.*?)</p>", page, re.S)
+    assert info["ok"], info
+    return m.group(1) if m else ""
+
+
+def test_the_verdict_line_is_right_for_an_own_release_a_strict_gate_and_a_preset(tiny_config, tmp_path):
+    """#37: a new user's own release says NOT MEASURED; a strict gate that weakened every patterned item says so
+    beside the measurement; a preset release on other data says its evidence is not this release's."""
+    (tmp_path / "labels.csv").write_text("path,label\nseries_a,a\nvol.nii.gz,b\n")
+    labels = {"source": "table", "table": str(tmp_path / "labels.csv")}
+    own = load_config(tiny_config(labels=labels, protect={"method": "lines", "params": {"epsilon": 4}}))
+    assert run_pipeline(own).exit_code == EXIT_OK
+    html = own.output_path / "release" / "report.html"
+    assert _verdict(render_report(html), html).startswith("NOT MEASURED: no efficacy result is attached")
+
+    strict = load_config(tiny_config(labels=labels, protect={"method": "lines", "params": {"epsilon": 4}},
+                                     fidelity={"max_abs_units": 2, "min_psnr_db": 20, "min_ssim": 0.5},
+                                     output=str(tmp_path / "strict")))
+    summary = run_pipeline(strict)
+    html = strict.output_path / "release" / "report.html"
+    line = _verdict(render_report(html), html)
+    weakened = summary.protection["weakened_by_gate"]
+    assert weakened == 1 and f"Only 0 of 1 patterned items carry the protection in full" in line, line
+
+    import yaml
+
+    path = tiny_config(labels=labels, output=str(tmp_path / "preset"))
+    data = yaml.safe_load(path.read_text())
+    data["protect"] = {"preset": "lines-38db"}  # the preset's method, parameters and gate, nothing else
+    data.pop("fidelity")
+    path.write_text(yaml.safe_dump(data))
+    preset = load_config(path)
+    run_pipeline(preset)
+    html = preset.output_path / "release" / "report.html"
+    line = _verdict(render_report(html), html)
+    assert line.startswith("NOT MEASURED ON THIS RELEASE: the attached result is") and "identical" not in line
