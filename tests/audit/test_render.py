@@ -176,3 +176,42 @@ def test_the_verdict_line_is_right_for_an_own_release_a_strict_gate_and_a_preset
     html = preset.output_path / "release" / "report.html"
     line = _verdict(render_report(html), html)
     assert line.startswith("NOT MEASURED ON THIS RELEASE: the attached result is") and "identical" not in line
+
+
+def test_the_verdict_line_of_a_self_evaluation_that_cannot_fit(tmp_path):
+    """A self-evaluation whose attackers train one epoch on 16 images does not fit: the page says NOT MEASURED and
+    what to do, never a number of protection, and the diagnostic check is not a pass."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    import yaml
+
+    from medue.cli import main
+    from medue.efficacy import write_image_set
+
+    with np.load("sample_data/classification/br35h_64.npz") as d:
+        idx = np.r_[0:10, 500:510]
+        images, labels = d["images"][idx][:, ::4, ::4].copy(), d["labels"][idx]
+    root = tmp_path / "site"
+    write_image_set(root, images, labels, ["no", "yes"], fmt="nifti", test_fraction=0.0, name="site")
+    cfg = {"name": "site", "input": str(root / "train"), "output": str(tmp_path / "out"),
+           "key": {"env": "MEDUE_TEST_UNSET_KEY", "file": str(Path("pipelines/demo.key").resolve())},
+           "labels": {"source": "table", "table": str(root / "train_labels.csv")},
+           "protect": {"method": "lines", "params": {"epsilon": 4}},
+           "fidelity": {"min_psnr_db": 20, "min_ssim": 0.5}, "tracking": {"enabled": False}}
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["evaluate", str(path), "--self", "--holdout", "0.2", "--attacks", "plain_cnn",
+                 "resnet18_flip_crop", "--epochs", "1", "--seeds", "0", "--device", "cpu"]) == 0
+    res = json.loads((tmp_path / "out" / "private" / "self_evaluation.json").read_text())
+    assert not any(r["fit"] for r in res["rows"])  # one epoch on 16 images: nothing fitted
+    html = tmp_path / "out" / "release" / "report.html"
+    line = _verdict(render_report(html), html)
+    assert line.startswith("NOT MEASURED: no everyday-habit attacker") and "--epochs" in line, line
+    page = html.read_text()
+    efficacy = page[page.index("What the protection stops"):page.index("Clinical utility")]
+    assert "identical" not in efficacy  # (per-item PSNR may say "identical": a blank-class image is, measured)
+    checks = page[page.index("<h2>Conformance"):]
+    row = checks[checks.index("diagnostic"):][:400]
+    assert "inconclusive" in row and ">pass<" not in row  # no clean model fitted: not a pass
