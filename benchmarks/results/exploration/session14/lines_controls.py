@@ -2,7 +2,7 @@
 saved models when the controls are (a) lines turned between the class orientations (shipped), (b) lines along
 either axis at other periods (2, 4, 5, 6 px) or turned 90 degrees at the release's period.
 
-    MEDUE_KEY=... python exploration/session14/lines_controls.py RELEASE MODEL.pt [MODEL.pt ...]
+    MEDUE_KEY=... python benchmarks/results/exploration/session14/lines_controls.py RELEASE MODEL.pt [MODEL.pt ...]
 """
 import math
 import sys
