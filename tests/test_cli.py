@@ -76,6 +76,9 @@ def test_restore_command(tiny_config, tmp_path, capsys, monkeypatch):
     assert main(["restore", str(protected_file), str(delta_file), str(restored), "--force"]) == EXIT_OK
     assert main(["restore", str(protected_file), str(delta_file), str(protected_file), "--force"]) == 2
     assert protected_file.read_bytes() == before
+    capsys.readouterr()
+    assert main(["restore", str(protected_file), str(delta_file), str(tmp_path / "restored.dcm")]) == 2
+    assert "keeps its format" in capsys.readouterr().err and not list(tmp_path.glob("restored*.dcm"))
     for bad in (b"", b"PK\x03\x04 truncated", b"not a zip at all"):
         (tmp_path / "bad.npz").write_bytes(bad)
         capsys.readouterr()

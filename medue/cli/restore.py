@@ -51,6 +51,8 @@ def command(args: argparse.Namespace) -> int:
                                                   if args.out.is_dir() else "pass --force to overwrite it"))
     elif single and is_itk(args.protected) and not is_itk(args.out):
         problems.append(f"{args.out}: a restored MetaImage/NRRD keeps its format; name it .mha, .mhd, .nrrd or .nhdr")
+    elif single and is_nifti(args.protected) and not is_nifti(args.out):
+        problems.append(f"{args.out}: a restored NIfTI keeps its format; name it .nii or .nii.gz")
     key = _key(args, problems)
     if problems:
         raise InvalidConfigError(problems, source="restore")
