@@ -223,10 +223,12 @@ def _turn(protector: Any, j: int) -> Any:
 
 class _TurnedLines:
     """A placed-lines protector whose class gratings are turned by ``offset`` radians and shifted by ``phase`` periods:
-    lines of the same period and width (one pixel in ``tile``) on the same placement, at the same strength."""
+    lines one pixel wide every ``period`` px (default: the release's ``tile``) on the same placement, at the same
+    strength."""
 
-    def __init__(self, protector: Any, offset: float, phase: float) -> None:
+    def __init__(self, protector: Any, offset: float, phase: float, period: int | None = None) -> None:
         self.protector, self.offset, self.phase = protector, offset, phase
+        self.period = int(period or protector.tile)
 
     def perturb(self, x_units: torch.Tensor, labels: torch.Tensor, space: UnitSpace, *,
                 generator: torch.Generator) -> torch.Tensor:
@@ -241,8 +243,8 @@ class _TurnedLines:
             if float(p.class_noise[k].abs().max()) == 0:
                 continue  # the blank class stays blank
             angle = math.pi * k / classes + self.offset
-            phase = (u * math.cos(angle) + v * math.sin(angle)) / p.tile + self.phase
-            noise[k, 0] = torch.where(torch.remainder(phase, 1.0) < 1.0 / p.tile, 1.0, 0.0) \
+            phase = (u * math.cos(angle) + v * math.sin(angle)) / self.period + self.phase
+            noise[k, 0] = torch.where(torch.remainder(phase, 1.0) < 1.0 / self.period, 1.0, 0.0) \
                 * float(p.class_noise[k].max())
         turned = copy.copy(p)
         turned.class_noise = noise.to(x_units.device)

@@ -23,6 +23,28 @@ def _sample_images(n_per_class: int, size: int) -> tuple[np.ndarray, np.ndarray]
     return images[idx][:, ::step, ::step].copy(), labels[idx]
 
 
+def _site(tmp_path, per_class: int, *, float_images: bool = False, unit: float | None = None, **overrides) -> Path:
+    """A labelled site folder of ``per_class`` images per class and the path of a fast pipeline config over it."""
+    import yaml
+
+    images, labels = _sample_images(per_class, 16)
+    root = tmp_path / "site"
+    write_image_set(root, images, labels, ["no", "yes"], fmt="nifti", test_fraction=0.0, name="site")
+    if float_images:
+        for f in (root / "train").glob("*.nii*"):
+            img = nib.load(f)
+            nib.save(nib.Nifti1Image(np.asarray(img.dataobj).astype(np.float32), img.affine), f)
+    cfg = _fast_config().to_dict()
+    cfg.update(input=str(root / "train"), output=str(tmp_path / "out"),
+               labels={"source": "table", "table": str(root / "train_labels.csv")},
+               report={"enabled": True}, key={"file": str(Path("pipelines/demo.key").resolve())}, **overrides)
+    if unit is not None:
+        cfg["protect"]["unit"] = unit
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 def test_countermeasures_change_images_as_expected():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (3, 16, 16)).astype(np.uint8)
@@ -233,19 +255,10 @@ def test_settings_validation_lists_every_problem():
 
 
 def test_self_evaluation_tests_on_held_out_items_never_released_and_the_report_names_it_own(tmp_path, capsys):
-    import yaml
-
     from medue.cli import EXIT_OK, main
 
-    images, labels = _sample_images(10, 16)
+    path = _site(tmp_path, 10)
     root = tmp_path / "site"
-    write_image_set(root, images, labels, ["no", "yes"], fmt="nifti", test_fraction=0.0, name="site")
-    cfg = _fast_config().to_dict()
-    cfg.update(input=str(root / "train"), output=str(tmp_path / "out"),
-               labels={"source": "table", "table": str(root / "train_labels.csv")},
-               report={"enabled": True}, key={"file": str(Path("pipelines/demo.key").resolve())})
-    path = tmp_path / "site.yaml"
-    path.write_text(yaml.safe_dump(cfg))
     assert main(["evaluate", str(path), "--self", "--holdout", "0.2", "--attacks", "plain_cnn", "--epochs", "1",
                  "--seeds", "0", "--device", "cpu"]) == EXIT_OK
     out = tmp_path / "out"
@@ -278,20 +291,9 @@ def test_a_refused_self_evaluation_of_a_finished_release_changes_nothing(tmp_pat
     no MLflow run is left behind; a plain run afterwards still works."""
     import hashlib
 
-    import yaml
-
     from medue.cli import main
 
-    images, labels = _sample_images(6, 16)
-    root = tmp_path / "site"
-    write_image_set(root, images, labels, ["no", "yes"], fmt="nifti", test_fraction=0.0, name="site")
-    cfg = _fast_config().to_dict()
-    cfg.update(input=str(root / "train"), output=str(tmp_path / "out"),
-               labels={"source": "table", "table": str(root / "train_labels.csv")},
-               report={"enabled": True}, key={"file": str(Path("pipelines/demo.key").resolve())},
-               tracking={"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlruns.db'}"})
-    path = tmp_path / "site.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = _site(tmp_path, 6, tracking={"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlruns.db'}"})
     assert main(["run", str(path), "--quiet"]) == 0
 
     def snapshot():
@@ -318,23 +320,9 @@ def test_a_refused_self_evaluation_of_a_finished_release_changes_nothing(tmp_pat
 def test_a_self_evaluation_reads_a_float_release_back_in_its_unit(tmp_path):
     """A site whose images are float (HU saved as float32) releases with protect.unit; its self-evaluation reads the
     released and the held-out files in that unit (it could not before: every float file was refused)."""
-    import yaml
-
     from medue.cli import EXIT_OK, main
 
-    images, labels = _sample_images(10, 16)
-    root = tmp_path / "site"
-    write_image_set(root, images, labels, ["no", "yes"], fmt="nifti", test_fraction=0.0, name="site")
-    for f in (root / "train").glob("*.nii*"):
-        img = nib.load(f)
-        nib.save(nib.Nifti1Image(np.asarray(img.dataobj).astype(np.float32), img.affine), f)
-    cfg = _fast_config().to_dict()
-    cfg.update(input=str(root / "train"), output=str(tmp_path / "out"),
-               labels={"source": "table", "table": str(root / "train_labels.csv")},
-               report={"enabled": True}, key={"file": str(Path("pipelines/demo.key").resolve())})
-    cfg["protect"] = {**cfg["protect"], "unit": 1.0}
-    path = tmp_path / "site.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = _site(tmp_path, 10, float_images=True, unit=1.0)
     assert main(["evaluate", str(path), "--self", "--holdout", "0.2", "--attacks", "plain_cnn", "--epochs", "1",
                  "--seeds", "0", "--device", "cpu"]) == EXIT_OK
     res = json.loads((tmp_path / "out" / "private" / "self_evaluation.json").read_text())

@@ -13,38 +13,13 @@ import medue.verify as V
 from medue.device import derive_seed, make_generator
 
 
-class AxisLines(V._TurnedLines):
-    def __init__(self, protector, offset, phase, period):
-        super().__init__(protector, offset, phase)
-        self.period = period
-
-    def perturb(self, x_units, labels, space, *, generator):
-        import copy
-
-        p = self.protector
-        classes, (h, w) = int(p.class_noise.shape[0]), x_units.shape[-2:]
-        v, u = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
-                              indexing="ij")
-        noise = torch.zeros(classes, 1, h, w)
-        for k in range(classes):
-            if float(p.class_noise[k].abs().max()) == 0:
-                continue
-            angle = math.pi * k / classes + self.offset
-            phase = (u * math.cos(angle) + v * math.sin(angle)) / self.period + self.phase
-            noise[k, 0] = torch.where(torch.remainder(phase + 1e-6, 1.0) < 1.0 / self.period, 1.0, 0.0) \
-                * float(p.class_noise[k].max())
-        turned = copy.copy(p)
-        turned.class_noise = noise.to(x_units.device)
-        return turned.perturb(x_units, labels, space, generator=generator)
-
-
 def axis_family(protector, j):
     gen = make_generator(derive_seed(V.CONTROL_LABEL, "axis", j))
     r = torch.rand(3, generator=gen)
     choices = [(0.0, 2), (0.0, 4), (0.0, 5), (0.0, 6), (math.pi / 2, 2), (math.pi / 2, 3), (math.pi / 2, 4),
                (math.pi / 2, 5), (math.pi / 2, 6)]
     offset, period = choices[j % len(choices)]
-    return AxisLines(protector, offset, float(r[2]), period)
+    return V._TurnedLines(protector, offset, float(r[2]), period)
 
 
 if __name__ == "__main__":
