@@ -162,7 +162,7 @@ def test_the_verdict_line_is_right_for_an_own_release_a_strict_gate_and_a_preset
     html = strict.output_path / "release" / "report.html"
     line = _verdict(render_report(html), html)
     weakened = summary.protection["weakened_by_gate"]
-    assert weakened == 1 and f"Only 0 of 1 patterned items carry the protection in full" in line, line
+    assert weakened == 1 and "Only 0 of 1 patterned items carry the protection in full" in line, line
 
     import yaml
 
