@@ -88,7 +88,7 @@ class VerifyResult:
     @property
     def sentence(self) -> str:
         what = "top-1 labels" if self.mode == "labels" else "class probabilities"
-        kind = "never-used fields" if self.claim == "key" else "turned copies of its patterns"
+        kind = "never-used fields" if self.claim == "key" else "control copies of its patterns (turned or rescaled)"
         counts = (f"(p = {self.p_value:.2g}, alpha {self.alpha:g}; {self.queries} queries of its {what})")
         if self.detected:
             if self.claim == "key":
@@ -194,7 +194,7 @@ def _class_count(protector: Any) -> int:
     return int((patterns if patterns is not None else protector.class_noise).shape[0])
 
 
-def _turn(protector: Any, j: int) -> Any:
+def _setting_control(protector: Any, j: int) -> Any:
     """Control ``j`` of a setting whose pattern is not keyed, drawn from a public control seed.
 
     * lines: the release's class gratings turned to an orientation between the classes' (``pi / (2 C)`` +-
@@ -254,11 +254,11 @@ class _TurnedLines:
 def control_protectors(protector: Any, count: int) -> list[Any]:
     """``count`` controls for ``protector``'s release (each with ``perturb``): for a keyed setting, protectors of the
     same setting fitted with never-used keys; for a setting whose pattern is not keyed, its patterns turned to other
-    orientations (:func:`_turn`). :func:`check_verifiable` first."""
+    orientations or rescaled (:func:`_setting_control`). :func:`check_verifiable` first."""
     from medue.protect.fields import FieldsProtector
 
     if check_verifiable(protector) == "setting":
-        return [_turn(protector, j) for j in range(count)]
+        return [_setting_control(protector, j) for j in range(count)]
     classes = int(protector.waves.shape[0])
     out = []
     for j in range(count):

@@ -133,8 +133,8 @@ class LinesProtector(SampleSALMProtector):
 
     key = "lines"
     looks_like = ("thin bright lines, one pixel wide every three pixels, in the flattest parts of each image (mostly "
-                  "the background around the body), at most 8 stored units; the first class's images are left "
-                  "unchanged")
+                  "the background around the body), a few stored units bright (at most epsilon); the first class's "
+                  "images are left unchanged")
     needs_labels = True  # one pattern per class: without labels every item would be the blank class
     DEFAULTS: dict[str, Any] = {"epsilon": 8, "mode": "classwise", "placement": "flat", "flat_max_level": 1.0,
                                 "mask_ratio": 0.45, "tile": 3, "init": "grating", "duty": 0.25, "blank_class": True,

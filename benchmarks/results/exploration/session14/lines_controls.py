@@ -26,12 +26,12 @@ if __name__ == "__main__":
     release, models = sys.argv[1], sys.argv[2:]
     import os
     key = os.environ["MEDUE_KEY"]
-    shipped = V._turn
+    shipped = V._setting_control
     for m in models:
         out = []
         for name, fn in (("turned", shipped), ("axis", axis_family)):
-            V._turn = fn
+            V._setting_control = fn
             r = V.verify(release, m, key)
             out.append(f"{name} p {r.p_value:.3g}")
-        V._turn = shipped
+        V._setting_control = shipped
         print(m.split("/")[-2] + "/" + m.split("/")[-1], "; ".join(out), flush=True)
