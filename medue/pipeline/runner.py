@@ -1,7 +1,8 @@
 """``run_pipeline``: the only place stages are sequenced and a tracked run is opened.
 
-discover -> shard -> fit the protector once (or reuse it on resume) -> per-volume jobs (local or Ray) ->
-manifest -> report -> MLflow.
+plan (reads only: a refusal changes nothing) -> prepare outputs -> fit or reuse -> release gate -> protect items
+(local processes or Ray) -> write documents (manifest, checks, report, checksums) -> track (MLflow). Each stage is a
+function of this module; the manifest, the report and MLflow take the run's :class:`~medue.records.ReleaseOutcome`.
 """
 
 from __future__ import annotations
