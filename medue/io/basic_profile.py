@@ -48,7 +48,7 @@ TABLE: dict[str, tuple[str, str]] = {
     "NameOfPhysiciansReadingStudy": ("X", "identifying"), "OperatorsName": ("X", "identifying"),
     "PhysiciansOfRecord": ("X", "identifying"), "RequestingPhysician": ("X", "identifying"),
     "ResponsiblePerson": ("Z", "identifying"), "ResponsibleOrganization": ("X", "identifying"),
-    "AccessionNumber": ("Z", "identifying"), "StudyID": ("Z", "identifying"),
+    "AccessionNumber": ("Z", "identifying"),
     "PerformedProcedureStepID": ("X", "identifying"), "RequestAttributesSequence": ("X", "identifying"),
     "MedicalAlerts": ("X", "identifying"), "Allergies": ("X", "identifying"),
     "PersonName": ("D", "identifying"), "VerifyingObserverName": ("D", "identifying"),
@@ -126,8 +126,8 @@ def policy_words(*, keep_descriptions: bool, keep_private_creators: Iterable[str
     creators = list(keep_private_creators)
     options.append("private attributes removed" + (f" except those of {', '.join(creators)}" if creators else ""))
     options += [RETAIN_OPTIONS[r][1] for r in retain if r in RETAIN_OPTIONS]
-    options.append("PatientName and PatientID kept as the site's de-identifier set them (its pseudonyms: the "
-                   "profile lets Z/D attributes hold a dummy value, so medue cannot tell one from a name)")
+    options.append("PatientName, PatientID and StudyID kept as the site's de-identifier set them (its pseudonyms: "
+                   "the profile lets Z/D attributes hold a dummy value, so medue cannot tell one from a real one)")
     options.append("dates and patient characteristics kept as the site's de-identifier left them")
     return (f"{PROFILE_NAME} ({len(TABLE)} attributes checked): {'; '.join(options)}. UIDs: Study Instance UID and "
             "Frame of Reference UID kept (the derived series stays in its study and geometry; the site's "
