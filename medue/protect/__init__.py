@@ -8,7 +8,8 @@ from medue.protect.base import Protector, UnitSpace, project
 from medue.protect.conv import ConvProtector
 from medue.protect.em import EMProtector, SEMProtector
 from medue.protect.fields import FieldsProtector
-from medue.protect.salm import LinesProtector, SALMProtector, SampleSALMProtector, salm_perturb
+from medue.protect.lines import LinesProtector
+from medue.protect.salm import SALMProtector, SampleSALMProtector, salm_perturb
 from medue.protect.t2ue import T2UEProtector
 from medue.protect.uc import UCProtector
 from medue.registry import Registry

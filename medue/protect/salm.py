@@ -119,31 +119,6 @@ class SampleSALMProtector(EMProtector):
         return self.mask_ratio
 
 
-class LinesProtector(SampleSALMProtector):
-    """A placed class pattern: 1-px lines every 3 px, +``epsilon`` units, on the flattest 45 % of each image
-    (background first), one line orientation per class, the first class left unchanged; no optimisation.
-
-    Not the paper's method, and all ours: SALM spends its budget on the *most* significant pixels and optimises the
-    noise there; this places fixed lines on the *least* significant ones, and its shortcut is "lines mean the
-    second class" (a clean image reads as the first). It is the release default because it measured best of every
-    candidate on release files (``benchmarks/results/README.md``): it stops training without augmentation and, on
-    some seeds, with flip + crop, and nothing that resamples, smooths, quantises or mixes in clean images. Every
-    :class:`SampleSALMProtector` parameter can still be set; these are its defaults.
-    """
-
-    key = "lines"
-    looks_like = ("thin bright lines, one pixel wide every three pixels, in the flattest parts of each image (mostly "
-                  "the background around the body), a few stored units bright (at most epsilon); the first class's "
-                  "images are left unchanged")
-    needs_labels = True  # one pattern per class: without labels every item would be the blank class
-    DEFAULTS: dict[str, Any] = {"epsilon": 8, "mode": "classwise", "placement": "flat", "flat_max_level": 1.0,
-                                "mask_ratio": 0.45, "tile": 3, "init": "grating", "duty": 0.25, "blank_class": True,
-                                "max_rounds": 0, "augment": ["flip", "shift"]}
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**{**self.DEFAULTS, **kwargs})
-
-
 class SALMProtector(BlankClassMixin, Protector):
     """SALM through the attacker's habits: one error-minimising pattern per class, fitted by the min-min loop through
     random augmentation, resampling and purification (:mod:`medue.protect.robust`), on each image's most significant
