@@ -155,3 +155,14 @@ def make_release_efficacy(method: str, params: dict, *, drop: float = 0.0, prote
             "image_size": list(image_size), "method": method, "params": params, "labels_used": True,
             "exported": {"a": 40, "b": 40}, "expected": {"a": 40, "b": 40}, "not_exported": {}, "rows": rows,
             "diagnostic": {"resnet18": diag, "plain_cnn": {**diag, "accuracy_drop": 0.0}}}
+
+
+def add_descriptions_and_private_blocks(ds: Dataset) -> Dataset:
+    """Give ``ds`` what a derived copy must not carry (free-text descriptions naming a patient, a vendor's private
+    block with a name) and one private block a site keeps (creator ``SITE KEEP``); returns ``ds``."""
+    ds.StudyDescription = "MRI head of J. Doe"
+    ds.ProtocolName = "doe protocol"
+    ds.ImageComments = "called Jane on Monday"
+    ds.private_block(0x0011, "ACME 1.1", create=True).add_new(0x01, "LO", "patient Jane Doe")
+    ds.private_block(0x0013, "SITE KEEP", create=True).add_new(0x01, "LO", "scanner-calibration-7")
+    return ds

@@ -3,6 +3,7 @@
 from pydicom.dataset import Dataset
 
 from medue.io.basic_profile import RETAIN_OPTIONS, TABLE, clean, policy_words, violations
+from medue.testing import add_descriptions_and_private_blocks
 
 
 def _dataset() -> Dataset:
@@ -13,14 +14,8 @@ def _dataset() -> Dataset:
     ds.InstitutionName = "St Elsewhere"
     ds.StationName = "CT01"
     ds.OperatorsName = "Smith^Jane"
-    ds.StudyDescription = "head of J. Doe"
-    ds.ImageComments = "called Jane"
     ds.Modality = "CT"
-    block = ds.private_block(0x0011, "ACME 1.1", create=True)
-    block.add_new(0x01, "LO", "Jane Doe")
-    kept = ds.private_block(0x0013, "SITE KEEP", create=True)
-    kept.add_new(0x01, "LO", "calibration")
-    return ds
+    return add_descriptions_and_private_blocks(ds)
 
 
 def test_identifying_institution_and_device_values_refuse_unless_retained():
@@ -41,7 +36,7 @@ def test_a_derived_copy_loses_descriptors_and_private_blocks_but_a_listed_creato
     assert ds.Modality == "CT" and ds.PatientName == "Anon^0001"  # clinical content and pseudonyms stay
     kept = _dataset()
     clean(kept, keep_descriptions=True)
-    assert kept.StudyDescription == "head of J. Doe" and "calibration" not in str(kept)
+    assert kept.StudyDescription == "MRI head of J. Doe" and "calibration" not in str(kept)
 
 
 def test_the_policy_row_names_the_profile_the_options_and_the_uids():

@@ -59,22 +59,15 @@ def test_a_derived_copy_carries_no_description_and_no_private_attribute_unless_k
     """PS3.15 Basic Profile at export: descriptors and private blocks removed (a listed creator's block kept), the
     SeriesDescription medue's own words, "UNCHANGED" for an item left unchanged on purpose."""
     from medue.io import read_item, InputItem, write_volume
+    from medue.testing import add_descriptions_and_private_blocks
 
     paths = make_dicom_series(tmp_path / "s", slices=2, size=8)
     for p in paths:
-        ds = pydicom.dcmread(p)
-        ds.StudyDescription = "MRI head of J. Doe"
-        ds.ProtocolName = "doe protocol"
-        ds.PatientComments = "called Jane on Monday"
-        block = ds.private_block(0x0011, "ACME 1.1", create=True)
-        block.add_new(0x01, "LO", "patient Jane Doe")
-        keep = ds.private_block(0x0013, "SITE KEEP", create=True)
-        keep.add_new(0x01, "LO", "scanner-calibration-7")
-        ds.save_as(p)
+        add_descriptions_and_private_blocks(pydicom.dcmread(p)).save_as(p)
     volume = read_item(InputItem("dicom", tuple(str(p) for p in paths), "s"))
     out = write_volume(volume, tmp_path / "out1", derivation="test", keep_private_creators=("SITE KEEP",))
     ds = pydicom.dcmread(out[0])
-    for keyword in ("StudyDescription", "ProtocolName", "PatientComments"):
+    for keyword in ("StudyDescription", "ProtocolName", "ImageComments"):
         assert keyword not in ds
     assert ds.SeriesDescription == "PROTECTED (medue)"
     text = str(ds)
