@@ -157,11 +157,7 @@ class MlflowSink:
             f"({carried['protected']} protected in full, {carried['weakened_by_gate']} weakened by the fidelity gate, "
             f"{carried['unchanged_on_purpose']} unchanged on purpose), "
             + ", ".join(f"{k} {v}" for k, v in sorted(summary_counts.items()) if k not in ("done", "skipped") and v)
-            + (("; efficacy evidence applies to this release: " if efficacy_tags["medue.efficacy.applies"] == "yes"
-                else "; efficacy evidence does not apply to this release ("
-                + efficacy_tags["medue.efficacy.applies"][4:]
-                + "): ") + efficacy_tags["medue.efficacy.evidence"][:200] if efficacy_tags else
-               "; efficacy not measured for this release")
+            + _efficacy_words(efficacy_tags)
             + "".join(f"; diagnostic content check: {c['result']}" for c in release_checks
                       if c.get("check", "").startswith("diagnostic"))).rstrip(", ")
         tags.update({"medue.check.diagnostic": c["result"] for c in release_checks
@@ -252,6 +248,16 @@ def _create_store_atomically(db: Path) -> None:
         pass  # another release created the store first: use that one
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _efficacy_words(tags: dict[str, str]) -> str:
+    """The run description's words on the efficacy evidence: whether it applies to this release, and which it is."""
+    if not tags:
+        return "; efficacy not measured for this release"
+    applies = tags["medue.efficacy.applies"]
+    head = ("; efficacy evidence applies to this release: " if applies == "yes" else
+            f"; efficacy evidence does not apply to this release ({applies.removeprefix('no: ')}): ")
+    return head + tags["medue.efficacy.evidence"][:200]
 
 
 #: How long a tracking server may take to answer, and how often MLflow retries, unless the site's environment says
