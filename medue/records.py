@@ -135,9 +135,6 @@ class FitRecord:
 
         write_text_atomic(Path(path), json.dumps(self.to_dict(), indent=2))
 
-    def replace(self, **changes: Any) -> FitRecord:
-        return dataclasses.replace(self, **changes)
-
 
 @dataclasses.dataclass
 class ReleaseOutcome:

@@ -42,6 +42,9 @@ class FidelityReport:
     data_range: float
     per_slice_psnr_db: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    #: The threshold each failure names (``min_psnr_db``, ``max_abs_units``...), in the order of ``failures``; not
+    #: written out (the failures say it in words).
+    failed_limits: list[str] = field(default_factory=list)
     #: Largest change relative to the local intensity of tissue (a bias field's measure; reported, not gated).
     max_relative_change: float = 0.0
 
@@ -52,6 +55,7 @@ class FidelityReport:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["passed"] = self.passed
+        d.pop("failed_limits")
         for k in ("psnr_db",):
             if d[k] == float("inf"):
                 d[k] = None  # JSON has no infinity: None means identical
@@ -76,19 +80,24 @@ def check_fidelity(original: np.ndarray, protected: np.ndarray, thresholds: Fide
         data_range = thresholds.span(original, valid_range)
     m = volume_metrics(original, protected, data_range=data_range, device=device, budget_bytes=budget_bytes)
     psnr, ssim, linf, frac, per_slice = m.psnr_db, m.ssim, m.max_abs_units, m.fraction_changed, m.per_slice_psnr_db
-    failures = []
+    failures, limits = [], []
     t = thresholds
+
+    def fail(limit: str, text: str) -> None:
+        failures.append(text)
+        limits.append(limit)
+
     if t.min_psnr_db is not None and psnr < t.min_psnr_db:
-        failures.append(f"PSNR {psnr:.2f} dB < minimum {t.min_psnr_db} dB")
+        fail("min_psnr_db", f"PSNR {psnr:.2f} dB < minimum {t.min_psnr_db} dB")
     if t.min_ssim is not None and ssim < t.min_ssim:
-        failures.append(f"SSIM {ssim:.4f} < minimum {t.min_ssim}")
+        fail("min_ssim", f"SSIM {ssim:.4f} < minimum {t.min_ssim}")
     if t.max_abs_units is not None and linf > t.max_abs_units:
-        failures.append(f"max |delta| {linf} stored units > maximum {t.max_abs_units}")
+        fail("max_abs_units", f"max |delta| {linf} stored units > maximum {t.max_abs_units}")
     physical = linf * abs(rescale_slope)
     if t.max_abs_physical is not None and physical > t.max_abs_physical:
-        failures.append(f"max |delta| {physical:g} physical units > maximum {t.max_abs_physical}")
+        fail("max_abs_physical", f"max |delta| {physical:g} physical units > maximum {t.max_abs_physical}")
     if t.max_fraction_changed is not None and frac > t.max_fraction_changed:
-        failures.append(f"fraction changed {frac:.4f} > maximum {t.max_fraction_changed}")
+        fail("max_fraction_changed", f"fraction changed {frac:.4f} > maximum {t.max_fraction_changed}")
     return FidelityReport(psnr_db=psnr, ssim=ssim, max_abs_units=linf, max_abs_physical=physical,
                           fraction_changed=frac, data_range=data_range, per_slice_psnr_db=per_slice,
-                          failures=failures, max_relative_change=round(m.max_relative_change, 4))
+                          failures=failures, failed_limits=limits, max_relative_change=round(m.max_relative_change, 4))

@@ -212,7 +212,7 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True, prefe
         if not fid.passed and ctx.adapt_support and protector.budget != float("inf"):
             # (a method published without a norm bound, conv as CUDA, is not thinned into another method: the
             # gate's verdict stands, and only a recorded override exports it)
-            limits = [_limit_name(f) for f in fid.failures]  # what the full protection missed
+            limits = list(fid.failed_limits)  # what the full protection missed
             protected, fid, kept = adapt_support(volume, protected, fid, ctx, slope)
             result["protection"] = protected.history[-1].to_dict()
             result["protection"]["stats"].update(kept)
@@ -265,15 +265,6 @@ def process_item(item: InputItem, ctx: JobContext, *, resume: bool = True, prefe
         result.update(status=FAILED, reason=reason, message=scrub(str(exc), item, ctx.input_root),
                       traceback=scrub(traceback.format_exc(limit=3), item, ctx.input_root))
     return _finish(result, marker_path, t0)
-
-
-#: The fidelity limit each gate failure names (:func:`medue.fidelity.checks.check_fidelity`'s messages).
-LIMIT_NAMES = (("PSNR", "min_psnr_db"), ("SSIM", "min_ssim"), ("stored units", "max_abs_units"),
-               ("physical units", "max_abs_physical"), ("fraction changed", "max_fraction_changed"))
-
-
-def _limit_name(failure: str) -> str:
-    return next((name for word, name in LIMIT_NAMES if word in failure), failure)
 
 
 def adapt_support(volume: Any, protected: Any, fid: Any, ctx: JobContext, slope: float,

@@ -319,11 +319,18 @@ def test_the_fidelity_chart_of_a_large_release_is_a_distribution_not_hundreds_of
 
 def test_the_report_names_the_limit_that_weakened_items():
     from medue.audit.report import protection_counts, protection_lines
-    from medue.pipeline.job import _limit_name
+    import numpy as np
+
+    from medue.fidelity.checks import FidelityThresholds, check_fidelity
     from medue.records import ItemMarker
 
-    assert _limit_name("max |delta| 12 physical units > maximum 10") == "max_abs_physical"
-    assert _limit_name("PSNR 36.10 dB < minimum 38 dB") == "min_psnr_db"
+    original = np.zeros((1, 16, 16), dtype=np.int16)
+    protected = original.copy()
+    protected[0, :8] = 12  # 12 stored units at slope 1: over a physical limit of 10, and a low PSNR
+    fid = check_fidelity(original, protected, FidelityThresholds(min_psnr_db=38, min_ssim=None, max_abs_physical=10),
+                         data_range=255)
+    assert fid.failed_limits == ["min_psnr_db", "max_abs_physical"] and len(fid.failures) == 2
+    assert "failed_limits" not in fid.to_dict()  # the marker says it in words, as before
     full = {"protection": {"params": {"epsilon": 8}, "stats": {"linf_units": 8}}, "fidelity": {"passed": True}}
     markers = [ItemMarker(item_id="a", status="done", **full),
                ItemMarker(item_id="b", status="done", adapted={"kept_fraction": 0.5, "limits": ["max_abs_physical"]},
