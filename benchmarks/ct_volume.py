@@ -7,6 +7,12 @@ Stage times come from each item's marker (``stage_seconds``); peak RSS is this p
 The plain loop reads every file with pydicom / nibabel and writes it back unchanged, the floor for I/O.
 
     python benchmarks/ct_volume.py --slices 64 --out benchmarks/results/ct_volume_cpu_64
+    python benchmarks/ct_volume.py --slices 64 --method salm-samplewise --set max_rounds=1 --out ...
+
+With ``--method`` (and ``--set name=value`` for its parameters, YAML-typed) the release uses that method instead of
+the default's, with the default fidelity gate left out. A sampling thread records the process's resident memory
+every 50 ms and, at its peak, the innermost frames of the main thread (``peak_where``), so that a peak can be
+located without a profiler.
 """
 
 from __future__ import annotations
@@ -16,8 +22,11 @@ import json
 import platform
 import resource
 import shutil
+import sys
 import tempfile
+import threading
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +59,38 @@ def _plain_loop(root: Path, scratch: Path) -> float:
     return time.perf_counter() - t
 
 
+class _MemorySampler(threading.Thread):
+    """Samples this process's resident set (``/proc/self/statm``) and, at each new peak, the main thread's stack."""
+
+    def __init__(self, period: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.period, self.peak_mb, self.where = period, 0.0, []
+        self._halt = threading.Event()
+        self._page = __import__("os").sysconf("SC_PAGE_SIZE")
+        self._main = threading.main_thread().ident
+
+    def run(self) -> None:
+        while not self._halt.wait(self.period):
+            try:
+                rss = int(Path("/proc/self/statm").read_text().split()[1]) * self._page / 2**20
+            except OSError:
+                return
+            if rss > self.peak_mb:
+                self.peak_mb = rss
+                frame = sys._current_frames().get(self._main)
+                stack = traceback.extract_stack(frame) if frame is not None else []
+                self.where = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in stack
+                              if "medue" in f.filename][-6:]
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+def _value(text: str) -> object:
+    return yaml.safe_load(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slices", type=int, default=64)
@@ -58,10 +99,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ct_volume_cpu"))
     parser.add_argument("--preset", help="protect with this preset (`medue methods`) instead of the default's "
                                          "method, with the preset's fidelity budget")
+    parser.add_argument("--method", help="protect with this method (`medue methods`) instead of the default's")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a parameter of --method (repeatable; the value is read as YAML)")
     args = parser.parse_args()
 
+    from medue.layout import OutputLayout
     from medue.pipeline.config import parse_config
     from medue.pipeline.runner import run_pipeline
+    from medue.records import FitRecord
 
     work = Path(tempfile.mkdtemp(prefix="medue-ct-"))
     try:
@@ -73,6 +119,11 @@ def main() -> None:
         default = yaml.safe_load(Path("pipelines/default.yaml").read_text())
         if args.preset:
             default = {**default, "protect": {"preset": args.preset}, "fidelity": {}}
+        if args.method:
+            params = dict(item.split("=", 1) for item in args.set)
+            default = {**default, "protect": {"method": args.method, "params": {k: _value(v) for k, v in
+                                                                                 params.items()}},
+                       "fidelity": {}}
         cfg = parse_config({**default, "name": "ct-benchmark", "input": str(inputs), "output": str(work / "out"),
                             "labels": {"source": "table", "table": str(work / "labels.csv")},
                             "execution": {"device": args.device, "workers": 1},
@@ -80,10 +131,13 @@ def main() -> None:
                             "report": {"enabled": True, "efficacy_results": None},
                             "key": {"env": "MEDUE_KEY", "file": str(Path("pipelines/demo.key").resolve())}},
                            base_dir="pipelines")
+        sampler = _MemorySampler()
+        sampler.start()
         t = time.perf_counter()
         summary = run_pipeline(cfg)
         total_s = time.perf_counter() - t
-        fit = json.loads((work / "out" / "private" / "protector.json").read_text())
+        sampler.stop()
+        fit = FitRecord.read(OutputLayout(work / "out").fit_record)
         items = []
         for m in summary.markers:
             voxels = float(np.prod(m.shape))
@@ -98,10 +152,12 @@ def main() -> None:
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "cpus": len(__import__("os").sched_getaffinity(0)),
             "device": args.device, "preset": args.preset, "slices": args.slices, "size": args.size, "volumes": len(items),
-            "fit_seconds": fit.get("fit_seconds"), "release_seconds": round(total_s, 2),
-            "release_tail_seconds": round(total_s - sum(i["seconds"] for i in items) - (fit.get("fit_seconds") or 0),
+            "method": args.method, "params": dict(item.split("=", 1) for item in args.set),
+            "fit_seconds": fit.fit_seconds, "release_seconds": round(total_s, 2),
+            "release_tail_seconds": round(total_s - sum(i["seconds"] for i in items) - (fit.fit_seconds or 0),
                                           2),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "sampled_peak_rss_mb": round(sampler.peak_mb, 1), "peak_where": sampler.where,
             "plain_read_write_seconds": round(plain_s, 2), "medue_read_write_verify_seconds": round(io_s, 2),
             "io_ratio_plain_over_medue": round(plain_s / io_s, 3) if io_s else None,
             "items": items,
@@ -112,11 +168,13 @@ def main() -> None:
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     lines = [f"# CT-sized release: 2 volumes x 2 formats of {args.size}x{args.size}x{args.slices} ({result['machine']}, "
              f"{result['cpus']} CPUs, device {args.device}, "
-             + (f"preset {args.preset})" if args.preset else "the default's protection)"), "",
+             + (f"preset {args.preset})" if args.preset else
+                f"method {args.method} {' '.join(args.set)})" if args.method else "the default's protection)"), "",
              f"Release {result['release_seconds']} s (fit {result['fit_seconds']} s, tail {result['release_tail_seconds']} s); "
              f"peak RSS {result['peak_rss_mb']} MB; I/O: plain pydicom/nibabel loop {result['plain_read_write_seconds']} s, "
              f"medue read + write + verify {result['medue_read_write_verify_seconds']} s "
-             f"(plain / medue = {result['io_ratio_plain_over_medue']}).", "",
+             f"(plain / medue = {result['io_ratio_plain_over_medue']}); peak sampled at "
+             f"{' < '.join(reversed(result['peak_where'])) or 'start'}.", "",
              "| format | shape | read s | protect s | check s | write+verify s | delta s | item s | protect s/slice | "
              "item s/Mvox |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -389,7 +389,7 @@ def verify(output: str | Path, model: str | Path | Suspect, key: str, *, probes:
     floating-point originals are read in whole multiples of it). Raises :class:`NotVerifiable` for a method without a
     class pattern, :class:`~medue.errors.InvalidConfigError` for a wrong key or a missing fit."""
     from medue.layout import OutputLayout
-    from medue.protect import load_protector
+    from medue.protector_file import load_protector
     from medue.provenance import key_fingerprint
     from medue.records import FitRecord
 

@@ -107,7 +107,7 @@ def test_a_protector_file_that_is_a_pickle_is_refused_with_medue_s_message(tmp_p
     import pickle
 
     from medue.errors import ProtectionError
-    from medue.protect import load_protector
+    from medue.protector_file import load_protector, save_protector
 
     path = tmp_path / "protector.pt"
     path.write_bytes(pickle.dumps({"format": ValueError("a pickled object")}))
@@ -218,12 +218,12 @@ def test_row_files_read_any_rows_in_any_order_and_travel_to_other_processes(tmp_
 
 
 def test_auto_surrogate_is_strided_at_ct_resolution_and_the_saved_protector_says_so(tmp_path):
-    from medue.protect import load_protector
+    from medue.protector_file import load_protector, save_protector
 
     for size, arch in ((16, "small"), (256, "strided")):
         x, y = _data(n=4, size=size)
         p, _ = _fit(x, y, max_rounds=1, inner_steps=1, train_steps=1, batch_size=4)
         assert p.params()["surrogate"] == arch and p.model.stem[0].stride == ((2, 2) if arch == "strided" else (1, 1))
-        p.save(tmp_path / f"{size}.pt")
+        save_protector(p, tmp_path / f"{size}.pt")
         back = load_protector(tmp_path / f"{size}.pt")
         assert back.params()["surrogate"] == arch and back.state_fingerprint() == p.state_fingerprint()

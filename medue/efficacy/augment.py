@@ -1,4 +1,4 @@
-"""Augmentation recipes of the attacker suite, built from MONAI's own transforms.
+"""Augmentation recipes of the attacker suite (:data:`medue.habits.RECIPES`), built from MONAI's own transforms.
 
 Each recipe is a :class:`monai.transforms.Compose` applied to one ``(1, H, W)`` image in ``[0, 1]`` at a time,
 on whatever device the image is on, with a random state seeded by the training run:
@@ -19,7 +19,8 @@ from monai.utils import convert_to_tensor
 from monai.transforms import (BorderPad, Compose, RandAdjustContrast, RandFlip, RandGaussianNoise,
                               RandGaussianSmooth, RandRotate, RandSpatialCrop, RandZoom)
 
-RECIPES = ("none", "flip_crop", "monai_tutorial")
+from medue.habits import RECIPES
+
 
 
 def build_recipe(name: str, side: int) -> Compose | None:

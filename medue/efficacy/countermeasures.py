@@ -1,6 +1,7 @@
 """Countermeasures an unauthorised trainer may apply to released images before training.
 
-Each takes and returns ``(N, H, W)`` uint8 images. Training-time countermeasures (augmentation, adversarial
+Each takes and returns ``(N, H, W)`` uint8 images; :data:`PREPROCESSING` holds them under their names in
+:mod:`medue.habits`. Training-time countermeasures (augmentation, adversarial
 training) are flags of :func:`medue.efficacy.train.train_classifier` instead.
 """
 
@@ -12,6 +13,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 from scipy.ndimage import median_filter
+
+from medue.habits import PURIFICATIONS
 
 
 def jpeg(images: np.ndarray, *, quality: int = 10) -> np.ndarray:
@@ -92,18 +95,15 @@ def grayscale(images: np.ndarray) -> np.ndarray:
     return images
 
 
+#: The purifications of :data:`medue.habits.PURIFICATIONS`, by their one name.
 PREPROCESSING: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "jpeg_q10": lambda x: jpeg(x, quality=10),
     "bit_depth_3": lambda x: bit_depth(x, bits=3),
-    "median_3x3": lambda x: median(x, size=3),
-    "gaussian_blur_1": lambda x: gaussian_blur(x, sigma=1.0),
+    "median": lambda x: median(x, size=3),
+    "blur": lambda x: gaussian_blur(x, sigma=1.0),
     "band_stop": band_stop,
     "high_pass": high_pass,
     "detrend": detrend,
     "grayscale": grayscale,
 }
-
-#: Countermeasures evaluated by training, not preprocessing.
-TRAINING = ("augmentation", "adversarial_training")
-
-ALL = (*PREPROCESSING, *TRAINING)
+assert set(PREPROCESSING) == set(PURIFICATIONS), "every purification of medue.habits has its function here"

@@ -31,6 +31,7 @@ from medue.efficacy.train import TrainSettings, predict, train_classifier
 from medue.errors import IngestError, InvalidConfigError
 from medue.evidence import RESULT_SCHEMA, summarise
 from medue.fidelity.diagnostic import diagnostic_preservation
+from medue.habits import seed_name
 from medue.layout import OutputLayout
 from medue.records import EfficacyResult, FitRecord, ItemMarker
 
@@ -296,7 +297,7 @@ def run_attacks(attacks: Sequence[Attack], data: EvalData, settings: ReleaseEval
                 f"training-batch accuracy {batch_accuracy:.3f}, {time.perf_counter() - t:.0f} s")
 
         res, model = train_classifier(attack.architecture, x, y, x_test, data.y_test, settings=ts,
-                                      seed=derive_seed(seed, attack.architecture, purification), device=device,
+                                      seed=derive_seed(seed, attack.architecture, seed_name(purification)), device=device,
                                       return_model=True, progress=epoch_done)
         row = {**attack.record(), "training_data": data_name, "seed": seed, "train_images": int(len(x)),
                "train_accuracy": round(res["train_accuracy"], 4),
@@ -720,6 +721,16 @@ def results_markdown(result: EfficacyResult | dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["RESULT_SCHEMA", "EvalData", "ReleaseEvalSettings", "evaluate_own_release", "evaluate_release",
-           "read_release", "resample",
-           "results_markdown", "run_attacks", "summarise", "IngestError"]
+__all__ = [
+    "RESULT_SCHEMA",
+    "EvalData",
+    "IngestError",
+    "ReleaseEvalSettings",
+    "evaluate_own_release",
+    "evaluate_release",
+    "read_release",
+    "resample",
+    "results_markdown",
+    "run_attacks",
+    "summarise",
+]

@@ -23,9 +23,7 @@ import dataclasses
 from typing import Any
 
 from medue.evidence import NEVER_TESTED
-
-#: Habits an attack belongs to (the report groups its verdict by them).
-HABITS = ("plain", "augmentation", "resampling", "mixing", "training", "network", "purification")
+from medue.habits import GROUPS, HABITS, RECIPES
 
 #: Optimiser and schedule names: SGD with momentum and a one-cycle or cosine schedule, or Adam at a fixed rate.
 OPTIMIZERS = ("sgd_onecycle", "sgd_cosine", "adam")
@@ -38,16 +36,15 @@ class Attack:
     Attributes:
         name: Row name in results and reports.
         architecture: A key of :data:`medue.efficacy.attackers.ATTACKERS`.
-        recipe: Augmentation recipe, a key of :data:`medue.efficacy.augment.RECIPES`.
-        purification: ``"none"``, a key of :data:`medue.efficacy.countermeasures.PREPROCESSING` or
-            ``"adversarial_training"``.
+        recipe: Augmentation recipe, one of :data:`medue.habits.RECIPES`.
+        purification: ``"none"``, one of :data:`medue.habits.PURIFICATIONS` or ``"adversarial_training"``.
         scale: Train and test at this multiple of the released resolution (area down, bilinear up).
         clean_mix: Clean images of every class added to the training set, as a fraction of its size, drawn from
             images the release did not contain.
         optimizer: One of :data:`OPTIMIZERS`.
         epochs: Epochs; ``None`` takes :attr:`ReleaseEvalSettings.epochs`.
         lr: Learning rate; ``None`` takes the optimiser's default for the architecture.
-        habit: One of :data:`HABITS`.
+        habit: The group it belongs to, one of :data:`medue.habits.GROUPS` (the report groups its verdict by them).
         headline: Runs on the headline seeds (4 in the full suite).
         words: What the attacker does, in words for the report.
     """
@@ -73,6 +70,9 @@ class Attack:
 
 
 def _attacks(*attacks: Attack) -> dict[str, Attack]:
+    for a in attacks:  # every attack speaks the one vocabulary of medue.habits
+        assert a.habit in GROUPS and a.recipe in RECIPES, a
+        assert a.purification == "none" or HABITS[a.purification].attack in ("purification", "training"), a
     return {a.name: a for a in attacks}
 
 
@@ -100,9 +100,9 @@ CATALOGUE: dict[str, Attack] = _attacks(
     Attack("resnet18_bit_depth_3", "resnet18", "purification", "3-bit depth reduction before training",
            recipe="flip_crop", purification="bit_depth_3"),
     Attack("resnet18_median_3x3", "resnet18", "purification", "3x3 median filter before training",
-           recipe="flip_crop", purification="median_3x3"),
+           recipe="flip_crop", purification="median"),
     Attack("resnet18_gaussian_blur", "resnet18", "purification", "Gaussian blur (sigma 1 px) before training",
-           recipe="flip_crop", purification="gaussian_blur_1"),
+           recipe="flip_crop", purification="blur"),
     Attack("resnet18_adversarial_training", "resnet18", "purification",
            "adversarial training (PGD, L-inf 2/255)", recipe="flip_crop", purification="adversarial_training"),
     Attack("resnet18_band_stop", "resnet18", "purification",

@@ -26,6 +26,7 @@ from medue.io.atomic import atomic_file, write_text_atomic
 from medue.layout import OutputLayout
 from medue.pipeline.config import PipelineConfig
 from medue.protect import UnitSpace, build_protector
+from medue.protector_file import save_protector
 from medue.store import FitCheckpoint, RowFile, SliceStore, SliceWriter, World
 from medue.provenance import sha256_file
 from medue.records import FitRecord
@@ -251,7 +252,7 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
                 noise_sha256[item_id] = sha256_file(noise_dir / f"{item_id}.npz")
                 stored += 1
     tmp = layout.protector_state.with_suffix(".tmp")
-    protector.save(tmp)
+    save_protector(protector, tmp)
     tmp.replace(layout.protector_state)
     info = FitRecord(
         method=config.protect.method, config_hash=config.config_hash(), identity=identity or {}, slices=slices,

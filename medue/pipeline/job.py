@@ -80,7 +80,7 @@ def load_protector(path: Path, device: str) -> Any:
 
 @functools.lru_cache(maxsize=1)
 def _load_protector(path: str, mtime_ns: int, device: str) -> Any:
-    from medue.protect import load_protector as _load
+    from medue.protector_file import load_protector as _load
 
     return _load(Path(path), device)  # tensors and JSON types only: loading runs no pickled code
 

@@ -27,7 +27,7 @@ from medue.volume import Volume
 #: placement masks and their sorting buffers, the projected result): sizes its chunks from a memory budget.
 BYTES_PER_VOXEL = 48
 
-#: Format tag of a saved protector (:meth:`Protector.save`).
+#: Format tag of a saved protector (:meth:`Protector.to_payload`, :mod:`medue.protector_file`).
 STATE_FORMAT = "medue.protector/1"
 
 
@@ -173,12 +173,12 @@ class Protector(ABC):
         """Restore what :meth:`state_dict` and :meth:`extra_state` returned; the protector is then fitted."""
         self.fitted = True
 
-    def save(self, path: Any) -> None:
-        """Save as tensors plus JSON-typed parameters (``torch.load(..., weights_only=True)`` reads it back: no
-        pickled objects, so loading a protector file can run no code)."""
-        torch.save({"format": STATE_FORMAT, "method": self.key, "params": self.params(),
-                    "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-                    "extra": self.extra_state(), "fitted": self.fitted}, path)
+    def to_payload(self) -> dict[str, Any]:
+        """Everything a fitted protector is, as tensors plus JSON-typed parameters (what
+        :func:`medue.protector_file.save_protector` writes and :func:`medue.protect.from_payload` reads back)."""
+        return {"format": STATE_FORMAT, "method": self.key, "params": self.params(),
+                "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+                "extra": self.extra_state(), "fitted": self.fitted}
 
     def state_fingerprint(self) -> str:
         """SHA-256 of the serialised learned state, recorded so an auditor can match releases to a fit."""

@@ -1,15 +1,10 @@
-"""Error-minimising noise (EM) and stable error-minimising noise (SEM).
+"""Error-minimising noise (EM); stable error-minimising noise (SEM) is its setting in :mod:`medue.protect.sem`.
 
 EM: Huang, Ma, Erfani, Bailey, Wang, "Unlearnable Examples: Making Personal Data Unexploitable", ICLR 2021.
 Sample-wise and class-wise noise from the min-min loop in :mod:`medue.protect.minmin`; defaults follow the
 paper's CIFAR settings scaled to stored units (epsilon 8 units = 8/255 for 8-bit data, 20 inner steps,
 10 surrogate steps per round, stop at 99 % surrogate accuracy on perturbed data). The step size is one stored
 unit (the paper's 0.8/255 is below one unit and would vanish when rounded).
-
-SEM: Liu et al., "Stable Unlearnable Example: Enhancing the Robustness of Unlearnable Examples via Stable
-Error-Minimizing Noise", AAAI 2024. Same loop, but the surrogate and the noise update both see an extra
-*random* perturbation of radius ``rho`` (instead of REM's adversarial one), so the noise stays error-minimising
-under perturbation. Ours: ``rho`` defaults to ``epsilon // 2`` and is drawn uniformly and rounded to units.
 
 Labels: without labels, ``fit`` uses pseudo-labels from K-means on surrogate features (ours, so the method
 also works label-agnostically); ``perturb`` on new samples uses the given label or the surrogate's prediction.
@@ -21,11 +16,11 @@ from typing import Any, Callable
 
 import torch
 
+from medue.habits import MINMIN_AUGMENTATIONS as AUGMENTATIONS
 from medue.protect.base import Protector, UnitSpace, batches, per_sample_mask, project
 from medue.protect.clusters import assign, kmeans, surrogate_features
 from medue.protect.masks import flat_region_mask, foreground_mask
 from medue.protect.minmin import (
-    AUGMENTATIONS,
     MaskFn,
     MinMinSettings,
     bilevel_classwise_tiled,
@@ -351,11 +346,3 @@ class EMProtector(Protector):
         if self.centroids is not None:
             state["centroids"] = self.centroids
         return state
-
-
-class SEMProtector(EMProtector):
-    """Stable error-minimising noise (Liu et al., AAAI 2024): EM trained under random noise of radius ``rho``."""
-
-    key = "sem"
-    rho_default = staticmethod(lambda eps: max(eps // 2, 1))  # type: ignore[assignment]
-

@@ -45,8 +45,8 @@ import torch
 
 from medue.errors import ProtectionError
 from medue.protect.base import BlankClassMixin, Protector, UnitSpace
-from medue.protect.habits import gaussian_blur
 from medue.protect.robust import rounded_budget_scale, slice_span
+from medue.protect.stand_ins import gaussian_blur
 
 COUPLINGS = ("additive", "multiplicative")
 PSNR_RANGES = ("slice", "dtype")

@@ -1,11 +1,11 @@
-"""The release default: placed class lines (``lines``), a setting of :class:`~medue.protect.salm.SampleSALMProtector`
-whose class pattern is placed, not optimised (see the class docstring and ``benchmarks/results/README.md``)."""
+"""The release default: placed class lines (``lines``), a setting of
+:class:`~medue.protect.salm_samplewise.SampleSALMProtector` whose class pattern is placed, not optimised (see the class docstring and ``benchmarks/results/README.md``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from medue.protect.salm import SampleSALMProtector
+from medue.protect.salm_samplewise import SampleSALMProtector
 
 
 class LinesProtector(SampleSALMProtector):

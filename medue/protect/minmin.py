@@ -20,6 +20,7 @@ from torch import nn
 from medue.device import derive_seed, make_generator
 from medue.protect.base import UnitSpace, batches, project
 from medue.protect.masks import topk_mask
+from medue.protect.stand_ins import attacker_view
 from medue.store import DeltaBuffers, FitCheckpoint, RowFile, SliceStore, World
 
 #: ``mask_fn(grad, x_model, proposed) -> 0/1 mask``: where the update may act (SALM); ``None`` means everywhere.
@@ -191,34 +192,6 @@ def tile_to(noise: torch.Tensor, height: int, width: int) -> torch.Tensor:
     h, w = noise.shape[-2:]
     reps = (-(-height // h), -(-width // w))
     return noise.repeat(1, 1, *reps)[..., :height, :width]
-
-
-#: Transformations the noise is optimised under (expectation over transformation); see :func:`attacker_view`.
-AUGMENTATIONS = ("flip", "shift", "smooth", "noise")
-
-
-def attacker_view(x_model: torch.Tensor, augment: tuple[str, ...], generator: torch.Generator, *,
-                  max_shift: int = 4, noise_std: float = 0.0) -> torch.Tensor:
-    """A random, differentiable version of a batch as an attacker's pipeline may show it to a model.
-
-    ``flip``: horizontal flip of half the batch; ``shift``: one random circular shift of up to ``max_shift`` px
-    (stands in for pad-and-crop); ``smooth``: a 3x3 box blur on half the batches (JPEG-like / median-like loss
-    of fine detail); ``noise``: Gaussian noise of ``noise_std`` (SEM-style random perturbation).
-    """
-    if not augment:
-        return x_model
-    dev = x_model.device
-    if "flip" in augment:
-        flip = (torch.rand(x_model.shape[0], generator=generator) < 0.5).to(dev)
-        x_model = torch.where(flip[:, None, None, None], x_model.flip(-1), x_model)
-    if "shift" in augment and max_shift > 0:
-        dy, dx = (torch.randint(-max_shift, max_shift + 1, (2,), generator=generator)).tolist()
-        x_model = torch.roll(x_model, shifts=(dy, dx), dims=(-2, -1))
-    if "smooth" in augment and float(torch.rand(1, generator=generator)) < 0.5:
-        x_model = F.avg_pool2d(F.pad(x_model, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    if "noise" in augment and noise_std > 0:
-        x_model = x_model + noise_std * torch.randn(x_model.shape, generator=generator).to(dev)
-    return x_model
 
 
 def _class_phases(num_classes: int, height: int, width: int, period: int) -> list[torch.Tensor]:

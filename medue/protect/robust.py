@@ -9,7 +9,7 @@ The pieces, and where they come from:
   ``mask_ratio`` of each image's pixels, chosen by significance. Ours: significance is the local (5x5) mean
   intensity, so the mask lies in the brightest anatomy, not in background, and is the same for every network.
 * **Expectation over the attacker's transformations** (ours, after Athalye et al. 2018): every loss of the fit is
-  computed after a random habit of :mod:`medue.protect.habits` (MONAI-style augmentation, half resolution, blur,
+  computed after a random habit of :mod:`medue.protect.stand_ins` (MONAI-style augmentation, half resolution, blur,
   median, 3-bit depth, JPEG q10, noise), against an ensemble of surrogates with different stems, so a change those
   transformations erase earns nothing.
 * **Low spatial frequency, periodic, oriented** (ours): each class pattern is a ``period`` x ``period`` tile
@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from medue.protect.base import UnitSpace
-from medue.protect.habits import HABITS, attacker_habit, round_ste
 from medue.protect.masks import topk_mask
 from medue.protect.minmin import tile_to
+from medue.protect.stand_ins import HABITS, attacker_habit, round_ste
 from medue.protect.surrogate import make_surrogate
 
 #: Surrogates of the fit's ensemble (:func:`medue.protect.surrogate.make_surrogate` layouts): a 3x3 stem at full

@@ -48,7 +48,7 @@ from medue.device import single_thread
 from medue.protect.base import Protector, UnitSpace, batches, per_sample_mask, project
 from medue.protect.clusters import assign, kmeans
 from medue.protect.masks import flat_region_mask
-from medue.protect.minmin import attacker_view
+from medue.protect.stand_ins import attacker_view
 from medue.protect.surrogate import SmallResNet
 
 

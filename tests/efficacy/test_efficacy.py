@@ -195,7 +195,7 @@ def test_suites_name_every_everyday_habit():
     assert set(SUITES["quick"]) < set(SUITES["standard"]) < set(full)
     habits = {a.habit for a in full.values()}
     assert habits == {"plain", "augmentation", "resampling", "mixing", "training", "network", "purification"}
-    assert {a.purification for a in full.values()} >= {"jpeg_q10", "bit_depth_3", "median_3x3", "gaussian_blur_1",
+    assert {a.purification for a in full.values()} >= {"jpeg_q10", "bit_depth_3", "median", "blur",
                                                         "adversarial_training"}
     assert {a.scale for a in full.values()} == {0.5, 1.0, 2.0} and {a.clean_mix for a in full.values()} >= {0.1, 0.25}
     assert {a.architecture for a in full.values()} >= {"resnet18_full", "densenet121_full", "vit_small"}

@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from medue.device import make_generator
-from medue.protect import build_protector, load_protector
+from medue.protect import build_protector
 from medue.protect.base import UnitSpace
 from medue.protect.fields import class_fields, draw_components, field_weight
-from medue.protect.habits import gaussian_blur, half_resolution
+from medue.protect.stand_ins import gaussian_blur, half_resolution
+from medue.protector_file import load_protector, save_protector
 from medue.testing import make_volume
 
 
@@ -97,7 +98,7 @@ def test_volume_protect_save_and_load(tmp_path):
     p = _fitted(psnr_range="slice")
     out = p.protect(vol, label=1, seed=0)
     assert out.array.dtype == np.uint16 and out.history[-1].name == "fields"
-    p.save(tmp_path / "p.pt")
+    save_protector(p, tmp_path / "p.pt")
     again = load_protector(tmp_path / "p.pt").protect(vol, label=1, seed=5)
     assert np.array_equal(again.array, out.array)  # slice-independent and seed-free: the waves are the state
 

@@ -4,8 +4,7 @@ import torch
 
 from medue.device import make_generator
 from medue.errors import ProtectionError
-from medue.protect import PROTECTORS, UnitSpace, build_protector, salm_perturb
-from medue.protect.surrogate import make_surrogate
+from medue.protect import PROTECTORS, UnitSpace, build_protector
 from medue.testing import make_volume
 
 FAST = {"max_rounds": 1, "inner_steps": 3, "train_steps": 2}
@@ -75,41 +74,6 @@ def test_volume_protect_record_and_replay(method):
     assert 0 < step.stats["linf_units"] <= 6 and step.output_fingerprint == out.fingerprint
     again = p.protect(vol, seed=step.params["seed"])  # replay from the recorded seed
     assert np.array_equal(again.array, out.array)
-
-
-def test_salm_changes_nothing_outside_mask_and_respects_ratio():
-    x, y, space = _data(n=8, size=20)
-    model = make_surrogate("small", 2, seed=0, device=torch.device("cpu"))
-    for ratio, update in ((0.05, "step"), (0.2, "step"), (0.05, "sticky"), (0.2, "sticky")):
-        delta = salm_perturb(model, x, y, space, epsilon=8, steps=5, mask_ratio=ratio, mask_update=update,
-                             generator=make_generator(0))
-        k = int(ratio * 20 * 20)
-        nonzero = (delta != 0).reshape(8, -1).sum(1)
-        assert int(nonzero.max()) <= k and int(nonzero.min()) > 0
-        allowed = torch.zeros_like(x)
-        allowed[..., :10, :] = 1
-        masked = salm_perturb(model, x, y, space, epsilon=8, steps=5, mask_ratio=ratio, mask_update=update,
-                              generator=make_generator(0), allowed=allowed)
-        assert float(masked[..., 10:, :].abs().sum()) == 0
-
-
-def test_sticky_mask_lets_noise_reach_the_budget():
-    x, y, space = _data(n=8, size=20)
-    model = make_surrogate("small", 2, seed=0, device=torch.device("cpu"))
-    kw = dict(epsilon=4, steps=8, mask_ratio=0.1, generator=make_generator(0))
-    sticky = salm_perturb(model, x, y, space, mask_update="sticky", **kw)
-    step = salm_perturb(model, x, y, space, mask_update="step", **kw)
-    # kept pixels accumulate: the sticky delta is larger on its support than the re-ranked one
-    assert float(sticky.abs().sum()) > float(step.abs().sum())
-    assert int(sticky.abs().max()) == 4
-    with pytest.raises(ValueError, match="mask_update must be one of"):
-        _make("salm-samplewise", mask_update="always")
-
-
-def test_salm_fit_is_sparse():
-    x, y, space = _data(n=16, size=16)
-    delta = _make("salm-samplewise", epsilon=8, mask_ratio=0.1).fit(x, y, space, generator=make_generator(0))
-    assert int((delta != 0).reshape(16, -1).sum(1).max()) <= int(0.1 * 256)
 
 
 def test_foreground_only_leaves_background():
@@ -219,36 +183,6 @@ def test_uc_is_cluster_wise_label_free_and_applies_at_release_the_noise_it_fitte
     sparse = build_protector("uc", **{**p.params(), "mask_ratio": 0.25})
     ds = sparse.fit(x, None, space, generator=torch.Generator().manual_seed(0))
     assert (ds != 0).float().mean(dim=(1, 2, 3)).max() <= 0.25 + 1e-6
-
-
-@pytest.mark.parametrize("method, params, labelled", [
-    ("salm-samplewise", {"epsilon": 4, "max_rounds": 1, "inner_steps": 2, "train_steps": 2, "mask_ratio": 0.2}, True),
-    ("salm-samplewise", {"epsilon": 4, "mode": "classwise", "placement": "flat", "init": "grating", "tile": 4,
-              "max_rounds": 0, "blank_class": True}, True),
-    ("em", {"epsilon": 4, "mode": "classwise", "max_rounds": 1, "inner_steps": 1, "train_steps": 2, "tile": 4}, True),
-    ("uc", {"epsilon": 4, "extractor_steps": 2, "generator_steps": 2, "num_clusters": 2, "fit_resolution": 16},
-     False),
-    ("conv", {"epsilon": 4}, True),
-    ("t2ue", {"epsilon": 4, "train_steps": 3, "reference_size": 16, "texts": ["no finding", "a tumour"]}, True),
-])
-def test_saved_protector_loads_without_pickle_and_perturbs_the_same(tmp_path, method, params, labelled):
-    import torch
-
-    from medue.protect import build_protector, load_protector
-    from medue.protect.base import UnitSpace
-
-    x = torch.round(torch.rand((6, 1, 16, 16), generator=torch.Generator().manual_seed(0)) * 200)
-    y = torch.tensor([0, 1, 0, 1, 0, 1]) if labelled else None
-    space = UnitSpace(0.0, 200.0, 0.0, 255.0)
-    p = build_protector(method, **params)
-    p.fit(x, y, space, generator=torch.Generator().manual_seed(1))
-    p.save(tmp_path / "p.pt")
-    torch.load(tmp_path / "p.pt", weights_only=True)  # no pickled objects inside
-    q = load_protector(tmp_path / "p.pt")
-    assert q.params() == p.params() and q.state_fingerprint() == p.state_fingerprint()
-    a = p.perturb(x, y, space, generator=torch.Generator().manual_seed(2))
-    b = q.perturb(x, y, space, generator=torch.Generator().manual_seed(2))
-    assert torch.equal(a, b)
 
 
 def test_fine_band_puts_period_two_lines_on_the_flattest_pixels_of_patterned_classes_only():

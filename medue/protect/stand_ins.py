@@ -1,8 +1,10 @@
-"""Differentiable stand-ins for what an attacker does to released images before and while training.
+"""Differentiable stand-ins for what an attacker does to released images before and while training (the habits of
+:mod:`medue.habits`, which names each of them once).
 
 An error-minimising pattern is only a shortcut if it is still there after the attacker's pipeline. The fit of
 :mod:`medue.protect.robust` therefore computes its loss on images that went through a random draw of these
-transformations (expectation over transformation), so a change that a transformation erases earns nothing:
+transformations (expectation over transformation, :func:`attacker_habit`), so a change that a transformation erases
+earns nothing:
 
 * augmentation, as MONAI's tutorial recipes do it: flips, rotation by up to 15 degrees and zoom by 0.9-1.1 (bilinear),
   a shift (a crop at another place);
@@ -12,6 +14,9 @@ transformations (expectation over transformation), so a change that a transforma
   scaled for quality 10); both roundings pass the gradient straight through (Bengio et al. 2013), the
   differentiable-JPEG idea of Shin and Song (2017) in its simplest form;
 * noise: Gaussian noise of a standard deviation of 0.02 (model space).
+
+EM's min-min loop (:mod:`medue.protect.minmin`) and UC's generator see :func:`attacker_view` instead: a flip, a
+circular shift, a 3x3 box blur and Gaussian noise (:data:`medue.habits.MINMIN_AUGMENTATIONS`).
 
 All functions take and return model-space images ``(N, 1, H, W)`` (a volume's 0.5-99.5 percentile span is
 ``[0, 1]``, the scale the attacker's 8-bit export has), draw their randomness from a ``torch.Generator`` (the same
@@ -25,8 +30,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-#: Names :func:`attacker_habit` draws from, in the order of :data:`HABIT_WEIGHTS`.
-HABITS = ("none", "augment", "half_resolution", "blur", "median", "bit_depth_3", "jpeg_q10", "noise")
+from medue.habits import FIT_HABITS
+
+#: Names :func:`attacker_habit` draws from, in drawing order (:data:`medue.habits.FIT_HABITS`).
+HABITS = FIT_HABITS
 
 #: Standard JPEG luminance quantisation table (ITU-T T.81, Annex K).
 _JPEG_LUMA = torch.tensor([
@@ -139,3 +146,27 @@ def attacker_habit(x: torch.Tensor, generator: torch.Generator, *, habits: tuple
     if pick == "noise":
         return x + 0.02 * torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
     raise ValueError(f"unknown habit {pick!r}; expected one of {HABITS}")
+
+
+def attacker_view(x_model: torch.Tensor, augment: tuple[str, ...], generator: torch.Generator, *,
+                  max_shift: int = 4, noise_std: float = 0.0) -> torch.Tensor:
+    """A random, differentiable version of a batch as an attacker's pipeline may show it to a model.
+
+    ``flip``: horizontal flip of half the batch; ``shift``: one random circular shift of up to ``max_shift`` px
+    (stands in for pad-and-crop); ``smooth``: a 3x3 box blur on half the batches (JPEG-like / median-like loss
+    of fine detail); ``noise``: Gaussian noise of ``noise_std`` (SEM-style random perturbation).
+    """
+    if not augment:
+        return x_model
+    dev = x_model.device
+    if "flip" in augment:
+        flip = (torch.rand(x_model.shape[0], generator=generator) < 0.5).to(dev)
+        x_model = torch.where(flip[:, None, None, None], x_model.flip(-1), x_model)
+    if "shift" in augment and max_shift > 0:
+        dy, dx = (torch.randint(-max_shift, max_shift + 1, (2,), generator=generator)).tolist()
+        x_model = torch.roll(x_model, shifts=(dy, dx), dims=(-2, -1))
+    if "smooth" in augment and float(torch.rand(1, generator=generator)) < 0.5:
+        x_model = F.avg_pool2d(F.pad(x_model, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    if "noise" in augment and noise_std > 0:
+        x_model = x_model + noise_std * torch.randn(x_model.shape, generator=generator).to(dev)
+    return x_model
