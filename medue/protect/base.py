@@ -296,3 +296,14 @@ class BlankClassMixin:
 
 def batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+#: Pixels one forward/backward pass of the surrogate may hold (64 slices of 256 x 256; 16 of 512 x 512). A batch of
+#: larger slices goes through in passes of fewer rows (:func:`rows_per_pass`), so that the fit's memory does not grow
+#: with the slice size: a 512 x 512 batch of 64 in one pass costs about 3 GB of activations with the strided surrogate.
+PIXELS_PER_PASS = 64 * 256 * 256
+
+
+def rows_per_pass(shape: tuple[int, ...] | torch.Size) -> int:
+    """How many rows of a batch of ``shape`` ``(N, C, H, W)`` go through the surrogate in one pass."""
+    return max(1, min(int(shape[0]), PIXELS_PER_PASS // max(1, int(shape[-2]) * int(shape[-1]))))

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import torch
 
-from medue.protect.base import UnitSpace, batches
+from medue.protect.base import UnitSpace, batches, rows_per_pass
 from medue.protect.surrogate import make_surrogate
 
 
 @torch.no_grad()
+@torch.no_grad()
 def surrogate_features(x_units: torch.Tensor, space: UnitSpace, *, seed: int, batch_size: int = 64,
                        model: torch.nn.Module | None = None) -> torch.Tensor:
-    """Pooled features of a seeded, randomly initialised surrogate (or of ``model``), L2-normalised."""
+    """Pooled features of a seeded, randomly initialised surrogate (or of ``model``), L2-normalised; large slices go
+    through in fewer rows at a time (:func:`~medue.protect.base.rows_per_pass`)."""
     model = model or make_surrogate("small", 2, seed=seed, device=x_units.device)
     model.eval()
+    rows = min(batch_size, rows_per_pass(x_units.shape))
     feats = torch.cat([model.features(space.select(sl).to_model(x_units[sl]))
-                       for sl in batches(x_units.shape[0], batch_size)])
+                       for sl in batches(x_units.shape[0], rows)])
     return torch.nn.functional.normalize(feats, dim=1)
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from medue.habits import MINMIN_AUGMENTATIONS as AUGMENTATIONS
-from medue.protect.base import Protector, UnitSpace, batches, per_sample_mask, project
+from medue.protect.base import Protector, UnitSpace, batches, per_sample_mask, project, rows_per_pass
 from medue.protect.clusters import assign, kmeans, surrogate_features
 from medue.protect.masks import flat_region_mask, foreground_mask
 from medue.protect.minmin import (
@@ -56,12 +56,10 @@ class EMProtector(Protector):
             A periodic pattern fits any resolution and a crop only shifts its phase.
         block: Class-wise only: the support is chosen in ``block`` x ``block`` cells (blobs survive median filters
             and smoothing better than isolated pixels).
-        augment: Transformations both minimisations see (subset of ``flip``, ``shift``, ``smooth``, ``noise``),
+        augment: Transformations both minimisations see (a subset of :data:`medue.habits.MINMIN_AUGMENTATIONS`),
             so the noise stays a shortcut under an attacker's augmentation and preprocessing.
         init: Class-wise only: ``"zeros"`` (paper), ``"random"`` (random signs at the budget, from the key) or
-            ``"grating"`` (one stripe orientation per class, :func:`medue.protect.minmin.grating`). (Other starts,
-            screened in sessions 4-12 and left out: sampled cosines, dot and grid lattices, square blobs; their
-            results are in ``benchmarks/results/README.md``.)
+            ``"grating"`` (one stripe orientation per class, :func:`medue.protect.minmin.grating`).
         flat_max_level: ``placement="flat"`` only: the flat region stops where the local mean reaches this level
             (model space: the volume's 0.5-99.5 percentile span is [0, 1]); 0.15 keeps to air and background, 1
             lets the region reach the flattest tissue when there is too little background.
@@ -71,18 +69,15 @@ class EMProtector(Protector):
             back on the anatomy as it does when every class has a pattern and a clean image has none of them.
         fine_ratio: ``placement="flat"`` class-wise only: the flattest ``fine_ratio`` of each image (inside the
             flat region) carries a second grating of the same class orientation with period ``fine_tile`` and even
-            duty instead of the main pattern; 0 (default) turns it off. Kept for the record, not recommended: at
-            128 px (one H100, release files) period-2 lines alone caught ResNet-18 (0.71/0.61) and missed DenseNet
-            (0.99), periods 4-8 the other way round, and the two bands together missed DenseNet (0.99) and caught
-            ResNet-18 on one seed of two (benchmarks/results/README.md, session 5).
+            duty instead of the main pattern; 0 (default) turns it off. Measured on release files at 128 px, it
+            stopped neither every network nor every seed (``benchmarks/results/README.md``): not recommended.
         fine_tile: Period in pixels of the ``fine_ratio`` band's grating (even duty: ``fine_tile // 2`` px on).
         duty: Class-wise grating only: fraction of each period that is on (0.5: even stripes; 0.25: thin lines
             whose harmonics reach both a strided stem and a 3x3 one).
         placement: Class-wise only: where a sample carries its class pattern. ``"pattern"``: everywhere the
             pattern's own (sparse) support allows; ``"flat"``: on the ``support_ratio`` fraction of each image's
             darkest, flattest pixels (:func:`medue.protect.masks.flat_region_mask`), the pattern dense there and
-            non-negative (a negative change at the bottom of the stored range would be clipped away). (The textured
-            and smooth regions screened in session 6 are left out; their results are in the results README.)
+            non-negative (a negative change at the bottom of the stored range would be clipped away).
         **kwargs: :class:`~medue.protect.base.Protector` arguments (``epsilon``, ``step``…).
     """
 
@@ -283,7 +278,7 @@ class EMProtector(Protector):
         assert self.model is not None
         self.model.eval()
         return torch.cat([self.model(space.select(sl).to_model(x[sl])).argmax(1)
-                          for sl in batches(x.shape[0], self.batch_size)])
+                          for sl in batches(x.shape[0], min(self.batch_size, rows_per_pass(x.shape)))])
 
     def _blank_index(self) -> int | None:
         if self.blank_class is False:

@@ -9,6 +9,7 @@ SALM's sparse mask (``mask_fn``).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medue.device import derive_seed, make_generator
-from medue.protect.base import UnitSpace, batches, project
+from medue.protect.base import UnitSpace, batches, project, rows_per_pass
 from medue.protect.masks import topk_mask
 from medue.protect.stand_ins import attacker_view
 from medue.store import DeltaBuffers, FitCheckpoint, RowFile, SliceStore, World
@@ -54,16 +55,27 @@ def error_minimizing_delta(model: nn.Module, x: torch.Tensor, y: torch.Tensor, d
     """Sample-wise error-minimising update of ``delta`` for one batch (surrogate frozen, in eval mode).
 
     With ``mask_fn`` the delta is projected onto the mask chosen at each step, so its support never exceeds
-    the mask. ``allowed`` (0/1) confines the delta to a region (body/foreground).
+    the mask. ``allowed`` (0/1) confines the delta to a region (body/foreground). A batch of large slices goes
+    through the surrogate in passes of :func:`rows_per_pass` rows (the surrogate is frozen: each
+    sample's gradient is the same either way, up to rounding, and the random draws are those of the whole batch).
     """
     model.eval()
+    n = x.shape[0]
+    per_pass = rows_per_pass(x.shape)
     for _ in range(steps):
-        d = delta.detach().clone().requires_grad_(True)
-        inp = x + d
-        if settings.rho > 0:
-            inp = inp + torch.round(uniform_noise(x.shape, settings.rho, generator, x.device))
-        loss = F.cross_entropy(model(space.to_model(inp)), y)
-        (grad,) = torch.autograd.grad(loss, d)
+        noise = torch.round(uniform_noise(x.shape, settings.rho, generator, x.device)) if settings.rho > 0 else None
+        if per_pass >= n:
+            d = delta.detach().clone().requires_grad_(True)
+            inp = x + d if noise is None else x + d + noise
+            loss = F.cross_entropy(model(space.to_model(inp)), y)
+            (grad,) = torch.autograd.grad(loss, d)
+        else:
+            grad = torch.empty_like(delta)
+            for sl in batches(n, per_pass):
+                d = delta[sl].detach().clone().requires_grad_(True)
+                inp = x[sl] + d if noise is None else x[sl] + d + noise[sl]
+                loss = F.cross_entropy(model(space.select(sl).to_model(inp)), y[sl], reduction="sum") / n
+                (grad[sl],) = torch.autograd.grad(loss, d)
         new = delta - settings.step * torch.sign(grad)
         if mask_fn is not None:
             new = new * mask_fn(grad, space.to_model(x), new)
@@ -80,20 +92,34 @@ def train_surrogate(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tenso
 
     ``delta`` is a tensor or a function of the row indices (deltas streamed from disk). Under a
     ``torch.distributed`` group every process draws the same ``size`` batches and trains on its own, ``model``
-    (a ``DistributedDataParallel``) averaging the gradients.
+    (a ``DistributedDataParallel``) averaging the gradients. A batch of large slices goes through in passes of
+    :func:`rows_per_pass` rows whose gradients add up to the batch's; batch normalisation then normalises each pass
+    with its own statistics ("ghost" batches), the one difference from a single pass.
     """
     model.train()
     n = x.shape[0]
     b = min(settings.batch_size, n)
+    per_pass = rows_per_pass((b, *x.shape[1:]))
     for _ in range(steps):
         idx = torch.randint(n, (b * world.size,), generator=generator)[world.rank * b:(world.rank + 1) * b]
         idx = idx.to(x.device)
         inp = x[idx] + (delta(idx) if callable(delta) else delta[idx])
         if settings.rho > 0:
             inp = inp + torch.round(uniform_noise(inp.shape, settings.rho, generator, x.device))
-        loss = F.cross_entropy(model(space.select(idx).to_model(inp)), y[idx])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if per_pass >= b:
+            loss = F.cross_entropy(model(space.select(idx).to_model(inp)), y[idx])
+            loss.backward()
+        else:
+            passes = batches(b, per_pass)
+            for k, sl in enumerate(passes):
+                # under DistributedDataParallel the gradients are averaged across processes once, at the last pass
+                sync = contextlib.nullcontext() if k == len(passes) - 1 or not hasattr(model, "no_sync") \
+                    else model.no_sync()
+                with sync:
+                    pick = idx[sl]
+                    loss = F.cross_entropy(model(space.select(pick).to_model(inp[sl])), y[pick], reduction="sum") / b
+                    loss.backward()
         opt.step()
 
 
@@ -102,7 +128,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Te
              batch_size: int) -> float:
     model.eval()
     correct = 0
-    for sl in batches(x.shape[0], batch_size):
+    for sl in batches(x.shape[0], min(batch_size, rows_per_pass(x.shape))):
         pred = model(space.select(sl).to_model(x[sl] + delta[sl])).argmax(1)
         correct += int((pred == y[sl]).sum())
     return correct / max(x.shape[0], 1)
@@ -168,7 +194,9 @@ def bilevel_samplewise(model: nn.Module, x: torch.Tensor | SliceStore, y: torch.
                                                derive_seed(base_seed, r, b)), mask_fn=mask_fn, allowed=keep)
             buffers.write(r, sl, delta)
             with torch.no_grad():
-                correct += int((model(sp.to_model(xb + delta)).argmax(1) == y[sl]).sum())
+                for part in batches(xb.shape[0], rows_per_pass(xb.shape)):
+                    seen = model(sp.select(part).to_model(xb[part] + delta[part])).argmax(1)
+                    correct += int((seen == y[sl][part]).sum())
         buffers.flush()
         acc = world.sum(correct, device) / max(n, 1)  # also the barrier: every process's deltas are written
         history.append(acc)
