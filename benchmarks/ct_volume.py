@@ -100,6 +100,8 @@ def main() -> None:
     parser.add_argument("--preset", help="protect with this preset (`medue methods`) instead of the default's "
                                          "method, with the preset's fidelity budget")
     parser.add_argument("--method", help="protect with this method (`medue methods`) instead of the default's")
+    parser.add_argument("--no-labels", action="store_true",
+                        help="release without labels (a label-agnostic method clusters the slices itself)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a parameter of --method (repeatable; the value is read as YAML)")
     args = parser.parse_args()
@@ -121,11 +123,12 @@ def main() -> None:
             default = {**default, "protect": {"preset": args.preset}, "fidelity": {}}
         if args.method:
             params = dict(item.split("=", 1) for item in args.set)
-            default = {**default, "protect": {"method": args.method, "params": {k: _value(v) for k, v in
+            default = {**default, "protect": {"method": args.method, "labels": not args.no_labels, "params": {k: _value(v) for k, v in
                                                                                  params.items()}},
                        "fidelity": {}}
         cfg = parse_config({**default, "name": "ct-benchmark", "input": str(inputs), "output": str(work / "out"),
-                            "labels": {"source": "table", "table": str(work / "labels.csv")},
+                            "labels": None if args.no_labels else {"source": "table",
+                                                                   "table": str(work / "labels.csv")},
                             "execution": {"device": args.device, "workers": 1},
                             "tracking": {"enabled": False},
                             "report": {"enabled": True, "efficacy_results": None},
@@ -152,7 +155,7 @@ def main() -> None:
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "cpus": len(__import__("os").sched_getaffinity(0)),
             "device": args.device, "preset": args.preset, "slices": args.slices, "size": args.size, "volumes": len(items),
-            "method": args.method, "params": dict(item.split("=", 1) for item in args.set),
+            "method": args.method, "labels": not args.no_labels, "params": dict(item.split("=", 1) for item in args.set),
             "fit_seconds": fit.fit_seconds, "release_seconds": round(total_s, 2),
             "release_tail_seconds": round(total_s - sum(i["seconds"] for i in items) - (fit.fit_seconds or 0),
                                           2),
@@ -169,7 +172,8 @@ def main() -> None:
     lines = [f"# CT-sized release: 2 volumes x 2 formats of {args.size}x{args.size}x{args.slices} ({result['machine']}, "
              f"{result['cpus']} CPUs, device {args.device}, "
              + (f"preset {args.preset})" if args.preset else
-                f"method {args.method} {' '.join(args.set)})" if args.method else "the default's protection)"), "",
+                f"method {args.method} {' '.join(args.set)}" + (", no labels)" if args.no_labels else ")")
+                if args.method else "the default's protection)"), "",
              f"Release {result['release_seconds']} s (fit {result['fit_seconds']} s, tail {result['release_tail_seconds']} s); "
              f"peak RSS {result['peak_rss_mb']} MB; I/O: plain pydicom/nibabel loop {result['plain_read_write_seconds']} s, "
              f"medue read + write + verify {result['medue_read_write_verify_seconds']} s "

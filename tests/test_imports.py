@@ -98,3 +98,21 @@ def test_the_layers_that_must_not_see_the_pipeline_do_not():
 
 def test_the_check_finds_a_circle():
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+
+
+def test_protect_opens_no_file():
+    """The protection methods compute; storage (``medue.store``, ``medue.protector_file``) opens the files."""
+    opening = {"open", "read_text", "read_bytes", "write_text", "write_bytes", "mkdir", "unlink", "memmap", "savez",
+               "savez_compressed", "fromfile", "tofile"}
+    found = []
+    for path in sorted((ROOT / "protect").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+            owner = f.value.id if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) else ""
+            to_buffer = bool(node.args) and isinstance(node.args[-1], ast.Name) and node.args[-1].id == "buf"
+            if name in opening or (owner in ("torch", "np") and name in ("save", "load") and not to_buffer):
+                found.append(f"{path.name}:{node.lineno} {owner + '.' if owner else ''}{name}")
+    assert found == []
