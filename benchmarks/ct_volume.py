@@ -123,7 +123,7 @@ def main() -> None:
             default = {**default, "protect": {"preset": args.preset}, "fidelity": {}}
         if args.method:
             params = dict(item.split("=", 1) for item in args.set)
-            default = {**default, "protect": {"method": args.method, "labels": not args.no_labels, "params": {k: _value(v) for k, v in
+            default = {**default, "protect": {"method": args.method, "params": {k: _value(v) for k, v in
                                                                                  params.items()}},
                        "fidelity": {}}
         cfg = parse_config({**default, "name": "ct-benchmark", "input": str(inputs), "output": str(work / "out"),

@@ -26,10 +26,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from medue.device import derive_seed, make_generator, resolve_device
+from medue.device import derive_seed, resolve_device
 from medue.errors import InvalidVolumeError
 from medue.fidelity.checks import FidelityReport, FidelityThresholds, check_fidelity
-from medue.pipeline.fit import fit_seed
+from medue.pipeline.fit import fit_slices
 from medue.protect import build_protector
 from medue.protect.base import Protector, UnitSpace
 from medue.provenance import fingerprint_array
@@ -129,11 +129,8 @@ def fit(volumes: Sequence[np.ndarray | Volume], labels: Sequence[int] | None = N
     counts = [u.volume.array.shape[0] for u in units]
     x = torch.cat([torch.from_numpy(u.volume.array.astype(np.float32)).unsqueeze(1) for u in units]).to(dev)
     space = UnitSpace.per_sample(spaces, counts).to(dev)
-    y = None if labels is None else torch.tensor([int(c) for c, n in zip(labels, counts) for _ in range(n)]).to(dev)
-    protector.fit(x, y, space, generator=make_generator(fit_seed(key, release_name)))
-    model = getattr(protector, "model", None)
-    if model is not None:
-        model.to("cpu")
+    y = None if labels is None else torch.tensor([int(c) for c, n in zip(labels, counts) for _ in range(n)])
+    fit_slices(protector, x, y, space, key=key, release_name=release_name, device=dev)  # the pipeline's fit
     return protector
 
 

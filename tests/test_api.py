@@ -80,3 +80,28 @@ def test_protectd_takes_a_unit_for_float_images_and_the_api_flags_a_blank_class(
                    thresholds=None, allow_failed=True)({"image": hu, "label": 1})
     change = (out["image"] - hu).numpy()
     assert np.array_equal(change, np.round(change)) and 0 < np.abs(change).max() <= 4  # 4 units of 1 HU each
+
+
+def test_fit_is_the_fit_of_medue_run(tmp_path):
+    """api.fit runs the pipeline's fit (medue.pipeline.fit.fit_slices): with the same key, release name, volumes and
+    labels it learns the same state as `medue run` of that release."""
+    from medue.io import discover_inputs, read_item
+    from medue.layout import OutputLayout
+    from medue.records import FitRecord
+
+    KEY = "a-site-key-of-many-characters-0123456789"  # noqa: N806
+    inputs = tmp_path / "in"
+    make_nifti(inputs / "a.nii", shape=(16, 16, 3), seed=1, slope=1.0, inter=0.0)
+    make_nifti(inputs / "b.nii", shape=(16, 16, 3), seed=2, slope=1.0, inter=0.0)
+    (tmp_path / "labels.csv").write_text("path,label\na.nii,no\nb.nii,yes\n")
+    params = {"epsilon": 4, "mode": "classwise", "tile": 4, "max_rounds": 1, "inner_steps": 2, "train_steps": 2}
+    out = protect_folder(inputs, tmp_path / "out", key=KEY, method="em", params=params, name="rel",
+                         labels={"source": "table", "table": str(tmp_path / "labels.csv")},
+                         fidelity={"min_psnr_db": 10, "min_ssim": 0.1}, tracking={"enabled": False})
+    assert out["exit_code"] == 0
+    record = FitRecord.read(OutputLayout(tmp_path / "out").fit_record)
+    items = discover_inputs(inputs)  # in the order the release fits them
+    volumes = [read_item(item, root=inputs) for item in items]
+    labels = [0 if item.paths[0].endswith("a.nii") else 1 for item in items]
+    ours = fit(volumes, labels, key=KEY, method="em", params=params, device="cpu", release_name="rel")
+    assert record.state_fingerprint and ours.state_fingerprint() == record.state_fingerprint

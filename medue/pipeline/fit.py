@@ -25,11 +25,11 @@ from medue.io import InputItem, read_item
 from medue.io.atomic import atomic_file, write_text_atomic
 from medue.layout import OutputLayout
 from medue.pipeline.config import PipelineConfig
-from medue.protect import UnitSpace, build_protector
+from medue.protect import Protector, UnitSpace, build_protector
 from medue.protector_file import save_protector
-from medue.store import FitCheckpoint, RowFile, SliceStore, SliceWriter, World
 from medue.provenance import sha256_file
 from medue.records import FitRecord
+from medue.store import FitCheckpoint, RowFile, SliceStore, SliceWriter, World
 
 log = logging.getLogger("medue")
 
@@ -41,6 +41,28 @@ def fit_seed(key: str, release_name: str) -> int:
     """The fit's seed: from the site's key and the release's name (``medue run``, ``medue fit`` and
     :func:`medue.api.fit` alike)."""
     return derive_seed(key, "fit", release_name)
+
+
+def fit_slices(protector: Protector, x: Any, labels: torch.Tensor | None, space: UnitSpace, *, key: str,
+               release_name: str, device: torch.device) -> Any:
+    """The fit itself, as ``medue run``, ``medue fit`` and :func:`medue.api.fit` run it: ``protector`` fitted on the
+    slices ``x`` (a tensor or the release's :class:`~medue.store.SliceStore`) with the random numbers of
+    :func:`fit_seed`, its surrogate (if any) moved back to the CPU. Returns the per-slice delta of a sample-wise
+    method (class-wise patterns are applied at export: no full-size delta).
+
+    Raises:
+        InvalidConfigError: a parameter that only the data can refute (e.g. ``blank_class`` beyond the classes).
+    """
+    samplewise = getattr(protector, "mode", "") == "samplewise"
+    try:
+        delta = protector.fit(x.to(device), None if labels is None else labels.to(device), space.to(device),
+                              generator=make_generator(fit_seed(key, release_name)), return_delta=samplewise)
+    except ValueError as exc:
+        raise InvalidConfigError([f"protect.params: {exc}"]) from exc
+    model = getattr(protector, "model", None)
+    if model is not None:
+        model.to("cpu")
+    return delta
 
 
 @dataclass
@@ -217,20 +239,11 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
                  f"{fit.x.shape[-2]}x{fit.x.shape[-1]} px, {'true labels' if fit.labels is not None else 'no labels'}"
                  if pixels else f"fitting {config.protect.method} on the labels of {len(fit.owners)} item(s) "
                  "(its fit needs the labels alone: no volume is read)")
-    samplewise = getattr(protector, "mode", "") == "samplewise"
     slices, resolution = (int(fit.x.shape[0]), list(fit.x.shape[-2:])) if pixels else (0, None)
-    try:
-        delta = protector.fit(fit.x.to(device), None if fit.labels is None else fit.labels.to(device),
-                              fit.space.to(device), generator=make_generator(fit_seed(key, config.name)),
-                              return_delta=samplewise)  # class-wise noise is applied at export: no full-size delta
-    except ValueError as exc:  # a parameter that only the data can refute (e.g. blank_class beyond the classes)
-        raise InvalidConfigError([f"protect.params: {exc}"]) from exc
+    delta = fit_slices(protector, fit.x, fit.labels, fit.space, key=key, release_name=config.name, device=device)
     fit.x = None  # type: ignore[assignment]  # the slices are not needed any more: free them before export
     if hasattr(protector, "progress"):
         protector.progress = None
-    model = getattr(protector, "model", None)
-    if model is not None:
-        model.to("cpu")
     resumed_from = getattr(getattr(protector, "checkpoint", None), "resumed_from", None)
     if world.rank != 0:  # process 0 writes the results
         return FitRecord(method=config.protect.method, extra={"rank": world.rank})
