@@ -40,6 +40,18 @@ def make_volume(shape: tuple[int, int, int] = (4, 32, 32), *, seed: int = 0, dty
     return vol.with_step(StepRecord(name="synthetic", output_fingerprint=vol.fingerprint))
 
 
+def random_slices(n: int = 16, size: int = 16, seed: int = 0) -> tuple:
+    """``(x, y, space)`` for protector tests: ``n`` random 8-bit slices ``(n, 1, size, size)`` in stored units
+    (float), alternating labels 0/1 and the 0-255 unit space."""
+    import torch
+
+    from medue.protect.base import UnitSpace
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 1, size, size), generator=g).float()
+    return x, torch.arange(n) % 2, UnitSpace(0.0, 255.0, 0.0, 255.0)
+
+
 def make_dicom_series(folder: str | Path, *, slices: int = 4, size: int = 32, seed: int = 0,
                       deidentified: bool = True, series_uid: str | None = None, start_z: float = 0.0,
                       spacing: float = 2.5, transfer_syntax: str = ExplicitVRLittleEndian,

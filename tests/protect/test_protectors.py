@@ -5,16 +5,12 @@ import torch
 from medue.device import make_generator
 from medue.errors import ProtectionError
 from medue.protect import PROTECTORS, UnitSpace, build_protector
-from medue.testing import make_volume
+from medue.testing import make_volume, random_slices
 
 FAST = {"max_rounds": 1, "inner_steps": 3, "train_steps": 2}
 
 
-def _data(n=16, size=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (n, 1, size, size), generator=g).float()
-    y = torch.arange(n) % 2
-    return x, y, UnitSpace(0.0, 255.0, 0.0, 255.0)
+_data = random_slices
 
 
 def _make(method, **kw):

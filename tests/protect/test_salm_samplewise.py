@@ -4,18 +4,15 @@ import pytest
 import torch
 
 from medue.device import make_generator
-from medue.protect import UnitSpace, build_protector
+from medue.protect import build_protector
 from medue.protect.salm_samplewise import saliency_mask_fn, salm_perturb
 from medue.protect.surrogate import make_surrogate
+from medue.testing import random_slices
 
 FAST = {"max_rounds": 1, "inner_steps": 3, "train_steps": 2}
 
 
-def _data(n=16, size=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (n, 1, size, size), generator=g).float()
-    y = torch.arange(n) % 2
-    return x, y, UnitSpace(0.0, 255.0, 0.0, 255.0)
+_data = random_slices
 
 
 def _make(**kw):
