@@ -29,8 +29,8 @@ from medue.protect.minmin import (
     grating,
     tile_to,
 )
-from medue.store import FitCheckpoint
 from medue.protect.surrogate import SURROGATES, make_surrogate, surrogate_for
+from medue.store import FitCheckpoint
 
 MODES = ("samplewise", "classwise")
 INITS = ("zeros", "random", "grating")
@@ -172,9 +172,14 @@ class EMProtector(Protector):
                                    "augment", "mask_update"})
 
     def inert_params(self) -> frozenset[str]:
+        inert: set[str] = set()
         if self.mode == "classwise" and self.settings.max_rounds == 0:
-            return self.REFINEMENT_PARAMS
-        return frozenset()
+            inert |= self.REFINEMENT_PARAMS | {"step"}  # the sign step of the noise update, never taken
+        if self.fine_ratio == 0:
+            inert.add("fine_tile")
+        if self.mode == "classwise" and self.placement == "flat":
+            inert.add("block")  # the pattern is dense on its placement: no cells are chosen
+        return frozenset(inert)
 
     @property
     def support_ratio(self) -> float:

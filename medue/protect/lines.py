@@ -1,5 +1,7 @@
 """The release default: placed class lines (``lines``), a setting of
-:class:`~medue.protect.salm_samplewise.SampleSALMProtector` whose class pattern is placed, not optimised (see the class docstring and ``benchmarks/results/README.md``)."""
+:class:`~medue.protect.salm_samplewise.SampleSALMProtector` whose class pattern is placed, not optimised (see the class
+docstring and ``benchmarks/results/README.md``). Everything else the sample-wise class can do it does not read:
+:meth:`LinesProtector.inert_params` names it, and ``medue methods`` leaves it out of the defaults it shows."""
 
 from __future__ import annotations
 
@@ -31,6 +33,10 @@ class LinesProtector(SampleSALMProtector):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**{**self.DEFAULTS, **kwargs})
+
+    def inert_params(self) -> frozenset[str]:
+        # labels are required, so no clusters are drawn and no surrogate predicts a class in batches
+        return super().inert_params() | {"num_clusters", "batch_size"}
 
 
 __all__ = ["LinesProtector"]
