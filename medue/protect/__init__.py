@@ -51,6 +51,6 @@ def from_payload(data: Any) -> Protector:
     return protector
 
 
-__all__ = ["PROTECTORS", "ConvProtector", "EMProtector", "FieldsProtector", "LinesProtector", "Protector", "SALMProtector",
-           "SEMProtector", "SampleSALMProtector", "T2UEProtector", "UCProtector", "UnitSpace", "build_protector",
-           "from_payload", "project", "salm_perturb"]
+__all__ = ["PROTECTORS", "ConvProtector", "EMProtector", "FieldsProtector", "LinesProtector", "Protector",
+           "SALMProtector", "SEMProtector", "SampleSALMProtector", "T2UEProtector", "UCProtector", "UnitSpace",
+           "build_protector", "from_payload", "project", "salm_perturb"]
