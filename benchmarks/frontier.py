@@ -21,7 +21,7 @@ import numpy as np
 
 from medue.evidence import MIX_MARGIN, TARGET, _param_differences, summarise
 from medue.presets import worst_seed
-from medue.records import EfficacyResult
+from medue.records import EfficacyResult, FitRecord, ItemMarker
 
 
 def relative_change(release_dir: Path) -> dict[str, float] | None:
@@ -36,11 +36,11 @@ def relative_change(release_dir: Path) -> dict[str, float] | None:
     index = json.loads(inputs.read_text())
     values = []
     for marker in sorted((release_dir / "markers").glob("*.json")):
-        m = json.loads(marker.read_text())
-        if m.get("status") != "done" or not m.get("outputs"):
+        m = ItemMarker.read(marker)
+        if m is None or m.status != "done" or not m.outputs:
             continue
-        protected = np.asarray(nib.load(release_dir / "release" / m["outputs"][0]["path"]).dataobj)
-        original = np.asarray(nib.load(index[m["item_id"]]["paths"][0]).dataobj)
+        protected = np.asarray(nib.load(release_dir / "release" / m.outputs[0]["path"]).dataobj)
+        original = np.asarray(nib.load(index[m.item_id]["paths"][0]).dataobj)
         o, p = (np.moveaxis(a.reshape(a.shape[0], a.shape[1], -1), -1, 0) for a in (original, protected))
         values.append(volume_metrics(o, p, data_range=255).max_relative_change)
     return {"max": round(float(np.max(values)), 4), "mean": round(float(np.mean(values)), 4)} if values else None
@@ -50,7 +50,8 @@ def _release_folder(root: Path, fingerprint: str | None) -> Path | None:
     """The release folder under ``root`` whose fit has ``fingerprint`` (the one with the most items)."""
     found = []
     for record in root.glob("*_release/private/protector.json"):
-        if fingerprint and json.loads(record.read_text()).get("state_fingerprint") == fingerprint:
+        fit = FitRecord.read(record)
+        if fingerprint and fit is not None and fit.state_fingerprint == fingerprint:
             folder = record.parent.parent
             found.append((len(list((folder / "markers").glob("*.json"))), folder))
     return max(found)[1] if found else None

@@ -76,6 +76,9 @@ def make_inputs(folder: Path, volumes: int, slices: int, size: int) -> int:
 
 
 def run_engine(name: str, inputs: Path, work: Path, key_file: Path, params: dict[str, Any]) -> dict[str, Any]:
+    from medue.layout import OutputLayout
+    from medue.records import FitRecord
+
     backend, workers = ENGINES[name]
     out = work / f"out-{name}"
     cfg = {"name": f"scale-{name}", "input": str(inputs), "output": str(out), "deidentification": "ignore",
@@ -110,9 +113,9 @@ def run_engine(name: str, inputs: Path, work: Path, key_file: Path, params: dict
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed ({proc.returncode}):\n{stderr[-3000:]}")
     result = json.loads(next(line for line in stdout.splitlines() if line.startswith("RESULT "))[7:])
-    fit = json.loads((out / "private" / "protector.json").read_text())
+    fit = FitRecord.read(OutputLayout(out).fit_record)
     return {"engine": name, "backend": backend, "workers": workers, "wall_seconds": round(wall, 2),
-            "pipeline_seconds": result["seconds"], "fit_seconds": fit["fit_seconds"], "counts": result["counts"],
+            "pipeline_seconds": result["seconds"], "fit_seconds": fit.fit_seconds if fit else None, "counts": result["counts"],
             "peak_rss_mb": round(peak / 2**20, 1)}
 
 
