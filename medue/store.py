@@ -2,7 +2,9 @@
 several processes (GPUs or machines) through ``torch.distributed``.
 
 The sample-wise min-min loop (:func:`medue.protect.minmin.bilevel_samplewise`) holds one batch of slices at a time.
-It reads the slices from a :class:`SliceStore` and keeps the noise of every slice in :class:`DeltaBuffers`:
+It reads the slices from a :class:`SliceStore` and keeps the noise of every slice in :class:`DeltaBuffers`; the loop
+knows them only as the small protocols of :mod:`medue.protect.minmin` (``RoundCheckpoint``, ``RoundBuffers``,
+``ProcessGroup``), so the protection code opens no file:
 
 * :class:`SliceStore`: the release's slices ``(N, 1, H, W)`` as float32 stored units, in memory or in a file written
   once, one item at a time, by :class:`SliceWriter` and read a batch at a time (:class:`RowFile`: ``pread``, no memory
@@ -188,30 +190,25 @@ class SliceWriter:
 
 
 class DeltaBuffers:
-    """Two integer delta arrays shaped like the slices: ``read(r, ...)`` gives round ``r``'s deltas (``-1``: zeros).
-
-    In memory (``folder=None``) or as the int16 :class:`RowFile` ``delta0.i16`` / ``delta1.i16`` under ``folder``
-    (created zero-filled, opened as they are when a fit continues).
+    """Two int16 delta arrays shaped like the slices, as the :class:`RowFile` ``delta0.i16`` / ``delta1.i16`` under
+    ``folder`` (created zero-filled, opened as they are when a fit continues): ``read(r, ...)`` gives round ``r``'s
+    deltas (``-1``: zeros). The fit's :class:`~medue.protect.minmin.RoundBuffers` on disk (in memory:
+    :class:`~medue.protect.minmin.MemoryBuffers`).
     """
 
     names = ("delta0.i16", "delta1.i16")
 
-    def __init__(self, shape: tuple[int, ...], folder: Path | None = None, *, keep: bool = False,
-                 create: bool = True) -> None:
+    def __init__(self, shape: tuple[int, ...], folder: Path, *, keep: bool = False, create: bool = True) -> None:
         self.shape = tuple(int(v) for v in shape)
-        self.folder = None if folder is None else Path(folder)
-        self._arrays: list[Any]
-        if self.folder is None:
-            self._arrays = [np.zeros(self.shape, dtype=np.int16) for _ in range(2)]
-            return
+        self.folder = Path(folder)
         for name in self.names if create else ():  # one process creates them, the others open them
             path = self.folder / name
             if not keep or not path.exists() or path.stat().st_size != 2 * int(np.prod(self.shape)):
                 create_row_file(path, self.shape, np.int16)
         self._arrays = [RowFile(self.folder / n, self.shape, np.int16, writable=True) for n in self.names]
 
-    def array(self, round_index: int) -> np.ndarray | RowFile:
-        """The deltas after round ``round_index`` (int16 ``(N, 1, H, W)``: an array, or a :class:`RowFile`)."""
+    def array(self, round_index: int) -> RowFile:
+        """The deltas after round ``round_index`` (int16 ``(N, 1, H, W)`` rows on disk)."""
         return self._arrays[round_index % 2]
 
     def read(self, round_index: int, index: Any, device: torch.device) -> torch.Tensor:
@@ -221,22 +218,16 @@ class DeltaBuffers:
         if round_index < 0:
             n = len(range(*index.indices(self.shape[0]))) if isinstance(index, slice) else len(index)
             return torch.zeros((n, *self.shape[1:]), dtype=torch.float32, device=device)
-        a = self._arrays[round_index % 2]
-        rows = a.read(index) if isinstance(a, RowFile) else a[index]
+        rows = self._arrays[round_index % 2].read(index)
         return torch.from_numpy(np.asarray(rows, dtype=np.float32)).to(device)
 
     def write(self, round_index: int, index: slice, delta: torch.Tensor) -> None:
         rows = torch.round(delta).to(torch.int16).cpu().numpy()
-        a = self._arrays[round_index % 2]
-        if isinstance(a, RowFile):
-            a.write(index.indices(self.shape[0])[0], rows)
-        else:
-            a[index] = rows
+        self._arrays[round_index % 2].write(index.indices(self.shape[0])[0], rows)
 
     def flush(self) -> None:
         for a in self._arrays:
-            if isinstance(a, RowFile):
-                a.sync()
+            a.sync()
 
 
 @dataclass(frozen=True)
@@ -286,10 +277,16 @@ class FitCheckpoint:
         identity: What the fit depends on (key fingerprint, method, parameters, labels, slice store); a checkpoint
             written for another identity is never continued.
         resume: Continue from the checkpoint found there; ``False`` starts over and replaces it.
+        world: The processes sharing the fit (default: this process's ``torch.distributed`` group, if any).
+
+    It is the :class:`~medue.protect.minmin.RoundCheckpoint` of the release path: the fit itself opens no file.
     """
 
-    def __init__(self, folder: Path, identity: dict[str, Any], *, resume: bool = False) -> None:
+    def __init__(self, folder: Path, identity: dict[str, Any], *, resume: bool = False,
+                 world: World | None = None) -> None:
         self.folder = Path(folder)
+        #: The processes that share the fit (this process's ``torch.distributed`` group by default).
+        self.world = World.current() if world is None else world
         self.identity = identity
         self.resume = resume
         self.resumed_from: int | None = None
@@ -300,10 +297,11 @@ class FitCheckpoint:
     def record(self) -> Path:
         return self.folder / "checkpoint.json"
 
-    def buffers(self, shape: tuple[int, ...], world: World = World()) -> DeltaBuffers:
+    def buffers(self, shape: tuple[int, ...], world: World | None = None) -> DeltaBuffers:
         """The delta buffers, kept when the checkpoint will be continued; otherwise the old checkpoint is forgotten
         first (so that a fit interrupted before its first round never continues an older one) and the buffers are
         created anew, by process 0 while the others wait."""
+        world = self.world if world is None else world
         keep = self.load_record(shape) is not None
         if world.rank == 0:
             if not keep:

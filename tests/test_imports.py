@@ -94,6 +94,9 @@ def test_the_layers_that_must_not_see_the_pipeline_do_not():
             assert not {t for t in _imports(name, path, modules) if t.startswith("medue.pipeline")}, name
     assert not {t for n, p in modules.items() if n.startswith("medue.io") for t in _imports(n, p, modules)
                 if t.startswith("medue.protect")}
+    # storage and the process group reach the protection code through the protocols of medue.protect.minmin
+    assert not {t for n, p in modules.items() if n.startswith("medue.protect") for t in _imports(n, p, modules)
+                if t in ("medue.store", "medue.protector_file")}
 
 
 def test_the_check_finds_a_circle():

@@ -221,7 +221,7 @@ def fit_protector(items: list[InputItem], config: PipelineConfig, key: str, *, d
             fit = _fit_from_meta(json.loads((fit_dir / "slices.json").read_text()), store)
         rows = hashlib.sha256(json.dumps([list(o) for o in fit.owners]).encode()).hexdigest()
         protector.checkpoint = FitCheckpoint(  # type: ignore[attr-defined]
-            fit_dir, {**(identity or {}), "rows": rows, "processes": world.size}, resume=resume)
+            fit_dir, {**(identity or {}), "rows": rows, "processes": world.size}, resume=resume, world=world)
     elif world.size > 1:
         raise InvalidConfigError([f"protect.method {config.protect.method!r} with these parameters does not fit in "
                                   "several processes (only the sample-wise EM family streams its fit); run "

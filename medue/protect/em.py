@@ -23,6 +23,7 @@ from medue.protect.masks import flat_region_mask, foreground_mask
 from medue.protect.minmin import (
     MaskFn,
     MinMinSettings,
+    RoundCheckpoint,
     bilevel_classwise_tiled,
     bilevel_samplewise,
     error_minimizing_delta,
@@ -30,7 +31,6 @@ from medue.protect.minmin import (
     tile_to,
 )
 from medue.protect.surrogate import SURROGATES, make_surrogate, surrogate_for
-from medue.store import FitCheckpoint
 
 MODES = ("samplewise", "classwise")
 INITS = ("zeros", "random", "grating")
@@ -155,8 +155,9 @@ class EMProtector(Protector):
         self.history: list[float] = []
         self.progress: Callable[[str], None] | None = None
         #: Sample-wise fit only: where the release path keeps its per-round checkpoint and delta buffers
-        #: (:class:`~medue.store.FitCheckpoint`); ``None`` keeps the deltas in memory.
-        self.checkpoint: FitCheckpoint | None = None
+        #: (:class:`~medue.protect.minmin.RoundCheckpoint`, :class:`medue.store.FitCheckpoint`); ``None`` keeps the
+        #: deltas in memory.
+        self.checkpoint: RoundCheckpoint | None = None
 
     def params(self) -> dict[str, Any]:
         s = self.settings

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -22,7 +22,84 @@ from medue.device import derive_seed, make_generator
 from medue.protect.base import UnitSpace, batches, project, rows_per_pass
 from medue.protect.masks import topk_mask
 from medue.protect.stand_ins import attacker_view
-from medue.store import DeltaBuffers, FitCheckpoint, RowFile, SliceStore, World
+
+
+class ProcessGroup(Protocol):
+    """Where this process stands among those sharing a fit (:class:`medue.store.World` under ``torch.distributed``)."""
+
+    rank: int
+    size: int
+
+    def sum(self, value: float, device: torch.device) -> float: ...
+    def barrier(self) -> None: ...
+    def broadcast_buffers(self, model: nn.Module) -> None: ...
+
+
+@dataclass(frozen=True)
+class OneProcess:
+    """The fit in this process alone."""
+
+    rank: int = 0
+    size: int = 1
+
+    def sum(self, value: float, device: torch.device) -> float:
+        return value
+
+    def barrier(self) -> None:
+        return None
+
+    def broadcast_buffers(self, model: nn.Module) -> None:
+        return None
+
+
+class RoundBuffers(Protocol):
+    """The deltas of the last two rounds: ``read(r, rows, device)`` (round -1: zeros), ``write``, ``flush`` and
+    ``array(r)`` (int16 ``(N, 1, H, W)``: an array, or rows on disk read a few at a time)."""
+
+    def read(self, round_index: int, index: Any, device: torch.device) -> torch.Tensor: ...
+    def write(self, round_index: int, index: slice, delta: torch.Tensor) -> None: ...
+    def flush(self) -> None: ...
+    def array(self, round_index: int) -> Any: ...
+
+
+class RoundCheckpoint(Protocol):
+    """Where a sample-wise fit keeps its delta buffers and its state after every round, and continues from
+    (:class:`medue.store.FitCheckpoint`: files under the release's ``private/fit/``); ``world`` is the group the
+    fit is shared by."""
+
+    folder: Any
+    not_continued: str | None
+    world: ProcessGroup
+
+    def buffers(self, shape: tuple[int, ...], world: ProcessGroup) -> RoundBuffers: ...
+    def load(self, shape: tuple[int, ...]) -> tuple[dict[str, Any], dict[str, Any]] | None: ...
+    def save(self, round_index: int, shape: tuple[int, ...], state: dict[str, Any]) -> None: ...
+
+
+class MemoryBuffers:
+    """:class:`RoundBuffers` in memory: two int16 arrays shaped like the slices."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = tuple(int(v) for v in shape)
+        self._arrays = [np.zeros(self.shape, dtype=np.int16) for _ in range(2)]
+
+    def array(self, round_index: int) -> np.ndarray:
+        return self._arrays[round_index % 2]
+
+    def read(self, round_index: int, index: Any, device: torch.device) -> torch.Tensor:
+        if isinstance(index, torch.Tensor):
+            index = index.cpu().numpy()
+        if round_index < 0:
+            n = len(range(*index.indices(self.shape[0]))) if isinstance(index, slice) else len(index)
+            return torch.zeros((n, *self.shape[1:]), dtype=torch.float32, device=device)
+        return torch.from_numpy(np.asarray(self._arrays[round_index % 2][index], dtype=np.float32)).to(device)
+
+    def write(self, round_index: int, index: slice, delta: torch.Tensor) -> None:
+        self._arrays[round_index % 2][index] = torch.round(delta).to(torch.int16).cpu().numpy()
+
+    def flush(self) -> None:
+        return None
+
 
 #: ``mask_fn(grad, x_model, proposed) -> 0/1 mask``: where the update may act (SALM); ``None`` means everywhere.
 #: ``proposed`` is the delta after the unmasked sign step, so a mask may favour pixels already perturbed.
@@ -85,12 +162,14 @@ def error_minimizing_delta(model: nn.Module, x: torch.Tensor, y: torch.Tensor, d
     return delta.detach()
 
 
-def train_surrogate(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor | SliceStore, y: torch.Tensor,
+def train_surrogate(model: nn.Module, opt: torch.optim.Optimizer, x: Any, y: torch.Tensor,
                     delta: torch.Tensor | Callable[[torch.Tensor], torch.Tensor], space: UnitSpace, *,
-                    settings: MinMinSettings, steps: int, generator: torch.Generator, world: World = World()) -> None:
+                    settings: MinMinSettings, steps: int, generator: torch.Generator,
+                    world: ProcessGroup = OneProcess()) -> None:
     """``steps`` SGD steps on random batches of ``x + delta`` (SEM: plus random noise).
 
-    ``delta`` is a tensor or a function of the row indices (deltas streamed from disk). Under a
+    ``x`` is a tensor or anything indexed like one (:class:`medue.store.SliceStore`: slices read from disk);
+    ``delta`` a tensor or a function of the row indices (deltas streamed from disk). Under a
     ``torch.distributed`` group every process draws the same ``size`` batches and trains on its own, ``model``
     (a ``DistributedDataParallel``) averaging the gradients. A batch of large slices goes through in passes of
     :func:`rows_per_pass` rows whose gradients add up to the batch's; batch normalisation then normalises each pass
@@ -134,23 +213,23 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Te
     return correct / max(x.shape[0], 1)
 
 
-def bilevel_samplewise(model: nn.Module, x: torch.Tensor | SliceStore, y: torch.Tensor, space: UnitSpace, *,
+def bilevel_samplewise(model: nn.Module, x: Any, y: torch.Tensor, space: UnitSpace, *,
                        settings: MinMinSettings, generator: torch.Generator, mask_fn: MaskFn | None = None,
                        allowed: torch.Tensor | Callable[[torch.Tensor, UnitSpace], torch.Tensor] | None = None,
-                       progress: Callable[[str], None] | None = None, checkpoint: FitCheckpoint | None = None
-                       ) -> tuple[torch.Tensor | np.ndarray | RowFile, list[float]]:
+                       progress: Callable[[str], None] | None = None, checkpoint: RoundCheckpoint | None = None
+                       ) -> tuple[Any, list[float]]:
     """Bi-level loop with one delta per sample, streaming ``x`` batch by batch. Returns ``(delta, accuracy per
     round)``.
 
-    ``x`` is a tensor or a :class:`~medue.store.SliceStore` (slices read from disk a batch at a time);
-    ``allowed`` a 0/1 tensor or a function of a batch and its space. Without ``checkpoint`` the deltas are kept in
-    memory and returned as a tensor on ``x``'s device; with one they live in its two buffer files, every finished
-    round is recorded, a fit continues from the last recorded round when the checkpoint allows it, and the returned
-    delta is the int16 :class:`~medue.store.RowFile` of the last round (read it a few rows at a time). Under
-    a ``torch.distributed`` group (:class:`~medue.store.World`) the processes share the work; see
-    :mod:`medue.store`.
+    ``x`` is a tensor or anything indexed like one (:class:`~medue.store.SliceStore`: slices read from disk a batch
+    at a time); ``allowed`` a 0/1 tensor or a function of a batch and its space. Without ``checkpoint`` the deltas
+    are kept in memory (:class:`MemoryBuffers`) and returned as a tensor on ``x``'s device; with one
+    (:class:`RoundCheckpoint`, :class:`medue.store.FitCheckpoint` in the release path) they live in its buffers,
+    every finished round is recorded, a fit continues from the last recorded round when the checkpoint allows it,
+    and the returned delta is its int16 array of the last round (rows on disk: read them a few at a time). The
+    processes of the checkpoint's ``world`` share the work; see :mod:`medue.store`. This module opens no file.
     """
-    world = World.current()
+    world: ProcessGroup = checkpoint.world if checkpoint is not None else OneProcess()
     device = x.device
     shape = tuple(int(v) for v in x.shape)
     n = shape[0]
@@ -161,7 +240,7 @@ def bilevel_samplewise(model: nn.Module, x: torch.Tensor | SliceStore, y: torch.
 
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9, weight_decay=5e-4)
-    buffers = checkpoint.buffers(shape, world) if checkpoint is not None else DeltaBuffers(shape)
+    buffers = checkpoint.buffers(shape, world) if checkpoint is not None else MemoryBuffers(shape)
     history: list[float] = []
     first = 0
     loaded = checkpoint.load(shape) if checkpoint is not None else None
