@@ -22,7 +22,6 @@ from monai.transforms import (BorderPad, Compose, RandAdjustContrast, RandFlip, 
 from medue.habits import RECIPES
 
 
-
 def build_recipe(name: str, side: int) -> Compose | None:
     """The MONAI transforms of recipe ``name`` for ``side`` x ``side`` images (``None`` for ``none``)."""
     if name == "none":

@@ -1,8 +1,8 @@
 """Countermeasures an unauthorised trainer may apply to released images before training.
 
 Each takes and returns ``(N, H, W)`` uint8 images; :data:`PREPROCESSING` holds them under their names in
-:mod:`medue.habits`. Training-time countermeasures (augmentation, adversarial
-training) are flags of :func:`medue.efficacy.train.train_classifier` instead.
+:mod:`medue.habits`. Training-time countermeasures (augmentation, adversarial training) are flags of
+:func:`medue.efficacy.train.train_classifier` instead.
 """
 
 from __future__ import annotations

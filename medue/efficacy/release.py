@@ -297,8 +297,8 @@ def run_attacks(attacks: Sequence[Attack], data: EvalData, settings: ReleaseEval
                 f"training-batch accuracy {batch_accuracy:.3f}, {time.perf_counter() - t:.0f} s")
 
         res, model = train_classifier(attack.architecture, x, y, x_test, data.y_test, settings=ts,
-                                      seed=derive_seed(seed, attack.architecture, seed_name(purification)), device=device,
-                                      return_model=True, progress=epoch_done)
+                                      seed=derive_seed(seed, attack.architecture, seed_name(purification)),
+                                      device=device, return_model=True, progress=epoch_done)
         row = {**attack.record(), "training_data": data_name, "seed": seed, "train_images": int(len(x)),
                "train_accuracy": round(res["train_accuracy"], 4),
                "clean_test_accuracy": round(res["test_accuracy"], 4), "epochs": epochs,
