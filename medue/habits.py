@@ -12,8 +12,9 @@ Every transformation has one name here, and that name is used everywhere it occu
 
 A fit and an attack that share a name share the transformation; where their parameters differ (the fit's blur
 draws sigma from 0.5-1.5 px, the attack smooths at 1 px) the entry says so. Two names of the past live on as
-:data:`FORMER_NAMES`: result files written before this vocabulary carry them, and an attack's training seed is still
-derived from them so that re-running a committed row reproduces it.
+:data:`FORMER_NAMES`: result files written before this vocabulary carry them (their rows are kept as written; rows are
+matched by attack name, which did not change), and an attack's training seed is still derived from them
+(:func:`seed_name`) so that re-running a committed row reproduces it.
 """
 
 from __future__ import annotations
@@ -96,11 +97,6 @@ RECIPES = tuple(h.name for h in HABITS.values() if h.attack == "recipe")
 FORMER_NAMES = {old: h.name for h in HABITS.values() for old in h.former_names}
 
 
-def canonical(name: str) -> str:
-    """The name of habit ``name``, which may be a :data:`FORMER_NAMES` spelling (result files written before)."""
-    return FORMER_NAMES.get(name, name)
-
-
 def seed_name(name: str) -> str:
     """The name an attack's training seed is derived from: the first former name where there is one, so that rows
     measured before the rename are reproduced by a re-run."""
@@ -117,6 +113,5 @@ __all__ = [
     "PURIFICATIONS",
     "RECIPES",
     "Habit",
-    "canonical",
     "seed_name",
 ]
