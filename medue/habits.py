@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 
-#: The groups a result row's ``habit`` names; a board reads the first three as "how people ordinarily train".
+#: The groups a result row's ``habit`` names.
 GROUPS = ("plain", "augmentation", "resampling", "mixing", "training", "network", "purification")
+#: The groups a board means by "how people ordinarily train" (the report's verdict); purification is a deliberate
+#: attack.
+EVERYDAY = tuple(g for g in GROUPS if g != "purification")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +108,7 @@ def seed_name(name: str) -> str:
 
 
 __all__ = [
+    "EVERYDAY",
     "FIT_HABITS",
     "FORMER_NAMES",
     "GROUPS",

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from medue.evidence import MIX_MARGIN, TARGET, summarise, verdict
+from medue.habits import EVERYDAY as EVERYDAY_GROUPS
 from medue.io.atomic import write_text_atomic
 from medue.layout import DONE, FAILED, GATE_FAILED, QUARANTINED, OutputLayout
 from medue.records import EfficacyResult, ItemMarker, ReleaseOutcome
@@ -312,7 +313,7 @@ def efficacy_verdict(efficacy: EfficacyResult, *, method: str, params: dict[str,
 
 
 #: Habits a board means by "how people ordinarily train" (the rest are purifications: a deliberate attack).
-EVERYDAY = ("plain", "augmentation", "resampling", "network", "mixing", "training")
+EVERYDAY = EVERYDAY_GROUPS
 
 
 def verdict_headline(v: dict[str, Any] | None, efficacy: EfficacyResult | None) -> str:
