@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medue.protect.minmin import MemoryBuffers
 from medue.provenance import sha256_file
 
 #: Format tag of ``checkpoint.json``.
@@ -189,11 +190,10 @@ class SliceWriter:
         return SliceStore.open(self.path, (self.rows, 1, *self.size), device)
 
 
-class DeltaBuffers:
+class DeltaBuffers(MemoryBuffers):
     """Two int16 delta arrays shaped like the slices, as the :class:`RowFile` ``delta0.i16`` / ``delta1.i16`` under
     ``folder`` (created zero-filled, opened as they are when a fit continues): ``read(r, ...)`` gives round ``r``'s
-    deltas (``-1``: zeros). The fit's :class:`~medue.protect.minmin.RoundBuffers` on disk (in memory:
-    :class:`~medue.protect.minmin.MemoryBuffers`).
+    deltas (``-1``: zeros). The fit's :class:`~medue.protect.minmin.RoundBuffers` on disk.
     """
 
     names = ("delta0.i16", "delta1.i16")
@@ -211,18 +211,10 @@ class DeltaBuffers:
         """The deltas after round ``round_index`` (int16 ``(N, 1, H, W)`` rows on disk)."""
         return self._arrays[round_index % 2]
 
-    def read(self, round_index: int, index: Any, device: torch.device) -> torch.Tensor:
-        """Rows ``index`` of round ``round_index``'s deltas as float32 on ``device`` (round -1: zeros)."""
-        if isinstance(index, torch.Tensor):
-            index = index.cpu().numpy()
-        if round_index < 0:
-            n = len(range(*index.indices(self.shape[0]))) if isinstance(index, slice) else len(index)
-            return torch.zeros((n, *self.shape[1:]), dtype=torch.float32, device=device)
-        rows = self._arrays[round_index % 2].read(index)
-        return torch.from_numpy(np.asarray(rows, dtype=np.float32)).to(device)
+    def _rows(self, round_index: int, index: Any) -> np.ndarray:
+        return self._arrays[round_index % 2].read(index)
 
-    def write(self, round_index: int, index: slice, delta: torch.Tensor) -> None:
-        rows = torch.round(delta).to(torch.int16).cpu().numpy()
+    def _put(self, round_index: int, index: slice, rows: np.ndarray) -> None:
         self._arrays[round_index % 2].write(index.indices(self.shape[0])[0], rows)
 
     def flush(self) -> None:

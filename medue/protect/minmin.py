@@ -77,25 +77,36 @@ class RoundCheckpoint(Protocol):
 
 
 class MemoryBuffers:
-    """:class:`RoundBuffers` in memory: two int16 arrays shaped like the slices."""
+    """:class:`RoundBuffers` in memory: two int16 arrays shaped like the slices (round ``r`` in array ``r % 2``).
+
+    A subclass keeps them elsewhere by overriding ``__init__``, :meth:`array`, ``_rows``, ``_put`` and :meth:`flush`
+    (:class:`medue.store.DeltaBuffers`: two files).
+    """
 
     def __init__(self, shape: tuple[int, ...]) -> None:
         self.shape = tuple(int(v) for v in shape)
-        self._arrays = [np.zeros(self.shape, dtype=np.int16) for _ in range(2)]
+        self._arrays: list[Any] = [np.zeros(self.shape, dtype=np.int16) for _ in range(2)]
 
-    def array(self, round_index: int) -> np.ndarray:
+    def array(self, round_index: int) -> Any:
         return self._arrays[round_index % 2]
 
+    def _rows(self, round_index: int, index: Any) -> np.ndarray:
+        return self._arrays[round_index % 2][index]
+
+    def _put(self, round_index: int, index: slice, rows: np.ndarray) -> None:
+        self._arrays[round_index % 2][index] = rows
+
     def read(self, round_index: int, index: Any, device: torch.device) -> torch.Tensor:
+        """Rows ``index`` of round ``round_index``'s deltas as float32 on ``device`` (round -1: zeros)."""
         if isinstance(index, torch.Tensor):
             index = index.cpu().numpy()
         if round_index < 0:
             n = len(range(*index.indices(self.shape[0]))) if isinstance(index, slice) else len(index)
             return torch.zeros((n, *self.shape[1:]), dtype=torch.float32, device=device)
-        return torch.from_numpy(np.asarray(self._arrays[round_index % 2][index], dtype=np.float32)).to(device)
+        return torch.from_numpy(np.asarray(self._rows(round_index, index), dtype=np.float32)).to(device)
 
     def write(self, round_index: int, index: slice, delta: torch.Tensor) -> None:
-        self._arrays[round_index % 2][index] = torch.round(delta).to(torch.int16).cpu().numpy()
+        self._put(round_index, index, torch.round(delta).to(torch.int16).cpu().numpy())
 
     def flush(self) -> None:
         return None
