@@ -9,7 +9,6 @@ from medue.protect.surrogate import make_surrogate
 
 
 @torch.no_grad()
-@torch.no_grad()
 def surrogate_features(x_units: torch.Tensor, space: UnitSpace, *, seed: int, batch_size: int = 64,
                        model: torch.nn.Module | None = None) -> torch.Tensor:
     """Pooled features of a seeded, randomly initialised surrogate (or of ``model``), L2-normalised; large slices go
