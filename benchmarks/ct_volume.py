@@ -87,10 +87,6 @@ class _MemorySampler(threading.Thread):
         self.join()
 
 
-def _value(text: str) -> object:
-    return yaml.safe_load(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slices", type=int, default=64)
@@ -105,6 +101,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a parameter of --method (repeatable; the value is read as YAML)")
     args = parser.parse_args()
+    params = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}  # YAML-typed values
 
     from medue.layout import OutputLayout
     from medue.pipeline.config import parse_config
@@ -122,10 +119,7 @@ def main() -> None:
         if args.preset:
             default = {**default, "protect": {"preset": args.preset}, "fidelity": {}}
         if args.method:
-            params = dict(item.split("=", 1) for item in args.set)
-            default = {**default, "protect": {"method": args.method, "params": {k: _value(v) for k, v in
-                                                                                 params.items()}},
-                       "fidelity": {}}
+            default = {**default, "protect": {"method": args.method, "params": params}, "fidelity": {}}
         cfg = parse_config({**default, "name": "ct-benchmark", "input": str(inputs), "output": str(work / "out"),
                             "labels": None if args.no_labels else {"source": "table",
                                                                    "table": str(work / "labels.csv")},
@@ -155,7 +149,7 @@ def main() -> None:
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "cpus": len(__import__("os").sched_getaffinity(0)),
             "device": args.device, "preset": args.preset, "slices": args.slices, "size": args.size, "volumes": len(items),
-            "method": args.method, "labels": not args.no_labels, "params": dict(item.split("=", 1) for item in args.set),
+            "method": args.method, "labels": not args.no_labels, "params": params,
             "fit_seconds": fit.fit_seconds, "release_seconds": round(total_s, 2),
             "release_tail_seconds": round(total_s - sum(i["seconds"] for i in items) - (fit.fit_seconds or 0),
                                           2),

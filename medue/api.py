@@ -127,8 +127,8 @@ def fit(volumes: Sequence[np.ndarray | Volume], labels: Sequence[int] | None = N
         raise InvalidVolumeError(f"{len(labels)} labels for {len(volumes)} volumes; give one label per volume")
     spaces = [UnitSpace.for_volume(u.volume) for u in units]
     counts = [u.volume.array.shape[0] for u in units]
-    x = torch.cat([torch.from_numpy(u.volume.array.astype(np.float32)).unsqueeze(1) for u in units]).to(dev)
-    space = UnitSpace.per_sample(spaces, counts).to(dev)
+    x = torch.cat([torch.from_numpy(u.volume.array.astype(np.float32)).unsqueeze(1) for u in units])
+    space = UnitSpace.per_sample(spaces, counts)
     y = None if labels is None else torch.tensor([int(c) for c, n in zip(labels, counts) for _ in range(n)])
     fit_slices(protector, x, y, space, key=key, release_name=release_name, device=dev)  # the pipeline's fit
     return protector

@@ -289,11 +289,11 @@ class FitCheckpoint:
     def record(self) -> Path:
         return self.folder / "checkpoint.json"
 
-    def buffers(self, shape: tuple[int, ...], world: World | None = None) -> DeltaBuffers:
+    def buffers(self, shape: tuple[int, ...]) -> DeltaBuffers:
         """The delta buffers, kept when the checkpoint will be continued; otherwise the old checkpoint is forgotten
         first (so that a fit interrupted before its first round never continues an older one) and the buffers are
-        created anew, by process 0 while the others wait."""
-        world = self.world if world is None else world
+        created anew, by process 0 of :attr:`world` while the others wait."""
+        world = self.world
         keep = self.load_record(shape) is not None
         if world.rank == 0:
             if not keep:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from medue.evidence import MIX_MARGIN, TARGET, summarise, verdict
-from medue.habits import EVERYDAY as EVERYDAY_GROUPS
+from medue.habits import EVERYDAY
 from medue.io.atomic import write_text_atomic
 from medue.layout import DONE, FAILED, GATE_FAILED, QUARANTINED, OutputLayout
 from medue.records import EfficacyResult, ItemMarker, ReleaseOutcome
@@ -310,10 +310,6 @@ def efficacy_verdict(efficacy: EfficacyResult, *, method: str, params: dict[str,
                      target: float | None = None) -> dict[str, Any]:
     """What the release is protected against, what not, and what was not tested (:func:`medue.evidence.verdict`)."""
     return verdict(efficacy, method=method, params=params, facts=facts, target=TARGET if target is None else target)
-
-
-#: Habits a board means by "how people ordinarily train" (the rest are purifications: a deliberate attack).
-EVERYDAY = EVERYDAY_GROUPS
 
 
 def verdict_headline(v: dict[str, Any] | None, efficacy: EfficacyResult | None) -> str:

@@ -71,7 +71,7 @@ class RoundCheckpoint(Protocol):
     not_continued: str | None
     world: ProcessGroup
 
-    def buffers(self, shape: tuple[int, ...], world: ProcessGroup) -> RoundBuffers: ...
+    def buffers(self, shape: tuple[int, ...]) -> RoundBuffers: ...
     def load(self, shape: tuple[int, ...]) -> tuple[dict[str, Any], dict[str, Any]] | None: ...
     def save(self, round_index: int, shape: tuple[int, ...], state: dict[str, Any]) -> None: ...
 
@@ -251,7 +251,7 @@ def bilevel_samplewise(model: nn.Module, x: Any, y: torch.Tensor, space: UnitSpa
 
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9, weight_decay=5e-4)
-    buffers = checkpoint.buffers(shape, world) if checkpoint is not None else MemoryBuffers(shape)
+    buffers = checkpoint.buffers(shape) if checkpoint is not None else MemoryBuffers(shape)
     history: list[float] = []
     first = 0
     loaded = checkpoint.load(shape) if checkpoint is not None else None
